@@ -1,0 +1,51 @@
+# Agentplane: `make demo` and `make test` are all a newcomer needs (README.md).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+LOCALSTACK := $(PY) scripts/localstack.py
+export DJANGO_SETTINGS_MODULE ?= control_plane.settings.base
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export NEMO_GUARDRAILS_NO_USAGE_STATS := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help venv services migrate demo test lint stop clean
+
+help:
+	@echo "make demo   set everything up and run the end-to-end demo"
+	@echo "make test   set everything up and run the whole test suite"
+	@echo "make stop   stop the Postgres and Redis this project started"
+
+# The virtualenv, reinstalled whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Postgres 18 + pgvector (embedded, unless DATABASE_URL is set) and Redis (REDIS_URL, or our own).
+services: venv
+	@$(LOCALSTACK) up
+
+migrate: services
+	$(PY) manage.py migrate_schemas --executor=standard -v 0
+
+demo: migrate
+	$(PY) scripts/demo.py
+
+lint: venv
+	$(VENV)/bin/lint-imports
+
+test: services lint
+	DJANGO_SETTINGS_MODULE=control_plane.settings.test $(PY) -m pytest $(PYTEST_ARGS)
+
+stop:
+	@if [ -x $(PY) ]; then $(LOCALSTACK) down; else echo "nothing to stop (no virtualenv)"; fi
+
+clean: stop
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Billing: metering, Stripe customers and subscriptions, finance reports (public schema)."""

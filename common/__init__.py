@@ -1,0 +1,1 @@
+"""Small shared kernel: the base error class, RFC 9457 problem rendering, key material helpers."""

@@ -1,0 +1,103 @@
+"""Fixtures shared by every test: real Postgres (a test database with tenant schemas), real Redis.
+
+Tenant schemas are created once per session by the real provisioning service and committed, like
+django-tenants' FastTenantTestCase; each `db` test then runs in a transaction that is rolled back.
+Tests that need committed data (real workers, a real Daphne) provision tenants of their own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from django.db import connection
+from django.test import Client
+
+from common.actors import Actor
+from tenants import services as tenant_services
+from tenants.models import ApiKey, Domain, OperatorKey, Tenant, TenantLifecycleEvent
+
+TEST_ACTOR = Actor(kind="system", id="tests")
+
+
+@dataclass(frozen=True)
+class ProvisionedForTest:
+    tenant: Tenant
+    key: str  # an admin key with every scope
+
+    @property
+    def schema(self) -> str:
+        return self.tenant.schema_name
+
+
+def unique_slug(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def provision_for_test(prefix: str) -> ProvisionedForTest:
+    provisioned = tenant_services.tenant_provision(
+        name=f"Test {prefix}", slug=unique_slug(prefix), sla_tier="standard", domains=[], actor=TEST_ACTOR
+    )
+    return ProvisionedForTest(tenant=provisioned.tenant, key=provisioned.admin_key.plaintext)
+
+
+def destroy_tenant(tenant: Tenant) -> None:
+    """Remove a committed test tenant completely: schema and every public row."""
+    connection.set_schema_to_public()
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP SCHEMA IF EXISTS "{tenant.schema_name}" CASCADE')
+    TenantLifecycleEvent.objects.filter(tenant_id=tenant.pk).delete()
+    ApiKey.objects.filter(tenant_id=tenant.pk).delete()
+    Domain.objects.filter(tenant_id=tenant.pk).delete()
+    Tenant.objects.filter(pk=tenant.pk).delete()
+
+
+@pytest.fixture(scope="session")
+def session_tenants(django_db_setup, django_db_blocker) -> Iterator[tuple[ProvisionedForTest, ProvisionedForTest]]:
+    with django_db_blocker.unblock():
+        pair = (provision_for_test("alpha"), provision_for_test("beta"))
+    yield pair
+    with django_db_blocker.unblock():
+        for provisioned in pair:
+            destroy_tenant(provisioned.tenant)
+
+
+@pytest.fixture
+def tenant_a(session_tenants, db) -> Iterator[ProvisionedForTest]:
+    yield session_tenants[0]
+    connection.set_schema_to_public()
+
+
+@pytest.fixture
+def tenant_b(session_tenants, db) -> ProvisionedForTest:
+    return session_tenants[1]
+
+
+@pytest.fixture
+def committed(django_db_setup, django_db_blocker) -> Iterator[None]:
+    """Database access outside a test transaction: writes commit, so other processes see them."""
+    with django_db_blocker.unblock():
+        yield
+        connection.set_schema_to_public()
+
+
+@pytest.fixture
+def client() -> Client:
+    return Client()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+
+
+@pytest.fixture
+def operator_key(db) -> str:
+    return tenant_services.operator_key_create(name=unique_slug("operator")).plaintext
+
+
+@pytest.fixture(autouse=True)
+def _start_on_public_schema() -> Iterator[None]:
+    yield
+    connection.set_schema_to_public()

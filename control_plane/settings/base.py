@@ -1,0 +1,176 @@
+"""Django settings: every toggle is read from the environment here (README.md lists them)."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit, urlunsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from control_plane.settings import env
+
+BASE_DIR = env.BASE_DIR
+
+# Third-party libraries we run must never phone home or block on a network fetch at import.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
+
+DEBUG = env.boolean("DEBUG", False)
+# local (default) or production; production refuses the development secrets below.
+AGENTPLANE_ENV = env.string("AGENTPLANE_ENV", "local")
+_DEV_SECRET = "dev-insecure-secret-key-change-me-0123456789abcdef"
+SECRET_KEY = env.string("SECRET_KEY", _DEV_SECRET)
+API_KEY_PEPPER = env.string("API_KEY_PEPPER", SECRET_KEY)
+if AGENTPLANE_ENV == "production" and _DEV_SECRET in (SECRET_KEY, API_KEY_PEPPER):
+    raise ImproperlyConfigured(
+        "AGENTPLANE_ENV=production but SECRET_KEY or API_KEY_PEPPER is unset; set both to long random values."
+    )
+ALLOWED_HOSTS = env.string_list("ALLOWED_HOSTS", ["*"])
+
+# --- Applications: each of ours lives in exactly one of the two lists. --------------------------
+SHARED_APPS = [
+    "django_tenants",
+    "tenants",  # tenant registry, domains, the API-key index, operator keys
+    "billing",
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+]
+TENANT_APPS = [
+    "control_plane.audit",
+    "data_plane",
+    "guardrails",
+]
+INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
+
+TENANT_MODEL = "tenants.Tenant"
+TENANT_DOMAIN_MODEL = "tenants.Domain"
+PUBLIC_SCHEMA_NAME = "public"
+SHOW_PUBLIC_IF_NO_TENANT_FOUND = True
+
+MIDDLEWARE = [
+    "tenants.middleware.TenantResolutionMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "control_plane.urls"
+WSGI_APPLICATION = "control_plane.wsgi.application"
+ASGI_APPLICATION = "control_plane.asgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    }
+]
+
+# --- Postgres (django-tenants backend; one schema per tenant) -----------------------------------
+DATABASE_URL = env.string("DATABASE_URL", "postgres://postgres@127.0.0.1:54329/agentplane")
+DATABASES = {
+    "default": dj_database_url.parse(
+        DATABASE_URL,
+        engine="django_tenants.postgresql_backend",
+        conn_max_age=env.integer("DATABASE_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env.integer("DATABASE_CONNECT_TIMEOUT", 5)
+DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+
+# --- Redis: Celery broker and the Channels layer use separate logical databases. ----------------
+def redis_url_with_db(url: str, db: int) -> str:
+    """The same server as ``url`` with its path set to database ``db``."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
+
+
+REDIS_URL = env.string("REDIS_URL", "redis://127.0.0.1:6379/0")
+_redis_base_db = int(urlsplit(REDIS_URL).path.strip("/") or 0)
+CELERY_BROKER_URL = env.string("CELERY_BROKER_URL", redis_url_with_db(REDIS_URL, _redis_base_db))
+CHANNEL_LAYER_REDIS_URL = env.string("CHANNEL_LAYER_REDIS_URL", redis_url_with_db(REDIS_URL, _redis_base_db + 1))
+
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.integer("CELERY_VISIBILITY_TIMEOUT", 3600)}
+CELERY_TASK_ALWAYS_EAGER = env.boolean("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TASK_DEFAULT_QUEUE = "agentplane"
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # Token streams burst far past the default capacity of 100 messages per channel.
+        "CONFIG": {"hosts": [CHANNEL_LAYER_REDIS_URL], "capacity": 5000, "expiry": 60},
+    }
+}
+
+# --- REST framework and the OpenAPI schema ------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "common.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "common.problems.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Agentplane API",
+    "DESCRIPTION": (
+        "Multi-tenant platform for durable AI agents. Authenticate with `Authorization: Bearer <API key>`; "
+        "the key selects your tenant. Platform-operator endpoints under /v1/platform take an operator key. "
+        "Errors are RFC 9457 problem documents."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": "/v1",
+}
+
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / ".data" / "static"
+# The API reference's assets (Swagger UI, Redoc) are served by WhiteNoise from the installed packages,
+# so the page works without a CDN or a collectstatic step.
+WHITENOISE_USE_FINDERS = env.boolean("WHITENOISE_USE_FINDERS", True)
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+# Largest JSON body the API accepts (bytes); larger bodies get a 413 problem document.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.integer("MAX_REQUEST_BYTES", 2 * 1024 * 1024)
+
+LOG_LEVEL = env.string("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

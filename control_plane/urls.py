@@ -1,0 +1,25 @@
+from django.urls import include, path
+from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from control_plane import health
+from control_plane.audit.apis import AuditEventListApi
+
+api_v1 = [
+    path("", include("tenants.urls")),
+    path("", include("data_plane.urls")),
+    path("audit-events", AuditEventListApi.as_view(), name="audit-events"),
+    path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi-schema"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="openapi-schema"), name="api-docs"),
+    path("redoc", SpectacularRedocView.as_view(url_name="openapi-schema"), name="api-redoc"),
+]
+
+urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("v1/", include(api_v1)),
+]
+
+handler400 = "common.problems.handler400"
+handler403 = "common.problems.handler403"
+handler404 = "common.problems.handler404"
+handler500 = "common.problems.handler500"

@@ -1,0 +1,1 @@
+"""The data plane: runs, checkpoints, events, tools and memory, executed by Celery workers."""

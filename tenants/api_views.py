@@ -1,0 +1,23 @@
+"""Base classes for every API view: which credential it takes and how it checks permissions."""
+
+from __future__ import annotations
+
+from rest_framework.views import APIView
+
+from tenants.authentication import ApiKeyAuthentication, OperatorKeyAuthentication
+from tenants.permissions import HasRequiredScope, IsOperator
+
+
+class TenantApiView(APIView):
+    """An endpoint over one tenant's data; the API key selects the tenant. Set ``required_scopes``."""
+
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes = [HasRequiredScope]
+    required_scopes: dict[str, str] = {}
+
+
+class OperatorApiView(APIView):
+    """A platform-operator endpoint (public schema only)."""
+
+    authentication_classes = [OperatorKeyAuthentication]
+    permission_classes = [IsOperator]

@@ -1,0 +1,109 @@
+"""Tenant resolution by credential: a bearer API key selects its tenant and that tenant's schema.
+
+DRF authenticates at the start of every view, before permissions and the handler, so switching the
+connection here means every query the view makes runs in the key's tenant schema. The middleware
+puts the connection back on the public schema before the next request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connection
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.request import Request
+
+from common.actors import Actor
+from tenants import services
+from tenants.errors import CredentialTenantMismatch, InvalidCredentials
+from tenants.models import ApiKey, OperatorKey, Tenant
+
+
+@dataclass(frozen=True)
+class TenantPrincipal:
+    """The caller of a tenant endpoint: one API key of one tenant."""
+
+    tenant: Tenant
+    key_id: str
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    is_authenticated: bool = True
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(kind="api_key", id=self.key_id)
+
+
+@dataclass(frozen=True)
+class OperatorPrincipal:
+    key_id: str
+    name: str
+    is_authenticated: bool = True
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(kind="operator_key", id=self.key_id, label=self.name)
+
+
+def bearer_token(request: Request) -> str | None:
+    header = get_authorization_header(request).decode("latin-1")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise InvalidCredentials("Send the key as 'Authorization: Bearer <key>'.")
+    return token.strip()
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    """Authenticates a tenant API key and enters the key's tenant schema."""
+
+    def authenticate(self, request: Request) -> tuple[TenantPrincipal, ApiKey] | None:
+        token = bearer_token(request)
+        if token is None:
+            return None
+        key = services.api_key_authenticate(raw=token)
+        host_tenant = getattr(request._request, "tenant", None)
+        if host_tenant is not None and host_tenant.schema_name != "public" and host_tenant.pk != key.tenant_id:
+            raise CredentialTenantMismatch("This key belongs to a different tenant than this hostname.")
+        connection.set_tenant(key.tenant)
+        request._request.tenant = key.tenant
+        principal = TenantPrincipal(tenant=key.tenant, key_id=str(key.id), scopes=frozenset(key.scopes))
+        return principal, key
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="agentplane"'
+
+
+class OperatorKeyAuthentication(BaseAuthentication):
+    """Authenticates a platform operator key; stays in the public schema."""
+
+    def authenticate(self, request: Request) -> tuple[OperatorPrincipal, OperatorKey] | None:
+        token = bearer_token(request)
+        if token is None:
+            return None
+        key = services.operator_key_authenticate(raw=token)
+        connection.set_schema_to_public()
+        return OperatorPrincipal(key_id=str(key.id), name=key.name), key
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="agentplane-platform"'
+
+
+class ApiKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "tenants.authentication.ApiKeyAuthentication"
+    name = "ApiKey"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {"type": "http", "scheme": "bearer", "bearerFormat": "agp_<id>_<secret>",
+                "description": "A tenant API key; it selects the tenant."}
+
+
+class OperatorKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "tenants.authentication.OperatorKeyAuthentication"
+    name = "OperatorKey"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {"type": "http", "scheme": "bearer", "bearerFormat": "agpop_<id>_<secret>",
+                "description": "A platform operator key (tenant provisioning only)."}

@@ -1,0 +1,18 @@
+"""The scopes an API key can hold. Each endpoint names the scope it needs (least privilege)."""
+
+from __future__ import annotations
+
+SCOPES: dict[str, str] = {
+    "tenant:read": "Read the tenant's own profile.",
+    "keys:read": "List and read API keys (never their secrets).",
+    "keys:write": "Create and revoke API keys, within the creating key's own scopes.",
+    "audit:read": "Read the tenant's audit log.",
+    "pings:read": "Read data-plane pings.",
+    "pings:write": "Send data-plane pings (a task executed by a worker in the tenant's schema).",
+}
+
+ALL_SCOPES: tuple[str, ...] = tuple(SCOPES)
+
+
+def unknown_scopes(scopes: list[str]) -> list[str]:
+    return [scope for scope in scopes if scope not in SCOPES]

@@ -1,0 +1,318 @@
+"""Writes to the tenant registry: provisioning, lifecycle, credentials."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+from django_tenants.utils import schema_exists
+
+from common.actors import Actor
+from common.errors import InvalidInput
+from common.keys import KeyHasher, parse_key
+from control_plane.audit.services import audit_event_record
+from tenants import scopes as scope_registry
+from tenants.errors import (
+    ApiKeyAlreadyRevoked,
+    CredentialExpired,
+    CredentialRevoked,
+    DomainTaken,
+    InvalidCredentials,
+    ProvisioningFailed,
+    ScopeEscalation,
+    TenantStatusConflict,
+    TenantSlugTaken,
+    TenantSuspended,
+    UnknownScope,
+)
+from tenants.models import ApiKey, Domain, OperatorKey, Tenant, TenantLifecycleEvent
+from tenants.selectors import api_key_get
+
+logger = logging.getLogger(__name__)
+
+SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,46}[a-z0-9]$")
+RESERVED_SLUGS = frozenset({"public", "platform", "admin", "api", "www", "static", "information-schema"})
+HOSTNAME_PATTERN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+# Touch last_used_at at most this often per key, so authentication is not a write per request.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+def _hasher() -> KeyHasher:
+    return KeyHasher(settings.API_KEY_PEPPER.encode())
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A key just created: the only moment its plaintext exists."""
+
+    key: ApiKey | OperatorKey
+    plaintext: str
+
+
+@dataclass(frozen=True)
+class ProvisionedTenant:
+    tenant: Tenant
+    admin_key: IssuedKey
+
+
+def schema_name_for(slug: str) -> str:
+    return "t_" + slug.replace("-", "_")
+
+
+def _validate_slug(slug: str) -> None:
+    if not SLUG_PATTERN.match(slug):
+        raise InvalidInput(
+            f"Slug {slug!r} is invalid: use 3-48 lowercase letters, digits and hyphens, starting with a letter.",
+            extra={"errors": {"slug": ["3-48 characters: a-z, 0-9 and '-', starting with a letter."]}},
+        )
+    if slug in RESERVED_SLUGS:
+        raise InvalidInput(f"Slug {slug!r} is reserved; choose another.", extra={"errors": {"slug": ["reserved"]}})
+
+
+def _validate_domains(domains: list[str]) -> list[str]:
+    cleaned = [d.strip().lower() for d in domains]
+    bad = [d for d in cleaned if not HOSTNAME_PATTERN.match(d)]
+    if bad:
+        raise InvalidInput(f"Not valid hostnames: {', '.join(bad)}.", extra={"errors": {"domains": bad}})
+    taken = list(Domain.objects.filter(domain__in=cleaned).values_list("domain", flat=True))
+    if taken:
+        raise DomainTaken(f"Domains already in use by another tenant: {', '.join(taken)}.")
+    return cleaned
+
+
+def _record_lifecycle(*, tenant: Tenant, action: str, from_status: str, reason: str, actor: Actor) -> None:
+    TenantLifecycleEvent.objects.create(
+        tenant=tenant, action=action, from_status=from_status, to_status=tenant.status, reason=reason,
+        actor=str(actor),
+    )
+
+
+def tenant_provision(
+    *, name: str, slug: str, sla_tier: str, domains: list[str], actor: Actor
+) -> ProvisionedTenant:
+    """Create the tenant, its schema (migrated) and an admin API key with every scope.
+
+    Raises InvalidInput, TenantSlugTaken, DomainTaken, ProvisioningFailed. Not idempotent: a second call
+    with the same slug raises TenantSlugTaken. On failure nothing is left behind.
+    """
+    _validate_slug(slug)
+    if sla_tier not in Tenant.SlaTier.values:
+        raise InvalidInput(f"sla_tier {sla_tier!r} is not one of {', '.join(Tenant.SlaTier.values)}.")
+    if Tenant.objects.filter(slug=slug).exists():
+        raise TenantSlugTaken(f"A tenant with slug {slug!r} already exists (slugs are never reused).")
+    cleaned_domains = _validate_domains(domains)
+    schema_name = schema_name_for(slug)
+    if schema_exists(schema_name):
+        raise TenantSlugTaken(f"Schema {schema_name!r} already exists; choose another slug.")
+
+    connection.set_schema_to_public()
+    try:
+        with transaction.atomic():
+            tenant = Tenant.objects.create(name=name, slug=slug, sla_tier=sla_tier, schema_name=schema_name)
+            for index, domain in enumerate(cleaned_domains):
+                Domain.objects.create(tenant=tenant, domain=domain, is_primary=index == 0)
+            _record_lifecycle(tenant=tenant, action="provision", from_status="", reason="", actor=actor)
+    except IntegrityError:
+        raise TenantSlugTaken(f"A tenant with slug {slug!r} or one of its domains already exists.") from None
+
+    try:
+        tenant.create_schema(check_if_exists=False, verbosity=0)
+    except Exception as exc:
+        logger.exception("Provisioning tenant %s failed; rolling back", slug)
+        _tenant_destroy(tenant)
+        raise ProvisioningFailed(
+            f"Creating the schema of tenant {slug!r} failed ({type(exc).__name__}); nothing was kept. Retry, "
+            "and if it fails again report the time of the request."
+        ) from exc
+
+    audit_event_record(tenant=tenant, actor=actor, action="tenant.provision", target_type="tenant",
+                       target_id=str(tenant.id), data={"slug": slug, "sla_tier": sla_tier})
+    admin_key = api_key_create(
+        tenant=tenant, name="admin (created at provisioning)", scopes=list(scope_registry.ALL_SCOPES),
+        expires_at=None, actor=actor, granting_scopes=None,
+    )
+    return ProvisionedTenant(tenant=tenant, admin_key=admin_key)
+
+
+def _tenant_destroy(tenant: Tenant) -> None:
+    """Remove every trace of a half-provisioned tenant."""
+    connection.set_schema_to_public()
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP SCHEMA IF EXISTS "{tenant.schema_name}" CASCADE')
+    TenantLifecycleEvent.objects.filter(tenant=tenant).delete()
+    Domain.objects.filter(tenant=tenant).delete()
+    ApiKey.objects.filter(tenant=tenant).delete()
+    Tenant.objects.filter(pk=tenant.pk).delete()
+
+
+def _change_status(*, tenant: Tenant, to_status: str, allowed_from: set[str], action: str, reason: str,
+                   actor: Actor) -> Tenant:
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        if locked.status not in allowed_from:
+            raise TenantStatusConflict(
+                f"Tenant {locked.slug!r} is {locked.status}; {action} needs it to be "
+                f"{' or '.join(sorted(allowed_from))}."
+            )
+        from_status = locked.status
+        locked.status = to_status
+        locked.status_reason = reason
+        locked.save(update_fields=["status", "status_reason", "updated_at"])
+        _record_lifecycle(tenant=locked, action=action, from_status=from_status, reason=reason, actor=actor)
+    return locked
+
+
+def tenant_suspend(*, tenant: Tenant, reason: str, actor: Actor) -> Tenant:
+    """Suspend an active tenant: its keys get 403 and its queued tasks are refused. Raises TenantStatusConflict."""
+    suspended = _change_status(tenant=tenant, to_status=Tenant.Status.SUSPENDED, allowed_from={Tenant.Status.ACTIVE},
+                               action="suspend", reason=reason, actor=actor)
+    audit_event_record(tenant=suspended, actor=actor, action="tenant.suspend", target_type="tenant",
+                       target_id=str(tenant.id), data={"reason": reason})
+    return suspended
+
+
+def tenant_reactivate(*, tenant: Tenant, actor: Actor) -> Tenant:
+    """Reactivate a suspended tenant. Raises TenantStatusConflict."""
+    active = _change_status(tenant=tenant, to_status=Tenant.Status.ACTIVE, allowed_from={Tenant.Status.SUSPENDED},
+                            action="reactivate", reason="", actor=actor)
+    audit_event_record(tenant=active, actor=actor, action="tenant.reactivate", target_type="tenant",
+                       target_id=str(tenant.id))
+    return active
+
+
+def tenant_delete(*, tenant: Tenant, actor: Actor) -> Tenant:
+    """Delete a tenant: drop its schema (all its data), revoke its keys, keep a tombstone row.
+
+    Irreversible. Raises TenantStatusConflict when already deleted. The slug is never reused.
+    """
+    deleted = _change_status(
+        tenant=tenant, to_status=Tenant.Status.DELETED,
+        allowed_from={Tenant.Status.ACTIVE, Tenant.Status.SUSPENDED}, action="delete", reason="", actor=actor,
+    )
+    now = timezone.now()
+    with transaction.atomic():
+        ApiKey.objects.filter(tenant=deleted, revoked_at__isnull=True).update(revoked_at=now)
+        Domain.objects.filter(tenant=deleted).delete()
+        connection.set_schema_to_public()
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP SCHEMA IF EXISTS "{deleted.schema_name}" CASCADE')
+    return deleted
+
+
+# --- API keys ------------------------------------------------------------------------------------
+
+def api_key_create(
+    *, tenant: Tenant, name: str, scopes: list[str], expires_at: datetime | None, actor: Actor,
+    granting_scopes: list[str] | None,
+) -> IssuedKey:
+    """Issue a key for ``tenant``. ``granting_scopes`` are the creating key's (None: the platform itself).
+
+    Raises UnknownScope, ScopeEscalation (asking for a scope the creator lacks), InvalidInput.
+    """
+    if tenant.status != Tenant.Status.ACTIVE:
+        raise TenantStatusConflict(f"Tenant {tenant.slug!r} is {tenant.status}; keys can only be issued to an "
+                                   "active tenant.")
+    unknown = scope_registry.unknown_scopes(scopes)
+    if unknown:
+        raise UnknownScope(
+            f"Unknown scopes: {', '.join(unknown)}. Valid scopes: {', '.join(scope_registry.ALL_SCOPES)}.",
+            extra={"errors": {"scopes": [f"unknown scope {s!r}" for s in unknown]}},
+        )
+    if not scopes:
+        raise InvalidInput("A key needs at least one scope.", extra={"errors": {"scopes": ["must not be empty"]}})
+    if granting_scopes is not None:
+        beyond = sorted(set(scopes) - set(granting_scopes))
+        if beyond:
+            raise ScopeEscalation(f"This key cannot grant scopes it does not hold: {', '.join(beyond)}.")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise InvalidInput("expires_at is in the past; give a future time or omit it.",
+                           extra={"errors": {"expires_at": ["must be in the future"]}})
+    generated = _hasher().generate(ApiKey.PREFIX)
+    created_by = actor.id if actor.kind == "api_key" else None
+    key = ApiKey.objects.create(
+        tenant=tenant, name=name, scopes=sorted(set(scopes)), expires_at=expires_at,
+        lookup_id=generated.lookup_id, secret_hash=generated.secret_hash, created_by_key_id=created_by,
+    )
+    audit_event_record(tenant=tenant, actor=actor, action="api_key.create", target_type="api_key",
+                       target_id=str(key.id), data={"name": name, "scopes": key.scopes,
+                                                    "expires_at": expires_at.isoformat() if expires_at else None})
+    return IssuedKey(key=key, plaintext=generated.plaintext)
+
+
+def api_key_revoke(*, tenant: Tenant, key_id, actor: Actor) -> ApiKey:
+    """Revoke one of the tenant's keys; it stops working at once. Raises ApiKeyNotFound, ApiKeyAlreadyRevoked."""
+    key = api_key_get(tenant=tenant, key_id=key_id)
+    updated = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    if not updated:
+        raise ApiKeyAlreadyRevoked(f"API key {key_id} was already revoked.")
+    key.refresh_from_db()
+    audit_event_record(tenant=tenant, actor=actor, action="api_key.revoke", target_type="api_key",
+                       target_id=str(key.id), data={"name": key.name})
+    return key
+
+
+def _authenticate(model: type[ApiKey] | type[OperatorKey], raw: str) -> ApiKey | OperatorKey:
+    parsed = parse_key(raw)
+    hasher = _hasher()
+    if parsed is None or parsed.prefix != model.PREFIX:
+        raise InvalidCredentials(f"The bearer token is not a valid {model._meta.verbose_name}.")
+    queryset = model.objects.select_related("tenant") if model is ApiKey else model.objects
+    key = queryset.filter(lookup_id=parsed.lookup_id).first()
+    if key is None:
+        hasher.verify(parsed.secret, "0" * 64)  # same work as a real check, so timing reveals nothing
+        raise InvalidCredentials(f"The bearer token is not a valid {model._meta.verbose_name}.")
+    if not hasher.verify(parsed.secret, key.secret_hash):
+        raise InvalidCredentials(f"The bearer token is not a valid {model._meta.verbose_name}.")
+    now = timezone.now()
+    if key.revoked_at is not None:
+        raise CredentialRevoked(f"This key ({key.lookup_id}) was revoked; create a new key.")
+    if key.expires_at is not None and key.expires_at <= now:
+        raise CredentialExpired(f"This key ({key.lookup_id}) expired at {key.expires_at.isoformat()}; "
+                                "create a new key.")
+    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+        model.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+    return key
+
+
+def api_key_authenticate(*, raw: str) -> ApiKey:
+    """The live key behind a presented bearer token, with its tenant.
+
+    Raises InvalidCredentials, CredentialRevoked, CredentialExpired (401) and TenantSuspended (403).
+    Verification is constant-time. Updates last_used_at at most once a minute.
+    """
+    key = _authenticate(ApiKey, raw)
+    assert isinstance(key, ApiKey)
+    if key.tenant.status == Tenant.Status.SUSPENDED:
+        reason = f" ({key.tenant.status_reason})" if key.tenant.status_reason else ""
+        raise TenantSuspended(f"Tenant {key.tenant.slug!r} is suspended{reason}; its keys are refused until "
+                              "the platform operator reactivates it.")
+    if key.tenant.status != Tenant.Status.ACTIVE:
+        raise InvalidCredentials("The bearer token is not a valid api key.")
+    return key
+
+
+def operator_key_create(*, name: str, replace_existing: bool = False) -> IssuedKey:
+    """Issue a platform operator key (management command only; there is no API to mint one).
+
+    With ``replace_existing`` the live operator keys of the same name are revoked in the same transaction.
+    """
+    generated = _hasher().generate(OperatorKey.PREFIX)
+    with transaction.atomic():
+        if replace_existing:
+            OperatorKey.objects.filter(name=name, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        key = OperatorKey.objects.create(name=name, lookup_id=generated.lookup_id,
+                                         secret_hash=generated.secret_hash)
+    return IssuedKey(key=key, plaintext=generated.plaintext)
+
+
+def operator_key_authenticate(*, raw: str) -> OperatorKey:
+    """The live operator key behind a bearer token. Raises InvalidCredentials, CredentialRevoked, CredentialExpired."""
+    key = _authenticate(OperatorKey, raw)
+    assert isinstance(key, OperatorKey)
+    return key
