@@ -12,18 +12,8 @@ from rest_framework.response import Response
 from common.pagination import paginated, paginated_response
 from common.validation import validated
 from data_plane import selectors, services
+from data_plane.serializers import PingOutputSerializer
 from tenants.api_views import TenantApiView
-
-
-class PingOutputSerializer(serializers.Serializer):
-    id = serializers.UUIDField()
-    message = serializers.CharField()
-    status = serializers.CharField()
-    requested_at = serializers.DateTimeField()
-    completed_at = serializers.DateTimeField(allow_null=True)
-    worker = serializers.CharField(help_text="The Celery worker that answered.")
-    observed_schema = serializers.CharField(help_text="The database schema the worker ran in.")
-    deliveries = serializers.IntegerField()
 
 
 class PingListCreateApi(TenantApiView):

@@ -10,8 +10,9 @@ from django.utils import timezone
 from common.actors import Actor
 from common.schemas import require_schema
 from control_plane.audit.services import audit_event_record
-from data_plane import tasks
+from data_plane import streams, tasks
 from data_plane.models import Ping
+from data_plane.serializers import ping_data
 
 
 def ping_create(*, tenant, message: str, actor: Actor) -> Ping:  # type: ignore[no-untyped-def]
@@ -28,7 +29,8 @@ def ping_create(*, tenant, message: str, actor: Actor) -> Ping:  # type: ignore[
 
 
 def ping_answer(*, tenant_schema: str, ping_id: UUID, worker: str) -> Ping | None:
-    """Mark the ping answered by ``worker``, noting the schema the worker's connection is in.
+    """Mark the ping answered by ``worker``, noting the schema the worker's connection is in, and
+    notify its subscribers after commit.
 
     Idempotent: a redelivered task counts the delivery but keeps the first answer. None if the ping is gone.
     """
@@ -44,5 +46,7 @@ def ping_answer(*, tenant_schema: str, ping_id: UUID, worker: str) -> Ping | Non
             ping.worker = worker
             ping.observed_schema = connection.schema_name
         ping.save()
-    ping.refresh_from_db()
+        ping.refresh_from_db()
+        transaction.on_commit(partial(streams.ping_publish, tenant_schema=tenant_schema, ping_id=ping_id,
+                                      ping=ping_data(ping)))
     return ping

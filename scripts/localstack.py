@@ -8,6 +8,7 @@ AGENTPLANE_REDIS_DEFAULT_URL (redis://127.0.0.1:6379/0, tried before starting ou
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -30,7 +31,9 @@ PG_LOG = DATA / "pg.log"
 REDIS_DIR = DATA / "redis"
 REDIS_PID = REDIS_DIR / "redis.pid"
 ENV_FILE = DATA / "services.env"
-PG_PORT = int(os.environ.get("AGENTPLANE_PG_PORT") or 54329)
+PG_PORT_FILE = DATA / "pg.port"
+PG_PORT = int(os.environ.get("AGENTPLANE_PG_PORT") or 54329)  # the first choice; see choose_pg_port
+RELOCATED_ROOT = Path("/var/lib/agentplane")
 REDIS_PORT = int(os.environ.get("AGENTPLANE_REDIS_PORT") or 63799)
 REDIS_DEFAULT_URL = os.environ.get("AGENTPLANE_REDIS_DEFAULT_URL") or "redis://127.0.0.1:6379/0"
 IS_ROOT = os.geteuid() == 0
@@ -94,18 +97,68 @@ def pg_isready(*target: str) -> bool:
 
 
 def ensure_pg_user() -> None:
-    """As root: make sure the postgres user exists, can reach .data and owns the data dir and log."""
+    """As root: make sure the postgres user exists and owns the data dir and log."""
     try:
         pwd.getpwnam("postgres")
     except KeyError:
         run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"])
-    if run(["runuser", "-u", "postgres", "--", "test", "-x", str(DATA)], check=False).returncode != 0:
-        closed = [str(p) for p in [DATA, *DATA.parents] if not p.stat().st_mode & 0o001]
-        raise Fail(f"user postgres cannot traverse {DATA}; run: chmod o+x {' '.join(closed)}")
     user = pwd.getpwnam("postgres")
     for path in (PG_DIR, PG_LOG):
         if path.stat().st_uid != user.pw_uid:
             run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(path)])
+
+
+def relocate_if_unreachable() -> None:
+    """As root, when user postgres cannot traverse the checkout (say, a clone under /root), keep the
+    cluster under /var/lib/agentplane/<checkout hash> and link it from .data/pg."""
+    global PG_DIR, PG_LOG
+    link = DATA / "pg"
+    if link.is_symlink():
+        PG_DIR = link.resolve()
+    elif run(["runuser", "-u", "postgres", "--", "test", "-x", str(DATA)], check=False).returncode == 0:
+        return
+    elif link.exists():
+        closed = [str(p) for p in [DATA, *DATA.parents] if not p.stat().st_mode & 0o001]
+        raise Fail(f"user postgres cannot traverse {DATA}; run: chmod o+x {' '.join(closed)}")
+    else:
+        home = RELOCATED_ROOT / hashlib.sha1(str(REPO).encode()).hexdigest()[:12]
+        home.mkdir(parents=True, exist_ok=True)
+        for folder in (RELOCATED_ROOT, home):
+            folder.chmod(0o755)
+        (home / "pg").mkdir(mode=0o700, exist_ok=True)
+        link.symlink_to(home / "pg")
+        (home / "checkout").write_text(f"{REPO}\n")
+        PG_DIR = home / "pg"
+    PG_LOG = PG_DIR.parent / "pg.log"
+
+
+def follow_relocated_cluster() -> None:
+    """If .data/pg links to a relocated cluster, work on the real path (user postgres cannot follow the link)."""
+    global PG_DIR, PG_LOG, PG_PORT
+    if (DATA / "pg").is_symlink():
+        PG_DIR = (DATA / "pg").resolve()
+        PG_LOG = PG_DIR.parent / "pg.log"
+    if PG_PORT_FILE.exists() and not os.environ.get("AGENTPLANE_PG_PORT"):
+        PG_PORT = int(PG_PORT_FILE.read_text().strip())
+
+
+def port_is_free(port: int) -> bool:
+    """True if nothing listens on 127.0.0.1:port."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def choose_pg_port() -> int:
+    """AGENTPLANE_PG_PORT if set; else the port this checkout used before; else 54329 or the next free one,
+    so that two checkouts on one machine (say, CI's clone beside a developer's tree) never collide."""
+    if os.environ.get("AGENTPLANE_PG_PORT"):
+        return PG_PORT
+    if PG_PORT_FILE.exists():
+        return int(PG_PORT_FILE.read_text().strip())
+    for port in range(PG_PORT, PG_PORT + 100):
+        if port_is_free(port):
+            return port
+    raise Fail(f"no free port in {PG_PORT}-{PG_PORT + 99}; set AGENTPLANE_PG_PORT")
 
 
 def pg_state() -> str:
@@ -129,7 +182,10 @@ def initdb_locale() -> str:
 
 def start_embedded_pg() -> str:
     """Init and start the embedded server, create the database and extension; say what was done."""
+    global PG_PORT
     DATA.mkdir(exist_ok=True)
+    if IS_ROOT:
+        relocate_if_unreachable()
     PG_DIR.mkdir(mode=0o700, exist_ok=True)
     PG_LOG.touch()
     if IS_ROOT:
@@ -141,10 +197,9 @@ def start_embedded_pg() -> str:
         done.append("initialised")
     state = pg_state()
     if state == "running":
-        port = (PG_DIR / "postmaster.pid").read_text().splitlines()[3].strip()
-        if port != str(PG_PORT):
-            raise Fail(f"embedded Postgres is running on port {port}, not {PG_PORT}; run `down` first")
+        PG_PORT = int((PG_DIR / "postmaster.pid").read_text().splitlines()[3].strip())
     else:
+        PG_PORT = choose_pg_port()
         if state == "stale":
             (PG_DIR / "postmaster.pid").unlink()
         socket_dir = str(PG_DIR) if len(str(PG_DIR)) < 90 else ""  # unix socket paths are limited to ~107 bytes
@@ -155,6 +210,7 @@ def start_embedded_pg() -> str:
         except Fail as exc:
             raise Fail(f"{exc}\n{log_tail(PG_LOG)}\nfix the problem in the log above (port in use?) and rerun `up`")
         done.append("started")
+    PG_PORT_FILE.write_text(f"{PG_PORT}\n")
     wait_for(lambda: pg_isready("-h", "127.0.0.1", "-p", str(PG_PORT), "-U", "postgres"), 30,
              f"embedded Postgres does not accept connections after 30s\n{log_tail(PG_LOG)}")
     psql("CREATE EXTENSION IF NOT EXISTS vector", db="template1")
@@ -301,6 +357,7 @@ def main() -> int:
         print(f"usage: {sys.argv[0]} {{{','.join(COMMANDS)}}}", file=sys.stderr)
         return 1
     try:
+        follow_relocated_cluster()
         COMMANDS[sys.argv[1]]()
     except Fail as exc:
         print(f"localstack {sys.argv[1]}: error: {exc}", file=sys.stderr)

@@ -152,7 +152,8 @@ SPECTACULAR_SETTINGS = {
 }
 
 STATIC_URL = "/static/"
-STATIC_ROOT = BASE_DIR / ".data" / "static"
+# Set STATIC_ROOT (and run collectstatic) in production; locally WhiteNoise serves from the packages.
+STATIC_ROOT = env.string("STATIC_ROOT", "") or None
 # The API reference's assets (Swagger UI, Redoc) are served by WhiteNoise from the installed packages,
 # so the page works without a CDN or a collectstatic step.
 WHITENOISE_USE_FINDERS = env.boolean("WHITENOISE_USE_FINDERS", True)
