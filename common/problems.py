@@ -10,7 +10,9 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf_exceptions
@@ -74,6 +76,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, AppError):
         body = problem(status=exc.http_status, code=exc.code, title=exc.title, detail=exc.message, **exc.extra)
         status = exc.http_status
+    elif isinstance(exc, RequestDataTooBig):
+        status = 413
+        body = problem(status=413, code="request_too_large",
+                       detail=f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes; "
+                       "send less data per request.")
+    elif isinstance(exc, SuspiciousOperation):
+        status = 400
+        body = problem(status=400, code="bad_request", detail="The request was refused as malformed; check it.")
     elif isinstance(exc, DjangoValidationError):
         body = problem(status=400, code="invalid", detail="; ".join(exc.messages))
         status = 400

@@ -14,6 +14,7 @@ from django.db import close_old_connections, connection
 
 from common.errors import AppError
 from tenants import services
+from tenants.authentication import parse_bearer
 from tenants.errors import InvalidCredentials
 
 
@@ -28,12 +29,10 @@ def _authenticate(authorization: str | None) -> dict[str, Any]:
     close_old_connections()
     connection.set_schema_to_public()
     try:
-        if not authorization:
+        token = parse_bearer(authorization)
+        if token is None:
             raise InvalidCredentials("Send your API key as 'Authorization: Bearer <key>' in the handshake.")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise InvalidCredentials("Send your API key as 'Authorization: Bearer <key>' in the handshake.")
-        key = services.api_key_authenticate(raw=token.strip())
+        key = services.api_key_authenticate(raw=token)
         return {"tenant_schema": key.tenant.schema_name, "tenant_id": str(key.tenant_id),
                 "api_key_id": str(key.id), "scopes": frozenset(key.scopes)}
     except AppError as error:

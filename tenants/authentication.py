@@ -46,14 +46,21 @@ class OperatorPrincipal:
         return Actor(kind="operator_key", id=self.key_id, label=self.name)
 
 
-def bearer_token(request: Request) -> str | None:
-    header = get_authorization_header(request).decode("latin-1")
+def parse_bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None without a header.
+
+    Raises InvalidCredentials for any other shape of header.
+    """
     if not header:
         return None
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise InvalidCredentials("Send the key as 'Authorization: Bearer <key>'.")
     return token.strip()
+
+
+def bearer_token(request: Request) -> str | None:
+    return parse_bearer(get_authorization_header(request).decode("latin-1"))
 
 
 class ApiKeyAuthentication(BaseAuthentication):

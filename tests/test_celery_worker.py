@@ -9,6 +9,7 @@ from django_tenants.utils import schema_context
 from conftest import TEST_ACTOR, destroy_tenant, provision_for_test
 from data_plane import services
 from data_plane.models import Ping
+from data_plane.tests.factories import PingFactory
 from data_plane.tasks import ping_answer_task
 from tenants import services as tenant_services
 from tests.processes import wait_for
@@ -51,7 +52,7 @@ def test_worker_answers_each_tenants_ping_in_that_tenants_schema(worker_process,
 def test_worker_refuses_tasks_of_a_suspended_tenant(worker_process, two_committed_tenants):
     suspended, active = two_committed_tenants
     with schema_context(suspended.schema):
-        waiting = Ping.objects.create(message="while suspended")
+        waiting = PingFactory()
     tenant_services.tenant_suspend(tenant=suspended.tenant, reason="test", actor=TEST_ACTOR)
     connection.set_schema_to_public()
     # when: a task addressed to the suspended tenant, then one to an active tenant (the worker runs them in order)

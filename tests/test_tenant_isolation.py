@@ -19,9 +19,9 @@ from conftest import ProvisionedForTest, bearer
 from control_plane.audit.models import AuditEvent
 from data_plane import services as data_plane_services
 from data_plane.models import Ping
-from tenants import services as tenant_services
 from tenants.api_views import TenantApiView
 from tenants.models import ApiKey
+from tenants.tests.factories import ApiKeyFactory
 
 
 @dataclass(frozen=True)
@@ -110,13 +110,12 @@ def test_every_tenant_endpoint_is_in_the_matrix():
 @pytest.fixture
 def tenant_a_data(tenant_a) -> TenantAData:
     actor = Actor(kind="system", id="isolation-test")
-    key = tenant_services.api_key_create(tenant=tenant_a.tenant, name="a-only", scopes=["tenant:read"],
-                                         expires_at=None, actor=actor, granting_scopes=None)
+    key = ApiKeyFactory(tenant=tenant_a.tenant, name="a-only")
     with schema_context(tenant_a.schema):
         ping = data_plane_services.ping_create(tenant=tenant_a.tenant, message="a", actor=actor)
         audit_ids = frozenset(str(i) for i in AuditEvent.objects.values_list("id", flat=True))
     assert audit_ids
-    return TenantAData(key_id=str(key.key.id), ping_id=str(ping.id), audit_ids=audit_ids)
+    return TenantAData(key_id=str(key.id), ping_id=str(ping.id), audit_ids=audit_ids)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.method.upper()} {c.route}")

@@ -7,13 +7,14 @@ from django.db import connection
 from django_tenants.utils import schema_context
 
 from data_plane.models import Ping
+from data_plane.tests.factories import PingFactory
 from data_plane.tasks import ping_answer_task
 
 
 def test_task_runs_in_the_named_schema_whatever_the_connection_was_on(tenant_a, tenant_b):
     # given: a ping of A, and a connection left on B's schema by earlier code
     with schema_context(tenant_a.schema):
-        ping = Ping.objects.create(message="m")
+        ping = PingFactory()
     connection.set_tenant(tenant_b.tenant)
     # when
     result = ping_answer_task.apply(kwargs={"tenant_schema": tenant_a.schema, "ping_id": str(ping.id)})
@@ -28,7 +29,7 @@ def test_task_runs_in_the_named_schema_whatever_the_connection_was_on(tenant_a, 
 
 def test_redelivery_keeps_the_first_answer(tenant_a):
     with schema_context(tenant_a.schema):
-        ping = Ping.objects.create(message="m")
+        ping = PingFactory()
     for _ in range(2):
         ping_answer_task.apply(kwargs={"tenant_schema": tenant_a.schema, "ping_id": str(ping.id)})
     with schema_context(tenant_a.schema):

@@ -1,12 +1,16 @@
 import json
+from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.utils import timezone
 from django_tenants.utils import schema_context
 
 from conftest import bearer, unique_slug
 from control_plane.audit.models import AuditEvent
 from tenants import services
 from tenants.models import ApiKey, Tenant
+from tenants.tests.factories import ApiKeyFactory, OperatorKeyFactory
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
 
@@ -39,9 +43,7 @@ def test_tenant_key_reads_its_own_tenant(client, tenant_a):
 
 
 def test_missing_scope_is_403_and_names_the_scope(client, tenant_a):
-    limited = services.api_key_create(tenant=tenant_a.tenant, name="reader", scopes=["tenant:read"],
-                                      expires_at=None, actor=services.Actor(kind="system", id="t"),
-                                      granting_scopes=None)
+    limited = ApiKeyFactory(tenant=tenant_a.tenant, scopes=["tenant:read"])
     response = client.get("/v1/api-keys", **bearer(limited.plaintext))
     assert response.status_code == 403
     assert response.json()["code"] == "missing_scope"
@@ -97,8 +99,7 @@ def test_unknown_scope_is_400_naming_valid_scopes(client, tenant_a):
 
 
 def test_a_key_cannot_mint_a_stronger_key(client, tenant_a):
-    weak = services.api_key_create(tenant=tenant_a.tenant, name="weak", scopes=["keys:write"], expires_at=None,
-                                   actor=services.Actor(kind="system", id="t"), granting_scopes=None)
+    weak = ApiKeyFactory(tenant=tenant_a.tenant, scopes=["keys:write"])
     response = post(client, "/v1/api-keys", {"name": "strong", "scopes": ["audit:read"]}, **bearer(weak.plaintext))
     assert response.status_code == 403
     assert response.json()["code"] == "scope_escalation"
@@ -202,3 +203,34 @@ def test_operator_lists_tenants_by_status(client, operator_key, tenant_a):
     assert response.status_code == 200
     assert tenant_a.tenant.slug in [t["slug"] for t in response.json()["results"]]
     assert client.get("/v1/platform/tenants?status=gone", **bearer(operator_key)).status_code == 400
+
+
+def test_an_oversized_body_is_413_and_stores_nothing(client, tenant_a, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = post(client, "/v1/api-keys", {"name": "x" * 2000, "scopes": ["tenant:read"]}, **bearer(tenant_a.key))
+    assert response.status_code == 413
+    assert response.json()["code"] == "request_too_large"
+    assert "1000 bytes" in response.json()["detail"]
+    assert not ApiKey.objects.filter(name="x" * 2000).exists()
+
+
+def test_an_unexpected_failure_is_a_500_problem_without_internals(client, tenant_a):
+    # given: a tenant whose schema vanished under it (a real database error, not a mock)
+    provisioned = services.tenant_provision(name="Broken", slug=unique_slug("broken"), sla_tier="standard",
+                                            domains=[], actor=services.Actor(kind="system", id="t"))
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP SCHEMA "{provisioned.tenant.schema_name}" CASCADE')
+    # when
+    response = client.get("/v1/pings", **bearer(provisioned.admin_key.plaintext))
+    # then
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["code"] == "internal_error"
+    assert "relation" not in response.json()["detail"]  # no SQL or stack details leak
+
+
+def test_an_expired_operator_key_is_refused(client, db):
+    expired = OperatorKeyFactory(expires_at=timezone.now() - timedelta(minutes=1))
+    response = client.get("/v1/platform/tenants", **bearer(expired.plaintext))
+    assert response.status_code == 401
+    assert response.json()["code"] == "credential_expired"
