@@ -1,5 +1,52 @@
-from common.errors import NotFound
+from common.errors import AppError, Conflict, InvalidInput, NotFound
 
 
 class PingNotFound(NotFound):
     code = "ping_not_found"
+
+
+class AgentNotFound(NotFound):
+    code = "agent_not_found"
+
+
+class AgentNameTaken(Conflict):
+    code = "agent_name_taken"
+
+
+class AgentArchived(Conflict):
+    code = "agent_archived"
+
+
+class AgentSpecInvalid(InvalidInput):
+    code = "agent_spec_invalid"
+
+
+class RunNotFound(NotFound):
+    code = "run_not_found"
+
+
+class CheckpointNotFound(NotFound):
+    code = "checkpoint_not_found"
+
+
+class ApprovalNotFound(NotFound):
+    code = "approval_not_found"
+
+
+class IllegalTransition(Conflict):
+    code = "illegal_transition"
+
+
+class ApprovalNotPending(Conflict):
+    code = "approval_not_pending"
+
+
+class ApprovalArgumentsInvalid(InvalidInput):
+    code = "approval_arguments_invalid"
+
+
+class RunBusy(AppError):
+    """The run changed while the request was handled (a worker committed a step): retry."""
+
+    code = "run_busy"
+    http_status = 409

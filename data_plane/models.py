@@ -27,3 +27,209 @@ class Ping(models.Model):
 
     class Meta:
         ordering = ["-requested_at"]
+
+
+class Agent(models.Model):
+    """A tenant's agent. Its behaviour lives in immutable versions; runs pin the version they started on."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.SlugField(max_length=100, unique=True)
+    description = models.CharField(max_length=500, blank=True, default="")
+    latest_version = models.PositiveIntegerField(default=1)
+    is_archived = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+
+class AgentVersion(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    spec = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.CharField(max_length=100, blank=True, default="")
+
+    class Meta:
+        ordering = ["agent", "-version"]
+        constraints = [models.UniqueConstraint(fields=["agent", "version"], name="agent_version_unique")]
+
+
+class Run(models.Model):
+    """One execution of an agent version. Its state is the chain of checkpoints ending at ``head``."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        PAUSED = "paused"
+        WAITING_APPROVAL = "waiting_approval"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent_version = models.ForeignKey(AgentVersion, on_delete=models.PROTECT, related_name="runs")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    status_reason = models.CharField(max_length=500, blank=True, default="")
+    input = models.TextField()
+    output = models.TextField(blank=True, default="")
+    error = models.JSONField(null=True, blank=True)
+    # Lineage: a sub-run's parent, and a fork's or replay's source checkpoint (its history precedes ours).
+    parent_run = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    parent_key = models.CharField(max_length=200, blank=True, default="")
+    source_checkpoint = models.ForeignKey("Checkpoint", null=True, blank=True, on_delete=models.SET_NULL,
+                                          related_name="derived_runs")
+    base_run = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="derived")
+    base_message_count = models.PositiveIntegerField(default=0)
+    base_step = models.PositiveIntegerField(default=0)
+    reexecute = models.BooleanField(default=False)
+    # Execution: the head checkpoint, the step it is at, and the fence every commit must match.
+    head = models.ForeignKey("Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    step = models.PositiveIntegerField(default=0)
+    version = models.PositiveBigIntegerField(default=0)
+    lease_owner = models.CharField(max_length=200, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    pause_requested = models.BooleanField(default=False)
+    event_seq = models.PositiveBigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["parent_run", "parent_key"], condition=~models.Q(parent_key=""),
+                                               name="run_one_child_per_parent_key")]
+
+
+class Checkpoint(models.Model):
+    """A run's state after a step. ``control`` is small and whole; messages and values are appended
+    to their own tables, so bytes written per step do not grow with the conversation."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="checkpoints")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    step = models.PositiveIntegerField()
+    control = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["run", "step"]
+        constraints = [models.UniqueConstraint(fields=["run", "step"], name="checkpoint_run_step_unique")]
+
+
+class RunMessage(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="+")
+    seq = models.PositiveIntegerField()
+    step = models.PositiveIntegerField()
+    message = models.JSONField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "seq"], name="run_message_seq_unique")]
+
+
+class RunValue(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="+")
+    step = models.PositiveIntegerField()
+    key = models.CharField(max_length=200)
+    value = models.JSONField(null=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["run", "key", "step"])]
+
+
+class RunEvent(models.Model):
+    """Append-only log of what happened in a run, numbered per run (streaming reads it)."""
+
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveBigIntegerField()
+    type = models.CharField(max_length=64)
+    data = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "seq"]
+        constraints = [models.UniqueConstraint(fields=["run", "seq"], name="run_event_seq_unique")]
+
+
+class Approval(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+        CANCELLED = "cancelled"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="approvals")
+    key = models.CharField(max_length=200)
+    node_id = models.CharField(max_length=200)
+    kind = models.CharField(max_length=20)
+    prompt = models.TextField(blank=True, default="")
+    calls = models.JSONField(default=list)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
+    decided_by = models.CharField(max_length=100, blank=True, default="")
+    decided_at = models.DateTimeField(null=True, blank=True)
+    comment = models.TextField(blank=True, default="")
+    arguments = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["run", "key"], name="approval_run_key_unique")]
+
+
+class EffectRecord(models.Model):
+    """The journal of a run's effects (model and tool calls): a recorded result is never paid for twice."""
+
+    class Kind(models.TextChoices):
+        MODEL = "model"
+        TOOL = "tool"
+
+    class Status(models.TextChoices):
+        STARTED = "started"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="effects")
+    step = models.PositiveIntegerField()
+    key = models.CharField(max_length=200)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    idempotency_key = models.CharField(max_length=300, unique=True)
+    digest = models.CharField(max_length=64, db_index=True)
+    name = models.CharField(max_length=200)  # the model or the tool
+    request = models.JSONField(default=dict)
+    result = models.JSONField(null=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.STARTED)
+    attempts = models.PositiveIntegerField(default=1)
+    latency_ms = models.FloatField(null=True)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=0)
+    reused_from = models.BigIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "step", "id"]
+
+
+class Note(models.Model):
+    """The built-in notes tool's notebook: an idempotent side effect agents can make."""
+
+    id = models.BigAutoField(primary_key=True)
+    idempotency_key = models.CharField(max_length=300, unique=True)
+    run_id = models.UUIDField(null=True, blank=True)
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]

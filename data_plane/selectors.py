@@ -5,8 +5,12 @@ from uuid import UUID
 from django.db.models import QuerySet
 
 from common.schemas import require_schema
-from data_plane.errors import PingNotFound
-from data_plane.models import Ping
+from django.db import connection
+
+from data_plane.errors import AgentNotFound, ApprovalNotFound, CheckpointNotFound, PingNotFound, RunNotFound
+from data_plane.models import Agent, AgentVersion, Approval, Checkpoint, Ping, Run, RunEvent
+from data_plane.runtime.adapters.checkpoints import PostgresCheckpointStore
+from data_plane.runtime.core.state import RunState
 
 
 def ping_list(*, tenant_schema: str) -> QuerySet[Ping]:
@@ -21,3 +25,98 @@ def ping_get(*, tenant_schema: str, ping_id: UUID) -> Ping:
         return Ping.objects.get(id=ping_id)
     except Ping.DoesNotExist:
         raise PingNotFound(f"Ping {ping_id} not found.") from None
+
+
+def agent_list(*, tenant_schema: str, include_archived: bool = False) -> QuerySet[Agent]:
+    require_schema(tenant_schema)
+    agents = Agent.objects.all()
+    return agents if include_archived else agents.filter(is_archived=False)
+
+
+def agent_get(*, tenant_schema: str, agent_id: UUID, for_update: bool = False) -> Agent:
+    """One agent of the tenant. Raises AgentNotFound (also for another tenant's id)."""
+    require_schema(tenant_schema)
+    agents = Agent.objects.select_for_update() if for_update else Agent.objects
+    try:
+        return agents.get(id=agent_id)
+    except Agent.DoesNotExist:
+        raise AgentNotFound(f"Agent {agent_id} not found.") from None
+
+
+def agent_version_get(*, tenant_schema: str, agent_id: UUID, version: int | None = None) -> AgentVersion:
+    """The agent's given version, or its latest. Raises AgentNotFound."""
+    agent = agent_get(tenant_schema=tenant_schema, agent_id=agent_id)
+    number = version if version is not None else agent.latest_version
+    found = AgentVersion.objects.filter(agent=agent, version=number).select_related("agent").first()
+    if found is None:
+        raise AgentNotFound(f"Agent {agent.name!r} has no version {number} (latest: {agent.latest_version}).")
+    return found
+
+
+def run_list(*, tenant_schema: str, status: str | None = None, agent_id: UUID | None = None,
+             parent_run_id: UUID | None = None) -> QuerySet[Run]:
+    require_schema(tenant_schema)
+    runs = Run.objects.select_related("agent_version__agent")
+    if status:
+        runs = runs.filter(status=status)
+    if agent_id:
+        runs = runs.filter(agent_version__agent_id=agent_id)
+    if parent_run_id:
+        runs = runs.filter(parent_run_id=parent_run_id)
+    return runs
+
+
+def run_get(*, tenant_schema: str, run_id: UUID, for_update: bool = False) -> Run:
+    """One run of the tenant. Raises RunNotFound (also for another tenant's id)."""
+    require_schema(tenant_schema)
+    runs = Run.objects.select_for_update(of=("self",)) if for_update else Run.objects
+    try:
+        return runs.select_related("agent_version__agent").get(id=run_id)
+    except Run.DoesNotExist:
+        raise RunNotFound(f"Run {run_id} not found.") from None
+
+
+def checkpoint_list(*, tenant_schema: str, run_id: UUID) -> QuerySet[Checkpoint]:
+    """The run's checkpoints, oldest first. Raises RunNotFound."""
+    run = run_get(tenant_schema=tenant_schema, run_id=run_id)
+    return Checkpoint.objects.filter(run=run).order_by("step")
+
+
+def checkpoint_get(*, tenant_schema: str, run_id: UUID, checkpoint_id: UUID) -> Checkpoint:
+    """Raises CheckpointNotFound (also when it belongs to another run or tenant)."""
+    require_schema(tenant_schema)
+    found = Checkpoint.objects.filter(run_id=run_id, id=checkpoint_id).first()
+    if found is None:
+        raise CheckpointNotFound(f"Checkpoint {checkpoint_id} of run {run_id} not found.")
+    return found
+
+
+def checkpoint_state(*, tenant_schema: str, run_id: UUID, checkpoint_id: UUID) -> RunState:
+    """The full state at a checkpoint, rebuilt from its lineage. Raises CheckpointNotFound."""
+    checkpoint = checkpoint_get(tenant_schema=tenant_schema, run_id=run_id, checkpoint_id=checkpoint_id)
+    return PostgresCheckpointStore(schema=tenant_schema, connection=connection).load(checkpoint.id).state
+
+
+def approval_list(*, tenant_schema: str, status: str | None = None, run_id: UUID | None = None
+                  ) -> QuerySet[Approval]:
+    require_schema(tenant_schema)
+    approvals = Approval.objects.all()
+    if status:
+        approvals = approvals.filter(status=status)
+    if run_id:
+        approvals = approvals.filter(run_id=run_id)
+    return approvals
+
+
+def approval_get(*, tenant_schema: str, approval_id: UUID, for_update: bool = False) -> Approval:
+    require_schema(tenant_schema)
+    approvals = Approval.objects.select_for_update() if for_update else Approval.objects
+    try:
+        return approvals.get(id=approval_id)
+    except Approval.DoesNotExist:
+        raise ApprovalNotFound(f"Approval {approval_id} not found.") from None
+
+
+def run_event_list(*, tenant_schema: str, run_id: UUID, after_seq: int = 0) -> QuerySet[RunEvent]:
+    run = run_get(tenant_schema=tenant_schema, run_id=run_id)
+    return RunEvent.objects.filter(run=run, seq__gt=after_seq).order_by("seq")

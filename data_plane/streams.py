@@ -18,3 +18,15 @@ def ping_publish(*, tenant_schema: str, ping_id: UUID, ping: dict[str, Any]) -> 
     layer = get_channel_layer()
     async_to_sync(layer.group_send)(ping_group(tenant_schema=tenant_schema, ping_id=ping_id),
                                     {"type": "ping.changed", "ping": ping})
+
+
+def run_group(*, tenant_schema: str, run_id: UUID | str) -> str:
+    return f"run.{tenant_schema}.{run_id}"
+
+
+def run_publish(*, tenant_schema: str, run_id: UUID | str, events: list[dict[str, Any]]) -> None:
+    """Send committed run events ({seq, type, data}) to the run's live subscribers. Best effort."""
+    layer = get_channel_layer()
+    group = run_group(tenant_schema=tenant_schema, run_id=run_id)
+    for event in events:
+        async_to_sync(layer.group_send)(group, {"type": "run.event", "event": event})

@@ -16,3 +16,23 @@ def ping_answer_task(self, *, tenant_schema: str, ping_id: str) -> None:  # type
     """Answer one ping inside its tenant's schema. Safe to deliver twice."""
     worker = self.request.hostname or socket.gethostname()
     services.ping_answer(tenant_schema=tenant_schema, ping_id=UUID(ping_id), worker=worker)
+
+
+@shared_task(base=TenantTask, bind=True, acks_late=True, max_retries=None)
+def run_step_task(self, *, tenant_schema: str, run_id: str, expected_step: int) -> str:  # type: ignore[no-untyped-def]
+    """Execute one step of a run. Safe to deliver twice: a stale step is dropped, a busy run retried later."""
+    from django.conf import settings
+    from django.db import connection
+
+    tenant = connection.tenant
+    outcome = services.run_step(tenant=tenant, run_id=UUID(run_id), expected_step=expected_step)
+    if outcome.kind == "busy":
+        raise self.retry(countdown=outcome.retry_in, max_retries=None)
+    if outcome.kind == "transient":
+        if self.request.retries >= settings.RUN_STEP_MAX_TRANSIENT_RETRIES:
+            services.run_step_fail(tenant=tenant, run_id=UUID(run_id), code="provider_unavailable",
+                                   message=f"Step {expected_step} kept failing after {self.request.retries} retries; "
+                                           "retry the run when the provider is back.")
+            return "failed"
+        raise self.retry(countdown=min(2 ** self.request.retries, 60), max_retries=None)
+    return outcome.kind

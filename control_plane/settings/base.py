@@ -123,6 +123,19 @@ CHANNEL_LAYERS = {
     }
 }
 
+# --- The agent runtime ---------------------------------------------------------------------------
+# The model gateway (litellm). Locally it talks to our scripted OpenAI-compatible model server
+# (`python -m data_plane.model_server`); for a real provider set LLM_API_BASE empty, LLM_API_KEY to the
+# provider's key and use its model names (e.g. openai/gpt-4o-mini) in agent specs.
+LLM_API_BASE = env.string("LLM_API_BASE", "http://127.0.0.1:8011/v1")
+LLM_API_KEY = env.string("LLM_API_KEY", "local-model-server")
+LLM_MAX_RETRIES = env.integer("LLM_MAX_RETRIES", 3)
+# Model names to price like gpt-4o-mini (for the local scripted models, so costs show up in demos).
+LLM_LOCAL_PRICES = env.string_list("LLM_LOCAL_PRICES", [])
+# A worker holds a run's lease this long without renewing it before another worker may take over.
+RUN_LEASE_SECONDS = float(env.integer("RUN_LEASE_SECONDS", 30))
+RUN_STEP_MAX_TRANSIENT_RETRIES = env.integer("RUN_STEP_MAX_TRANSIENT_RETRIES", 8)
+
 # --- REST framework and the OpenAPI schema ------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],

@@ -1,0 +1,437 @@
+"""The shell around the pure runtime core: one durable step of one run.
+
+A step: claim the run (a lease, and a new version that fences any other writer), rebuild its state
+from the head checkpoint, perform the effects the state waits on (model and tool calls concurrently,
+each journalled so a recorded result is never paid for twice), apply them with the core's ``step``,
+and commit the next checkpoint with its events in one fenced statement. Only after that commit is the
+next step dispatched. A worker killed at any instant leaves the run at its last checkpoint with an
+expired lease; the redelivered task (acks_late) claims it and carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache, partial
+from typing import Any
+from uuid import UUID
+
+from channels.layers import get_channel_layer
+from django.db import close_old_connections, connection, transaction
+from django.utils import timezone
+from django_tenants.utils import schema_context
+
+from common.actors import Actor
+from control_plane.audit.services import audit_event_record
+from data_plane import streams
+from data_plane.models import Approval, EffectRecord, Run
+from data_plane.runtime.adapters.checkpoints import Fenced, PostgresCheckpointStore
+from data_plane.runtime.core import machine
+from data_plane.runtime.core.machine import CallModel, CallTool, Command, EffectFailed, StartSubRun, SubRunResult
+from data_plane.runtime.core.messages import Message, ToolResult, Usage
+from data_plane.runtime.core.ports import ChatModel, ModelReply, ProviderRejected, ProviderUnavailable, ToolRunner, \
+    ToolUnavailable
+from data_plane.runtime.core.spec import AgentSpec, spec_from_json
+from data_plane.runtime.core.state import RunState, Status
+from data_plane.runtime.loop import run_coroutine
+
+logger = logging.getLogger(__name__)
+
+RUNNABLE = ("queued", "running")
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+class TransientStepError(Exception):
+    """An effect failed in a way worth retrying (provider or tool unavailable); the step did not commit."""
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    kind: str  # advanced | stale | busy | not_runnable | fenced | transient
+    retry_in: float | None = None
+    step: int | None = None
+    run_status: str | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    version: int
+    head_id: UUID
+    agent_version_id: UUID
+    reexecute: bool
+    base_run_id: UUID | None
+    parent_run_id: UUID | None
+
+
+@lru_cache(maxsize=1024)
+def _spec_for(agent_version_id: UUID, spec_json: str) -> AgentSpec:
+    return spec_from_json(json.loads(spec_json))
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def run_status_for(state: RunState) -> str:
+    return {Status.RUNNING: "running", Status.WAITING_SUBRUN: "running", Status.WAITING_APPROVAL: "waiting_approval",
+            Status.COMPLETED: "completed", Status.FAILED: "failed"}[state.status]
+
+
+class RunStepper:
+    """Executes steps of runs in one tenant schema. Ports are passed in: no settings are read here."""
+
+    def __init__(self, *, tenant_schema: str, chat_model: ChatModel,
+                 tool_runner_factory: Callable[[str], ToolRunner], dispatch: Callable[[UUID, int], None],
+                 owner: str | None = None, lease_seconds: float = 30.0, clock: Callable[[], float] = time.time,
+                 tenant: Any = None) -> None:
+        self.schema = tenant_schema
+        self.chat_model = chat_model
+        self.tool_runner_factory = tool_runner_factory
+        self.dispatch = dispatch
+        self.owner = owner or f"{uuid.uuid4().hex[:12]}"
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        self.tenant = tenant
+        self.q = f'"{tenant_schema}".'
+
+    # --- the step ---------------------------------------------------------------------------------
+
+    def run_step(self, run_id: UUID, expected_step: int) -> StepOutcome:
+        claim = self._claim(run_id, expected_step)
+        if isinstance(claim, StepOutcome):
+            return claim
+        store = PostgresCheckpointStore(schema=self.schema, connection=connection)
+        with schema_context(self.schema):
+            spec_json = Run.objects.filter(id=run_id).values_list("agent_version__spec", flat=True).get()
+        spec = _spec_for(claim.agent_version_id, json.dumps(spec_json, sort_keys=True))
+        loaded = store.load(claim.head_id)
+        state = loaded.state
+        commands = machine.pending_commands(state, spec)
+        try:
+            results = run_coroutine(self._execute(run_id, loaded.step, commands, spec, claim))
+        except TransientStepError as exc:
+            self._release(run_id, claim.version)
+            logger.warning("Run %s step %s: transient failure, will retry: %s", run_id, expected_step, exc)
+            return StepOutcome(kind="transient", retry_in=1.0, step=expected_step)
+        except Fenced:
+            return StepOutcome(kind="fenced", step=expected_step)
+        new_state, _ = machine.step(state, machine.EffectsCompleted(results=results, now=self.clock()), spec=spec)
+        return self._commit(run_id, claim, store, loaded.id, loaded.step, state, new_state, commands, results)
+
+    def fail(self, run_id: UUID, *, code: str, message: str) -> None:
+        """Fail a run whose steps keep failing transiently, from its head checkpoint (fenced)."""
+        with schema_context(self.schema):
+            run = Run.objects.get(id=run_id)
+        if run.status in TERMINAL:
+            return
+        store = PostgresCheckpointStore(schema=self.schema, connection=connection)
+        loaded = store.load(run.head_id)
+        failed = loaded.state.evolve(status=Status.FAILED, error={"code": code, "message": message})
+        with transaction.atomic():
+            store.commit(run_id=run_id, expected_version=run.version, checkpoint_id=uuid.uuid4(),
+                         parent_id=loaded.id, step=loaded.step + 1, previous=loaded.state, state=failed,
+                         run_status="failed", reason=message, release_lease=True,
+                         events=[{"type": "run.status", "data": {"status": "failed", "error": failed.error}}])
+        with schema_context(self.schema):
+            self._after_terminal(run)
+
+    # --- claim and lease --------------------------------------------------------------------------
+
+    def _claim(self, run_id: UUID, expected_step: int) -> Claim | StepOutcome:
+        sql = f"""
+UPDATE {self.q}data_plane_run SET lease_owner = %(owner)s,
+  lease_expires_at = now() + make_interval(secs => %(ttl)s), version = version + 1,
+  status = CASE WHEN status = 'queued' THEN 'running' ELSE status END, started_at = coalesce(started_at, now())
+WHERE id = %(id)s AND step = %(step)s AND status IN ('queued', 'running')
+  AND (lease_owner = '' OR lease_expires_at IS NULL OR lease_expires_at < now())
+RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run_id"""
+        with connection.cursor() as cursor:
+            cursor.execute(sql, {"owner": self.owner, "ttl": self.lease_seconds, "id": run_id, "step": expected_step})
+            row = cursor.fetchone()
+            if row is not None:
+                return Claim(*row)
+            cursor.execute(f"SELECT status, step, extract(epoch FROM lease_expires_at - now()) "
+                           f"FROM {self.q}data_plane_run WHERE id = %s", [run_id])
+            found = cursor.fetchone()
+        if found is None or found[1] != expected_step:
+            return StepOutcome(kind="stale", step=expected_step)
+        if found[0] not in RUNNABLE:
+            return StepOutcome(kind="not_runnable", step=expected_step, run_status=found[0])
+        return StepOutcome(kind="busy", retry_in=max(float(found[2] or 0), 0.1), step=expected_step)
+
+    def _release(self, run_id: UUID, version: int) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE {self.q}data_plane_run SET lease_owner = '', lease_expires_at = NULL "
+                           f"WHERE id = %s AND version = %s", [run_id, version])
+
+    def _renew(self, run_id: UUID, version: int) -> bool:
+        """Extend the lease; False when the run was cancelled or claimed by someone else meanwhile."""
+        close_old_connections()
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE {self.q}data_plane_run SET lease_expires_at = now() + make_interval(secs => %s) "
+                           f"WHERE id = %s AND version = %s AND lease_owner = %s RETURNING 1",
+                           [self.lease_seconds, run_id, version, self.owner])
+            return cursor.fetchone() is not None
+
+    # --- effects ----------------------------------------------------------------------------------
+
+    async def _execute(self, run_id: UUID, step: int, commands: list[Command], spec: AgentSpec,
+                       claim: Claim) -> dict[str, machine.EffectResult]:
+        if not commands:
+            return {}
+        tools = self.tool_runner_factory(str(run_id))
+        work = asyncio.ensure_future(asyncio.gather(
+            *(self._effect(run_id, step, command, tools, claim) for command in commands), return_exceptions=True))
+        while not work.done():
+            done, _ = await asyncio.wait({work}, timeout=self.lease_seconds / 3)
+            if not done and not await asyncio.to_thread(self._renew, run_id, claim.version):
+                work.cancel()
+                raise Fenced(f"Run {run_id} was cancelled or taken over during step {step}.")
+        outcomes = work.result()
+        results: dict[str, machine.EffectResult] = {}
+        transient = None
+        for command, outcome in zip(commands, outcomes):
+            if isinstance(outcome, (ProviderUnavailable, ToolUnavailable)):
+                transient = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            elif outcome is not None:
+                results[command.key] = outcome
+        if transient is not None:
+            raise TransientStepError(str(transient))
+        return results
+
+    async def _effect(self, run_id: UUID, step: int, command: Command, tools: ToolRunner,
+                      claim: Claim) -> machine.EffectResult | None:
+        if isinstance(command, StartSubRun):
+            return await asyncio.to_thread(self._subrun, run_id, command)
+        idempotency_key = f"{run_id}:{step}:{command.key}"
+        if isinstance(command, CallModel):
+            kind, name = EffectRecord.Kind.MODEL, command.request.models[0]
+            request = {"models": list(command.request.models),
+                       "messages": [m.to_json() for m in command.request.messages],
+                       "tools": [t.name for t in command.request.tools]}
+        else:
+            assert isinstance(command, CallTool)
+            kind, name = EffectRecord.Kind.TOOL, command.call.name
+            request = {"name": command.call.name, "arguments": command.call.arguments, "call_id": command.call.id}
+        effect_digest = digest({"kind": kind, **request})
+        recorded = await asyncio.to_thread(self._journal_begin, run_id, step, command.key, kind, name,
+                                           idempotency_key, effect_digest, request, claim)
+        if recorded is not None:
+            return recorded
+        started = time.perf_counter()
+        if isinstance(command, CallModel):
+            try:
+                reply = await self.chat_model.complete(command.request, on_delta=partial(self._delta, run_id,
+                                                                                        command.node_id))
+            except ProviderRejected as exc:
+                failed = EffectFailed(code="model_rejected", message=str(exc))
+                await asyncio.to_thread(self._journal_end, idempotency_key, failed, None, started)
+                return failed
+            await asyncio.to_thread(self._journal_end, idempotency_key, reply, reply.usage, started)
+            return reply
+        result = await tools.call(command.call, idempotency_key=idempotency_key)
+        await asyncio.to_thread(self._journal_end, idempotency_key, result, None, started)
+        return result
+
+    async def _delta(self, run_id: UUID, node_id: str, text: str) -> None:
+        await get_channel_layer().group_send(streams.run_group(tenant_schema=self.schema, run_id=run_id),
+                                             {"type": "run.delta", "delta": {"node": node_id, "text": text}})
+
+    def _journal_begin(self, run_id: UUID, step: int, key: str, kind: str, name: str, idempotency_key: str,
+                       effect_digest: str, request: dict[str, Any], claim: Claim) -> machine.EffectResult | None:
+        """A recorded result for this effect (this run's, or the source branch's on a replay), or None after
+        marking the effect started."""
+        close_old_connections()
+        with schema_context(self.schema):
+            existing = EffectRecord.objects.filter(idempotency_key=idempotency_key).first()
+            if existing is not None and existing.status != EffectRecord.Status.STARTED:
+                return _decode_result(existing.kind, existing.result)
+            if existing is None and not claim.reexecute:
+                lineage = [run_id] + (_lineage_runs(claim.base_run_id) if claim.base_run_id else [])
+                source = EffectRecord.objects.filter(digest=effect_digest, run_id__in=lineage,
+                                                     status=EffectRecord.Status.SUCCEEDED).order_by("-id").first()
+                if source is not None:
+                    EffectRecord.objects.create(
+                        run_id=run_id, step=step, key=key, kind=kind, idempotency_key=idempotency_key,
+                        digest=effect_digest, name=name, request=request, result=source.result,
+                        status=EffectRecord.Status.SUCCEEDED, latency_ms=0, reused_from=source.id,
+                        finished_at=timezone.now())
+                    return _decode_result(source.kind, source.result)
+            if existing is None:
+                EffectRecord.objects.create(run_id=run_id, step=step, key=key, kind=kind,
+                                            idempotency_key=idempotency_key, digest=effect_digest, name=name,
+                                            request=request)
+            else:
+                EffectRecord.objects.filter(pk=existing.pk).update(attempts=existing.attempts + 1)
+        return None
+
+    def _journal_end(self, idempotency_key: str, result: Any, usage: Usage | None, started: float) -> None:
+        close_old_connections()
+        encoded = _encode_result(result)
+        fields: dict[str, Any] = {
+            "result": encoded, "finished_at": timezone.now(),
+            "status": EffectRecord.Status.FAILED if isinstance(result, EffectFailed) else EffectRecord.Status.SUCCEEDED,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+        if usage is not None:
+            fields.update(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cost_usd=usage.cost_usd,
+                          name=usage.model)
+        with schema_context(self.schema):
+            EffectRecord.objects.filter(idempotency_key=idempotency_key).update(**fields)
+
+    def _subrun(self, run_id: UUID, command: StartSubRun) -> SubRunResult | None:
+        """The child run's result when it has finished; otherwise start it (once) and return None."""
+        from data_plane import services  # the run services create runs; they import this module's users
+
+        close_old_connections()
+        with schema_context(self.schema):
+            child = Run.objects.filter(parent_run_id=run_id, parent_key=command.key).first()
+            if child is None:
+                child = services.run_create_child(tenant_schema=self.schema, parent_run_id=run_id,
+                                                  parent_key=command.key, agent_name=command.agent,
+                                                  input=command.input, dispatch=self.dispatch)
+            if child.status in TERMINAL:
+                output = child.output if child.status == "completed" else (child.error or {}).get("message", "")
+                return SubRunResult(run_id=str(child.id), status=child.status, output=output or "")
+        return None
+
+    # --- commit -----------------------------------------------------------------------------------
+
+    def _commit(self, run_id: UUID, claim: Claim, store: PostgresCheckpointStore, parent_id: UUID, parent_step: int,
+                previous: RunState, state: RunState, commands: list[Command],
+                results: dict[str, machine.EffectResult]) -> StepOutcome:
+        step = parent_step + 1
+        run_status = run_status_for(state)
+        waiting_subrun = state.status == Status.WAITING_SUBRUN
+        checkpoint_id = uuid.uuid4()
+        events = _step_events(commands, results, step, checkpoint_id, previous, state, run_status)
+        try:
+            with transaction.atomic():
+                committed = store.commit(run_id=run_id, expected_version=claim.version, checkpoint_id=checkpoint_id,
+                                         parent_id=parent_id, step=step, previous=previous, state=state,
+                                         run_status=run_status, reason=(state.error or {}).get("message", ""),
+                                         events=events, release_lease=True)
+                with schema_context(self.schema):
+                    record_pending_approval(run_id, state)
+                    if self.tenant is not None:
+                        for command in commands:
+                            if isinstance(command, CallTool) and command.key in results:
+                                _audit_tool_call(self.tenant, run_id, step, command, results[command.key])
+                        if run_status != "running":
+                            audit_event_record(tenant=self.tenant, actor=Actor(kind="system", id="runtime"),
+                                               action=f"run.{run_status}", target_type="run", target_id=str(run_id),
+                                               data={"step": step})
+        except Fenced:
+            return StepOutcome(kind="fenced", step=parent_step)
+        transaction.on_commit(partial(self._publish, run_id, events, committed.first_event_seq))
+        if committed.pause_requested and run_status == "running":
+            self._pause(run_id, committed.version)
+            return StepOutcome(kind="advanced", step=step, run_status="paused")
+        if run_status == "running" and not waiting_subrun:
+            self.dispatch(run_id, step)
+        elif run_status in TERMINAL:
+            with schema_context(self.schema):
+                self._after_terminal(Run.objects.get(id=run_id))
+        return StepOutcome(kind="advanced", step=step, run_status=run_status)
+
+    def _pause(self, run_id: UUID, version: int) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE {self.q}data_plane_run SET status = 'paused', pause_requested = false, "
+                           f"lease_owner = '', lease_expires_at = NULL, version = version + 1, "
+                           f"event_seq = event_seq + 1 WHERE id = %s AND version = %s RETURNING event_seq",
+                           [run_id, version])
+            row = cursor.fetchone()
+            if row is not None:
+                cursor.execute(f"INSERT INTO {self.q}data_plane_runevent (run_id, seq, type, data, created_at) "
+                               f"VALUES (%s, %s, 'run.status', %s::jsonb, now())",
+                               [run_id, row[0], json.dumps({"status": "paused"})])
+
+    def _after_terminal(self, run: Run) -> None:
+        """A finished sub-run wakes its parent, which collects the result in its next step."""
+        if run.parent_run_id is not None:
+            parent = Run.objects.filter(id=run.parent_run_id).values_list("status", "step").first()
+            if parent is not None and parent[0] == "running":
+                self.dispatch(run.parent_run_id, parent[1])
+
+    def _publish(self, run_id: UUID, events: list[dict[str, Any]], first_seq: int) -> None:
+        streams.run_publish(tenant_schema=self.schema, run_id=run_id,
+                            events=[{"seq": first_seq + offset, **event} for offset, event in enumerate(events)])
+
+
+def record_pending_approval(run_id: UUID, state: RunState) -> None:
+    """The Approval row a human decides through the API, once per pending approval (in the current schema)."""
+    pending = state.pending_approval
+    if pending is not None:
+        Approval.objects.get_or_create(run_id=run_id, key=pending.id, defaults={
+            "node_id": pending.node_id, "kind": pending.kind, "prompt": pending.prompt,
+            "calls": [call.to_json() for call in pending.calls]})
+
+
+def _lineage_runs(base_run_id: UUID) -> list[UUID]:
+    runs, current = [], base_run_id
+    for _ in range(64):
+        runs.append(current)
+        current = Run.objects.filter(id=current).values_list("base_run_id", flat=True).first()
+        if current is None:
+            break
+    return runs
+
+
+def _encode_result(result: Any) -> dict[str, Any]:
+    match result:
+        case ModelReply():
+            return {"message": result.message.to_json(), "usage": result.usage.to_json(),
+                    "finish_reason": result.finish_reason}
+        case ToolResult():
+            return result.to_json()
+        case EffectFailed():
+            return {"failed": {"code": result.code, "message": result.message}}
+    raise TypeError(f"cannot journal {result!r}")
+
+
+def _decode_result(kind: str, data: dict[str, Any]) -> machine.EffectResult:
+    if "failed" in data:
+        return EffectFailed(**data["failed"])
+    if kind == EffectRecord.Kind.MODEL:
+        return ModelReply(message=Message.from_json(data["message"]), usage=Usage.from_json(data["usage"]),
+                          finish_reason=data.get("finish_reason", "stop"))
+    return ToolResult.from_json(data)
+
+
+def _step_events(commands: list[Command], results: dict[str, machine.EffectResult], step: int, checkpoint_id: UUID,
+                 previous: RunState, state: RunState, run_status: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    for command in commands:
+        result = results.get(command.key)
+        if isinstance(command, CallModel) and isinstance(result, ModelReply):
+            events.append({"type": "model.reply", "data": {
+                "node": command.node_id, "message": result.message.to_json(), "usage": result.usage.to_json()}})
+        elif isinstance(command, CallTool) and isinstance(result, ToolResult):
+            events.append({"type": "tool.finished", "data": {
+                "node": command.node_id, "call": command.call.to_json(), "is_error": result.is_error,
+                "summary": result.content[:500], "latency_ms": result.latency_ms}})
+    events.append({"type": "checkpoint.committed", "data": {"checkpoint_id": str(checkpoint_id), "step": step}})
+    if state.pending_approval is not None and previous.pending_approval != state.pending_approval:
+        events.append({"type": "approval.requested", "data": state.pending_approval.to_json()})
+    if run_status_for(previous) != run_status or state.is_terminal:
+        events.append({"type": "run.status", "data": {"status": run_status, "output": state.output,
+                                                      "error": dict(state.error) if state.error else None}})
+    return events
+
+
+def _audit_tool_call(tenant: Any, run_id: UUID, step: int, command: CallTool, result: Any) -> None:
+    data: dict[str, Any] = {"run_id": str(run_id), "step": step, "tool": command.call.name,
+                            "arguments": command.call.arguments}
+    if isinstance(result, ToolResult):
+        data.update(status="error" if result.is_error else "ok", latency_ms=result.latency_ms,
+                    result_bytes=len(result.content.encode()))
+    audit_event_record(tenant=tenant, actor=Actor(kind="system", id="runtime"), action="tool.call",
+                       target_type="run", target_id=str(run_id), data=data)

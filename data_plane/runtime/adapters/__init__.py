@@ -1,0 +1,1 @@
+"""The core's ports implemented with the ORM, Redis, litellm and the MCP SDK."""

@@ -1,0 +1,158 @@
+"""The Postgres checkpoint store. Its SQL names the tenant's schema explicitly, so it stays correct
+behind a transaction-pooling PgBouncer where a session's search_path cannot be trusted.
+
+A commit is one statement: the fenced update of the run (refused unless the caller holds the version it
+read), the checkpoint row, the appended messages, the changed values and the step's events. Bytes
+written per step are what the step changed, whatever the length of the conversation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from data_plane.runtime.core.messages import Message
+from data_plane.runtime.core.state import RunState
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class Fenced(Exception):
+    """Another writer owns the run now (or it was cancelled): this writer must stop."""
+
+
+class CheckpointNotFound(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    version: int
+    pause_requested: bool
+    first_event_seq: int
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    id: UUID
+    run_id: UUID
+    step: int
+    state: RunState
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+class PostgresCheckpointStore:
+    def __init__(self, *, schema: str, connection: Any) -> None:
+        if not _SCHEMA_NAME.match(schema):
+            raise ValueError(f"Not a schema name: {schema!r}")
+        self.schema = schema
+        self.connection = connection
+        q = f'"{schema}".'
+        self._commit_sql = f"""
+WITH fence AS (
+  UPDATE {q}data_plane_run SET version = version + 1, step = %(step)s, head_id = %(checkpoint_id)s,
+    status = %(status)s, status_reason = %(reason)s, output = %(output)s, error = %(error)s::jsonb,
+    cost_usd = %(cost_usd)s, input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s,
+    event_seq = event_seq + %(event_count)s, updated_at = now(),
+    started_at = coalesce(started_at, now()),
+    finished_at = CASE WHEN %(terminal)s THEN now() ELSE finished_at END,
+    lease_owner = CASE WHEN %(release)s THEN '' ELSE lease_owner END,
+    lease_expires_at = CASE WHEN %(release)s THEN NULL ELSE lease_expires_at END
+  WHERE id = %(run_id)s AND version = %(expected_version)s
+  RETURNING version, pause_requested, event_seq - %(event_count)s AS base_seq
+), checkpoint AS (
+  INSERT INTO {q}data_plane_checkpoint (id, run_id, parent_id, step, control, created_at)
+  SELECT %(checkpoint_id)s, %(run_id)s, %(parent_id)s, %(step)s, %(control)s::jsonb, now() FROM fence
+), messages AS (
+  INSERT INTO {q}data_plane_runmessage (run_id, seq, step, message)
+  SELECT %(run_id)s, %(first_seq)s + m.ord - 1, %(step)s, m.value
+  FROM fence, jsonb_array_elements(%(messages)s::jsonb) WITH ORDINALITY AS m(value, ord)
+), run_values AS (
+  INSERT INTO {q}data_plane_runvalue (run_id, step, key, value)
+  SELECT %(run_id)s, %(step)s, v.key, v.value FROM fence, jsonb_each(%(values)s::jsonb) AS v
+), events AS (
+  INSERT INTO {q}data_plane_runevent (run_id, seq, type, data, created_at)
+  SELECT %(run_id)s, fence.base_seq + e.ord, e.value->>'type', e.value->'data', now()
+  FROM fence, jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS e(value, ord)
+)
+SELECT version, pause_requested, base_seq FROM fence"""
+        self._checkpoint_sql = f"SELECT id, run_id, step, control FROM {q}data_plane_checkpoint WHERE id = %s"
+        self._run_lineage_sql = f"SELECT base_run_id, base_message_count, base_step FROM {q}data_plane_run WHERE id = %s"
+        self._messages_sql = (f"SELECT message FROM {q}data_plane_runmessage WHERE run_id = %s AND seq >= %s AND seq < %s "
+                              "ORDER BY seq")
+        self._values_sql = (f"SELECT DISTINCT ON (key) key, value FROM {q}data_plane_runvalue "
+                            "WHERE run_id = %s AND step <= %s ORDER BY key, step DESC")
+
+    def commit(self, *, run_id: UUID, expected_version: int, checkpoint_id: UUID, parent_id: UUID | None, step: int,
+               previous: RunState | None, state: RunState, run_status: str, reason: str = "",
+               events: Sequence[Mapping[str, Any]] = (), release_lease: bool = False,
+               changed_values: Mapping[str, Any] | None = None) -> CommitResult:
+        """Commit ``state`` as the run's next checkpoint. Raises Fenced when the version moved on.
+
+        Must run inside a transaction (the caller's), so related rows can join the same commit.
+        """
+        old_count = len(previous.messages) if previous else 0
+        appended = state.messages[old_count:]
+        if changed_values is None:
+            old_values = previous.values if previous else {}
+            changed_values = {k: v for k, v in state.values.items() if k not in old_values or old_values[k] != v}
+        params = {
+            "run_id": run_id, "expected_version": expected_version, "checkpoint_id": checkpoint_id,
+            "parent_id": parent_id, "step": step, "status": run_status, "reason": reason[:500],
+            "output": state.output or "", "error": _dumps(state.error) if state.error else None,
+            "cost_usd": state.cost_usd, "input_tokens": state.input_tokens, "output_tokens": state.output_tokens,
+            "event_count": len(events), "terminal": state.is_terminal, "release": release_lease,
+            "control": _dumps(state.control_json()), "first_seq": old_count,
+            "messages": _dumps([m.to_json() for m in appended]), "values": _dumps(dict(changed_values)),
+            "events": _dumps(list(events)),
+        }
+        with self.connection.cursor() as cursor:
+            cursor.execute(self._commit_sql, params)
+            row = cursor.fetchone()
+        if row is None:
+            raise Fenced(f"Run {run_id} moved past version {expected_version}; this writer stops.")
+        return CommitResult(version=row[0], pause_requested=row[1], first_event_seq=row[2] + 1)
+
+    def load(self, checkpoint_id: UUID) -> LoadedCheckpoint:
+        """Rebuild the full state at a checkpoint: its control, and the messages and values of its lineage."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(self._checkpoint_sql, [checkpoint_id])
+            row = cursor.fetchone()
+            if row is None:
+                raise CheckpointNotFound(f"Checkpoint {checkpoint_id} not found.")
+            checkpoint_id, run_id, step, control = row
+            control = control if isinstance(control, dict) else json.loads(control)
+            segments = self._lineage(cursor, run_id, control["message_count"], step)
+            messages: list[Message] = []
+            values: dict[str, Any] = {}
+            for segment_run, first_seq, upto_seq, upto_step in segments:
+                cursor.execute(self._messages_sql, [segment_run, first_seq, upto_seq])
+                messages.extend(Message.from_json(_loads(r[0])) for r in cursor.fetchall())
+                cursor.execute(self._values_sql, [segment_run, upto_step])
+                values.update({key: _loads(value) for key, value in cursor.fetchall()})
+        state = RunState.from_parts(control=control, messages=tuple(messages), values=values)
+        return LoadedCheckpoint(id=checkpoint_id, run_id=run_id, step=step, state=state)
+
+    def _lineage(self, cursor: Any, run_id: UUID, message_count: int, step: int) -> list[tuple[UUID, int, int, int]]:
+        """(run, first seq, seq bound, step bound) from the oldest ancestor run to this one."""
+        segments = []
+        current, upto_seq, upto_step = run_id, message_count, step
+        for _ in range(64):  # forks of forks; bounded so a corrupt lineage cannot loop
+            cursor.execute(self._run_lineage_sql, [current])
+            base_run, base_count, base_step = cursor.fetchone()
+            segments.append((current, base_count if base_run else 0, upto_seq, upto_step))
+            if base_run is None:
+                break
+            current, upto_seq, upto_step = base_run, base_count, base_step
+        return list(reversed(segments))
+
+
+def _loads(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value

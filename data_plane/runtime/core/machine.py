@@ -1,0 +1,471 @@
+"""The run state machine: ``start`` and ``step`` are pure (same inputs, same outputs); the shell does the IO.
+
+A step applies one event to the state and returns the new state and the effects to perform next
+(``pending_commands`` recomputes them from any state, which is how a run resumes from a checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from data_plane.runtime.core.graph import (
+    ApprovalNode,
+    Condition,
+    EndNode,
+    JoinNode,
+    LlmNode,
+    Node,
+    ParallelNode,
+    RouterNode,
+    SubAgentNode,
+    ToolNode,
+    ToolsNode,
+)
+from data_plane.runtime.core.messages import Message, ToolCall, ToolResult
+from data_plane.runtime.core.ports import ModelReply, ModelRequest
+from data_plane.runtime.core.spec import AgentSpec
+from data_plane.runtime.core.state import Decision, PendingApproval, RunState, Status
+
+
+# --- Events (what happened) -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SubRunResult:
+    run_id: str
+    status: str  # completed | failed | cancelled
+    output: str
+
+
+@dataclass(frozen=True)
+class EffectFailed:
+    """An effect that failed for good (provider rejected, retries exhausted, tool unreachable)."""
+
+    code: str
+    message: str
+
+
+EffectResult = ModelReply | ToolResult | SubRunResult | EffectFailed
+
+
+@dataclass(frozen=True)
+class EffectsCompleted:
+    results: Mapping[str, EffectResult]
+    now: float
+
+
+@dataclass(frozen=True)
+class ApprovalDecided:
+    decision: Decision
+    now: float
+
+
+Event = EffectsCompleted | ApprovalDecided
+
+
+# --- Commands (what to do) ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CallModel:
+    key: str
+    node_id: str
+    request: ModelRequest
+
+
+@dataclass(frozen=True)
+class CallTool:
+    key: str
+    node_id: str
+    call: ToolCall
+
+
+@dataclass(frozen=True)
+class StartSubRun:
+    key: str
+    node_id: str
+    agent: str
+    input: str
+
+
+Command = CallModel | CallTool | StartSubRun
+
+
+class InvalidEvent(Exception):
+    """The event does not fit the state (a decision for an approval that is not pending, say)."""
+
+
+@dataclass(frozen=True)
+class _Advance:
+    """A node finished: what it appends and which node comes next."""
+
+    messages: tuple[Message, ...] = ()
+    values: Mapping[str, Any] = field(default_factory=dict)
+    goto: str | None = None
+    usage: tuple[int, int, float] = (0, 0, 0.0)
+
+
+# --- Entry points ---------------------------------------------------------------------------------
+
+def start(spec: AgentSpec, *, input: str, now: float, values: Mapping[str, Any] | None = None
+          ) -> tuple[RunState, list[Command]]:
+    """The state of a new run with the user's input, and its first effects."""
+    state = RunState(status=Status.RUNNING, messages=(Message(role="user", content=input),),
+                     values=dict(values or {}), frontier=(spec.workflow.entry,), started_at=now)
+    state = _settle(state, spec)
+    return state, pending_commands(state, spec)
+
+
+def step(state: RunState, event: Event, *, spec: AgentSpec) -> tuple[RunState, list[Command]]:
+    """Apply one event; return the next state and the effects to perform. Raises InvalidEvent."""
+    if state.is_terminal:
+        raise InvalidEvent(f"The run is {state.status}; it takes no more events.")
+    match event:
+        case EffectsCompleted(results=results, now=now):
+            state = _apply_results(state, spec, results)
+            state = state.evolve(steps=state.steps + 1)
+            state = _settle(state, spec)
+            state = _check_limits(state, spec, now)
+        case ApprovalDecided(decision=decision):
+            pending = state.pending_approval
+            if pending is None or pending.id != decision.approval_id:
+                raise InvalidEvent(f"Approval {decision.approval_id!r} is not pending.")
+            unknown = set(decision.arguments) - {call.id for call in pending.calls}
+            if unknown:
+                raise InvalidEvent(f"Edited arguments name calls that are not awaiting approval: {sorted(unknown)}.")
+            state = state.evolve(status=Status.RUNNING, pending_approval=None,
+                                 decisions={**state.decisions, pending.node_id: decision})
+            state = _settle(state, spec)
+    return state, pending_commands(state, spec)
+
+
+def reopen(state: RunState, spec: AgentSpec, *, now: float) -> RunState:
+    """A finished state made runnable again from the graph's entry (a fork that adds a message to a
+    finished conversation continues it)."""
+    reopened = state.evolve(status=Status.RUNNING, frontier=(spec.workflow.entry,), output=None, error=None,
+                            pending_approval=None, decisions={}, join_arrivals={}, collected={}, waiting_on=(),
+                            started_at=now)
+    return _settle(reopened, spec)
+
+
+def pending_commands(state: RunState, spec: AgentSpec) -> list[Command]:
+    """The effects the frontier waits on and has no result for yet. Deterministic: recomputing after a
+    crash gives the same commands with the same keys."""
+    if state.status not in (Status.RUNNING, Status.WAITING_SUBRUN):
+        return []
+    return [command for command in _commands(state, spec) if command.key not in state.collected]
+
+
+def _commands(state: RunState, spec: AgentSpec) -> list[Command]:
+    graph = spec.workflow
+    commands: list[Command] = []
+    for node_id in state.frontier:
+        node = graph.node(node_id)
+        match node:
+            case LlmNode():
+                commands.append(CallModel(key=node_id, node_id=node_id, request=_model_request(state, spec, node)))
+            case ToolNode():
+                call = ToolCall(id=f"{node_id}-{state.steps}", name=node.tool,
+                                arguments=_resolve_arguments(node.arguments, state.values))
+                commands.append(CallTool(key=node_id, node_id=node_id, call=call))
+            case ToolsNode():
+                decision = state.decisions.get(node_id)
+                for call in _calls_to_run(state, spec, node_id, decision):
+                    key = f"{node_id}:{call.id}"
+                    if call.name in spec.agent_tools:
+                        commands.append(StartSubRun(key=key, node_id=node_id, agent=spec.agent_tools[call.name],
+                                                    input=str(call.arguments.get("input", json.dumps(call.arguments)))))
+                    else:
+                        commands.append(CallTool(key=key, node_id=node_id, call=call))
+            case SubAgentNode():
+                commands.append(StartSubRun(key=node_id, node_id=node_id, agent=node.agent,
+                                            input=_template(node.input, state)))
+    return commands
+
+
+# --- Applying results -----------------------------------------------------------------------------
+
+def _apply_results(state: RunState, spec: AgentSpec, results: Mapping[str, EffectResult]) -> RunState:
+    graph = spec.workflow
+    expected = {command.key: command for command in _commands(state, spec)}
+    collected = {**state.collected, **{k: _result_json(v) for k, v in results.items() if k in expected}}
+    frontier: list[str] = []
+    messages = list(state.messages)
+    values = dict(state.values)
+    decisions = dict(state.decisions)
+    joins = dict(state.join_arrivals)
+    tokens_in, tokens_out, cost = state.input_tokens, state.output_tokens, state.cost_usd
+    waiting: list[str] = []
+
+    for node_id in state.frontier:
+        node = graph.node(node_id)
+        keys = [key for key, command in expected.items() if command.node_id == node_id]
+        failed = next((collected[k] for k in keys if collected.get(k, {}).get("type") == "failed"), None)
+        if failed is not None:
+            return state.evolve(status=Status.FAILED, error={"code": failed["code"], "message": failed["message"]},
+                                values=values)
+        if any(key not in collected for key in keys):
+            frontier.append(node_id)
+            waiting.extend(k for k in keys if k not in collected and isinstance(expected[k], StartSubRun))
+            continue
+        advance = _complete_node(node, state, spec, {k: collected.pop(k) for k in keys}, decisions)
+        messages.extend(advance.messages)
+        values.update(advance.values)
+        tokens_in, tokens_out, cost = tokens_in + advance.usage[0], tokens_out + advance.usage[1], cost + advance.usage[2]
+        decisions.pop(node_id, None)
+        frontier.extend(_arrive(graph, advance.goto, joins))
+
+    outstanding = [key for key in expected if key not in collected and key in _keys_of(frontier, expected)]
+    only_subruns = bool(outstanding) and all(isinstance(expected[key], StartSubRun) for key in outstanding)
+    return state.evolve(messages=tuple(messages), values=values, frontier=tuple(dict.fromkeys(frontier)),
+                        decisions=decisions, join_arrivals=joins, input_tokens=tokens_in, output_tokens=tokens_out,
+                        cost_usd=cost, status=Status.WAITING_SUBRUN if only_subruns else Status.RUNNING,
+                        waiting_on=tuple(waiting), collected=collected)
+
+
+def _keys_of(frontier: list[str], expected: Mapping[str, Command]) -> set[str]:
+    return {key for key, command in expected.items() if command.node_id in frontier}
+
+
+def _complete_node(node: Node, state: RunState, spec: AgentSpec, results: dict[str, dict[str, Any]],
+                   decisions: dict[str, Decision]) -> _Advance:
+    match node:
+        case LlmNode():
+            reply = results[node.id]
+            message = Message.from_json(reply["message"])
+            usage = reply["usage"]
+            values = {node.output_key: message.content} if node.output_key else {}
+            return _Advance(messages=(message,), values=values, goto=node.next,
+                            usage=(usage["input_tokens"], usage["output_tokens"], usage["cost_usd"]))
+        case ToolNode():
+            result = ToolResult.from_json(results[node.id]["result"])
+            values = {node.output_key: result.structured if result.structured is not None else result.content} \
+                if node.output_key else {}
+            return _Advance(values=values, goto=node.next)
+        case ToolsNode():
+            decision = decisions.get(node.id)
+            ran = {call.id for call in _calls_to_run(state, spec, node.id, decision)}
+            out: list[Message] = []
+            for call in _last_tool_calls(state):
+                key = f"{node.id}:{call.id}"
+                if call.id in ran:
+                    out.append(_tool_message(call, results[key]))
+                else:
+                    reason = f": {decision.comment}" if decision and decision.comment else "."
+                    out.append(Message(role="tool", name=call.name, tool_call_id=call.id,
+                                       content=f"A human reviewer rejected this call{reason} Do not retry it as is."))
+            return _Advance(messages=tuple(out), goto=node.next)
+        case SubAgentNode():
+            sub = results[node.id]
+            values = {node.output_key: sub["output"]} if node.output_key else {}
+            return _Advance(messages=(Message(role="assistant", name=node.agent, content=sub["output"]),),
+                            values=values, goto=node.next)
+    raise AssertionError(f"{node.kind} nodes have no effect to complete")
+
+
+def _tool_message(call: ToolCall, result: dict[str, Any]) -> Message:
+    if result["type"] == "subrun":
+        return Message(role="tool", name=call.name, tool_call_id=call.id,
+                       content=result["output"] if result["status"] == "completed"
+                       else f"The delegated agent {result['status']}: {result['output']}")
+    return ToolResult.from_json(result["result"]).as_message()
+
+
+def _result_json(result: EffectResult) -> dict[str, Any]:
+    match result:
+        case ModelReply():
+            return {"type": "model", "message": result.message.to_json(), "usage": result.usage.to_json()}
+        case ToolResult():
+            return {"type": "tool", "result": result.to_json()}
+        case SubRunResult():
+            return {"type": "subrun", "run_id": result.run_id, "status": result.status, "output": result.output}
+        case EffectFailed():
+            return {"type": "failed", "code": result.code, "message": result.message}
+    raise TypeError(f"not an effect result: {result!r}")
+
+
+# --- Settling the frontier: routers, fan-outs, joins, approvals, ends ------------------------------
+
+def _arrive(graph: Any, target: str | None, joins: dict[str, int]) -> list[str]:
+    """Nodes to add to the frontier when a node hands over to ``target``; a join waits for every branch."""
+    if target is None:
+        return []
+    node = graph.node(target)
+    if isinstance(node, JoinNode):
+        parallel = graph.join_of(target)
+        joins[target] = joins.get(target, 0) + 1
+        if parallel is not None and joins[target] < len(parallel.branches):
+            return []
+        joins.pop(target, None)
+        return _arrive(graph, node.next, joins)
+    return [target]
+
+
+def _settle(state: RunState, spec: AgentSpec) -> RunState:
+    """Resolve instant nodes until the frontier holds only effect nodes; detect approvals and the end."""
+    graph = spec.workflow
+    frontier = list(state.frontier)
+    joins = dict(state.join_arrivals)
+    decisions = dict(state.decisions)
+    settled: list[str] = []
+    pending: PendingApproval | None = None
+    status = state.status
+    guard = 0
+    while frontier:
+        guard += 1
+        if guard > 10 * max(len(graph.nodes), 1):
+            return state.evolve(status=Status.FAILED, error={"code": "routing_loop",
+                                                             "message": "Routers loop without doing any work."})
+        node_id = frontier.pop(0)
+        node = graph.node(node_id)
+        match node:
+            case RouterNode():
+                frontier.extend(_arrive(graph, _route(node, state), joins))
+            case ParallelNode():
+                frontier.extend(node.branches)
+            case JoinNode():
+                frontier.extend(_arrive(graph, node.next, joins))
+            case EndNode():
+                pass
+            case ApprovalNode():
+                decision = decisions.pop(node_id, None)
+                if decision is None:
+                    pending = pending or PendingApproval(id=f"{state.steps}:{node_id}", node_id=node_id, kind="node",
+                                                         prompt=node.prompt)
+                    settled.append(node_id)
+                elif decision.approved:
+                    frontier.extend(_arrive(graph, node.next, joins))
+                elif node.on_reject:
+                    frontier.extend(_arrive(graph, node.on_reject, joins))
+                else:
+                    return state.evolve(status=Status.FAILED, decisions=decisions, error={
+                        "code": "approval_rejected",
+                        "message": f"Approval at {node_id!r} was rejected{': ' + decision.comment if decision.comment else '.'}"})
+            case ToolsNode() if node_id not in decisions and _gated_calls(state, spec):
+                pending = pending or PendingApproval(
+                    id=f"{state.steps}:{node_id}", node_id=node_id, kind="tool_calls",
+                    prompt="These tool calls need approval: " + ", ".join(c.name for c in _gated_calls(state, spec)),
+                    calls=tuple(_gated_calls(state, spec)))
+                settled.append(node_id)
+            case _:
+                settled.append(node_id)
+    settled = list(dict.fromkeys(settled))
+    if pending is not None:
+        status = Status.WAITING_APPROVAL
+    elif not settled:
+        last = next((m for m in reversed(state.messages) if m.role == "assistant"), None)
+        return state.evolve(status=Status.COMPLETED, frontier=(), join_arrivals=joins, decisions=decisions,
+                            output=_final_text(last.content if last else ""))
+    elif status == Status.WAITING_APPROVAL:
+        status = Status.RUNNING
+    return state.evolve(frontier=tuple(settled), join_arrivals=joins, decisions=decisions,
+                        pending_approval=pending, status=status)
+
+
+def _check_limits(state: RunState, spec: AgentSpec, now: float) -> RunState:
+    if state.is_terminal:
+        return state
+    limits = spec.limits
+    max_steps = min(filter(None, (limits.max_steps, spec.workflow.max_steps)), default=None)
+    if max_steps is not None and state.steps >= max_steps:
+        return state.evolve(status=Status.FAILED, error={"code": "step_limit",
+                                                         "message": f"The run reached its limit of {max_steps} steps."})
+    if limits.max_cost_usd is not None and state.cost_usd > limits.max_cost_usd:
+        return state.evolve(status=Status.FAILED, error={
+            "code": "budget_exceeded", "message": f"The run spent ${state.cost_usd:.6f}, over its limit of "
+                                                  f"${limits.max_cost_usd}."})
+    if limits.max_seconds is not None and now - state.started_at > limits.max_seconds:
+        return state.evolve(status=Status.FAILED, error={
+            "code": "time_limit", "message": f"The run exceeded its limit of {limits.max_seconds} seconds."})
+    return state
+
+
+def _route(node: RouterNode, state: RunState) -> str | None:
+    for route in node.routes:
+        if _holds(route.when, state):
+            return route.goto
+    return node.default
+
+
+def _holds(condition: Condition, state: RunState) -> bool:
+    last = next((m for m in reversed(state.messages) if m.role == "assistant"), None)
+    match condition.kind:
+        case "always":
+            return True
+        case "has_tool_calls":
+            return bool(state.messages and state.messages[-1].role == "assistant" and state.messages[-1].tool_calls)
+        case "no_tool_calls":
+            return not (state.messages and state.messages[-1].role == "assistant" and state.messages[-1].tool_calls)
+        case "text_contains":
+            return last is not None and (condition.text or "").lower() in last.content.lower()
+        case "value_equals":
+            return state.values.get(condition.key or "") == condition.value
+        case "value_truthy":
+            return bool(state.values.get(condition.key or ""))
+        case "steps_at_least":
+            return state.steps >= (condition.count or 0)
+    return False
+
+
+# --- Helpers -----------------------------------------------------------------------------------------
+
+def _model_request(state: RunState, spec: AgentSpec, node: LlmNode) -> ModelRequest:
+    system = "\n\n".join(part for part in (spec.instructions, node.instructions) if part)
+    offered = spec.tools if node.tools is None else tuple(t for t in spec.tools if t.name in node.tools)
+    messages = ((Message(role="system", content=system),) if system else ()) + state.messages
+    return ModelRequest(models=node.models or spec.models, messages=messages, tools=offered,
+                        temperature=spec.temperature, timeout_seconds=spec.model_timeout_seconds,
+                        metadata={"node": node.id, "step": state.steps})
+
+
+def _last_tool_calls(state: RunState) -> tuple[ToolCall, ...]:
+    for message in reversed(state.messages):
+        if message.role == "assistant":
+            return message.tool_calls
+    return ()
+
+
+def _gated_calls(state: RunState, spec: AgentSpec) -> list[ToolCall]:
+    return [call for call in _last_tool_calls(state) if (tool := spec.tool(call.name)) and tool.requires_approval]
+
+
+def _calls_to_run(state: RunState, spec: AgentSpec, node_id: str, decision: Decision | None) -> list[ToolCall]:
+    """The last assistant message's calls minus those a human rejected, with any edited arguments."""
+    gated = {call.id for call in _gated_calls(state, spec)}
+    calls = []
+    for call in _last_tool_calls(state):
+        if call.id in gated:
+            if decision is None or not decision.approved:
+                continue
+            if call.id in decision.arguments:
+                call = ToolCall(id=call.id, name=call.name, arguments=dict(decision.arguments[call.id]))
+        calls.append(call)
+    return calls
+
+
+def _resolve_arguments(arguments: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    def resolve(value: Any) -> Any:
+        if isinstance(value, dict) and set(value) == {"$value"}:
+            return values.get(value["$value"])
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        return value
+    return {k: resolve(v) for k, v in arguments.items()}
+
+
+def _template(text: str, state: RunState) -> str:
+    last_assistant = next((m.content for m in reversed(state.messages) if m.role == "assistant"), "")
+    last_user = next((m.content for m in reversed(state.messages) if m.role == "user"), "")
+    out = text.replace("{{last_assistant}}", last_assistant).replace("{{last_user}}", last_user)
+    for key, value in state.values.items():
+        out = out.replace("{{" + key + "}}", value if isinstance(value, str) else json.dumps(value))
+    return out
+
+
+def _final_text(text: str) -> str:
+    stripped = text.rstrip()
+    return stripped[: -len("DONE")].rstrip(" .\n") if stripped.upper().endswith("DONE") else stripped
+

@@ -1,0 +1,64 @@
+"""What the core needs from the outside world. Adapters implement these; the core never sees an SDK type."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from data_plane.runtime.core.messages import Message, ToolCall, ToolDefinition, ToolResult, Usage
+
+
+class ProviderError(Exception):
+    """Base of model-provider failures, already translated from the vendor's exception."""
+
+
+class ProviderUnavailable(ProviderError):
+    """Transient: rate limit, 5xx, connection failure or timeout, after the gateway's own retries."""
+
+
+class ProviderRejected(ProviderError):
+    """Terminal: the provider refused the request (bad request, auth, context too long)."""
+
+
+class ToolUnavailable(Exception):
+    """Transient failure to reach a tool (transport error, circuit open); the call may be retried."""
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """One LLM call. ``models`` is the policy's ordered list: the first, then fallbacks."""
+
+    models: tuple[str, ...]
+    messages: tuple[Message, ...]
+    tools: tuple[ToolDefinition, ...] = ()
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+    timeout_seconds: float = 60.0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelReply:
+    message: Message
+    usage: Usage
+    finish_reason: str = "stop"
+
+
+DeltaCallback = Callable[[str], Awaitable[None]]
+
+
+class ChatModel(Protocol):
+    async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None) -> ModelReply:
+        """Run the request (streaming when ``on_delta`` is given: each text fragment as it arrives).
+
+        Raises ProviderUnavailable after retries and fallbacks are exhausted, ProviderRejected at once.
+        """
+        ...
+
+
+class ToolRunner(Protocol):
+    async def call(self, call: ToolCall, *, idempotency_key: str) -> ToolResult:
+        """Run one tool call. The same ``idempotency_key`` means the same call: a tool must not repeat
+        its effect. A tool's own failure is a ToolResult with is_error; ToolUnavailable is transient."""
+        ...

@@ -1,0 +1,154 @@
+"""An agent's specification: instructions, model policy, tools, limits and its workflow graph."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from data_plane.runtime.core.graph import (
+    Condition,
+    EndNode,
+    Graph,
+    GraphInvalid,
+    LlmNode,
+    Route,
+    RouterNode,
+    ToolsNode,
+    graph_from_json,
+    graph_to_json,
+    validate,
+)
+from data_plane.runtime.core.messages import ToolDefinition
+
+PLAN_INSTRUCTIONS = ("First make a short numbered plan for the task. Do not call tools yet and do not answer yet.")
+REFLECT_INSTRUCTIONS = ("Check the work so far against the task. If it is complete, give the final answer and end "
+                        "with the word DONE. Otherwise say what is still missing.")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_steps: int | None = 50
+    max_seconds: float | None = 600.0
+    max_cost_usd: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_steps": self.max_steps, "max_seconds": self.max_seconds, "max_cost_usd": self.max_cost_usd}
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    instructions: str
+    models: tuple[str, ...]
+    tools: tuple[ToolDefinition, ...] = ()
+    graph: Graph | None = None  # None: the default plan / act / observe / reflect loop
+    limits: Limits = field(default_factory=Limits)
+    agent_tools: Mapping[str, str] = field(default_factory=dict)  # tool name -> agent called as a sub-run
+    temperature: float | None = None
+    model_timeout_seconds: float = 60.0
+
+    @property
+    def workflow(self) -> Graph:
+        return self.graph if self.graph is not None else default_loop()
+
+    def tool(self, name: str) -> ToolDefinition | None:
+        return next((tool for tool in self.tools if tool.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "instructions": self.instructions, "models": list(self.models),
+            "tools": [tool.to_json() for tool in self.tools], "limits": self.limits.to_json(),
+        }
+        if self.graph is not None:
+            data["graph"] = graph_to_json(self.graph)
+        if self.agent_tools:
+            data["agent_tools"] = dict(self.agent_tools)
+        if self.temperature is not None:
+            data["temperature"] = self.temperature
+        data["model_timeout_seconds"] = self.model_timeout_seconds
+        return data
+
+
+def default_loop() -> Graph:
+    """Plan, then act (tool calls run in parallel) and observe until the model stops calling tools, then
+    reflect: DONE ends the run, anything else goes back to acting. The agent's step limit bounds it."""
+    nodes = [
+        LlmNode(id="plan", next="act", instructions=PLAN_INSTRUCTIONS, tools=()),
+        LlmNode(id="act", next="after_act"),
+        RouterNode(id="after_act", routes=(Route(Condition(kind="has_tool_calls"), "observe"),), default="reflect"),
+        ToolsNode(id="observe", next="act"),
+        LlmNode(id="reflect", next="after_reflect", instructions=REFLECT_INSTRUCTIONS, tools=()),
+        RouterNode(id="after_reflect", routes=(Route(Condition(kind="text_contains", text="DONE"), "end"),),
+                   default="act"),
+        EndNode(id="end"),
+    ]
+    return Graph(entry="plan", nodes={node.id: node for node in nodes})
+
+
+def spec_from_json(data: Any, *, known_agents: set[str] | None = None) -> AgentSpec:
+    """Parse and validate an agent spec. Raises GraphInvalid with every problem (paths are spec paths)."""
+    errors: list[dict[str, str]] = []
+
+    def error(path: str, message: str, code: str = "invalid") -> None:
+        errors.append({"path": path, "code": code, "message": message})
+
+    if not isinstance(data, dict):
+        raise GraphInvalid([{"path": "", "code": "invalid", "message": "An agent spec is a JSON object."}])
+    instructions = data.get("instructions", "")
+    if not isinstance(instructions, str):
+        error("instructions", "instructions must be text.")
+    models = data.get("models")
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
+        error("models", "models must be a non-empty list of model names, the first preferred, then fallbacks.")
+        models = []
+    tools: list[ToolDefinition] = []
+    for index, raw in enumerate(data.get("tools") or []):
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not raw["name"]:
+            error(f"tools.{index}", "Each tool needs a name (and a description and input_schema).")
+            continue
+        if not isinstance(raw.get("input_schema", {}), dict):
+            error(f"tools.{index}.input_schema", "input_schema must be a JSON schema object.")
+            continue
+        tools.append(ToolDefinition.from_json(raw))
+    names = [tool.name for tool in tools]
+    for duplicate in {n for n in names if names.count(n) > 1}:
+        error("tools", f"Tool {duplicate!r} is defined twice.", "duplicate_tool")
+    raw_limits = data.get("limits") or {}
+    limits = Limits()
+    if not isinstance(raw_limits, dict):
+        error("limits", "limits must be an object with max_steps, max_seconds, max_cost_usd.")
+    else:
+        try:
+            limits = Limits(**{k: raw_limits[k] for k in ("max_steps", "max_seconds", "max_cost_usd") if k in raw_limits})
+        except TypeError as exc:
+            error("limits", str(exc))
+        for name in ("max_steps", "max_seconds", "max_cost_usd"):
+            value = getattr(limits, name)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
+                error(f"limits.{name}", f"{name} must be a positive number or null.")
+    agent_tools = data.get("agent_tools") or {}
+    if not isinstance(agent_tools, dict):
+        error("agent_tools", "agent_tools maps a tool name to the agent it calls.")
+        agent_tools = {}
+    for tool_name, agent in agent_tools.items():
+        if tool_name not in names:
+            error(f"agent_tools.{tool_name}", f"agent_tools names {tool_name!r}, which is not among the tools.")
+        if known_agents is not None and agent not in known_agents:
+            error(f"agent_tools.{tool_name}", f"Agent {agent!r} does not exist.", "unknown_agent")
+    graph = None
+    if data.get("graph") is not None:
+        try:
+            graph = graph_from_json(data["graph"])
+        except GraphInvalid as invalid:
+            errors.extend({**e, "path": f"graph.{e['path']}".rstrip(".")} for e in invalid.errors)
+    if errors:
+        raise GraphInvalid(errors)
+    spec = AgentSpec(instructions=instructions, models=tuple(models), tools=tuple(tools), graph=graph,
+                     limits=limits, agent_tools=dict(agent_tools), temperature=data.get("temperature"),
+                     model_timeout_seconds=float(data.get("model_timeout_seconds", 60.0)))
+    try:
+        validate(spec.workflow, tools=spec.tools, agents=known_agents,
+                 has_step_limit=spec.limits.max_steps is not None)
+    except GraphInvalid as invalid:
+        raise GraphInvalid([{**e, "path": f"graph.{e['path']}"} for e in invalid.errors]) from None
+    return spec

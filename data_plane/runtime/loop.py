@@ -1,0 +1,43 @@
+"""One long-lived asyncio loop per worker process, in a background thread.
+
+Steps are sync Celery tasks; their IO (model streams, tool calls, channel-layer sends) is async. Running
+it all on one persistent loop lets connections (HTTP sessions, Redis pools) live across steps and lets
+the waits of many concurrent steps share one thread. Forked children start their own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_owner_pid: int | None = None
+
+
+def _get_loop() -> asyncio.AbstractEventLoop:
+    global _loop, _owner_pid
+    with _lock:
+        if _loop is None or _owner_pid != os.getpid() or not _loop.is_running():
+            loop = asyncio.new_event_loop()
+            started = threading.Event()
+
+            def serve() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(started.set)
+                loop.run_forever()
+
+            threading.Thread(target=serve, name="agentplane-io-loop", daemon=True).start()
+            started.wait()
+            _loop, _owner_pid = loop, os.getpid()
+        return _loop
+
+
+def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on the process's IO loop and wait for its result (from any non-loop thread)."""
+    return asyncio.run_coroutine_threadsafe(coroutine, _get_loop()).result()

@@ -1,0 +1,40 @@
+"""Builds the runtime's adapters from settings: the one place that reads them for the data plane."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+
+from data_plane.executor import RunStepper
+from data_plane.runtime.core.ports import ChatModel
+from data_plane.tools import BuiltinToolRunner
+
+
+@cache
+def chat_model() -> ChatModel:
+    """The LLM gateway (litellm), shared by every step of this process."""
+    from data_plane.runtime.adapters.llm import LiteLLMChatModel, register_local_prices
+
+    if settings.LLM_LOCAL_PRICES:
+        register_local_prices(settings.LLM_LOCAL_PRICES)
+    return LiteLLMChatModel(api_base=settings.LLM_API_BASE or None, api_key=settings.LLM_API_KEY or None,
+                            max_retries=settings.LLM_MAX_RETRIES)
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def stepper_for(*, tenant: Any, dispatch: Callable[[UUID, int], None]) -> RunStepper:
+    schema = tenant.schema_name
+    return RunStepper(
+        tenant_schema=schema, chat_model=chat_model(),
+        tool_runner_factory=lambda run_id: BuiltinToolRunner(tenant_schema=schema, run_id=run_id),
+        dispatch=dispatch, owner=worker_identity(), lease_seconds=settings.RUN_LEASE_SECONDS, tenant=tenant,
+    )

@@ -1,0 +1,307 @@
+"""Runs: start, lifecycle (pause, resume, cancel, retry), approvals, time travel (fork, replay), steps.
+
+Every transition is validated (IllegalTransition, a 409, names the current status and what is allowed),
+bumps the run's version (fencing any worker that still holds an older one) and is recorded as a run event
+and in the audit log. Work is scheduled only after the transaction commits.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+from uuid import UUID
+
+import jsonschema
+from django.db import connection, transaction
+from django.utils import timezone
+
+from common.actors import Actor
+from common.schemas import require_schema
+from control_plane.audit.services import audit_event_record
+from data_plane import streams, tasks
+from data_plane.errors import AgentArchived, ApprovalArgumentsInvalid, ApprovalNotPending, IllegalTransition
+from data_plane.executor import RunStepper, StepOutcome, record_pending_approval, run_status_for
+from data_plane.models import Approval, Run, RunEvent
+from data_plane.runtime.adapters.checkpoints import PostgresCheckpointStore
+from data_plane.runtime.core import machine
+from data_plane.runtime.core.messages import Message
+from data_plane.runtime.core.spec import AgentSpec, spec_from_json
+from data_plane.runtime.core.state import Decision, RunState, Status
+from data_plane.selectors import agent_version_get, approval_get, checkpoint_get, run_get
+
+ACTIVE = ("queued", "running", "paused", "waiting_approval")
+
+
+def _store(tenant_schema: str) -> PostgresCheckpointStore:
+    return PostgresCheckpointStore(schema=tenant_schema, connection=connection)
+
+
+def dispatcher(tenant_schema: str) -> Callable[[UUID, int], None]:
+    """Schedules a run's step after the current transaction commits (at once outside one)."""
+    def dispatch(run_id: UUID, step: int) -> None:
+        transaction.on_commit(partial(tasks.run_step_task.apply_async, kwargs={
+            "tenant_schema": tenant_schema, "run_id": str(run_id), "expected_step": step}))
+    return dispatch
+
+
+def _initial_status(state: RunState) -> str:
+    status = run_status_for(state)
+    return "queued" if status == "running" else status
+
+
+def _append_event(run: Run, type_: str, data: dict[str, Any], tenant_schema: str) -> None:
+    """Append an event to a run whose row the caller holds locked; published after commit."""
+    run.event_seq += 1
+    RunEvent.objects.create(run=run, seq=run.event_seq, type=type_, data=data)
+    transaction.on_commit(partial(_publish, tenant_schema, run.id, run.event_seq, type_, data))
+
+
+def _publish(tenant_schema: str, run_id: UUID, seq: int, type_: str, data: dict[str, Any]) -> None:
+    streams.run_publish(tenant_schema=tenant_schema, run_id=run_id, events=[{"seq": seq, "type": type_, "data": data}])
+
+
+def _create_run(*, tenant_schema: str, agent_version: Any, input: str, values: Mapping[str, Any] | None,
+                now: float, parent_run_id: UUID | None = None, parent_key: str = "") -> Run:
+    spec = spec_from_json(agent_version.spec)
+    state, _ = machine.start(spec, input=input, now=now, values=values)
+    run = Run.objects.create(agent_version=agent_version, input=input, parent_run_id=parent_run_id,
+                             parent_key=parent_key, status="queued")
+    status = _initial_status(state)
+    committed = _store(tenant_schema).commit(
+        run_id=run.id, expected_version=0, checkpoint_id=uuid.uuid4(), parent_id=None, step=0, previous=None,
+        state=state, run_status=status, release_lease=True,
+        events=[{"type": "run.status", "data": {"status": status}}])
+    record_pending_approval(run.id, state)
+    if status == "queued":
+        dispatcher(tenant_schema)(run.id, 0)
+    run.refresh_from_db()
+    transaction.on_commit(partial(_publish, tenant_schema, run.id, committed.first_event_seq, "run.status",
+                                  {"status": status}))
+    return run
+
+
+def run_start(*, tenant, agent_id: UUID, input: str, actor: Actor, version: int | None = None,  # type: ignore[no-untyped-def]
+              values: Mapping[str, Any] | None = None, clock: Callable[[], float] = time.time) -> Run:
+    """Start a run of the agent's latest (or given) version with the user's input. Raises AgentNotFound,
+    AgentArchived. The first step is dispatched after commit."""
+    require_schema(tenant.schema_name)
+    agent_version = agent_version_get(tenant_schema=tenant.schema_name, agent_id=agent_id, version=version)
+    if agent_version.agent.is_archived:
+        raise AgentArchived(f"Agent {agent_version.agent.name!r} is archived; it takes no new runs.")
+    with transaction.atomic():
+        run = _create_run(tenant_schema=tenant.schema_name, agent_version=agent_version, input=input, values=values,
+                          now=clock())
+        audit_event_record(tenant=tenant, actor=actor, action="run.start", target_type="run", target_id=str(run.id),
+                           data={"agent": agent_version.agent.name, "version": agent_version.version})
+    return run
+
+
+def run_create_child(*, tenant_schema: str, parent_run_id: UUID, parent_key: str, agent_name: str, input: str,
+                     dispatch: Callable[[UUID, int], None] | None = None) -> Run:
+    """Start a sub-run for a parent's effect (once per parent and key). Called by the executor."""
+    from data_plane.models import Agent
+
+    agent = Agent.objects.filter(name=agent_name, is_archived=False).first()
+    if agent is None:
+        raise AgentArchived(f"Agent {agent_name!r} does not exist or is archived.")
+    agent_version = agent_version_get(tenant_schema=tenant_schema, agent_id=agent.id)
+    with transaction.atomic():
+        return _create_run(tenant_schema=tenant_schema, agent_version=agent_version, input=input, values=None,
+                           now=time.time(), parent_run_id=parent_run_id, parent_key=parent_key)
+
+
+def _transition(run: Run, *, to: str, allowed: tuple[str, ...], action: str) -> None:
+    if run.status not in allowed:
+        raise IllegalTransition(f"Run {run.id} is {run.status}; {action} needs it to be {' or '.join(allowed)}.")
+    run.status = to
+    run.version += 1
+
+
+def _lease_held(run: Run) -> bool:
+    return bool(run.lease_owner) and run.lease_expires_at is not None and run.lease_expires_at > timezone.now()
+
+
+def run_pause(*, tenant, run_id: UUID, actor: Actor) -> Run:  # type: ignore[no-untyped-def]
+    """Pause between steps: at once if no step is in flight, else when the current step commits."""
+    with transaction.atomic():
+        run = run_get(tenant_schema=tenant.schema_name, run_id=run_id, for_update=True)
+        if run.status == "running" and _lease_held(run):
+            run.pause_requested = True
+            run.save(update_fields=["pause_requested", "updated_at"])
+        else:
+            _transition(run, to="paused", allowed=("queued", "running"), action="pause")
+            run.lease_owner, run.lease_expires_at = "", None
+            _append_event(run, "run.status", {"status": "paused"}, tenant.schema_name)
+            run.save()
+        audit_event_record(tenant=tenant, actor=actor, action="run.pause", target_type="run", target_id=str(run.id))
+    return run
+
+
+def run_resume(*, tenant, run_id: UUID, actor: Actor) -> Run:  # type: ignore[no-untyped-def]
+    """Resume a paused run from its head checkpoint. Raises IllegalTransition."""
+    with transaction.atomic():
+        run = run_get(tenant_schema=tenant.schema_name, run_id=run_id, for_update=True)
+        _transition(run, to="queued", allowed=("paused",), action="resume")
+        run.pause_requested = False
+        _append_event(run, "run.status", {"status": "queued"}, tenant.schema_name)
+        run.save()
+        dispatcher(tenant.schema_name)(run.id, run.step)
+        audit_event_record(tenant=tenant, actor=actor, action="run.resume", target_type="run", target_id=str(run.id))
+    return run
+
+
+def run_cancel(*, tenant, run_id: UUID, actor: Actor, reason: str = "") -> Run:  # type: ignore[no-untyped-def]
+    """Terminate a run and its active sub-runs. An in-flight step is fenced off and its calls cancelled."""
+    with transaction.atomic():
+        run = run_get(tenant_schema=tenant.schema_name, run_id=run_id, for_update=True)
+        _cancel(run, reason=reason or f"cancelled by {actor}", tenant_schema=tenant.schema_name)
+        audit_event_record(tenant=tenant, actor=actor, action="run.cancel", target_type="run", target_id=str(run.id),
+                           data={"reason": reason})
+    return run
+
+
+def _cancel(run: Run, *, reason: str, tenant_schema: str) -> None:
+    _transition(run, to="cancelled", allowed=ACTIVE, action="cancel")
+    run.status_reason = reason[:500]
+    run.finished_at = timezone.now()
+    run.lease_owner, run.lease_expires_at, run.pause_requested = "", None, False
+    _append_event(run, "run.status", {"status": "cancelled", "reason": reason}, tenant_schema)
+    run.save()
+    Approval.objects.filter(run=run, status=Approval.Status.PENDING).update(status=Approval.Status.CANCELLED)
+    for child in Run.objects.select_for_update().filter(parent_run=run, status__in=ACTIVE):
+        _cancel(child, reason=f"parent run {run.id} was cancelled", tenant_schema=tenant_schema)
+    if run.parent_run_id:
+        parent = Run.objects.filter(id=run.parent_run_id, status="running").values_list("step", flat=True).first()
+        if parent is not None:
+            dispatcher(tenant_schema)(run.parent_run_id, parent)
+
+
+def run_retry(*, tenant, run_id: UUID, actor: Actor) -> Run:  # type: ignore[no-untyped-def]
+    """Retry a failed run from its last checkpoint: what was already paid for (recorded model and tool
+    results) is reused, not paid again. Raises IllegalTransition."""
+    with transaction.atomic():
+        run = run_get(tenant_schema=tenant.schema_name, run_id=run_id, for_update=True)
+        if run.status != "failed":
+            raise IllegalTransition(f"Run {run.id} is {run.status}; only a failed run can be retried.")
+        store = _store(tenant.schema_name)
+        head = store.load(run.head_id)
+        revived = head.state.evolve(status=Status.RUNNING, error=None)
+        store.commit(run_id=run.id, expected_version=run.version, checkpoint_id=uuid.uuid4(), parent_id=head.id,
+                     step=head.step + 1, previous=head.state, state=revived, run_status="queued",
+                     release_lease=True, events=[{"type": "run.status", "data": {"status": "queued", "retry": True}}])
+        Run.objects.filter(id=run.id).update(finished_at=None, status_reason="")
+        dispatcher(tenant.schema_name)(run.id, head.step + 1)
+        audit_event_record(tenant=tenant, actor=actor, action="run.retry", target_type="run", target_id=str(run.id))
+    run.refresh_from_db()
+    return run
+
+
+def approval_decide(*, tenant, approval_id: UUID, approved: bool, actor: Actor,  # type: ignore[no-untyped-def]
+                    arguments: Mapping[str, Mapping[str, Any]] | None = None, comment: str = "",
+                    clock: Callable[[], float] = time.time) -> Approval:
+    """Approve (optionally with edited tool arguments, checked against each tool's schema) or reject a
+    pending approval; the run resumes. Raises ApprovalNotPending, ApprovalArgumentsInvalid."""
+    arguments = dict(arguments or {})
+    with transaction.atomic():
+        approval = approval_get(tenant_schema=tenant.schema_name, approval_id=approval_id, for_update=True)
+        run = run_get(tenant_schema=tenant.schema_name, run_id=approval.run_id, for_update=True)
+        if approval.status != Approval.Status.PENDING or run.status != "waiting_approval":
+            raise ApprovalNotPending(f"Approval {approval.id} is {approval.status} (run {run.id} is {run.status}); "
+                                     "only a pending approval of a waiting run can be decided.")
+        spec = spec_from_json(run.agent_version.spec)
+        _check_edited_arguments(spec, approval, arguments)
+        store = _store(tenant.schema_name)
+        head = store.load(run.head_id)
+        decision = Decision(approval_id=approval.key, approved=approved, arguments=arguments, comment=comment)
+        try:
+            state, _ = machine.step(head.state, machine.ApprovalDecided(decision=decision, now=clock()), spec=spec)
+        except machine.InvalidEvent as exc:
+            raise ApprovalArgumentsInvalid(str(exc)) from None
+        status = _initial_status(state)
+        store.commit(run_id=run.id, expected_version=run.version, checkpoint_id=uuid.uuid4(), parent_id=head.id,
+                     step=head.step + 1, previous=head.state, state=state, run_status=status, release_lease=True,
+                     events=[{"type": "approval.decided", "data": {"approval_id": str(approval.id),
+                                                                   "approved": approved, "comment": comment}},
+                             {"type": "run.status", "data": {"status": status}}])
+        approval.status = Approval.Status.APPROVED if approved else Approval.Status.REJECTED
+        approval.decided_by, approval.decided_at = str(actor), timezone.now()
+        approval.comment, approval.arguments = comment, arguments
+        approval.save()
+        record_pending_approval(run.id, state)
+        if status == "queued":
+            dispatcher(tenant.schema_name)(run.id, head.step + 1)
+        audit_event_record(tenant=tenant, actor=actor, action=f"approval.{approval.status}", target_type="run",
+                           target_id=str(run.id), data={"approval_id": str(approval.id), "edited": sorted(arguments)})
+    return approval
+
+
+def _check_edited_arguments(spec: AgentSpec, approval: Approval, arguments: Mapping[str, Any]) -> None:
+    calls = {call["id"]: call for call in approval.calls}
+    errors = {}
+    for call_id, edited in arguments.items():
+        call = calls.get(call_id)
+        if call is None:
+            errors[call_id] = [f"No call {call_id!r} awaits approval; calls: {', '.join(calls) or 'none'}."]
+            continue
+        tool = spec.tool(call["name"])
+        try:
+            jsonschema.validate(edited, tool.input_schema if tool else {"type": "object"})
+        except jsonschema.ValidationError as exc:
+            errors[call_id] = [f"Arguments for {call['name']} do not match its input schema: {exc.message}"]
+    if errors:
+        raise ApprovalArgumentsInvalid("Edited arguments are invalid: " + "; ".join(
+            message for messages in errors.values() for message in messages), extra={"errors": {"arguments": errors}})
+
+
+def run_fork(*, tenant, run_id: UUID, checkpoint_id: UUID, actor: Actor,  # type: ignore[no-untyped-def]
+             values: Mapping[str, Any] | None = None, append_messages: list[Message] | None = None,
+             reexecute: bool = False, clock: Callable[[], float] = time.time) -> Run:
+    """A new run that starts from a checkpoint of another (time travel), optionally with patched values or
+    added messages. The original branch is untouched. Without ``reexecute``, model and tool results the
+    source branch recorded for the same requests are reused instead of paid again (replay)."""
+    require_schema(tenant.schema_name)
+    checkpoint = checkpoint_get(tenant_schema=tenant.schema_name, run_id=run_id, checkpoint_id=checkpoint_id)
+    source = run_get(tenant_schema=tenant.schema_name, run_id=run_id)
+    store = _store(tenant.schema_name)
+    loaded = store.load(checkpoint.id)
+    spec = spec_from_json(source.agent_version.spec)
+    state = loaded.state.evolve(values={**loaded.state.values, **(values or {})},
+                                messages=loaded.state.messages + tuple(append_messages or ()))
+    if state.is_terminal and append_messages:
+        state = machine.reopen(state, spec, now=clock())
+    status = _initial_status(state)
+    with transaction.atomic():
+        run = Run.objects.create(agent_version=source.agent_version, input=source.input, base_run=source,
+                                 base_message_count=len(loaded.state.messages), base_step=checkpoint.step,
+                                 source_checkpoint=checkpoint, reexecute=reexecute, status=status,
+                                 step=checkpoint.step)
+        store.commit(run_id=run.id, expected_version=0, checkpoint_id=uuid.uuid4(), parent_id=checkpoint.id,
+                     step=checkpoint.step, previous=loaded.state, state=state, changed_values=dict(values or {}),
+                     run_status=status, release_lease=True,
+                     events=[{"type": "run.status", "data": {"status": status, "forked_from": str(checkpoint.id)}}])
+        record_pending_approval(run.id, state)
+        if status == "queued":
+            dispatcher(tenant.schema_name)(run.id, checkpoint.step)
+        audit_event_record(tenant=tenant, actor=actor, action="run.fork", target_type="run", target_id=str(run.id),
+                           data={"source_run": str(run_id), "checkpoint": str(checkpoint.id),
+                                 "patched_values": sorted(values or {}), "reexecute": reexecute})
+    run.refresh_from_db()
+    return run
+
+
+def run_step(*, tenant, run_id: UUID, expected_step: int) -> StepOutcome:  # type: ignore[no-untyped-def]
+    """Execute one step of a run (the Celery task's body). Safe to deliver twice: the claim fences it."""
+    from data_plane.runtime.wiring import stepper_for
+
+    stepper: RunStepper = stepper_for(tenant=tenant, dispatch=dispatcher(tenant.schema_name))
+    return stepper.run_step(run_id, expected_step)
+
+
+def run_step_fail(*, tenant, run_id: UUID, code: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    """Fail a run whose step kept failing transiently (retries exhausted)."""
+    from data_plane.runtime.wiring import stepper_for
+
+    stepper_for(tenant=tenant, dispatch=dispatcher(tenant.schema_name)).fail(run_id, code=code, message=message)
