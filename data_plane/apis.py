@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from drf_spectacular.utils import extend_schema
@@ -12,8 +13,25 @@ from rest_framework.response import Response
 from common.pagination import paginated, paginated_response
 from common.validation import validated
 from data_plane import selectors, services
-from data_plane.serializers import PingOutputSerializer
+from data_plane.models import Approval, Run
+from data_plane.runtime.core.messages import Message
+from data_plane.serializers import (
+    AgentOutputSerializer,
+    AgentVersionDetailOutputSerializer,
+    AgentVersionOutputSerializer,
+    ApprovalOutputSerializer,
+    CheckpointOutputSerializer,
+    CheckpointStateOutputSerializer,
+    PingOutputSerializer,
+    RunEventOutputSerializer,
+    RunOutputSerializer,
+)
 from tenants.api_views import TenantApiView
+
+SPEC_HELP = ("The agent spec: instructions, models (preferred first), tools [{name, description, input_schema, "
+             "requires_approval}], limits {max_steps, max_seconds, max_cost_usd}, an optional graph {entry, "
+             "max_steps, nodes: [{id, kind, ...}]} (without one: the plan / act / observe / reflect loop) and "
+             "agent_tools {tool name: agent name}. Every problem is listed in the 400's errors.spec.")
 
 
 class PingListCreateApi(TenantApiView):
@@ -42,3 +60,313 @@ class PingDetailApi(TenantApiView):
     def get(self, request: Request, ping_id: UUID) -> Response:
         ping = selectors.ping_get(tenant_schema=request.user.tenant.schema_name, ping_id=ping_id)
         return Response(PingOutputSerializer(ping).data)
+
+
+# --- Agents ------------------------------------------------------------------------------------------
+
+class AgentListCreateApi(TenantApiView):
+    required_scopes = {"GET": "agents:read", "POST": "agents:write"}
+
+    class FilterSerializer(serializers.Serializer):
+        include_archived = serializers.BooleanField(required=False, default=False)
+
+    class InputSerializer(serializers.Serializer):
+        name = serializers.SlugField(max_length=100, help_text="Unique in the tenant; a-z, 0-9, '-' and '_'.")
+        description = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
+        spec = serializers.DictField(help_text=SPEC_HELP)
+
+    @extend_schema(operation_id="agents_list", parameters=[FilterSerializer],
+                   responses=paginated(AgentOutputSerializer), tags=["agents"])
+    def get(self, request: Request) -> Response:
+        filters = validated(self.FilterSerializer, request.query_params)
+        agents = selectors.agent_list(tenant_schema=request.user.tenant.schema_name, **filters)
+        return paginated_response(request=request, view=self, queryset=agents, serializer_class=AgentOutputSerializer)
+
+    @extend_schema(operation_id="agents_create", request=InputSerializer, responses={201: AgentOutputSerializer},
+                   tags=["agents"])
+    def post(self, request: Request) -> Response:
+        data = validated(self.InputSerializer, request.data)
+        agent = services.agent_create(tenant=request.user.tenant, actor=request.user.actor, **data)
+        return Response(AgentOutputSerializer(agent).data, status=status.HTTP_201_CREATED)
+
+
+class AgentDetailApi(TenantApiView):
+    required_scopes = {"GET": "agents:read", "PATCH": "agents:write"}
+
+    class UpdateInputSerializer(serializers.Serializer):
+        description = serializers.CharField(max_length=500, required=False, allow_blank=True)
+        spec = serializers.DictField(required=False, help_text="A new spec adds a version; running runs keep theirs. "
+                                                               + SPEC_HELP)
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            if not attrs:
+                raise serializers.ValidationError("Send a description, a spec, or both.")
+            return attrs
+
+    @extend_schema(operation_id="agents_get", responses=AgentOutputSerializer, tags=["agents"])
+    def get(self, request: Request, agent_id: UUID) -> Response:
+        agent = selectors.agent_get(tenant_schema=request.user.tenant.schema_name, agent_id=agent_id)
+        return Response(AgentOutputSerializer(agent).data)
+
+    @extend_schema(operation_id="agents_update", request=UpdateInputSerializer, responses=AgentOutputSerializer,
+                   tags=["agents"])
+    def patch(self, request: Request, agent_id: UUID) -> Response:
+        data = validated(self.UpdateInputSerializer, request.data)
+        agent = services.agent_update(tenant=request.user.tenant, agent_id=agent_id, actor=request.user.actor, **data)
+        return Response(AgentOutputSerializer(agent).data)
+
+
+class AgentArchiveApi(TenantApiView):
+    required_scopes = {"POST": "agents:write"}
+
+    @extend_schema(operation_id="agents_archive", request=None, responses=AgentOutputSerializer, tags=["agents"])
+    def post(self, request: Request, agent_id: UUID) -> Response:
+        agent = services.agent_archive(tenant=request.user.tenant, agent_id=agent_id, actor=request.user.actor)
+        return Response(AgentOutputSerializer(agent).data)
+
+
+class AgentVersionListApi(TenantApiView):
+    required_scopes = {"GET": "agents:read"}
+
+    @extend_schema(operation_id="agents_versions_list", responses=paginated(AgentVersionOutputSerializer),
+                   tags=["agents"])
+    def get(self, request: Request, agent_id: UUID) -> Response:
+        agent = selectors.agent_get(tenant_schema=request.user.tenant.schema_name, agent_id=agent_id)
+        return paginated_response(request=request, view=self, queryset=agent.versions.all(),
+                                  serializer_class=AgentVersionOutputSerializer)
+
+
+class AgentVersionDetailApi(TenantApiView):
+    required_scopes = {"GET": "agents:read"}
+
+    @extend_schema(operation_id="agents_versions_get", responses=AgentVersionDetailOutputSerializer, tags=["agents"])
+    def get(self, request: Request, agent_id: UUID, version: int) -> Response:
+        agent_version = selectors.agent_version_get(tenant_schema=request.user.tenant.schema_name, agent_id=agent_id,
+                                                    version=version)
+        return Response(AgentVersionDetailOutputSerializer(agent_version).data)
+
+
+# --- Runs --------------------------------------------------------------------------------------------
+
+class RunListCreateApi(TenantApiView):
+    required_scopes = {"GET": "runs:read", "POST": "runs:write"}
+
+    class FilterSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=Run.Status.choices, required=False)
+        agent_id = serializers.UUIDField(required=False)
+        parent_run_id = serializers.UUIDField(required=False, help_text="Only the sub-runs of this run.")
+
+    class InputSerializer(serializers.Serializer):
+        agent_id = serializers.UUIDField()
+        input = serializers.CharField(max_length=100_000, help_text="The user's message that starts the run.")
+        version = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None,
+                                           help_text="The agent version to run; the latest when omitted.")
+        values = serializers.DictField(required=False, default=dict,
+                                       help_text="Initial state values, readable by the graph's routers and tools.")
+
+    @extend_schema(operation_id="runs_list", parameters=[FilterSerializer], responses=paginated(RunOutputSerializer),
+                   tags=["runs"])
+    def get(self, request: Request) -> Response:
+        filters = validated(self.FilterSerializer, request.query_params)
+        runs = selectors.run_list(tenant_schema=request.user.tenant.schema_name, **filters)
+        return paginated_response(request=request, view=self, queryset=runs, serializer_class=RunOutputSerializer)
+
+    @extend_schema(operation_id="runs_start", request=InputSerializer, responses={202: RunOutputSerializer},
+                   tags=["runs"])
+    def post(self, request: Request) -> Response:
+        data = validated(self.InputSerializer, request.data)
+        run = services.run_start(tenant=request.user.tenant, actor=request.user.actor, **data)
+        return Response(RunOutputSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+class RunDetailApi(TenantApiView):
+    required_scopes = {"GET": "runs:read"}
+
+    @extend_schema(operation_id="runs_get", responses=RunOutputSerializer, tags=["runs"])
+    def get(self, request: Request, run_id: UUID) -> Response:
+        run = selectors.run_get(tenant_schema=request.user.tenant.schema_name, run_id=run_id)
+        return Response(RunOutputSerializer(run).data)
+
+
+class RunPauseApi(TenantApiView):
+    """Pause between steps: at once when no step is in flight, else when the current step commits."""
+
+    required_scopes = {"POST": "runs:write"}
+
+    @extend_schema(operation_id="runs_pause", request=None, responses=RunOutputSerializer, tags=["runs"])
+    def post(self, request: Request, run_id: UUID) -> Response:
+        run = services.run_pause(tenant=request.user.tenant, run_id=run_id, actor=request.user.actor)
+        return Response(RunOutputSerializer(run).data)
+
+
+class RunResumeApi(TenantApiView):
+    required_scopes = {"POST": "runs:write"}
+
+    @extend_schema(operation_id="runs_resume", request=None, responses=RunOutputSerializer, tags=["runs"])
+    def post(self, request: Request, run_id: UUID) -> Response:
+        run = services.run_resume(tenant=request.user.tenant, run_id=run_id, actor=request.user.actor)
+        return Response(RunOutputSerializer(run).data)
+
+
+class RunCancelApi(TenantApiView):
+    required_scopes = {"POST": "runs:write"}
+
+    class InputSerializer(serializers.Serializer):
+        reason = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
+
+    @extend_schema(operation_id="runs_cancel", request=InputSerializer, responses=RunOutputSerializer, tags=["runs"])
+    def post(self, request: Request, run_id: UUID) -> Response:
+        data = validated(self.InputSerializer, request.data)
+        run = services.run_cancel(tenant=request.user.tenant, run_id=run_id, actor=request.user.actor, **data)
+        return Response(RunOutputSerializer(run).data)
+
+
+class RunRetryApi(TenantApiView):
+    """Retry a failed run from its last checkpoint, reusing the model and tool results already paid for."""
+
+    required_scopes = {"POST": "runs:write"}
+
+    @extend_schema(operation_id="runs_retry", request=None, responses=RunOutputSerializer, tags=["runs"])
+    def post(self, request: Request, run_id: UUID) -> Response:
+        run = services.run_retry(tenant=request.user.tenant, run_id=run_id, actor=request.user.actor)
+        return Response(RunOutputSerializer(run).data)
+
+
+class RunEventListApi(TenantApiView):
+    required_scopes = {"GET": "runs:read"}
+
+    class FilterSerializer(serializers.Serializer):
+        after_seq = serializers.IntegerField(min_value=0, required=False, default=0,
+                                             help_text="Only events after this sequence number (the last one seen).")
+
+    @extend_schema(operation_id="runs_events_list", parameters=[FilterSerializer],
+                   responses=paginated(RunEventOutputSerializer), tags=["runs"])
+    def get(self, request: Request, run_id: UUID) -> Response:
+        filters = validated(self.FilterSerializer, request.query_params)
+        events = selectors.run_event_list(tenant_schema=request.user.tenant.schema_name, run_id=run_id, **filters)
+        return paginated_response(request=request, view=self, queryset=events,
+                                  serializer_class=RunEventOutputSerializer)
+
+
+# --- Checkpoints: time travel ------------------------------------------------------------------------
+
+class AppendedMessageInputSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["user", "assistant", "system"])
+    content = serializers.CharField(max_length=100_000)
+
+
+class CheckpointListApi(TenantApiView):
+    required_scopes = {"GET": "runs:read"}
+
+    @extend_schema(operation_id="runs_checkpoints_list", responses=paginated(CheckpointOutputSerializer),
+                   tags=["checkpoints"])
+    def get(self, request: Request, run_id: UUID) -> Response:
+        checkpoints = selectors.checkpoint_list(tenant_schema=request.user.tenant.schema_name, run_id=run_id)
+        return paginated_response(request=request, view=self, queryset=checkpoints,
+                                  serializer_class=CheckpointOutputSerializer)
+
+
+class CheckpointDetailApi(TenantApiView):
+    required_scopes = {"GET": "runs:read"}
+
+    @extend_schema(operation_id="runs_checkpoints_get", responses=CheckpointStateOutputSerializer,
+                   tags=["checkpoints"])
+    def get(self, request: Request, run_id: UUID, checkpoint_id: UUID) -> Response:
+        state = selectors.checkpoint_state(tenant_schema=request.user.tenant.schema_name, run_id=run_id,
+                                           checkpoint_id=checkpoint_id)
+        return Response(CheckpointStateOutputSerializer({"id": checkpoint_id, "run_id": run_id, "state": state}).data)
+
+
+class CheckpointForkApi(TenantApiView):
+    """A new run from this checkpoint, with patched values and added messages; the source is untouched."""
+
+    required_scopes = {"POST": "runs:write"}
+
+    class InputSerializer(serializers.Serializer):
+        values = serializers.DictField(required=False, default=dict,
+                                       help_text="Values to set (or overwrite) in the fork's state.")
+        messages = AppendedMessageInputSerializer(many=True, required=False, default=list,
+                                                  help_text="Messages appended to the conversation; a finished "
+                                                            "conversation continues from the graph's entry.")
+        reexecute = serializers.BooleanField(required=False, default=False,
+                                             help_text="Pay for model and tool calls again instead of reusing "
+                                                       "the results the source branch recorded.")
+
+        def validate_messages(self, messages: list[dict[str, str]]) -> list[Message]:
+            return [Message(role=message["role"], content=message["content"]) for message in messages]  # type: ignore[arg-type]
+
+    @extend_schema(operation_id="runs_checkpoints_fork", request=InputSerializer, responses={201: RunOutputSerializer},
+                   tags=["checkpoints"])
+    def post(self, request: Request, run_id: UUID, checkpoint_id: UUID) -> Response:
+        data = validated(self.InputSerializer, request.data)
+        run = services.run_fork(tenant=request.user.tenant, run_id=run_id, checkpoint_id=checkpoint_id,
+                                actor=request.user.actor, values=data["values"], append_messages=data["messages"],
+                                reexecute=data["reexecute"])
+        return Response(RunOutputSerializer(run).data, status=status.HTTP_201_CREATED)
+
+
+class CheckpointReplayApi(TenantApiView):
+    """A new run from this checkpoint with the same state (a fork without changes)."""
+
+    required_scopes = {"POST": "runs:write"}
+
+    class InputSerializer(serializers.Serializer):
+        reexecute = serializers.BooleanField(required=False, default=False,
+                                             help_text="Pay for model and tool calls again instead of reusing "
+                                                       "the results the source branch recorded.")
+
+    @extend_schema(operation_id="runs_checkpoints_replay", request=InputSerializer,
+                   responses={201: RunOutputSerializer}, tags=["checkpoints"])
+    def post(self, request: Request, run_id: UUID, checkpoint_id: UUID) -> Response:
+        data = validated(self.InputSerializer, request.data)
+        run = services.run_fork(tenant=request.user.tenant, run_id=run_id, checkpoint_id=checkpoint_id,
+                                actor=request.user.actor, **data)
+        return Response(RunOutputSerializer(run).data, status=status.HTTP_201_CREATED)
+
+
+# --- Approvals ---------------------------------------------------------------------------------------
+
+class ApprovalListApi(TenantApiView):
+    required_scopes = {"GET": "runs:read"}
+
+    class FilterSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=Approval.Status.choices, required=False)
+        run_id = serializers.UUIDField(required=False)
+
+    @extend_schema(operation_id="approvals_list", parameters=[FilterSerializer],
+                   responses=paginated(ApprovalOutputSerializer), tags=["approvals"])
+    def get(self, request: Request) -> Response:
+        filters = validated(self.FilterSerializer, request.query_params)
+        approvals = selectors.approval_list(tenant_schema=request.user.tenant.schema_name, **filters)
+        return paginated_response(request=request, view=self, queryset=approvals,
+                                  serializer_class=ApprovalOutputSerializer)
+
+
+class ApprovalDetailApi(TenantApiView):
+    required_scopes = {"GET": "runs:read"}
+
+    @extend_schema(operation_id="approvals_get", responses=ApprovalOutputSerializer, tags=["approvals"])
+    def get(self, request: Request, approval_id: UUID) -> Response:
+        approval = selectors.approval_get(tenant_schema=request.user.tenant.schema_name, approval_id=approval_id)
+        return Response(ApprovalOutputSerializer(approval).data)
+
+
+class ApprovalDecideApi(TenantApiView):
+    """Approve or reject a pending approval; the run continues (or, rejected without a way out, fails)."""
+
+    required_scopes = {"POST": "approvals:write"}
+
+    class InputSerializer(serializers.Serializer):
+        approved = serializers.BooleanField()
+        arguments = serializers.DictField(
+            child=serializers.DictField(), required=False, default=dict,
+            help_text="Edited arguments by tool call id, checked against each tool's input schema.")
+        comment = serializers.CharField(max_length=2000, required=False, default="", allow_blank=True)
+
+    @extend_schema(operation_id="approvals_decide", request=InputSerializer, responses=ApprovalOutputSerializer,
+                   tags=["approvals"])
+    def post(self, request: Request, approval_id: UUID) -> Response:
+        data = validated(self.InputSerializer, request.data)
+        approval = services.approval_decide(tenant=request.user.tenant, approval_id=approval_id,
+                                            actor=request.user.actor, **data)
+        return Response(ApprovalOutputSerializer(approval).data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from uuid import UUID
 
@@ -9,6 +10,8 @@ from celery import shared_task
 
 from data_plane import services
 from tenants.tasking import TenantTask
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(base=TenantTask, bind=True, acks_late=True)
@@ -25,7 +28,15 @@ def run_step_task(self, *, tenant_schema: str, run_id: str, expected_step: int) 
     from django.db import connection
 
     tenant = connection.tenant
-    outcome = services.run_step(tenant=tenant, run_id=UUID(run_id), expected_step=expected_step)
+    try:
+        outcome = services.run_step(tenant=tenant, run_id=UUID(run_id), expected_step=expected_step)
+    except Exception:
+        # A defect, not a transient failure: fail the run with a reason instead of leaving it running forever.
+        logger.exception("Step %s of run %s failed unexpectedly", expected_step, run_id)
+        services.run_step_fail(tenant=tenant, run_id=UUID(run_id), code="internal_error",
+                               message=f"Step {expected_step} failed unexpectedly; the error was logged. "
+                                       "Retry the run, and report it if it fails again.")
+        return "failed"
     if outcome.kind == "busy":
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
     if outcome.kind == "transient":

@@ -5,4 +5,31 @@ from data_plane import apis
 urlpatterns = [
     path("pings", apis.PingListCreateApi.as_view(), name="pings"),
     path("pings/<uuid:ping_id>", apis.PingDetailApi.as_view(), name="ping-detail"),
+    # agents
+    path("agents", apis.AgentListCreateApi.as_view(), name="agents"),
+    path("agents/<uuid:agent_id>", apis.AgentDetailApi.as_view(), name="agent-detail"),
+    path("agents/<uuid:agent_id>/archive", apis.AgentArchiveApi.as_view(), name="agent-archive"),
+    path("agents/<uuid:agent_id>/versions", apis.AgentVersionListApi.as_view(), name="agent-versions"),
+    path("agents/<uuid:agent_id>/versions/<int:version>", apis.AgentVersionDetailApi.as_view(),
+         name="agent-version-detail"),
+    # runs
+    path("runs", apis.RunListCreateApi.as_view(), name="runs"),
+    path("runs/<uuid:run_id>", apis.RunDetailApi.as_view(), name="run-detail"),
+    path("runs/<uuid:run_id>/pause", apis.RunPauseApi.as_view(), name="run-pause"),
+    path("runs/<uuid:run_id>/resume", apis.RunResumeApi.as_view(), name="run-resume"),
+    path("runs/<uuid:run_id>/cancel", apis.RunCancelApi.as_view(), name="run-cancel"),
+    path("runs/<uuid:run_id>/retry", apis.RunRetryApi.as_view(), name="run-retry"),
+    path("runs/<uuid:run_id>/events", apis.RunEventListApi.as_view(), name="run-events"),
+    # checkpoints: time travel
+    path("runs/<uuid:run_id>/checkpoints", apis.CheckpointListApi.as_view(), name="run-checkpoints"),
+    path("runs/<uuid:run_id>/checkpoints/<uuid:checkpoint_id>", apis.CheckpointDetailApi.as_view(),
+         name="run-checkpoint-detail"),
+    path("runs/<uuid:run_id>/checkpoints/<uuid:checkpoint_id>/fork", apis.CheckpointForkApi.as_view(),
+         name="run-checkpoint-fork"),
+    path("runs/<uuid:run_id>/checkpoints/<uuid:checkpoint_id>/replay", apis.CheckpointReplayApi.as_view(),
+         name="run-checkpoint-replay"),
+    # approvals
+    path("approvals", apis.ApprovalListApi.as_view(), name="approvals"),
+    path("approvals/<uuid:approval_id>", apis.ApprovalDetailApi.as_view(), name="approval-detail"),
+    path("approvals/<uuid:approval_id>/decide", apis.ApprovalDecideApi.as_view(), name="approval-decide"),
 ]

@@ -9,6 +9,11 @@ SCOPES: dict[str, str] = {
     "audit:read": "Read the tenant's audit log.",
     "pings:read": "Read data-plane pings.",
     "pings:write": "Send data-plane pings (a task executed by a worker in the tenant's schema).",
+    "agents:read": "List and read agents and their versions, specs included.",
+    "agents:write": "Create agents, change them (a new spec adds a version) and archive them.",
+    "runs:read": "Read runs, their checkpoints (full state), events and approvals.",
+    "runs:write": "Start runs; pause, resume, cancel and retry them; fork and replay them from a checkpoint.",
+    "approvals:write": "Approve or reject a run's pending approval, optionally editing the tool arguments.",
 }
 
 ALL_SCOPES: tuple[str, ...] = tuple(SCOPES)

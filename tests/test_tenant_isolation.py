@@ -18,7 +18,7 @@ from common.actors import Actor
 from conftest import ProvisionedForTest, bearer
 from control_plane.audit.models import AuditEvent
 from data_plane import services as data_plane_services
-from data_plane.models import Ping
+from data_plane.models import Agent, Approval, Checkpoint, Ping, Run
 from tenants.api_views import TenantApiView
 from tenants.models import ApiKey
 from tenants.tests.factories import ApiKeyFactory
@@ -29,6 +29,10 @@ class TenantAData:
     key_id: str
     ping_id: str
     audit_ids: frozenset[str]
+    agent_id: str
+    run_id: str
+    checkpoint_id: str
+    approval_id: str
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class Case:
     route: str  # the URL pattern, as Django knows it
     method: str
     path: Callable[[TenantAData], str]
-    body: dict | None
+    body: dict | Callable[[TenantAData], dict] | None  # a callable when the body names tenant A's ids
     check: Callable[..., None]
 
 
@@ -69,6 +73,23 @@ def _ping_created_in_b(response, a: TenantAData, b: ProvisionedForTest) -> None:
         assert Ping.objects.filter(id=response.json()["id"]).exists()
 
 
+def _agent_created_in_b(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 201
+    with schema_context(b.schema):
+        assert Agent.objects.filter(id=response.json()["id"], name=A_AGENT_NAME).exists()
+
+
+def _not_found_and_no_run_in_b(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    _not_found(response, a, b)
+    with schema_context(b.schema):
+        assert not Run.objects.exists()
+
+
+A_AGENT_NAME = "a-gated"
+A_SPEC = {"instructions": "", "models": ["openai/gpt-4o-mini"], "graph": {"entry": "gate", "nodes": [
+    {"id": "gate", "kind": "approval", "prompt": "ok?", "next": "end"}, {"id": "end", "kind": "end"}]}}
+
+
 CASES = [
     Case("v1/tenant", "get", lambda a: "/v1/tenant", None, _own_tenant),
     Case("v1/api-keys", "get", lambda a: "/v1/api-keys?limit=500", None, _no_a_ids("id", lambda a: {a.key_id})),
@@ -81,6 +102,44 @@ CASES = [
     Case("v1/pings/<uuid:ping_id>", "get", lambda a: f"/v1/pings/{a.ping_id}", None, _not_found),
     Case("v1/audit-events", "get", lambda a: "/v1/audit-events?limit=500", None,
          _no_a_ids("id", lambda a: set(a.audit_ids))),
+    # agents
+    Case("v1/agents", "get", lambda a: "/v1/agents?include_archived=true&limit=500", None,
+         _no_a_ids("id", lambda a: {a.agent_id})),
+    Case("v1/agents", "post", lambda a: "/v1/agents", {"name": A_AGENT_NAME, "spec": A_SPEC}, _agent_created_in_b),
+    Case("v1/agents/<uuid:agent_id>", "get", lambda a: f"/v1/agents/{a.agent_id}", None, _not_found),
+    Case("v1/agents/<uuid:agent_id>", "patch", lambda a: f"/v1/agents/{a.agent_id}",
+         {"description": "from b", "spec": A_SPEC}, _not_found),
+    Case("v1/agents/<uuid:agent_id>/archive", "post", lambda a: f"/v1/agents/{a.agent_id}/archive", {}, _not_found),
+    Case("v1/agents/<uuid:agent_id>/versions", "get", lambda a: f"/v1/agents/{a.agent_id}/versions", None,
+         _not_found),
+    Case("v1/agents/<uuid:agent_id>/versions/<int:version>", "get", lambda a: f"/v1/agents/{a.agent_id}/versions/1",
+         None, _not_found),
+    # runs
+    Case("v1/runs", "get", lambda a: "/v1/runs?limit=500", None, _no_a_ids("id", lambda a: {a.run_id})),
+    Case("v1/runs", "post", lambda a: "/v1/runs", lambda a: {"agent_id": a.agent_id, "input": "from b"},
+         _not_found_and_no_run_in_b),
+    Case("v1/runs/<uuid:run_id>", "get", lambda a: f"/v1/runs/{a.run_id}", None, _not_found),
+    Case("v1/runs/<uuid:run_id>/pause", "post", lambda a: f"/v1/runs/{a.run_id}/pause", {}, _not_found),
+    Case("v1/runs/<uuid:run_id>/resume", "post", lambda a: f"/v1/runs/{a.run_id}/resume", {}, _not_found),
+    Case("v1/runs/<uuid:run_id>/cancel", "post", lambda a: f"/v1/runs/{a.run_id}/cancel", {"reason": "from b"},
+         _not_found),
+    Case("v1/runs/<uuid:run_id>/retry", "post", lambda a: f"/v1/runs/{a.run_id}/retry", {}, _not_found),
+    Case("v1/runs/<uuid:run_id>/events", "get", lambda a: f"/v1/runs/{a.run_id}/events", None, _not_found),
+    # checkpoints
+    Case("v1/runs/<uuid:run_id>/checkpoints", "get", lambda a: f"/v1/runs/{a.run_id}/checkpoints", None,
+         _not_found),
+    Case("v1/runs/<uuid:run_id>/checkpoints/<uuid:checkpoint_id>", "get",
+         lambda a: f"/v1/runs/{a.run_id}/checkpoints/{a.checkpoint_id}", None, _not_found),
+    Case("v1/runs/<uuid:run_id>/checkpoints/<uuid:checkpoint_id>/fork", "post",
+         lambda a: f"/v1/runs/{a.run_id}/checkpoints/{a.checkpoint_id}/fork", {"values": {"from": "b"}},
+         _not_found_and_no_run_in_b),
+    Case("v1/runs/<uuid:run_id>/checkpoints/<uuid:checkpoint_id>/replay", "post",
+         lambda a: f"/v1/runs/{a.run_id}/checkpoints/{a.checkpoint_id}/replay", {}, _not_found_and_no_run_in_b),
+    # approvals
+    Case("v1/approvals", "get", lambda a: "/v1/approvals?limit=500", None, _no_a_ids("id", lambda a: {a.approval_id})),
+    Case("v1/approvals/<uuid:approval_id>", "get", lambda a: f"/v1/approvals/{a.approval_id}", None, _not_found),
+    Case("v1/approvals/<uuid:approval_id>/decide", "post", lambda a: f"/v1/approvals/{a.approval_id}/decide",
+         {"approved": True}, _not_found),
 ]
 
 
@@ -113,17 +172,38 @@ def tenant_a_data(tenant_a) -> TenantAData:
     key = ApiKeyFactory(tenant=tenant_a.tenant, name="a-only")
     with schema_context(tenant_a.schema):
         ping = data_plane_services.ping_create(tenant=tenant_a.tenant, message="a", actor=actor)
+        agent = data_plane_services.agent_create(tenant=tenant_a.tenant, name=A_AGENT_NAME, description="a",
+                                                 spec=A_SPEC, actor=actor)
+        run = data_plane_services.run_start(tenant=tenant_a.tenant, agent_id=agent.id, input="a", actor=actor)
+        checkpoint = Checkpoint.objects.get(run=run)
+        approval = Approval.objects.get(run=run)
         audit_ids = frozenset(str(i) for i in AuditEvent.objects.values_list("id", flat=True))
     assert audit_ids
-    return TenantAData(key_id=str(key.id), ping_id=str(ping.id), audit_ids=audit_ids)
+    assert run.status == "waiting_approval"
+    return TenantAData(key_id=str(key.id), ping_id=str(ping.id), audit_ids=audit_ids, agent_id=str(agent.id),
+                       run_id=str(run.id), checkpoint_id=str(checkpoint.id), approval_id=str(approval.id))
+
+
+def _tenant_a_state(a: TenantAData) -> tuple:
+    """Everything of tenant A's data plane a call from B could change."""
+    return (
+        list(Agent.objects.values_list("id", "description", "latest_version", "is_archived")),
+        list(Run.objects.values_list("id", "status", "version", "step", "event_seq", "pause_requested")),
+        list(Checkpoint.objects.values_list("id", "run_id", "step")),
+        list(Approval.objects.values_list("id", "status", "comment")),
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.method.upper()} {c.route}")
 def test_tenant_b_sees_nothing_of_tenant_a(client, tenant_a, tenant_b, tenant_a_data, case):
+    # given
+    with schema_context(tenant_a.schema):
+        a_before = _tenant_a_state(tenant_a_data)
     # when
     kwargs = bearer(tenant_b.key)
-    if case.body is not None:
-        response = getattr(client, case.method)(case.path(tenant_a_data), json.dumps(case.body),
+    body = case.body(tenant_a_data) if callable(case.body) else case.body
+    if body is not None:
+        response = getattr(client, case.method)(case.path(tenant_a_data), json.dumps(body),
                                                 content_type="application/json", **kwargs)
     else:
         response = getattr(client, case.method)(case.path(tenant_a_data), **kwargs)
@@ -134,3 +214,5 @@ def test_tenant_b_sees_nothing_of_tenant_a(client, tenant_a, tenant_b, tenant_a_
     with schema_context(tenant_a.schema):
         assert Ping.objects.filter(message="from b").count() == 0
         assert Ping.objects.filter(id=tenant_a_data.ping_id).exists()
+        assert _tenant_a_state(tenant_a_data) == a_before
+        assert Run.objects.count() == 1 and Agent.objects.count() == 1

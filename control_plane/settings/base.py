@@ -135,6 +135,8 @@ LLM_LOCAL_PRICES = env.string_list("LLM_LOCAL_PRICES", [])
 # A worker holds a run's lease this long without renewing it before another worker may take over.
 RUN_LEASE_SECONDS = float(env.integer("RUN_LEASE_SECONDS", 30))
 RUN_STEP_MAX_TRANSIENT_RETRIES = env.integer("RUN_STEP_MAX_TRANSIENT_RETRIES", 8)
+# The Celery queue of run steps (empty: the default queue). Workers consume it with -Q.
+RUN_STEP_QUEUE = env.string("RUN_STEP_QUEUE", "")
 
 # --- REST framework and the OpenAPI schema ------------------------------------------------------
 REST_FRAMEWORK = {

@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import jsonschema
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -41,10 +42,28 @@ def _store(tenant_schema: str) -> PostgresCheckpointStore:
 
 def dispatcher(tenant_schema: str) -> Callable[[UUID, int], None]:
     """Schedules a run's step after the current transaction commits (at once outside one)."""
+    queue = settings.RUN_STEP_QUEUE or None
+
     def dispatch(run_id: UUID, step: int) -> None:
-        transaction.on_commit(partial(tasks.run_step_task.apply_async, kwargs={
+        transaction.on_commit(partial(tasks.run_step_task.apply_async, queue=queue, kwargs={
             "tenant_schema": tenant_schema, "run_id": str(run_id), "expected_step": step}))
     return dispatch
+
+
+def _commit(tenant_schema: str, *, events: list[dict[str, Any]], **fields: Any) -> None:
+    """Commit a checkpoint through the store (fenced) and publish its events once the transaction commits."""
+    committed = _store(tenant_schema).commit(events=events, **fields)
+    numbered = [{"seq": committed.first_event_seq + offset, **event} for offset, event in enumerate(events)]
+    transaction.on_commit(partial(streams.run_publish, tenant_schema=tenant_schema, run_id=fields["run_id"],
+                                  events=numbered))
+
+
+def _wake_parent(run: Run, tenant_schema: str) -> None:
+    """A sub-run that just finished lets its waiting parent collect the result."""
+    if run.parent_run_id:
+        parent_step = Run.objects.filter(id=run.parent_run_id, status="running").values_list("step", flat=True).first()
+        if parent_step is not None:
+            dispatcher(tenant_schema)(run.parent_run_id, parent_step)
 
 
 def _initial_status(state: RunState) -> str:
@@ -63,6 +82,7 @@ def _publish(tenant_schema: str, run_id: UUID, seq: int, type_: str, data: dict[
     streams.run_publish(tenant_schema=tenant_schema, run_id=run_id, events=[{"seq": seq, "type": type_, "data": data}])
 
 
+
 def _create_run(*, tenant_schema: str, agent_version: Any, input: str, values: Mapping[str, Any] | None,
                 now: float, parent_run_id: UUID | None = None, parent_key: str = "") -> Run:
     spec = spec_from_json(agent_version.spec)
@@ -70,16 +90,13 @@ def _create_run(*, tenant_schema: str, agent_version: Any, input: str, values: M
     run = Run.objects.create(agent_version=agent_version, input=input, parent_run_id=parent_run_id,
                              parent_key=parent_key, status="queued")
     status = _initial_status(state)
-    committed = _store(tenant_schema).commit(
-        run_id=run.id, expected_version=0, checkpoint_id=uuid.uuid4(), parent_id=None, step=0, previous=None,
-        state=state, run_status=status, release_lease=True,
-        events=[{"type": "run.status", "data": {"status": status}}])
+    _commit(tenant_schema, run_id=run.id, expected_version=0, checkpoint_id=uuid.uuid4(), parent_id=None, step=0,
+            previous=None, state=state, run_status=status, release_lease=True,
+            events=[{"type": "run.status", "data": {"status": status}}])
     record_pending_approval(run.id, state)
     if status == "queued":
         dispatcher(tenant_schema)(run.id, 0)
     run.refresh_from_db()
-    transaction.on_commit(partial(_publish, tenant_schema, run.id, committed.first_event_seq, "run.status",
-                                  {"status": status}))
     return run
 
 
@@ -173,10 +190,7 @@ def _cancel(run: Run, *, reason: str, tenant_schema: str) -> None:
     Approval.objects.filter(run=run, status=Approval.Status.PENDING).update(status=Approval.Status.CANCELLED)
     for child in Run.objects.select_for_update().filter(parent_run=run, status__in=ACTIVE):
         _cancel(child, reason=f"parent run {run.id} was cancelled", tenant_schema=tenant_schema)
-    if run.parent_run_id:
-        parent = Run.objects.filter(id=run.parent_run_id, status="running").values_list("step", flat=True).first()
-        if parent is not None:
-            dispatcher(tenant_schema)(run.parent_run_id, parent)
+    _wake_parent(run, tenant_schema)
 
 
 def run_retry(*, tenant, run_id: UUID, actor: Actor) -> Run:  # type: ignore[no-untyped-def]
@@ -186,14 +200,16 @@ def run_retry(*, tenant, run_id: UUID, actor: Actor) -> Run:  # type: ignore[no-
         run = run_get(tenant_schema=tenant.schema_name, run_id=run_id, for_update=True)
         if run.status != "failed":
             raise IllegalTransition(f"Run {run.id} is {run.status}; only a failed run can be retried.")
-        store = _store(tenant.schema_name)
-        head = store.load(run.head_id)
-        revived = head.state.evolve(status=Status.RUNNING, error=None)
-        store.commit(run_id=run.id, expected_version=run.version, checkpoint_id=uuid.uuid4(), parent_id=head.id,
-                     step=head.step + 1, previous=head.state, state=revived, run_status="queued",
-                     release_lease=True, events=[{"type": "run.status", "data": {"status": "queued", "retry": True}}])
+        head = _store(tenant.schema_name).load(run.head_id)
+        revived = machine.revive(head.state, spec_from_json(run.agent_version.spec))
+        status = _initial_status(revived)
+        _commit(tenant.schema_name, run_id=run.id, expected_version=run.version, checkpoint_id=uuid.uuid4(),
+                parent_id=head.id, step=head.step + 1, previous=head.state, state=revived, run_status=status,
+                release_lease=True, events=[{"type": "run.status", "data": {"status": status, "retry": True}}])
         Run.objects.filter(id=run.id).update(finished_at=None, status_reason="")
-        dispatcher(tenant.schema_name)(run.id, head.step + 1)
+        record_pending_approval(run.id, revived)
+        if status == "queued":
+            dispatcher(tenant.schema_name)(run.id, head.step + 1)
         audit_event_record(tenant=tenant, actor=actor, action="run.retry", target_type="run", target_id=str(run.id))
     run.refresh_from_db()
     return run
@@ -221,11 +237,12 @@ def approval_decide(*, tenant, approval_id: UUID, approved: bool, actor: Actor, 
         except machine.InvalidEvent as exc:
             raise ApprovalArgumentsInvalid(str(exc)) from None
         status = _initial_status(state)
-        store.commit(run_id=run.id, expected_version=run.version, checkpoint_id=uuid.uuid4(), parent_id=head.id,
-                     step=head.step + 1, previous=head.state, state=state, run_status=status, release_lease=True,
-                     events=[{"type": "approval.decided", "data": {"approval_id": str(approval.id),
-                                                                   "approved": approved, "comment": comment}},
-                             {"type": "run.status", "data": {"status": status}}])
+        _commit(tenant.schema_name, run_id=run.id, expected_version=run.version, checkpoint_id=uuid.uuid4(),
+                parent_id=head.id, step=head.step + 1, previous=head.state, state=state, run_status=status,
+                release_lease=True, reason=(state.error or {}).get("message", ""), events=[
+                    {"type": "approval.decided",
+                     "data": {"approval_id": str(approval.id), "approved": approved, "comment": comment}},
+                    {"type": "run.status", "data": {"status": status}}])
         approval.status = Approval.Status.APPROVED if approved else Approval.Status.REJECTED
         approval.decided_by, approval.decided_at = str(actor), timezone.now()
         approval.comment, approval.arguments = comment, arguments
@@ -233,6 +250,8 @@ def approval_decide(*, tenant, approval_id: UUID, approved: bool, actor: Actor, 
         record_pending_approval(run.id, state)
         if status == "queued":
             dispatcher(tenant.schema_name)(run.id, head.step + 1)
+        elif status in ("completed", "failed"):
+            _wake_parent(run, tenant.schema_name)
         audit_event_record(tenant=tenant, actor=actor, action=f"approval.{approval.status}", target_type="run",
                            target_id=str(run.id), data={"approval_id": str(approval.id), "edited": sorted(arguments)})
     return approval
@@ -278,10 +297,10 @@ def run_fork(*, tenant, run_id: UUID, checkpoint_id: UUID, actor: Actor,  # type
                                  base_message_count=len(loaded.state.messages), base_step=checkpoint.step,
                                  source_checkpoint=checkpoint, reexecute=reexecute, status=status,
                                  step=checkpoint.step)
-        store.commit(run_id=run.id, expected_version=0, checkpoint_id=uuid.uuid4(), parent_id=checkpoint.id,
-                     step=checkpoint.step, previous=loaded.state, state=state, changed_values=dict(values or {}),
-                     run_status=status, release_lease=True,
-                     events=[{"type": "run.status", "data": {"status": status, "forked_from": str(checkpoint.id)}}])
+        _commit(tenant.schema_name, run_id=run.id, expected_version=0, checkpoint_id=uuid.uuid4(),
+                parent_id=checkpoint.id, step=checkpoint.step, previous=loaded.state, state=state,
+                changed_values=dict(values or {}), run_status=status, release_lease=True,
+                events=[{"type": "run.status", "data": {"status": status, "forked_from": str(checkpoint.id)}}])
         record_pending_approval(run.id, state)
         if status == "queued":
             dispatcher(tenant.schema_name)(run.id, checkpoint.step)

@@ -235,7 +235,7 @@ def validate(graph: Graph, *, tools: Iterable[ToolDefinition] = (), agents: Iter
             error(path, "unknown_tool", f"Node {node_id!r} calls the tool {node.tool!r}, which the agent lacks.")
         if isinstance(node, SubAgentNode) and agents is not None and node.agent not in agents:
             error(path, "unknown_agent", f"Node {node_id!r} delegates to agent {node.agent!r}, which does not exist.")
-    if graph.entry in graph.nodes and not errors:
+    if graph.entry in graph.nodes:
         reachable = _reachable(graph, graph.entry)
         for node_id in graph.nodes:
             if node_id not in reachable:

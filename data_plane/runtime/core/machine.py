@@ -149,6 +149,12 @@ def reopen(state: RunState, spec: AgentSpec, *, now: float) -> RunState:
     return _settle(reopened, spec)
 
 
+def revive(state: RunState, spec: AgentSpec) -> RunState:
+    """A failed state made runnable again where it stopped (a retry): the frontier is settled anew, so an
+    approval that was rejected is asked again and a failed effect is attempted again."""
+    return _settle(state.evolve(status=Status.RUNNING, error=None, pending_approval=None), spec)
+
+
 def pending_commands(state: RunState, spec: AgentSpec) -> list[Command]:
     """The effects the frontier waits on and has no result for yet. Deterministic: recomputing after a
     crash gives the same commands with the same keys."""
@@ -331,8 +337,8 @@ def _settle(state: RunState, spec: AgentSpec) -> RunState:
             case ApprovalNode():
                 decision = decisions.pop(node_id, None)
                 if decision is None:
-                    pending = pending or PendingApproval(id=f"{state.steps}:{node_id}", node_id=node_id, kind="node",
-                                                         prompt=node.prompt)
+                    pending = pending or _still_pending(state, node_id) or PendingApproval(
+                        id=f"{state.approvals_asked + 1}:{node_id}", node_id=node_id, kind="node", prompt=node.prompt)
                     settled.append(node_id)
                 elif decision.approved:
                     frontier.extend(_arrive(graph, node.next, joins))
@@ -343,16 +349,19 @@ def _settle(state: RunState, spec: AgentSpec) -> RunState:
                         "code": "approval_rejected",
                         "message": f"Approval at {node_id!r} was rejected{': ' + decision.comment if decision.comment else '.'}"})
             case ToolsNode() if node_id not in decisions and _gated_calls(state, spec):
-                pending = pending or PendingApproval(
-                    id=f"{state.steps}:{node_id}", node_id=node_id, kind="tool_calls",
+                pending = pending or _still_pending(state, node_id) or PendingApproval(
+                    id=f"{state.approvals_asked + 1}:{node_id}", node_id=node_id, kind="tool_calls",
                     prompt="These tool calls need approval: " + ", ".join(c.name for c in _gated_calls(state, spec)),
                     calls=tuple(_gated_calls(state, spec)))
                 settled.append(node_id)
             case _:
                 settled.append(node_id)
     settled = list(dict.fromkeys(settled))
+    asked = state.approvals_asked
     if pending is not None:
         status = Status.WAITING_APPROVAL
+        if state.pending_approval is None or state.pending_approval.id != pending.id:
+            asked += 1
     elif not settled:
         last = next((m for m in reversed(state.messages) if m.role == "assistant"), None)
         return state.evolve(status=Status.COMPLETED, frontier=(), join_arrivals=joins, decisions=decisions,
@@ -360,7 +369,12 @@ def _settle(state: RunState, spec: AgentSpec) -> RunState:
     elif status == Status.WAITING_APPROVAL:
         status = Status.RUNNING
     return state.evolve(frontier=tuple(settled), join_arrivals=joins, decisions=decisions,
-                        pending_approval=pending, status=status)
+                        pending_approval=pending, status=status, approvals_asked=asked)
+
+
+def _still_pending(state: RunState, node_id: str) -> PendingApproval | None:
+    pending = state.pending_approval
+    return pending if pending is not None and pending.node_id == node_id else None
 
 
 def _check_limits(state: RunState, spec: AgentSpec, now: float) -> RunState:

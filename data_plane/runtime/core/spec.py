@@ -141,14 +141,16 @@ def spec_from_json(data: Any, *, known_agents: set[str] | None = None) -> AgentS
             graph = graph_from_json(data["graph"])
         except GraphInvalid as invalid:
             errors.extend({**e, "path": f"graph.{e['path']}".rstrip(".")} for e in invalid.errors)
+    spec = AgentSpec(instructions=instructions if isinstance(instructions, str) else "", models=tuple(models),
+                     tools=tuple(tools), graph=graph, limits=limits, agent_tools=dict(agent_tools),
+                     temperature=data.get("temperature"),
+                     model_timeout_seconds=float(data.get("model_timeout_seconds", 60.0)))
+    if graph is not None or data.get("graph") is None:
+        try:  # validated even when other fields are wrong, so every problem is reported at once
+            validate(spec.workflow, tools=spec.tools, agents=known_agents,
+                     has_step_limit=spec.limits.max_steps is not None)
+        except GraphInvalid as invalid:
+            errors.extend({**e, "path": f"graph.{e['path']}"} for e in invalid.errors)
     if errors:
         raise GraphInvalid(errors)
-    spec = AgentSpec(instructions=instructions, models=tuple(models), tools=tuple(tools), graph=graph,
-                     limits=limits, agent_tools=dict(agent_tools), temperature=data.get("temperature"),
-                     model_timeout_seconds=float(data.get("model_timeout_seconds", 60.0)))
-    try:
-        validate(spec.workflow, tools=spec.tools, agents=known_agents,
-                 has_step_limit=spec.limits.max_steps is not None)
-    except GraphInvalid as invalid:
-        raise GraphInvalid([{**e, "path": f"graph.{e['path']}"} for e in invalid.errors]) from None
     return spec

@@ -67,6 +67,7 @@ class RunState:
     decisions: Mapping[str, Decision] = field(default_factory=dict)  # node id -> decision not yet consumed
     waiting_on: tuple[str, ...] = ()  # effect keys of sub-runs being waited for
     collected: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # results of unfinished nodes
+    approvals_asked: int = 0  # numbers approval ids, so an approval asked again (after a retry) is a new one
     cost_usd: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
@@ -87,7 +88,7 @@ class RunState:
             "started_at": self.started_at, "join_arrivals": dict(self.join_arrivals),
             "pending_approval": self.pending_approval.to_json() if self.pending_approval else None,
             "decisions": {k: d.to_json() for k, d in self.decisions.items()},
-            "waiting_on": list(self.waiting_on), "collected": dict(self.collected), "cost_usd": self.cost_usd, "input_tokens": self.input_tokens,
+            "waiting_on": list(self.waiting_on), "collected": dict(self.collected), "approvals_asked": self.approvals_asked, "cost_usd": self.cost_usd, "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens, "output": self.output,
             "error": dict(self.error) if self.error else None, "message_count": len(self.messages),
         }
@@ -101,7 +102,8 @@ class RunState:
             steps=control["steps"], started_at=control["started_at"], join_arrivals=control["join_arrivals"],
             pending_approval=PendingApproval.from_json(approval) if approval else None,
             decisions={k: Decision.from_json(d) for k, d in control["decisions"].items()},
-            waiting_on=tuple(control["waiting_on"]), collected=control.get("collected", {}), cost_usd=control["cost_usd"],
+            waiting_on=tuple(control["waiting_on"]), collected=control.get("collected", {}),
+            approvals_asked=control.get("approvals_asked", 0), cost_usd=control["cost_usd"],
             input_tokens=control["input_tokens"], output_tokens=control["output_tokens"],
             output=control["output"], error=control["error"],
         )

@@ -72,7 +72,7 @@ def test_dead_end_unknown_tool_unknown_agent_and_no_end():
         {"id": "b", "kind": "subagent", "agent": "ghost", "next": "c"},
         {"id": "c", "kind": "tool", "tool": "calculator"}]}, tools=[], agents=["helper"])
     assert found == {("unknown_tool", "nodes.a"), ("unknown_agent", "nodes.b"), ("dead_end", "nodes.c"),
-                     ("unknown_tool", "nodes.c")}
+                     ("unknown_tool", "nodes.c"), ("no_end", "nodes")}
 
 
 @pytest.mark.parametrize("bad, code", [
@@ -99,4 +99,5 @@ def test_spec_errors_carry_spec_paths():
         spec_from_json({"instructions": 3, "models": [], "tools": [{"description": "no name"}],
                         "limits": {"max_steps": -1}, "graph": {"entry": "a", "nodes": [{"id": "a", "kind": "llm"}]}})
     paths = {e["path"] for e in exc.value.errors}
-    assert {"instructions", "models", "tools.0", "limits.max_steps"} <= paths
+    # every problem at once: the fields', and the graph's (validated although the fields are wrong)
+    assert {"instructions", "models", "tools.0", "limits.max_steps", "graph.nodes.a"} <= paths

@@ -1,0 +1,147 @@
+"""Time travel over the API: read a checkpoint's full state, fork it with changes, replay it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from django_tenants.utils import schema_context
+
+from conftest import bearer
+from data_plane.models import Run
+from tenants.tests.factories import ApiKeyFactory
+
+SPEC = {"instructions": "Be exact.", "models": ["openai/gpt-4o-mini"]}
+
+
+def post(client, path, body, key):
+    return client.post(path, json.dumps(body), content_type="application/json", **bearer(key))
+
+
+def message(role: str, content: str) -> dict:
+    return {"role": role, "content": content, "tool_calls": [], "tool_call_id": None, "name": None}
+
+
+def started_run(client, key) -> tuple[dict, str]:
+    """A queued run with values {"topic": "math"}, and its step-0 checkpoint's id."""
+    agent = post(client, "/v1/agents", {"name": "calc", "spec": SPEC}, key).json()
+    run = post(client, "/v1/runs", {"agent_id": agent["id"], "input": "What is 6*7?", "values": {"topic": "math"}},
+               key).json()
+    return run, run["head_checkpoint_id"]
+
+
+def state_of(client, key, run_id) -> tuple[dict, dict]:
+    """The run's only checkpoint and the state it holds."""
+    checkpoints = client.get(f"/v1/runs/{run_id}/checkpoints", **bearer(key)).json()["results"]
+    assert len(checkpoints) == 1
+    detail = client.get(f"/v1/runs/{run_id}/checkpoints/{checkpoints[0]['id']}", **bearer(key)).json()
+    return checkpoints[0], detail["state"]
+
+
+def test_fork_with_a_values_patch_is_a_new_run_based_on_the_source(client, tenant_a):
+    # given
+    source, checkpoint_id = started_run(client, tenant_a.key)
+    # when
+    response = post(client, f"/v1/runs/{source['id']}/checkpoints/{checkpoint_id}/fork",
+                    {"values": {"topic": "physics", "depth": 2}}, tenant_a.key)
+    # then
+    assert response.status_code == 201
+    fork = response.json()
+    assert fork["id"] != source["id"]
+    assert {k: fork[k] for k in ("status", "base_run_id", "source_checkpoint_id", "step", "reexecute", "input",
+                                 "agent_id", "agent_version")} == {
+        "status": "queued", "base_run_id": source["id"], "source_checkpoint_id": checkpoint_id, "step": 0,
+        "reexecute": False, "input": "What is 6*7?", "agent_id": source["agent_id"], "agent_version": 1}
+    fork_checkpoint, fork_state = state_of(client, tenant_a.key, fork["id"])
+    assert fork_checkpoint["parent_id"] == checkpoint_id
+    assert fork_state["values"] == {"topic": "physics", "depth": 2}
+    assert fork_state["messages"] == [message("user", "What is 6*7?")]
+    # and the source is untouched
+    _, source_state = state_of(client, tenant_a.key, source["id"])
+    assert source_state["values"] == {"topic": "math"}
+    assert client.get(f"/v1/runs/{source['id']}", **bearer(tenant_a.key)).json() == source
+
+
+def test_fork_appends_messages(client, tenant_a):
+    # given
+    source, checkpoint_id = started_run(client, tenant_a.key)
+    # when
+    response = post(client, f"/v1/runs/{source['id']}/checkpoints/{checkpoint_id}/fork",
+                    {"messages": [{"role": "user", "content": "Show your work."}], "reexecute": True}, tenant_a.key)
+    # then
+    assert response.status_code == 201
+    assert response.json()["reexecute"] is True
+    _, fork_state = state_of(client, tenant_a.key, response.json()["id"])
+    assert fork_state["messages"] == [message("user", "What is 6*7?"), message("user", "Show your work.")]
+    assert fork_state["values"] == {"topic": "math"}
+    _, source_state = state_of(client, tenant_a.key, source["id"])
+    assert source_state["messages"] == [message("user", "What is 6*7?")]
+
+
+def test_replay_is_a_new_run_with_the_same_state(client, tenant_a):
+    # given
+    source, checkpoint_id = started_run(client, tenant_a.key)
+    _, source_state = state_of(client, tenant_a.key, source["id"])
+    # when
+    default = post(client, f"/v1/runs/{source['id']}/checkpoints/{checkpoint_id}/replay", {}, tenant_a.key)
+    reexecuted = post(client, f"/v1/runs/{source['id']}/checkpoints/{checkpoint_id}/replay", {"reexecute": True},
+                      tenant_a.key)
+    # then
+    for response, reexecute in ((default, False), (reexecuted, True)):
+        assert response.status_code == 201
+        replay = response.json()
+        assert (replay["base_run_id"], replay["source_checkpoint_id"], replay["reexecute"], replay["status"]) == (
+            source["id"], checkpoint_id, reexecute, "queued")
+        assert state_of(client, tenant_a.key, replay["id"])[1] == source_state
+    with schema_context(tenant_a.schema):
+        assert Run.objects.filter(base_run_id=source["id"]).count() == 2
+
+
+def test_fork_input_errors_create_nothing(client, tenant_a):
+    # given
+    source, checkpoint_id = started_run(client, tenant_a.key)
+    # when
+    response = post(client, f"/v1/runs/{source['id']}/checkpoints/{checkpoint_id}/fork",
+                    {"values": "x", "messages": [{"role": "tool", "content": "x"}], "reexecute": "sometimes"},
+                    tenant_a.key)
+    # then
+    assert response.status_code == 400
+    assert set(response.json()["errors"]) == {"values", "messages", "reexecute"}
+    assert response.json()["errors"]["messages"] == {"0": {"role": ['"tool" is not a valid choice.']}}
+    with schema_context(tenant_a.schema):
+        assert Run.objects.count() == 1
+
+
+def test_a_checkpoint_of_another_run_is_404(client, tenant_a):
+    # given
+    first, first_checkpoint = started_run(client, tenant_a.key)
+    second = post(client, "/v1/runs", {"agent_id": first["agent_id"], "input": "again"}, tenant_a.key).json()
+    # when
+    read = client.get(f"/v1/runs/{second['id']}/checkpoints/{first_checkpoint}", **bearer(tenant_a.key))
+    forked = post(client, f"/v1/runs/{second['id']}/checkpoints/{first_checkpoint}/fork", {}, tenant_a.key)
+    missing = client.get(f"/v1/runs/{uuid.uuid4()}/checkpoints", **bearer(tenant_a.key))
+    # then
+    for response in (read, forked):
+        assert response.status_code == 404
+        assert response.json()["code"] == "checkpoint_not_found"
+        assert f"Checkpoint {first_checkpoint} of run {second['id']} not found" in response.json()["detail"]
+    assert missing.status_code == 404 and missing.json()["code"] == "run_not_found"
+    with schema_context(tenant_a.schema):
+        assert Run.objects.count() == 2
+
+
+def test_forking_needs_runs_write(client, tenant_a):
+    # given
+    source, checkpoint_id = started_run(client, tenant_a.key)
+    reader = ApiKeyFactory(tenant=tenant_a.tenant, scopes=["runs:read"])
+    # when
+    forked = post(client, f"/v1/runs/{source['id']}/checkpoints/{checkpoint_id}/fork", {}, reader.plaintext)
+    replayed = post(client, f"/v1/runs/{source['id']}/checkpoints/{checkpoint_id}/replay", {}, reader.plaintext)
+    # then
+    for response in (forked, replayed):
+        assert response.status_code == 403
+        assert "'runs:write'" in response.json()["detail"]
+    assert client.get(f"/v1/runs/{source['id']}/checkpoints/{checkpoint_id}",
+                      **bearer(reader.plaintext)).status_code == 200
+    with schema_context(tenant_a.schema):
+        assert Run.objects.count() == 1
