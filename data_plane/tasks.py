@@ -47,3 +47,22 @@ def run_step_task(self, *, tenant_schema: str, run_id: str, expected_step: int) 
             return "failed"
         raise self.retry(countdown=min(2 ** self.request.retries, 60), max_retries=None)
     return outcome.kind
+
+
+@shared_task(base=TenantTask, bind=True, acks_late=True)
+def checkpoints_prune_task(self, *, tenant_schema: str) -> int:  # type: ignore[no-untyped-def]
+    """Prune one tenant's checkpoints past its tier's retention. Idempotent."""
+    from django.db import connection
+
+    return services.checkpoints_prune(tenant=connection.tenant)
+
+
+@shared_task(acks_late=True)
+def checkpoints_prune_all_task() -> int:
+    """Fan out the retention task to every active tenant (scheduled daily by Celery beat)."""
+    from tenants.selectors import tenant_list
+
+    schemas = list(tenant_list(status="active").values_list("schema_name", flat=True))
+    for schema in schemas:
+        checkpoints_prune_task.delay(tenant_schema=schema)
+    return len(schemas)

@@ -114,6 +114,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.integer("CELERY_VIS
 CELERY_TASK_ALWAYS_EAGER = env.boolean("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = "agentplane"
+# Periodic work (run `celery -A control_plane beat` once per deployment).
+CELERY_BEAT_SCHEDULE = {
+    "checkpoints-retention": {"task": "data_plane.tasks.checkpoints_prune_all_task", "schedule": 24 * 3600.0},
+}
 
 CHANNEL_LAYERS = {
     "default": {

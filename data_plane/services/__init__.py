@@ -4,6 +4,7 @@ from data_plane.services.agents import agent_archive, agent_create, agent_update
 from data_plane.services.pings import ping_answer, ping_create
 from data_plane.services.runs import (
     approval_decide,
+    checkpoints_prune,
     run_cancel,
     run_create_child,
     run_fork,
@@ -16,7 +17,7 @@ from data_plane.services.runs import (
 )
 
 __all__ = [
-    "agent_archive", "agent_create", "agent_update", "approval_decide", "ping_answer", "ping_create", "run_cancel",
+    "agent_archive", "agent_create", "agent_update", "approval_decide", "checkpoints_prune", "ping_answer", "ping_create", "run_cancel",
     "run_create_child", "run_fork", "run_pause", "run_resume", "run_retry", "run_start", "run_step",
     "run_step_fail",
 ]

@@ -25,7 +25,7 @@ from control_plane.audit.services import audit_event_record
 from data_plane import streams, tasks
 from data_plane.errors import AgentArchived, ApprovalArgumentsInvalid, ApprovalNotPending, IllegalTransition
 from data_plane.executor import RunStepper, StepOutcome, record_pending_approval, run_status_for
-from data_plane.models import Approval, Run, RunEvent
+from data_plane.models import Approval, Checkpoint, Run, RunEvent
 from data_plane.runtime.adapters.checkpoints import PostgresCheckpointStore
 from data_plane.runtime.core import machine
 from data_plane.runtime.core.messages import Message
@@ -324,3 +324,18 @@ def run_step_fail(*, tenant, run_id: UUID, code: str, message: str) -> None:  # 
     from data_plane.runtime.wiring import stepper_for
 
     stepper_for(tenant=tenant, dispatch=dispatcher(tenant.schema_name)).fail(run_id, code=code, message=message)
+
+
+RETENTION_DAYS_BY_TIER = {"standard": 7, "professional": 30, "enterprise": 90}
+
+
+def checkpoints_prune(*, tenant, now=None) -> int:  # type: ignore[no-untyped-def]
+    """Delete checkpoints older than the tenant tier's retention, keeping every run's head (its current
+    state stays readable, and forks keep their history: a fork reads its source's messages, not its
+    checkpoints). Returns how many were deleted. Idempotent."""
+    require_schema(tenant.schema_name)
+    days = RETENTION_DAYS_BY_TIER.get(tenant.sla_tier, 7)
+    cutoff = (now or timezone.now()) - timezone.timedelta(days=days)
+    heads = Run.objects.exclude(head_id=None).values("head_id")
+    deleted, _ = Checkpoint.objects.filter(created_at__lt=cutoff).exclude(id__in=heads).delete()
+    return deleted

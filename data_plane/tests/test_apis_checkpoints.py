@@ -7,8 +7,14 @@ import uuid
 
 from django_tenants.utils import schema_context
 
-from conftest import bearer
-from data_plane.models import Run
+from datetime import timedelta
+
+from django.utils import timezone
+
+from conftest import TEST_ACTOR, bearer
+from data_plane import selectors, services
+from data_plane.models import Checkpoint, Run
+from data_plane.runtime.core.messages import Message
 from tenants.tests.factories import ApiKeyFactory
 
 SPEC = {"instructions": "Be exact.", "models": ["openai/gpt-4o-mini"]}
@@ -145,3 +151,29 @@ def test_forking_needs_runs_write(client, tenant_a):
                       **bearer(reader.plaintext)).status_code == 200
     with schema_context(tenant_a.schema):
         assert Run.objects.count() == 1
+
+
+def test_retention_prunes_old_checkpoints_but_keeps_every_head(tenant_a):
+    # given: a run and a fork of it, their checkpoints 8 days old (the standard tier keeps 7 days)
+    with schema_context(tenant_a.schema):
+        agent = services.agent_create(tenant=tenant_a.tenant, name="old", description="", actor=TEST_ACTOR, spec=SPEC)
+        run = services.run_start(tenant=tenant_a.tenant, agent_id=agent.id, input="hi", actor=TEST_ACTOR)
+        first = Checkpoint.objects.get(run=run)
+        fork = services.run_fork(tenant=tenant_a.tenant, run_id=run.id, checkpoint_id=first.id, actor=TEST_ACTOR,
+                                 append_messages=[Message(role="user", content="more")])
+        old_middle = Checkpoint.objects.create(run=run, parent=first, step=1, control=first.control)
+        Checkpoint.objects.all().update(created_at=timezone.now() - timedelta(days=8))
+        recent = Checkpoint.objects.create(run=run, parent=first, step=2, control=first.control)
+        # when
+        deleted = services.checkpoints_prune(tenant=tenant_a.tenant)
+        # then: only the old checkpoint that is no run's head is gone
+        remaining = set(Checkpoint.objects.values_list("id", flat=True))
+        fork_head = Run.objects.get(id=fork.id).head_id
+        assert deleted == 1
+        assert old_middle.id not in remaining and {first.id, recent.id, fork_head} <= remaining
+        # and the fork still reads its whole past (from its source's messages, not its checkpoints)
+        state = selectors.checkpoint_state(tenant_schema=tenant_a.schema, run_id=fork.id, checkpoint_id=fork_head)
+    assert [m.content for m in state.messages] == ["hi", "more"]
+    # a second pass deletes nothing more
+    with schema_context(tenant_a.schema):
+        assert services.checkpoints_prune(tenant=tenant_a.tenant) == 0
