@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import uuid
-
-from django_tenants.utils import schema_context
-
 from datetime import timedelta
 
 from django.utils import timezone
+from django_tenants.utils import schema_context
 
 from conftest import TEST_ACTOR, bearer
 from data_plane import selectors, services
