@@ -38,6 +38,12 @@ migrate: services
 demo: migrate
 	$(PY) scripts/demo.py
 
+# Benchmarks (BENCH.md): LangGraph and friends are installed for the benchmark only (bench/requirements.txt).
+.PHONY: bench
+bench: migrate
+	$(PY) -m pip install -q -r bench/requirements.txt
+	$(PY) bench/run.py
+
 lint: venv
 	$(VENV)/bin/lint-imports
 

@@ -1,0 +1,266 @@
+"""Checkpoint figures: write latency against a plain INSERT, read-back, bytes per step, and LangGraph's
+PostgresSaver on the same database as the baseline.
+
+Every write goes through the real adapter (PostgresCheckpointStore.commit inside transaction.atomic(),
+as RunStepper._commit does). The floor and LangGraph run interleaved with it, step for step on the same
+conversation, so a noisy neighbour hits all three alike.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from django.db import connection, transaction
+from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.base.id import uuid6
+from langgraph.checkpoint.postgres import PostgresSaver
+
+from bench.measure import percentile, prose, rows_bytes
+from data_plane.runtime.adapters.checkpoints import CommitResult, PostgresCheckpointStore
+from data_plane.runtime.core.messages import Message
+from data_plane.runtime.core.state import RunState
+
+MESSAGE_BYTES = 2048
+SEED_MESSAGES = 25  # 25 x 2 KB: the ~50 KB conversation the write figures start from
+USAGE = {"model": "bench/zero", "input_tokens": 10, "output_tokens": 5, "cached_input_tokens": 0, "cost_usd": 0.0,
+         "latency_ms": 0.0, "attempts": 1}
+
+
+def conversation_message(index: int) -> Message:
+    role = "user" if index % 2 else "assistant"
+    return Message(role=role, content=prose(MESSAGE_BYTES, seed=index))
+
+
+def step_events(message: Message, checkpoint_id: UUID, step: int) -> list[dict[str, Any]]:
+    """The events a model step commits (executor._step_events): the reply, then the checkpoint marker."""
+    return [{"type": "model.reply", "data": {"node": "llm", "message": message.to_json(), "usage": USAGE}},
+            {"type": "checkpoint.committed", "data": {"checkpoint_id": str(checkpoint_id), "step": step}}]
+
+
+@dataclass(frozen=True)
+class PreparedStep:
+    run: Callable[[], None]
+    step: int
+    state: RunState
+    message: Message
+    events: list[dict[str, Any]]
+
+    def payload(self) -> str:
+        """The bytes this step writes, as one JSON document: control, appended message, values, events."""
+        return json.dumps({"control": self.state.control_json(), "messages": [self.message.to_json()],
+                           "values": {"counter": self.step}, "events": self.events}, separators=(",", ":"))
+
+
+@dataclass
+class OurConversation:
+    """A run of ours, advanced one commit at a time through the real store."""
+
+    store: PostgresCheckpointStore
+    run_id: UUID
+    version: int
+    head_id: UUID
+    step: int
+    state: RunState
+    last: CommitResult | None = None
+    last_event_count: int = 0
+
+    def prepare(self, message: Message) -> PreparedStep:
+        """Prepare the next step (appending ``message``); its ``run`` is the timed part: commit and COMMIT."""
+        step = self.step + 1
+        new_state = self.state.evolve(messages=self.state.messages + (message,),
+                                      values={**self.state.values, "counter": step}, steps=self.state.steps + 1)
+        checkpoint_id = uuid.uuid4()
+        events = step_events(message, checkpoint_id, step)
+
+        def timed() -> None:
+            with transaction.atomic():
+                result = self.store.commit(
+                    run_id=self.run_id, expected_version=self.version, checkpoint_id=checkpoint_id,
+                    parent_id=self.head_id, step=step, previous=self.state, state=new_state, run_status="running",
+                    events=events, release_lease=True)
+            self.version, self.head_id, self.step, self.state = result.version, checkpoint_id, step, new_state
+            self.last, self.last_event_count = result, len(events)
+
+        return PreparedStep(run=timed, step=step, state=new_state, message=message, events=events)
+
+    def commit_many(self, messages: list[Message]) -> None:
+        """One step appending several messages (the seed of the 50 KB conversation)."""
+        step = self.step + 1
+        new_state = self.state.evolve(messages=self.state.messages + tuple(messages), steps=self.state.steps + 1)
+        checkpoint_id = uuid.uuid4()
+        with transaction.atomic():
+            result = self.store.commit(
+                run_id=self.run_id, expected_version=self.version, checkpoint_id=checkpoint_id,
+                parent_id=self.head_id, step=step, previous=self.state, state=new_state, run_status="running",
+                events=[{"type": "checkpoint.committed", "data": {"checkpoint_id": str(checkpoint_id), "step": step}}],
+                release_lease=True)
+        self.version, self.head_id, self.step, self.state = result.version, checkpoint_id, step, new_state
+
+
+@dataclass
+class LangGraphThread:
+    """One LangGraph thread written with PostgresSaver.put, as its Pregel loop would: the messages channel
+    (a plain list of message dicts, the cheapest thing for its serializer) gets a new version each step."""
+
+    saver: PostgresSaver
+    thread_id: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex}")
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    version: str | None = None
+    checkpoint_id: str | None = None
+    step: int = -1
+
+    def put(self, appended: list[dict[str, Any]]) -> Callable[[], None]:
+        """Prepare the next put; return the timed part (serialization and the SQL, autocommit)."""
+        self.messages.extend(appended)
+        self.step += 1
+        new_version = self.saver.get_next_version(self.version, None)
+        checkpoint = {
+            **empty_checkpoint(), "id": str(uuid6(clock_seq=self.step)), "ts": datetime.now(timezone.utc).isoformat(),
+            "channel_values": {"messages": self.messages}, "channel_versions": {"messages": new_version},
+            "versions_seen": {"llm": {"messages": self.version}} if self.version else {},
+            "updated_channels": ["messages"],
+        }
+        config = {"configurable": {"thread_id": self.thread_id, "checkpoint_ns": "",
+                                   **({"checkpoint_id": self.checkpoint_id} if self.checkpoint_id else {})}}
+        metadata = {"source": "loop", "step": self.step, "parents": {}}
+
+        def timed() -> None:
+            self.saver.put(config, checkpoint, metadata, {"messages": new_version})  # type: ignore[arg-type]
+            self.version, self.checkpoint_id = new_version, checkpoint["id"]
+
+        return timed
+
+    def last_put_bytes(self, cursor: psycopg.Cursor[Any]) -> int:
+        """Bytes of the rows the last put wrote: the checkpoint row and the messages blob of its version."""
+        cursor.execute(
+            """SELECT
+  (SELECT coalesce(sum(pg_column_size(c.*)), 0) FROM checkpoints c
+   WHERE c.thread_id = %(t)s AND c.checkpoint_ns = '' AND c.checkpoint_id = %(c)s)
++ (SELECT coalesce(sum(pg_column_size(b.*)), 0) FROM checkpoint_blobs b
+   WHERE b.thread_id = %(t)s AND b.checkpoint_ns = '' AND b.channel = 'messages' AND b.version = %(v)s) AS bytes""",
+            {"t": self.thread_id, "c": self.checkpoint_id, "v": self.version})
+        row = cursor.fetchone()
+        return int(row["bytes"] if isinstance(row, dict) else row[0])
+
+
+def _timed(action: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    action()
+    return (time.perf_counter() - started) * 1000
+
+
+def _new_conversation(start_run: Callable[[], Any], store: PostgresCheckpointStore) -> OurConversation:
+    run = start_run()
+    loaded = store.load(run.head_id)
+    return OurConversation(store=store, run_id=run.id, version=run.version, head_id=loaded.id, step=loaded.step,
+                           state=loaded.state)
+
+
+def bench_write(*, schema: str, start_run: Callable[[], Any], database_url: str, saver: PostgresSaver,
+                steps: int, warmup: int) -> dict[str, float]:
+    """checkpoint_write_p50/p99, insert_floor_p50 (and the same INSERT through Django's connection),
+    langgraph_put_p50/p99: one ~50 KB conversation, each step appending a 2 KB message."""
+    store = PostgresCheckpointStore(schema=schema, connection=connection)
+    ours = _new_conversation(start_run, store)
+    seed = [conversation_message(i) for i in range(1, SEED_MESSAGES + 1)]
+    ours.commit_many(seed)
+    theirs = LangGraphThread(saver=saver)
+    theirs.put([m.to_json() for m in ours.state.messages])()
+
+    table = f'"{schema}".bench_insert_floor'
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {table} (id bigserial, payload jsonb)")
+    insert_sql = f"INSERT INTO {table} (payload) VALUES (%s::jsonb)"
+    floor = psycopg.connect(database_url, autocommit=False)
+
+    def floor_insert(payload: str) -> Callable[[], None]:
+        def timed() -> None:
+            with floor.cursor() as cursor:  # a plain psycopg connection: BEGIN, INSERT, COMMIT
+                cursor.execute(insert_sql, [payload])
+            floor.commit()
+        return timed
+
+    def django_insert(payload: str) -> Callable[[], None]:
+        def timed() -> None:
+            with transaction.atomic(), connection.cursor() as cursor:  # the same path our store takes
+                cursor.execute(insert_sql, [payload])
+        return timed
+
+    samples: dict[str, list[float]] = {"ours": [], "floor": [], "django": [], "langgraph": []}
+    try:
+        for index in range(warmup + steps):
+            message = conversation_message(1000 + index)
+            prepared = ours.prepare(message)
+            payload = prepared.payload()  # the floor writes the same bytes this step writes
+            actions = [("ours", prepared.run), ("floor", floor_insert(payload)), ("django", django_insert(payload)),
+                       ("langgraph", theirs.put([message.to_json()]))]
+            rotation = index % len(actions)  # rotate the order so no one always runs right after another's fsync
+            for name, action in actions[rotation:] + actions[:rotation]:
+                elapsed = _timed(action)
+                if index >= warmup:
+                    samples[name].append(elapsed)
+    finally:
+        floor.close()
+    return {
+        "checkpoint_write_p50_ms": percentile(samples["ours"], 50),
+        "checkpoint_write_p99_ms": percentile(samples["ours"], 99),
+        "insert_floor_p50_ms": percentile(samples["floor"], 50),
+        "insert_floor_django_p50_ms": percentile(samples["django"], 50),
+        "langgraph_put_p50_ms": percentile(samples["langgraph"], 50),
+        "langgraph_put_p99_ms": percentile(samples["langgraph"], 99),
+    }
+
+
+def bench_long_conversation(*, schema: str, start_run: Callable[[], Any], saver: PostgresSaver,
+                            lg_connection: psycopg.Connection[Any], steps: int, reads: int) -> dict[str, float]:
+    """A conversation of ``steps`` steps from one user message, 2 KB appended per step, ours and
+    LangGraph's side by side: bytes written at step 10 and at the last step, and reading the last state."""
+    store = PostgresCheckpointStore(schema=schema, connection=connection)
+    ours = _new_conversation(start_run, store)
+    theirs = LangGraphThread(saver=saver)
+    theirs.put([m.to_json() for m in ours.state.messages])()
+    figures: dict[str, float] = {}
+    for index in range(1, steps + 1):
+        message = conversation_message(5000 + index)
+        ours.prepare(message).run()
+        theirs.put([message.to_json()])()
+        if ours.step in (10, steps):
+            assert ours.last is not None
+            with connection.cursor() as cursor:
+                figures[f"checkpoint_bytes_step{ours.step}"] = rows_bytes(
+                    cursor, schema, ours.run_id, ours.step, ours.last.first_event_seq, ours.last_event_count)
+            with lg_connection.cursor() as lg_cursor:
+                figures[f"langgraph_bytes_step{theirs.step}"] = theirs.last_put_bytes(lg_cursor)
+    assert ours.step == steps == theirs.step
+
+    head_id, expected = ours.head_id, len(ours.state.messages)
+    read_samples = []
+    for index in range(reads + 5):
+        started = time.perf_counter()
+        loaded = store.load(head_id)
+        elapsed = (time.perf_counter() - started) * 1000
+        assert len(loaded.state.messages) == expected
+        if index >= 5:
+            read_samples.append(elapsed)
+    figures["checkpoint_read_p50_ms"] = percentile(read_samples, 50)
+
+    config = {"configurable": {"thread_id": theirs.thread_id, "checkpoint_ns": "",
+                               "checkpoint_id": theirs.checkpoint_id}}
+    lg_samples = []
+    for index in range(reads + 5):
+        started = time.perf_counter()
+        found = saver.get_tuple(config)  # type: ignore[arg-type]
+        elapsed = (time.perf_counter() - started) * 1000
+        assert found is not None and len(found.checkpoint["channel_values"]["messages"]) == expected
+        if index >= 5:
+            lg_samples.append(elapsed)
+    figures["langgraph_read_p50_ms"] = percentile(lg_samples, 50)
+    return figures
