@@ -14,11 +14,13 @@ import asyncio
 import hashlib
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from collections import OrderedDict
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -31,7 +33,7 @@ from common.actors import Actor
 from control_plane.audit.services import audit_event_record
 from data_plane import streams
 from data_plane.models import Approval, EffectRecord, Run
-from data_plane.runtime.adapters.checkpoints import Fenced, PostgresCheckpointStore
+from data_plane.runtime.adapters.checkpoints import Fenced, LoadedCheckpoint, PostgresCheckpointStore
 from data_plane.runtime.core import machine
 from data_plane.runtime.core.machine import CallModel, CallTool, Command, EffectFailed, StartSubRun, SubRunResult
 from data_plane.runtime.core.messages import Message, ToolResult, Usage
@@ -69,9 +71,25 @@ class Claim:
     parent_run_id: UUID | None
 
 
-@lru_cache(maxsize=1024)
-def _spec_for(agent_version_id: UUID, spec_json: str) -> AgentSpec:
-    return spec_from_json(json.loads(spec_json))
+class _Lru(OrderedDict):  # type: ignore[type-arg]
+    """A small bounded cache of immutable things (agent versions' specs, committed checkpoints' states)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def remember(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+# Agent versions and checkpoints never change once written, so a process may keep them: the next step of
+# a run on the same worker skips re-reading its whole conversation.
+_SPECS = _Lru(512)
+_STATES = _Lru(256)
+_CACHE_LOCK = threading.Lock()
 
 
 def digest(value: Any) -> str:
@@ -107,10 +125,11 @@ class RunStepper:
         if isinstance(claim, StepOutcome):
             return claim
         store = PostgresCheckpointStore(schema=self.schema, connection=connection)
-        with schema_context(self.schema):
-            spec_json = Run.objects.filter(id=run_id).values_list("agent_version__spec", flat=True).get()
-        spec = _spec_for(claim.agent_version_id, json.dumps(spec_json, sort_keys=True))
-        loaded = store.load(claim.head_id)
+        spec = self._spec(claim.agent_version_id)
+        with _CACHE_LOCK:
+            loaded = _STATES.get((self.schema, claim.head_id))
+        if loaded is None:
+            loaded = store.load(claim.head_id)
         state = loaded.state
         commands = machine.pending_commands(state, spec)
         try:
@@ -123,6 +142,18 @@ class RunStepper:
             return StepOutcome(kind="fenced", step=expected_step)
         new_state, _ = machine.step(state, machine.EffectsCompleted(results=results, now=self.clock()), spec=spec)
         return self._commit(run_id, claim, store, loaded.id, loaded.step, state, new_state, commands, results)
+
+    def _spec(self, agent_version_id: UUID) -> AgentSpec:
+        key = (self.schema, agent_version_id)
+        with _CACHE_LOCK:
+            spec = _SPECS.get(key)
+        if spec is None:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT spec FROM {self.q}data_plane_agentversion WHERE id = %s", [agent_version_id])
+                spec = spec_from_json(_json(cursor.fetchone()[0]))
+            with _CACHE_LOCK:
+                _SPECS.remember(key, spec)
+        return spec
 
     def fail(self, run_id: UUID, *, code: str, message: str) -> None:
         """Fail a run whose steps keep failing transiently, from its head checkpoint (fenced)."""
@@ -214,9 +245,13 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         idempotency_key = f"{run_id}:{step}:{command.key}"
         if isinstance(command, CallModel):
             kind, name = EffectRecord.Kind.MODEL, command.request.models[0]
-            request = {"models": list(command.request.models),
-                       "messages": [m.to_json() for m in command.request.messages],
-                       "tools": [t.name for t in command.request.tools]}
+            messages = command.request.messages
+            # The conversation itself is in the run's messages; the journal keeps a bounded identity of the
+            # request: a replay's identical request (same lineage position, same last messages) matches it.
+            request = {"models": list(command.request.models), "node": command.node_id,
+                       "message_count": len(messages), "tools": [t.name for t in command.request.tools],
+                       "system": digest(messages[0].to_json()) if messages and messages[0].role == "system" else None,
+                       "tail": [m.to_json() for m in messages[-2:]]}
         else:
             assert isinstance(command, CallTool)
             kind, name = EffectRecord.Kind.TOOL, command.call.name
@@ -248,44 +283,54 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
     def _journal_begin(self, run_id: UUID, step: int, key: str, kind: str, name: str, idempotency_key: str,
                        effect_digest: str, request: dict[str, Any], claim: Claim) -> machine.EffectResult | None:
         """A recorded result for this effect (this run's, or the source branch's on a replay), or None after
-        marking the effect started."""
+        marking the effect started. One statement in the common case; explicit schema in the SQL."""
         close_old_connections()
-        with schema_context(self.schema):
-            existing = EffectRecord.objects.filter(idempotency_key=idempotency_key).first()
-            if existing is not None and existing.status != EffectRecord.Status.STARTED:
-                return _decode_result(existing.kind, existing.result)
-            if existing is None and not claim.reexecute:
-                lineage = [run_id] + (_lineage_runs(claim.base_run_id) if claim.base_run_id else [])
-                source = EffectRecord.objects.filter(digest=effect_digest, run_id__in=lineage,
-                                                     status=EffectRecord.Status.SUCCEEDED).order_by("-id").first()
-                if source is not None:
-                    EffectRecord.objects.create(
-                        run_id=run_id, step=step, key=key, kind=kind, idempotency_key=idempotency_key,
-                        digest=effect_digest, name=name, request=request, result=source.result,
-                        status=EffectRecord.Status.SUCCEEDED, latency_ms=0, reused_from=source.id,
-                        finished_at=timezone.now())
-                    return _decode_result(source.kind, source.result)
-            if existing is None:
-                EffectRecord.objects.create(run_id=run_id, step=step, key=key, kind=kind,
-                                            idempotency_key=idempotency_key, digest=effect_digest, name=name,
-                                            request=request)
-            else:
-                EffectRecord.objects.filter(pk=existing.pk).update(attempts=existing.attempts + 1)
-        return None
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {self.q}data_plane_effectrecord (run_id, step, key, kind, idempotency_key, digest, name, "
+                "request, status, attempts, input_tokens, output_tokens, cost_usd, started_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, 'started', 1, 0, 0, 0, now()) "
+                "ON CONFLICT (idempotency_key) DO UPDATE SET attempts = "
+                f"{self.q}data_plane_effectrecord.attempts + "
+                f"CASE WHEN {self.q}data_plane_effectrecord.status = 'started' THEN 1 ELSE 0 END "
+                "RETURNING id, status, result, attempts",
+                [run_id, step, key, kind, idempotency_key, effect_digest, name, json.dumps(request)])
+            record_id, status, result, attempts = cursor.fetchone()
+            if status != EffectRecord.Status.STARTED:
+                return _decode_result(kind, _json(result))
+            if attempts > 1 or claim.reexecute:
+                return None
+            lineage = [run_id]
+            if claim.base_run_id is not None:
+                cursor.execute(
+                    f"WITH RECURSIVE lineage(id, base) AS (SELECT id, base_run_id FROM {self.q}data_plane_run "
+                    f"WHERE id = %s UNION ALL SELECT r.id, r.base_run_id FROM {self.q}data_plane_run r "
+                    "JOIN lineage l ON r.id = l.base) SELECT id FROM lineage LIMIT 64", [claim.base_run_id])
+                lineage += [row[0] for row in cursor.fetchall()]
+            cursor.execute(
+                f"SELECT id, result FROM {self.q}data_plane_effectrecord WHERE digest = %s AND run_id = ANY(%s) "
+                "AND status = 'succeeded' AND id <> %s ORDER BY id DESC LIMIT 1", [effect_digest, lineage, record_id])
+            source = cursor.fetchone()
+            if source is None:
+                return None
+            cursor.execute(
+                f"UPDATE {self.q}data_plane_effectrecord SET status = 'succeeded', result = %s::jsonb, latency_ms = 0, "
+                "reused_from = %s, finished_at = now() WHERE id = %s", [json.dumps(_json(source[1])), source[0],
+                                                                         record_id])
+        return _decode_result(kind, _json(source[1]))
 
     def _journal_end(self, idempotency_key: str, result: Any, usage: Usage | None, started: float) -> None:
         close_old_connections()
-        encoded = _encode_result(result)
-        fields: dict[str, Any] = {
-            "result": encoded, "finished_at": timezone.now(),
-            "status": EffectRecord.Status.FAILED if isinstance(result, EffectFailed) else EffectRecord.Status.SUCCEEDED,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-        }
-        if usage is not None:
-            fields.update(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cost_usd=usage.cost_usd,
-                          name=usage.model)
-        with schema_context(self.schema):
-            EffectRecord.objects.filter(idempotency_key=idempotency_key).update(**fields)
+        status = EffectRecord.Status.FAILED if isinstance(result, EffectFailed) else EffectRecord.Status.SUCCEEDED
+        tokens_in, tokens_out, cost, model = (usage.input_tokens, usage.output_tokens, usage.cost_usd, usage.model) \
+            if usage is not None else (0, 0, 0, None)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {self.q}data_plane_effectrecord SET result = %s::jsonb, status = %s, finished_at = now(), "
+                "latency_ms = %s, input_tokens = %s, output_tokens = %s, cost_usd = %s, name = coalesce(%s, name) "
+                "WHERE idempotency_key = %s",
+                [json.dumps(_encode_result(result)), status, round((time.perf_counter() - started) * 1000, 3),
+                 tokens_in, tokens_out, cost, model, idempotency_key])
 
     def _subrun(self, run_id: UUID, command: StartSubRun) -> SubRunResult | None:
         """The child run's result when it has finished; otherwise start it (once) and return None."""
@@ -331,6 +376,13 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
                                                data={"step": step})
         except Fenced:
             return StepOutcome(kind="fenced", step=parent_step)
+        # exactly what a reload would give: control and values as they round-trip through JSON
+        reloaded = RunState.from_parts(control=json.loads(json.dumps(state.control_json(), default=str)),
+                                       messages=state.messages,
+                                       values=json.loads(json.dumps(dict(state.values), default=str)))
+        with _CACHE_LOCK:
+            _STATES.remember((self.schema, checkpoint_id), LoadedCheckpoint(id=checkpoint_id, run_id=run_id, step=step,
+                                                                            state=reloaded))
         transaction.on_commit(partial(self._publish, run_id, events, committed.first_event_seq))
         if committed.pause_requested and run_status == "running":
             self._pause(run_id, committed.version)
@@ -375,14 +427,8 @@ def record_pending_approval(run_id: UUID, state: RunState) -> None:
             "calls": [call.to_json() for call in pending.calls]})
 
 
-def _lineage_runs(base_run_id: UUID) -> list[UUID]:
-    runs, current = [], base_run_id
-    for _ in range(64):
-        runs.append(current)
-        current = Run.objects.filter(id=current).values_list("base_run_id", flat=True).first()
-        if current is None:
-            break
-    return runs
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _encode_result(result: Any) -> dict[str, Any]:

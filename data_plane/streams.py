@@ -1,32 +1,50 @@
-"""Live notifications through the Channels layer (Redis). Group names carry the tenant's schema."""
+"""Live notifications through the Channels layer (Redis). Group names carry the tenant's schema.
+
+Best effort: the database stays the truth (clients resume from it), so a publish that fails is logged,
+never raised into the step or request that committed the change. Sends go through the process's IO loop,
+so a step's events share one coroutine and the channel layer's connection pool lives across steps.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from uuid import UUID
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+
+from data_plane.runtime.loop import run_coroutine
+
+logger = logging.getLogger(__name__)
 
 
 def ping_group(*, tenant_schema: str, ping_id: UUID | str) -> str:
     return f"ping.{tenant_schema}.{ping_id}"
 
 
-def ping_publish(*, tenant_schema: str, ping_id: UUID, ping: dict[str, Any]) -> None:
-    """Tell the ping's subscribers its new state. Best effort: the database stays the truth."""
-    layer = get_channel_layer()
-    async_to_sync(layer.group_send)(ping_group(tenant_schema=tenant_schema, ping_id=ping_id),
-                                    {"type": "ping.changed", "ping": ping})
-
-
 def run_group(*, tenant_schema: str, run_id: UUID | str) -> str:
     return f"run.{tenant_schema}.{run_id}"
 
 
-def run_publish(*, tenant_schema: str, run_id: UUID | str, events: list[dict[str, Any]]) -> None:
-    """Send committed run events ({seq, type, data}) to the run's live subscribers. Best effort."""
+async def _send(group: str, messages: list[dict[str, Any]]) -> None:
     layer = get_channel_layer()
-    group = run_group(tenant_schema=tenant_schema, run_id=run_id)
-    for event in events:
-        async_to_sync(layer.group_send)(group, {"type": "run.event", "event": event})
+    for message in messages:
+        await layer.group_send(group, message)
+
+
+def _publish(group: str, messages: list[dict[str, Any]]) -> None:
+    try:
+        run_coroutine(_send(group, messages))
+    except Exception:  # best effort by design: see the module docstring
+        logger.warning("Could not publish %d message(s) to %s", len(messages), group, exc_info=True)
+
+
+def ping_publish(*, tenant_schema: str, ping_id: UUID, ping: dict[str, Any]) -> None:
+    """Tell the ping's subscribers its new state."""
+    _publish(ping_group(tenant_schema=tenant_schema, ping_id=ping_id), [{"type": "ping.changed", "ping": ping}])
+
+
+def run_publish(*, tenant_schema: str, run_id: UUID | str, events: list[dict[str, Any]]) -> None:
+    """Send committed run events ({seq, type, data}) to the run's live subscribers."""
+    _publish(run_group(tenant_schema=tenant_schema, run_id=run_id),
+             [{"type": "run.event", "event": event} for event in events])
