@@ -86,6 +86,13 @@ DATABASES = {
     )
 }
 DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env.integer("DATABASE_CONNECT_TIMEOUT", 5)
+# Server-side binding with prepared statements: the per-step statements are parsed and planned once per
+# connection. Behind PgBouncer in transaction mode this needs PgBouncer >= 1.21 (max_prepared_statements);
+# set DATABASE_PREPARED_STATEMENTS=false for an older one.
+if env.boolean("DATABASE_PREPARED_STATEMENTS", True):
+    DATABASES["default"]["OPTIONS"].update(server_side_binding=True, prepare_threshold=2)
+# django-tenants sets search_path only when the schema changes, not before every query.
+TENANT_LIMIT_SET_CALLS = True
 DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -110,7 +117,14 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.integer("CELERY_VISIBILITY_TIMEOUT", 3600)}
+# A task whose worker died unacknowledged goes back to the queue after the visibility timeout (found by a
+# sweep every unacked_restore_interval seconds). Run steps are safe to redeliver early: the run's lease
+# and version keep a second delivery from running a step twice.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.integer("CELERY_VISIBILITY_TIMEOUT", 120),
+    "unacked_restore_interval": env.integer("CELERY_UNACKED_RESTORE_INTERVAL", 10),
+    "unacked_restore_throttle": 1,
+}
 CELERY_TASK_ALWAYS_EAGER = env.boolean("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = "agentplane"
