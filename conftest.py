@@ -54,6 +54,15 @@ def destroy_tenant(tenant: Tenant) -> None:
     Tenant.objects.filter(pk=tenant.pk).delete()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _io_loop_closed_before_the_test_database_goes(django_db_setup) -> Iterator[None]:
+    """The runtime's IO-loop threads hold database connections; end them before the test database is dropped."""
+    yield
+    from data_plane.runtime.loop import shutdown
+
+    shutdown()
+
+
 @pytest.fixture(scope="session")
 def session_tenants(django_db_setup, django_db_blocker) -> Iterator[tuple[ProvisionedForTest, ProvisionedForTest]]:
     with django_db_blocker.unblock():

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """`make demo`: the platform end to end, as a tenant's app and a platform operator see it.
 
-Starts Daphne (HTTP + websockets) and a Celery worker in the background, then, over the public API:
-provisions the demo tenant (or reuses it: nothing of a tenant is lost between runs), calls the API
-with the tenant's key, sends a ping that a real worker answers from the tenant's schema while a
-websocket client watches it live, shows the audit log and what another tenant's key can see, and
-stops what it started.
+Starts our local model server (OpenAI-compatible, scripted), Daphne (HTTP + websockets) and a Celery
+worker in the background, then, over the public API: provisions the demo tenant (or reuses it: nothing
+of a tenant is lost between runs), calls the API with the tenant's key, watches a ping answered by a
+worker over a websocket, runs an agent that plans, calls a tool, waits for a human's approval, reflects
+and completes with a checkpoint per step, forks that run from a middle checkpoint with a new instruction
+and shows both branches, shows the audit log and what another tenant's key can see, and stops what it
+started.
 """
 
 from __future__ import annotations
@@ -28,6 +30,29 @@ BIN = Path(sys.executable).parent
 LOGS = REPO / ".data" / "demo-logs"
 DEMO_SLUG = "demo"
 OTHER_SLUG = "demo-neighbour"
+DEMO_SCOPES = ["tenant:read", "keys:read", "keys:write", "audit:read", "pings:read", "pings:write", "agents:read",
+               "agents:write", "runs:read", "runs:write", "approvals:write"]
+AGENT_NAME = "vat-assistant"
+# The local model server plays this conversation (turn n answers the request holding n assistant messages).
+SCENARIO = {"name": "vat-assistant", "turns": [
+    {"content": "Plan: 1. compute the VAT with the calculator. 2. save it as a note (a human approves that). "
+                "3. answer."},
+    {"tool_calls": [{"name": "calculator", "arguments": {"expression": "1250*0.19"}}]},
+    {"tool_calls": [{"name": "note_append", "arguments": {"text": "VAT on 1250 EUR at 19%"}}]},
+    {"content": "Noted ({{last_tool}}). Answer to \"{{last_user}}\": see the note."},
+    {"content": "Checked against the task: the VAT is computed and saved. DONE"}]}
+AGENT_SPEC = {
+    "instructions": "You are a careful bookkeeping assistant. Use tools for arithmetic.",
+    "models": ["openai/vat-assistant"],
+    "tools": [
+        {"name": "calculator", "description": "Evaluate an arithmetic expression.",
+         "input_schema": {"type": "object", "properties": {"expression": {"type": "string"}},
+                          "required": ["expression"]}},
+        {"name": "note_append", "description": "Save a note in the tenant's notebook.", "requires_approval": True,
+         "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
+    ],
+    "limits": {"max_steps": 20, "max_seconds": 300},
+}
 
 
 def say(text: str = "") -> None:
@@ -100,8 +125,7 @@ def tenant_key(http: httpx.Client, operator: str, slug: str, name: str) -> str:
     tenant = existing.json()
     say(f"tenant {tenant['slug']!r} already exists (schema {tenant['schema_name']}): its data is kept")
     issued = http.post(f"/v1/platform/tenants/{slug}/api-keys", headers=auth,
-                       json={"name": "make demo", "scopes": ["tenant:read", "keys:read", "keys:write", "audit:read",
-                                                             "pings:read", "pings:write"]})
+                       json={"name": "make demo", "scopes": DEMO_SCOPES})
     issued.raise_for_status()
     key = issued.json()["secret"]
     keys = http.get("/v1/api-keys", params={"limit": 500}, headers={"Authorization": f"Bearer {key}"}).json()
@@ -109,6 +133,81 @@ def tenant_key(http: httpx.Client, operator: str, slug: str, name: str) -> str:
         if old["name"] == "make demo" and old["is_active"] and old["id"] != issued.json()["id"]:
             http.post(f"/v1/api-keys/{old['id']}/revoke", headers={"Authorization": f"Bearer {key}"})
     return key
+
+
+def ensure_agent(http: httpx.Client, key: str) -> dict:
+    """Create the demo agent, or give the existing one a new version of the same spec."""
+    auth = {"Authorization": f"Bearer {key}"}
+    agents = http.get("/v1/agents", params={"limit": 500}, headers=auth).json()["results"]
+    existing = next((a for a in agents if a["name"] == AGENT_NAME), None)
+    if existing is None:
+        response = http.post("/v1/agents", headers=auth, json={
+            "name": AGENT_NAME, "description": "Computes VAT and files a note", "spec": AGENT_SPEC})
+    else:
+        response = http.patch(f"/v1/agents/{existing['id']}", headers=auth, json={"spec": AGENT_SPEC})
+    response.raise_for_status()
+    return response.json()
+
+
+def follow_run(http: httpx.Client, key: str, run_id: str, label: str, approve_text: str | None = None) -> dict:
+    """Print the run's events as they are committed; approve what it asks; return the finished run."""
+    auth = {"Authorization": f"Bearer {key}"}
+    seq, deadline = 0, time.monotonic() + 120
+    while time.monotonic() < deadline:
+        events = http.get(f"/v1/runs/{run_id}/events", params={"after_seq": seq, "limit": 500}, headers=auth).json()
+        for event in events["results"]:
+            seq = event["seq"]
+            say(f"  [{label} #{seq:>2}] {describe(event)}")
+        run = http.get(f"/v1/runs/{run_id}", headers=auth).json()
+        if run["status"] == "waiting_approval":
+            pending = http.get("/v1/approvals", params={"status": "pending", "run_id": run_id}, headers=auth).json()
+            for approval in pending["results"]:
+                edits = {}
+                if approve_text is not None:
+                    edits = {call["id"]: {**call["arguments"], "text": approve_text} for call in approval["calls"]}
+                decided = http.post(f"/v1/approvals/{approval['id']}/decide", headers=auth,
+                                    json={"approved": True, "arguments": edits, "comment": "looks right"})
+                decided.raise_for_status()
+                say(f"  [{label}] a human approves {approval['prompt']!r}"
+                    + (f" with the text edited to {approve_text!r}" if approve_text else ""))
+        elif run["status"] in ("completed", "failed", "cancelled"):
+            events = http.get(f"/v1/runs/{run_id}/events", params={"after_seq": seq, "limit": 500},
+                              headers=auth).json()
+            for event in events["results"]:
+                say(f"  [{label} #{event['seq']:>2}] {describe(event)}")
+            return run
+        time.sleep(0.2)
+    raise SystemExit(f"run {run_id} did not finish in 120 s; see .data/demo-logs/worker.log")
+
+
+def describe(event: dict) -> str:
+    data = event["data"]
+    match event["type"]:
+        case "model.reply":
+            message = data["message"]
+            calls = ", ".join(f"{c['name']}({json.dumps(c['arguments'])})" for c in message.get("tool_calls", []))
+            return f"model ({data['node']}): " + (f"calls {calls}" if calls else repr(message["content"][:90]))
+        case "tool.finished":
+            return f"tool {data['call']['name']} -> {data['summary'][:60]!r} in {data['latency_ms']:.1f} ms"
+        case "checkpoint.committed":
+            return f"checkpoint {data['checkpoint_id'][:8]} committed at step {data['step']}"
+        case "approval.requested":
+            return f"approval requested: {data['prompt']}"
+        case "approval.decided":
+            return f"approval {'granted' if data['approved'] else 'refused'}"
+        case "run.status":
+            return f"run is {data['status']}" + (f": {data['output']!r}" if data.get("output") else "")
+    return f"{event['type']} {json.dumps(data)[:80]}"
+
+
+def show_branch(http: httpx.Client, key: str, run: dict, label: str) -> None:
+    auth = {"Authorization": f"Bearer {key}"}
+    checkpoints = http.get(f"/v1/runs/{run['id']}/checkpoints", params={"limit": 500}, headers=auth).json()["results"]
+    say(f"{label}: run {run['id'][:8]} {run['status']}, {len(checkpoints)} checkpoints, output {run['output']!r}")
+    for checkpoint in checkpoints:
+        parent = (checkpoint.get("parent_id") or "")[:8] or "-"
+        say(f"    step {checkpoint['step']:>2}  checkpoint {checkpoint['id'][:8]}  parent {parent}  "
+            f"{checkpoint.get('status', '')}")
 
 
 async def watch_ping(ws_url: str, key: str, http: httpx.Client) -> dict:
@@ -132,12 +231,18 @@ async def watch_ping(ws_url: str, key: str, http: httpx.Client) -> dict:
 def main() -> None:
     port = free_port(int(os.environ.get("DEMO_PORT", "8000")))
     base = f"http://127.0.0.1:{port}"
-    step("starting Daphne (HTTP + websockets) and a Celery worker")
+    model_port = free_port(int(os.environ.get("DEMO_MODEL_PORT", "8011")))
+    model_url = f"http://127.0.0.1:{model_port}"
+    os.environ["LLM_API_BASE"] = f"{model_url}/v1"  # the worker's LLM provider: our scripted model server
+    os.environ.setdefault("LLM_LOCAL_PRICES", "openai/vat-assistant")
+    step("starting the local model server, Daphne (HTTP + websockets) and a Celery worker")
     processes = {
+        "model-server": start("model-server", [sys.executable, "-m", "data_plane.model_server", "--host",
+                                               "127.0.0.1", "--port", str(model_port)]),
         "daphne": start("daphne", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port),
                                    "control_plane.asgi:application"]),
         "worker": start("worker", [str(BIN / "celery"), "-A", "control_plane", "worker", "--loglevel=INFO",
-                                   "--concurrency=1", "--hostname=demo-worker@%h", "--without-gossip"]),
+                                   "--concurrency=2", "--hostname=demo-worker@%h", "--without-gossip"]),
     }
     try:
         with httpx.Client(base_url=base, timeout=30) as http:
@@ -153,29 +258,53 @@ def main() -> None:
             me = http.get("/v1/tenant", headers={"Authorization": f"Bearer {key}"})
             say(f"GET /v1/tenant -> {me.status_code} {me.json()['name']} ({me.json()['schema_name']})")
 
-            step("data plane: a Celery task executed by a real worker, streamed over a websocket")
+            step("data plane: a worker answers a ping in the tenant's schema, watched over a websocket")
             ping = asyncio.run(watch_ping(base.replace("http://", "ws://"), key, http))
             if ping["status"] != "completed":
                 raise SystemExit("the worker did not answer the ping; see .data/demo-logs/worker.log")
-            pings = http.get("/v1/pings", headers={"Authorization": f"Bearer {key}"}).json()
-            say(f"the demo tenant has {pings['count']} pings in its schema, kept across runs")
 
-            step("audit log (latest 5)")
-            events = http.get("/v1/audit-events", params={"limit": 5},
-                              headers={"Authorization": f"Bearer {key}"}).json()
+            step("an agent: plan, call tools, wait for a human, reflect, checkpoint every step")
+            httpx.post(f"{model_url}/admin/scenarios", json=SCENARIO, timeout=10).raise_for_status()
+            agent = ensure_agent(http, key)
+            say(f"agent {agent['name']!r} version {agent['latest_version']} (default loop: plan, act, observe, reflect)")
+            auth = {"Authorization": f"Bearer {key}"}
+            started = http.post("/v1/runs", headers=auth,
+                                json={"agent_id": agent["id"], "input": "What is the VAT on 1250 EUR at 19%?"})
+            started.raise_for_status()
+            run = follow_run(http, key, started.json()["id"], "run")
+            if run["status"] != "completed":
+                raise SystemExit(f"the run ended {run['status']}: {run.get('error')}")
+            say(f"completed in {run['step']} steps; {run['input_tokens']} tokens in, {run['output_tokens']} out, "
+                f"${float(run['cost_usd']):.6f}")
+
+            step("time travel: fork the run from a middle checkpoint, with a new instruction")
+            checkpoints = http.get(f"/v1/runs/{run['id']}/checkpoints", params={"limit": 500},
+                                   headers=auth).json()["results"]
+            middle = checkpoints[len(checkpoints) // 2 - 1]
+            forked = http.post(f"/v1/runs/{run['id']}/checkpoints/{middle['id']}/fork", headers=auth, json={
+                "messages": [{"role": "user", "content": "Use the reduced rate of 7% instead."}]})
+            forked.raise_for_status()
+            say(f"forked at step {middle['step']} (checkpoint {middle['id'][:8]}) into run {forked.json()['id'][:8]}")
+            fork = follow_run(http, key, forked.json()["id"], "fork", approve_text="VAT on 1250 EUR at 7%")
+            step("the two branches")
+            show_branch(http, key, run, "original")
+            show_branch(http, key, fork, "fork    ")
+
+            step("audit log (latest 8)")
+            events = http.get("/v1/audit-events", params={"limit": 8}, headers=auth).json()
             for event in events["results"]:
                 say(f"{event['occurred_at']}  {event['action']:<18} by {event['actor_kind']}")
 
             step("isolation: another tenant's key cannot see the demo tenant's data")
             other = tenant_key(http, operator, OTHER_SLUG, "Neighbour Ltd.")
-            peek = http.get(f"/v1/pings/{ping['id']}", headers={"Authorization": f"Bearer {other}"})
-            say(f"GET /v1/pings/{ping['id']} with the neighbour's key -> {peek.status_code} {peek.json()['code']}")
+            peek = http.get(f"/v1/runs/{run['id']}", headers={"Authorization": f"Bearer {other}"})
+            say(f"GET /v1/runs/{run['id']} with the neighbour's key -> {peek.status_code} {peek.json()['code']}")
             say(f"API reference: {base}/v1/docs (while running)")
         step("demo complete")
     finally:
         for process in processes.values():
             stop(process)
-        say("stopped Daphne and the worker (Postgres and Redis keep running; `make stop` stops them)")
+        say("stopped the model server, Daphne and the worker (Postgres and Redis keep running; `make stop` stops them)")
 
 
 if __name__ == "__main__":

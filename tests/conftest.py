@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,12 +16,40 @@ LOG_DIR = REPO / ".data" / "test-logs"
 
 
 @pytest.fixture(scope="session")
-def worker_process(django_db_setup, django_db_blocker) -> Iterator[Path]:
+def model_server() -> Iterator[str]:
+    """Our scripted OpenAI-compatible model server, as its own process; yields its /v1 base URL."""
+    log = LOG_DIR / "model-server.log"
+    port = free_port()
+    with running([sys.executable, "-m", "data_plane.model_server", "--host", "127.0.0.1", "--port", str(port)],
+                 log_path=log, env=dict(os.environ)):
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(f"{url}/healthz"), timeout=30, what=f"the model server; log:\n{log_tail(log)}",
+                 interval=0.1)
+        yield f"{url}/v1"
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def runtime_env(model_server: str, **extra: str) -> dict[str, str]:
+    """The environment of test workers: the test database, and our model server as the LLM provider."""
+    return process_env(**{"LLM_API_BASE": model_server, "LLM_LOCAL_PRICES": "openai/plan-act-reflect",
+                          "RUN_LEASE_SECONDS": "3", **extra})
+
+
+@pytest.fixture(scope="session")
+def worker_process(django_db_setup, django_db_blocker, model_server) -> Iterator[Path]:
     """A real Celery worker (prefork, one child) on the test database and the test broker database."""
     redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()  # a dedicated test database: stale tasks only
     log = LOG_DIR / "celery-worker.log"
     with django_db_blocker.unblock():
-        env = process_env()
+        env = runtime_env(model_server)
     with running(celery_worker_args(name="test-worker"), log_path=log, env=env) as process:
         wait_for(lambda: "ready." in log.read_text(errors="replace") if log.exists() else None, timeout=60,
                  what=f"the Celery worker to start; log:\n{log_tail(log)}")

@@ -41,3 +41,14 @@ def _get_loop() -> asyncio.AbstractEventLoop:
 def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` on the process's IO loop and wait for its result (from any non-loop thread)."""
     return asyncio.run_coroutine_threadsafe(coroutine, _get_loop()).result()
+
+
+def shutdown() -> None:
+    """Stop the IO loop and its worker threads (their database connections close with them)."""
+    global _loop
+    with _lock:
+        loop, _loop = _loop, None
+    if loop is None or not loop.is_running():
+        return
+    asyncio.run_coroutine_threadsafe(loop.shutdown_default_executor(), loop).result(timeout=30)
+    loop.call_soon_threadsafe(loop.stop)

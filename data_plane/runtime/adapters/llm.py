@@ -1,0 +1,327 @@
+"""The LLM gateway: the ChatModel port on litellm, with retries, backoff and model fallback.
+
+The one module of the data plane that imports litellm. Every vendor exception is translated here into
+ProviderUnavailable (transient, after retries and fallbacks) or ProviderRejected (terminal, at once).
+Calls always stream. A retried attempt streams again from the start, so ``on_delta`` may see the same
+text twice across attempts; ``on_retry`` (optional) is told before each retry so a UI can reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import httpx
+import litellm
+import openai
+
+from data_plane.runtime.core.messages import Message, ToolCall, ToolDefinition, Usage
+from data_plane.runtime.core.ports import DeltaCallback, ModelReply, ModelRequest, ProviderRejected, \
+    ProviderUnavailable
+
+logger = logging.getLogger(__name__)
+
+# litellm prints a "Give Feedback / Get Help" banner to stdout with every exception it maps.
+litellm.suppress_debug_info = True
+
+# Prices for the scripted local models (gpt-4o-mini's list prices), in dollars per million tokens.
+LOCAL_INPUT_PER_MILLION = 0.15
+LOCAL_OUTPUT_PER_MILLION = 0.60
+LOCAL_CACHED_INPUT_PER_MILLION = 0.075
+
+# Statuses worth another attempt: timeout, conflict, rate limit; every 5xx is too.
+_TRANSIENT_STATUSES = frozenset({408, 409, 429})
+# What a provider call can raise: litellm's exceptions all subclass the openai SDK's; the rest are transports.
+_PROVIDER_ERRORS: tuple[type[BaseException], ...] = (openai.OpenAIError, httpx.HTTPError, aiohttp.ClientError,
+                                                     TimeoutError, ConnectionError)
+
+# litellm prefixes provider messages with "litellm.RateLimitError: RateLimitError: OpenAIException - "
+_LITELLM_PREFIX = re.compile(r"^(?:(?:litellm\.)?\w+(?:Error|Exception)(?::| -)\s*)+")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RetryNotice:
+    """One failed attempt that the gateway will follow with another (same model after a delay, or the next)."""
+
+    model: str
+    attempt: int  # the failed attempt's number within this call, from 1
+    error: str
+    next_model: str
+    delay_seconds: float  # 0.0 when falling back to the next model
+    deltas_emitted: int  # text fragments this attempt had already passed to on_delta
+
+
+RetryCallback = Callable[[RetryNotice], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Failure:
+    is_transient: bool
+    description: str
+
+
+class LiteLLMChatModel:
+    """The ChatModel port on ``litellm.acompletion``: streamed, retried with jittered backoff, then falls back."""
+
+    def __init__(self, *, api_base: str | None = None, api_key: str | None = None, max_retries: int = 3,
+                 backoff_base_seconds: float = 0.2, backoff_max_seconds: float = 5.0,
+                 rng: random.Random | None = None, sleep: Sleep = asyncio.sleep) -> None:
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.api_base = api_base
+        self.api_key = api_key
+        self.max_retries = max_retries
+        self.backoff_base_seconds = backoff_base_seconds
+        self.backoff_max_seconds = backoff_max_seconds
+        self.rng = rng if rng is not None else random.Random()
+        self.sleep = sleep
+
+    def backoff_seconds(self, retry: int) -> float:
+        """Full jitter: uniform(0, min(max, base * 2**retry)), ``retry`` counting from 0."""
+        return self.rng.uniform(0.0, min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** retry))
+
+    async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None,
+                       on_retry: RetryCallback | None = None) -> ModelReply:
+        """Stream one reply, retrying transient failures per model, then the next model of ``request.models``.
+
+        Raises ProviderUnavailable when every model is exhausted, ProviderRejected at once on a terminal error.
+        Deltas may repeat across attempts: a retried stream starts over (``on_retry`` is called first).
+        """
+        if not request.models:
+            raise ProviderRejected("The model request names no models; give at least one in the agent's policy.")
+        started = time.perf_counter()
+        arguments = self._arguments(request)
+        attempts = 0
+        failure = _Failure(is_transient=True, description="no attempt made")
+        for position, model in enumerate(request.models):
+            for retry in range(self.max_retries + 1):
+                attempts += 1
+                stream = _Stream()
+                outcome = await self._attempt(model, arguments, on_delta, stream)
+                if outcome is None:
+                    return stream.reply(model=model, attempts=attempts,
+                                        latency_ms=(time.perf_counter() - started) * 1000)
+                failure = outcome
+                if not failure.is_transient:
+                    raise ProviderRejected(f"Model {model} rejected the request: {failure.description.rstrip('.')}. "
+                                           "Fix the request or the agent's model policy; retrying will not help.")
+                is_last_try = retry == self.max_retries
+                if is_last_try and position == len(request.models) - 1:
+                    break
+                delay = 0.0 if is_last_try else self.backoff_seconds(retry)
+                next_model = request.models[position + 1] if is_last_try else model
+                logger.warning("LLM attempt %d on %s failed (%s); retrying on %s in %.3f s", attempts, model,
+                               failure.description, next_model, delay)
+                if on_retry is not None:
+                    await on_retry(RetryNotice(model=model, attempt=attempts, error=failure.description,
+                                               next_model=next_model, delay_seconds=delay,
+                                               deltas_emitted=len(stream.parts) if on_delta is not None else 0))
+                if not is_last_try:
+                    await self.sleep(delay)
+        plural = "s" if attempts > 1 else ""
+        raise ProviderUnavailable(f"Models {', '.join(request.models)} are unavailable after {attempts} "
+                                  f"attempt{plural}; last error: {failure.description.rstrip('.')}. "
+                                  "Retry later or add a fallback model.")
+
+    def _arguments(self, request: ModelRequest) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "messages": [openai_message(m) for m in request.messages], "stream": True,
+            "stream_options": {"include_usage": True}, "timeout": request.timeout_seconds,
+            # the openai SDK would retry on its own (twice by default); the retries are ours
+            "max_retries": 0, "api_base": self.api_base, "api_key": self.api_key}
+        if request.tools:
+            arguments["tools"] = [openai_tool(t) for t in request.tools]
+        if request.temperature is not None:
+            arguments["temperature"] = request.temperature
+        if request.max_output_tokens is not None:
+            arguments["max_tokens"] = request.max_output_tokens
+        user = request.metadata.get("user")
+        if isinstance(user, str) and user:
+            arguments["user"] = user  # OpenAI's end-user id for abuse monitoring
+        return arguments
+
+    async def _attempt(self, model: str, arguments: dict[str, Any], on_delta: DeltaCallback | None,
+                       stream: _Stream) -> _Failure | None:
+        """One streamed call into ``stream``; the provider's failure, translated, or None when it completed."""
+        try:
+            chunks = await litellm.acompletion(model=model, **arguments)
+        except _PROVIDER_ERRORS as exc:
+            return _failure(exc)
+        iterator = chunks.__aiter__()
+        is_exhausted = False
+        try:
+            while True:
+                try:
+                    chunk = await iterator.__anext__()
+                except StopAsyncIteration:
+                    is_exhausted = True
+                    return None
+                except _PROVIDER_ERRORS as exc:
+                    is_exhausted = True
+                    return _failure(exc)
+                text = stream.add(chunk)
+                if text and on_delta is not None:  # outside the try: the caller's errors are not the provider's
+                    await on_delta(text)
+        finally:
+            if not is_exhausted:  # cancelled, or the caller's callback raised: release the connection
+                await chunks.aclose()
+
+
+@dataclass
+class _PartialCall:
+    """A tool call as its fragments arrive: the id and name first, then pieces of the JSON arguments."""
+
+    id: str = ""
+    name: str = ""
+    fragments: list[str] = field(default_factory=list)
+
+
+class _Stream:
+    """Accumulates one streamed reply: content fragments, tool calls by index, finish reason and usage."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.calls: dict[int, _PartialCall] = {}
+        self.finish_reason: str | None = None
+        self.usage: Any = None
+
+    def add(self, chunk: Any) -> str:
+        """Take one chunk; returns its text fragment ('' if none)."""
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            self.usage = usage
+        if not chunk.choices:
+            return ""
+        choice = chunk.choices[0]
+        if choice.finish_reason:
+            self.finish_reason = choice.finish_reason
+        delta = choice.delta
+        if delta is None:
+            return ""
+        for position, call in enumerate(delta.tool_calls or ()):
+            index = call.index if call.index is not None else position
+            partial = self.calls.setdefault(index, _PartialCall())
+            if call.id:
+                partial.id = call.id
+            function = call.function
+            if function is not None:
+                if function.name:
+                    partial.name = function.name
+                if function.arguments:
+                    partial.fragments.append(function.arguments)
+        text = delta.content
+        if text:
+            self.parts.append(text)
+            return text
+        return ""
+
+    def reply(self, *, model: str, attempts: int, latency_ms: float) -> ModelReply:
+        content = "".join(self.parts)
+        calls = tuple(ToolCall(id=partial.id or f"call_{index}", name=partial.name,
+                               arguments=tool_arguments("".join(partial.fragments)))
+                      for index, partial in sorted(self.calls.items()))
+        input_tokens, output_tokens, cached = self._token_counts()
+        usage = Usage(model=model, input_tokens=input_tokens, output_tokens=output_tokens,
+                      cached_input_tokens=cached, cost_usd=cost_usd(model, input_tokens, output_tokens, cached),
+                      latency_ms=latency_ms, attempts=attempts)
+        return ModelReply(message=Message(role="assistant", content=content, tool_calls=calls), usage=usage,
+                          finish_reason=self.finish_reason or ("tool_calls" if calls else "stop"))
+
+    def _token_counts(self) -> tuple[int, int, int]:
+        """Input, output and cached input tokens. litellm fills usage in itself (with its tokenizer) when a
+        provider ignores ``stream_options.include_usage``, so a stream without it is not expected."""
+        if self.usage is None:
+            return 0, 0, 0
+        details = getattr(self.usage, "prompt_tokens_details", None)
+        cached = getattr(details, "cached_tokens", None) or 0
+        return int(self.usage.prompt_tokens or 0), int(self.usage.completion_tokens or 0), int(cached)
+
+
+def tool_arguments(text: str) -> dict[str, Any]:
+    """A tool call's streamed arguments as a dict. Text that is not a JSON object is kept under
+    ``_raw_arguments``, so the tool's input validation reports it to the model instead of the run failing here."""
+    text = text.strip()
+    if not text:
+        return {}
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        return {"_raw_arguments": text}
+    return parsed if isinstance(parsed, dict) else {"_raw_arguments": text}
+
+
+def _failure(exc: BaseException) -> _Failure:
+    """Translate a provider exception: transient (retry) or terminal, with a message naming status and cause."""
+    original = exc
+    for _ in range(5):  # litellm's mid-stream wrapper keeps the real cause in ``original_exception``
+        inner = getattr(original, "original_exception", None)
+        if not isinstance(inner, BaseException) or inner is original:
+            break
+        original = inner
+    status = getattr(original, "status_code", None)
+    description = f"{type(original).__name__}{f' (HTTP {status})' if status else ''}: {_message(original)}"
+    if isinstance(original, (openai.APITimeoutError, openai.APIConnectionError, httpx.TransportError,
+                             aiohttp.ClientError, TimeoutError, ConnectionError)):
+        return _Failure(is_transient=True, description=description)
+    if isinstance(status, int):
+        return _Failure(is_transient=status in _TRANSIENT_STATUSES or status >= 500, description=description)
+    # an error event inside a stream carries no status; providers send those for server-side failures
+    return _Failure(is_transient=isinstance(original, openai.APIError), description=description)
+
+
+def _message(exc: BaseException) -> str:
+    """The provider's own words: litellm's ``litellm.X: X: OpenAIException - `` prefixes removed, 500 chars at most."""
+    text = str(getattr(exc, "message", None) or exc or type(exc).__name__)
+    text = _LITELLM_PREFIX.sub("", text).strip() or type(exc).__name__
+    return text if len(text) <= 500 else text[:500] + "…"
+
+
+def openai_message(message: Message) -> dict[str, Any]:
+    """Our message in the OpenAI chat format litellm takes (and translates for other providers)."""
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    if message.role == "assistant" and message.tool_calls:
+        return {"role": "assistant", "content": message.content or None, "tool_calls": [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
+            for call in message.tool_calls]}
+    # ``name`` is left out: OpenAI restricts it to [A-Za-z0-9_-] and our agent names are free text
+    return {"role": message.role, "content": message.content}
+
+
+def openai_tool(tool: ToolDefinition) -> dict[str, Any]:
+    return {"type": "function",
+            "function": {"name": tool.name, "description": tool.description, "parameters": tool.input_schema}}
+
+
+def cost_usd(model: str, input_tokens: int, output_tokens: int, cached_input_tokens: int) -> float:
+    """The call's price from litellm's price map, cached input at the cached rate; 0.0 for an unmapped model."""
+    try:
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            model=model, prompt_tokens=input_tokens, completion_tokens=output_tokens,
+            cache_read_input_tokens=cached_input_tokens)
+    except Exception:  # litellm raises several unrelated types for a model it has no price for
+        logger.debug("no price for model %s in litellm's map; cost recorded as 0", model)
+        return 0.0
+    return float(prompt_cost) + float(completion_cost)
+
+
+def register_local_prices(models: Iterable[str] | str, *, input_per_million: float = LOCAL_INPUT_PER_MILLION,
+                          output_per_million: float = LOCAL_OUTPUT_PER_MILLION,
+                          cached_input_per_million: float = LOCAL_CACHED_INPUT_PER_MILLION) -> None:
+    """Price the given model names (e.g. ``openai/plan-act-reflect``) in litellm's map. Process-wide, idempotent."""
+    names = [models] if isinstance(models, str) else list(models)
+    litellm.register_model({name: {
+        "input_cost_per_token": input_per_million / 1e6, "output_cost_per_token": output_per_million / 1e6,
+        "cache_read_input_token_cost": cached_input_per_million / 1e6,
+        "litellm_provider": name.split("/", 1)[0] if "/" in name else "openai", "mode": "chat"} for name in names})

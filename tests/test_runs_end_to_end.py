@@ -1,0 +1,133 @@
+"""Runs executed by real Celery workers against our model server over HTTP (litellm as with any provider)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from django_tenants.utils import schema_context
+
+from conftest import TEST_ACTOR, destroy_tenant, provision_for_test
+from data_plane import services
+from data_plane.models import Checkpoint, EffectRecord, Note, Ping, Run
+from data_plane.services import pings as ping_services
+from data_plane.tools import BUILTIN_TOOLS
+from tests.processes import wait_for
+
+pytestmark = pytest.mark.worker
+
+
+def tool(name: str, **overrides) -> dict:
+    return {**BUILTIN_TOOLS[name].to_json(), **overrides}
+
+
+@pytest.fixture
+def tenant(committed):
+    provisioned = provision_for_test("e2e-runs")
+    yield provisioned
+    destroy_tenant(provisioned.tenant)
+
+
+def register(model_server: str, scenario: dict) -> None:
+    httpx.post(model_server.removesuffix("/v1") + "/admin/scenarios", json=scenario, timeout=10).raise_for_status()
+
+
+def finished(schema: str, run_id, statuses=("completed", "failed", "cancelled")) -> Run | None:
+    with schema_context(schema):
+        run = Run.objects.get(id=run_id)
+    return run if run.status in statuses else None
+
+
+def start(tenant, name: str, spec: dict, input: str = "go") -> Run:
+    with schema_context(tenant.schema):
+        agent = services.agent_create(tenant=tenant.tenant, name=name, description="", spec=spec, actor=TEST_ACTOR)
+        return services.run_start(tenant=tenant.tenant, agent_id=agent.id, input=input, actor=TEST_ACTOR)
+
+
+def test_the_default_loop_plans_calls_a_tool_reflects_and_completes(worker_process, model_server, tenant):
+    run = start(tenant, "calc", {"instructions": "Be exact.", "models": ["openai/plan-act-reflect"],
+                                 "tools": [tool("calculator")]}, input="What is 6*7?")
+    done = wait_for(lambda: finished(tenant.schema, run.id), timeout=60, what="the run to finish")
+    assert done.status == "completed", done.error
+    assert "42" in done.output
+    with schema_context(tenant.schema):
+        steps = list(Checkpoint.objects.filter(run=run).order_by("step").values_list("step", flat=True))
+        effects = list(EffectRecord.objects.filter(run=run).order_by("step").values_list("kind", "name", "status"))
+    assert steps == list(range(len(steps))) and len(steps) == done.step + 1
+    assert effects == [("model", "openai/plan-act-reflect", "succeeded")] * 2 + [
+        ("tool", "calculator", "succeeded")] + [("model", "openai/plan-act-reflect", "succeeded")] * 2
+    assert done.input_tokens > 0 and done.output_tokens > 0 and float(done.cost_usd) > 0
+
+
+def test_an_approval_pauses_the_run_until_a_human_decides(worker_process, model_server, tenant):
+    register(model_server, {"name": "note-with-approval", "turns": [
+        {"content": "1. Write the note."},
+        {"tool_calls": [{"name": "note_append", "arguments": {"text": "draft"}}]},
+        {"content": "Saved: {{last_tool}}"},
+        {"content": "Note saved. DONE"}]})
+    run = start(tenant, "noter", {"instructions": "Take notes.", "models": ["openai/note-with-approval"],
+                                  "tools": [tool("note_append", requires_approval=True)]})
+    waiting = wait_for(lambda: finished(tenant.schema, run.id, ("waiting_approval",)), timeout=60,
+                       what="the run to wait for approval")
+    with schema_context(tenant.schema):
+        approval = waiting.approvals.get(status="pending")
+        assert Note.objects.count() == 0  # nothing happened before the decision
+        call_id = approval.calls[0]["id"]
+        services.approval_decide(tenant=tenant.tenant, approval_id=approval.id, approved=True, actor=TEST_ACTOR,
+                                 arguments={call_id: {"text": "final wording"}})
+    done = wait_for(lambda: finished(tenant.schema, run.id), timeout=60, what="the run to finish")
+    assert done.status == "completed", done.error
+    with schema_context(tenant.schema):
+        assert list(Note.objects.values_list("text", flat=True)) == ["final wording"]
+
+
+def test_a_parallel_workflow_joins_before_summarising(worker_process, model_server, tenant):
+    register(model_server, {"name": "parallel-summary", "repeat_last": True, "turns": [{"content": "summary"}]})
+    run = start(tenant, "fanout", {"instructions": "x", "models": ["openai/parallel-summary"],
+                                   "tools": [tool("calculator"), tool("get_time")], "graph": {
+        "entry": "fan", "nodes": [
+            {"id": "fan", "kind": "parallel", "branches": ["sum", "clock"], "join": "merge"},
+            {"id": "sum", "kind": "tool", "tool": "calculator", "arguments": {"expression": "2+2"},
+             "output_key": "sum", "next": "merge"},
+            {"id": "clock", "kind": "tool", "tool": "get_time", "output_key": "time", "next": "merge"},
+            {"id": "merge", "kind": "join", "next": "summary"},
+            {"id": "summary", "kind": "llm", "next": "end"},
+            {"id": "end", "kind": "end"}]}})
+    done = wait_for(lambda: finished(tenant.schema, run.id), timeout=60, what="the run to finish")
+    assert done.status == "completed", done.error
+    with schema_context(tenant.schema):
+        steps = {step: sorted(EffectRecord.objects.filter(run=run, step=step).values_list("name", flat=True))
+                 for step in EffectRecord.objects.filter(run=run).values_list("step", flat=True)}
+    assert steps == {0: ["calculator", "get_time"], 1: ["openai/parallel-summary"]}
+
+
+def test_cancel_stops_a_run_in_the_middle_of_a_slow_tool(worker_process, model_server, tenant):
+    register(model_server, {"name": "slow", "turns": [
+        {"content": "plan"}, {"tool_calls": [{"name": "wait", "arguments": {"seconds": 30}}]},
+        {"content": "never"}]})
+    run = start(tenant, "sleeper", {"instructions": "x", "models": ["openai/slow"], "tools": [tool("wait")]})
+    wait_for(lambda: _effect_started(tenant.schema, run.id, "wait"), timeout=60, what="the wait tool to start")
+    with schema_context(tenant.schema):
+        services.run_cancel(tenant=tenant.tenant, run_id=run.id, actor=TEST_ACTOR, reason="too slow")
+    done = finished(tenant.schema, run.id)
+    assert done.status == "cancelled" and done.status_reason == "too slow"
+    step_at_cancel = done.step
+    # the worker notices at its next lease renewal (a third of RUN_LEASE_SECONDS=3), abandons the 30 s call,
+    # and its step is fenced off: nothing is committed after the cancel
+    # (the worker has a single child: a ping answered within seconds proves the child is free again)
+    with schema_context(tenant.schema):
+        ping = ping_services.ping_create(tenant=tenant.tenant, message="free?", actor=TEST_ACTOR)
+    wait_for(lambda: _ping_answered(tenant.schema, ping.id), timeout=10, what="the worker to abandon the step")
+    with schema_context(tenant.schema):
+        assert Run.objects.get(id=run.id).step == step_at_cancel
+        assert Checkpoint.objects.filter(run=run).count() == step_at_cancel + 1
+        assert EffectRecord.objects.get(run=run, name="wait").status == "started"  # never finished
+
+
+def _effect_started(schema, run_id, name) -> bool:
+    with schema_context(schema):
+        return EffectRecord.objects.filter(run_id=run_id, name=name).exists()
+
+
+def _ping_answered(schema, ping_id) -> bool:
+    with schema_context(schema):
+        return Ping.objects.get(id=ping_id).status == "completed"
