@@ -46,7 +46,7 @@ def runtime_env(model_server: str, **extra: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def worker_process(django_db_setup, django_db_blocker, model_server) -> Iterator[Path]:
     """A real Celery worker (prefork, one child) on the test database and the test broker database."""
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()  # a dedicated test database: stale tasks only
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(settings.CELERY_TASK_DEFAULT_QUEUE)  # stale tasks only
     log = LOG_DIR / "celery-worker.log"
     with django_db_blocker.unblock():
         env = runtime_env(model_server)

@@ -19,7 +19,7 @@ from tests.conftest import LOG_DIR, runtime_env
 from tests.processes import celery_worker_args, log_tail, running, wait_for
 
 pytestmark = pytest.mark.worker
-QUEUE = "agentplane-crash-test"
+QUEUE = f"agentplane-crash-{settings.CHECKOUT_ID}"
 SCENARIO = {"name": "crash-course", "turns": [
     {"content": "1. note one 2. wait 3. note two"},
     {"tool_calls": [{"name": "note_append", "arguments": {"text": "one"}}]},

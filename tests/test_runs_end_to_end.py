@@ -7,7 +7,7 @@ import pytest
 from django_tenants.utils import schema_context
 
 from conftest import TEST_ACTOR, destroy_tenant, provision_for_test
-from data_plane import services
+from data_plane import selectors, services
 from data_plane.models import Checkpoint, EffectRecord, Note, Ping, Run
 from data_plane.services import pings as ping_services
 from data_plane.tools import BUILTIN_TOOLS
@@ -131,3 +131,83 @@ def _effect_started(schema, run_id, name) -> bool:
 def _ping_answered(schema, ping_id) -> bool:
     with schema_context(schema):
         return Ping.objects.get(id=ping_id).status == "completed"
+
+
+def stats(model_server: str, scenario: str) -> int:
+    body = httpx.get(model_server.removesuffix("/v1") + "/admin/stats", timeout=10).json()
+    return int(body["requests_per_scenario"].get(scenario, 0))
+
+
+def test_a_supervisor_delegates_to_a_worker_agent_as_a_tool(worker_process, model_server, tenant):
+    register(model_server, {"name": "otter-facts", "turns": [{"content": "Sea otters hold hands while they sleep."}]})
+    register(model_server, {"name": "supervisor", "turns": [
+        {"content": "1. ask the researcher"},
+        {"tool_calls": [{"name": "ask_researcher", "arguments": {"input": "one fact about otters"}}]},
+        {"content": "Fact: {{last_tool}}"},
+        {"content": "Fact checked. DONE"}]})
+    with schema_context(tenant.schema):
+        services.agent_create(tenant=tenant.tenant, name="researcher", description="", actor=TEST_ACTOR, spec={
+            "instructions": "Answer with one fact.", "models": ["openai/otter-facts"],
+            "graph": {"entry": "answer", "nodes": [{"id": "answer", "kind": "llm", "next": "end"},
+                                                   {"id": "end", "kind": "end"}]}})
+    run = start(tenant, "supervisor", {
+        "instructions": "Delegate research.", "models": ["openai/supervisor"],
+        "tools": [{"name": "ask_researcher", "description": "Ask the researcher agent",
+                   "input_schema": {"type": "object", "properties": {"input": {"type": "string"}}}}],
+        "agent_tools": {"ask_researcher": "researcher"}})
+    done = wait_for(lambda: finished(tenant.schema, run.id), timeout=60, what="the supervisor to finish")
+    assert done.status == "completed", done.error
+    with schema_context(tenant.schema):
+        child = Run.objects.get(parent_run=run)
+        messages = selectors.checkpoint_state(tenant_schema=tenant.schema, run_id=run.id,
+                                              checkpoint_id=done.head_id).messages
+    assert (child.status, child.input, child.output) == ("completed", "one fact about otters",
+                                                         "Sea otters hold hands while they sleep.")
+    assert any(m.role == "tool" and m.content == child.output for m in messages)
+    assert any("Sea otters hold hands" in m.content for m in messages if m.role == "assistant")
+
+
+def test_pause_takes_effect_between_steps_and_resume_finishes_the_run(worker_process, model_server, tenant):
+    register(model_server, {"name": "pausable", "turns": [
+        {"content": "plan"}, {"tool_calls": [{"name": "wait", "arguments": {"seconds": 2}}]},
+        {"content": "waited"}, {"content": "DONE"}]})
+    run = start(tenant, "pausable", {"instructions": "x", "models": ["openai/pausable"], "tools": [tool("wait")]})
+    wait_for(lambda: _effect_started(tenant.schema, run.id, "wait"), timeout=60, what="the wait tool to start")
+    with schema_context(tenant.schema):
+        services.run_pause(tenant=tenant.tenant, run_id=run.id, actor=TEST_ACTOR)
+    paused = wait_for(lambda: finished(tenant.schema, run.id, ("paused",)), timeout=30, what="the run to pause")
+    with schema_context(tenant.schema):  # the in-flight step was allowed to finish and commit
+        assert EffectRecord.objects.get(run=run, name="wait").status == "succeeded"
+    time_paused = paused.step
+    with schema_context(tenant.schema):
+        assert Run.objects.get(id=run.id).step == time_paused  # nothing runs while paused
+        services.run_resume(tenant=tenant.tenant, run_id=run.id, actor=TEST_ACTOR)
+    done = wait_for(lambda: finished(tenant.schema, run.id), timeout=60, what="the run to finish")
+    assert done.status == "completed" and done.step > time_paused
+
+
+def test_replay_reuses_recorded_answers_unless_told_to_reexecute(worker_process, model_server, tenant):
+    register(model_server, {"name": "replayable", "turns": [
+        {"content": "plan"}, {"tool_calls": [{"name": "note_append", "arguments": {"text": "once"}}]},
+        {"content": "noted"}, {"content": "DONE"}]})
+    run = start(tenant, "replayable", {"instructions": "x", "models": ["openai/replayable"],
+                                       "tools": [tool("note_append")]})
+    original = wait_for(lambda: finished(tenant.schema, run.id), timeout=60, what="the original run")
+    calls_before = stats(model_server, "replayable")
+    with schema_context(tenant.schema):
+        start_point = Checkpoint.objects.get(run=run, step=1)
+        replay = services.run_fork(tenant=tenant.tenant, run_id=run.id, checkpoint_id=start_point.id,
+                                   actor=TEST_ACTOR)
+    replayed = wait_for(lambda: finished(tenant.schema, replay.id), timeout=60, what="the replay")
+    assert (replayed.status, replayed.output) == ("completed", original.output)
+    assert stats(model_server, "replayable") == calls_before  # every model answer reused
+    with schema_context(tenant.schema):
+        assert Note.objects.filter(text="once").count() == 1  # and the tool's effect not repeated
+        assert EffectRecord.objects.filter(run=replay).exclude(reused_from=None).count() == \
+            EffectRecord.objects.filter(run=replay).count() > 0
+        again = services.run_fork(tenant=tenant.tenant, run_id=run.id, checkpoint_id=start_point.id,
+                                  actor=TEST_ACTOR, reexecute=True)
+    wait_for(lambda: finished(tenant.schema, again.id), timeout=60, what="the re-executed replay")
+    assert stats(model_server, "replayable") > calls_before
+    with schema_context(tenant.schema):
+        assert Note.objects.filter(text="once").count() == 2  # re-executed on purpose: a new effect

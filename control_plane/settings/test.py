@@ -1,18 +1,24 @@
 """Test settings: the same real Postgres and Redis, with Redis databases of their own."""
 
 from control_plane.settings.base import *  # noqa: F401,F403
-from control_plane.settings.base import REDIS_URL, redis_url_with_db
+import hashlib
+
+from control_plane.settings.base import BASE_DIR, REDIS_URL, redis_url_with_db
 from control_plane.settings import env
 
 # Tests use databases 10-11 of the same Redis, so a running demo's queues and streams are untouched.
 CELERY_BROKER_URL = env.string("CELERY_BROKER_URL", redis_url_with_db(REDIS_URL, 10))
 CHANNEL_LAYER_REDIS_URL = env.string("CHANNEL_LAYER_REDIS_URL", redis_url_with_db(REDIS_URL, 11))
+# Two checkouts testing at once on one machine (a developer's tree and CI's clone) share that Redis:
+# names carry the checkout, so neither runs the other's tasks nor hears its streams.
+CHECKOUT_ID = hashlib.sha1(str(BASE_DIR).encode()).hexdigest()[:8]
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [CHANNEL_LAYER_REDIS_URL], "capacity": 5000, "expiry": 60},
+        "CONFIG": {"hosts": [CHANNEL_LAYER_REDIS_URL], "capacity": 5000, "expiry": 60,
+                   "prefix": f"asgi-{CHECKOUT_ID}"},
     }
 }
-CELERY_TASK_DEFAULT_QUEUE = "agentplane-test"
+CELERY_TASK_DEFAULT_QUEUE = f"agentplane-test-{CHECKOUT_ID}"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405

@@ -179,9 +179,10 @@ def _commands(state: RunState, spec: AgentSpec) -> list[Command]:
                 decision = state.decisions.get(node_id)
                 for call in _calls_to_run(state, spec, node_id, decision):
                     key = f"{node_id}:{call.id}"
-                    if call.name in spec.agent_tools:
-                        commands.append(StartSubRun(key=key, node_id=node_id, agent=spec.agent_tools[call.name],
-                                                    input=str(call.arguments.get("input", json.dumps(call.arguments)))))
+                    delegate = spec.agent_tools.get(call.name) or spec.handoffs.get(call.name)
+                    if delegate is not None:
+                        commands.append(StartSubRun(key=key, node_id=node_id, agent=delegate,
+                                                    input=_delegation_input(state, call, spec)))
                     else:
                         commands.append(CallTool(key=key, node_id=node_id, call=call))
             case SubAgentNode():
@@ -253,14 +254,20 @@ def _complete_node(node: Node, state: RunState, spec: AgentSpec, results: dict[s
             decision = decisions.get(node.id)
             ran = {call.id for call in _calls_to_run(state, spec, node.id, decision)}
             out: list[Message] = []
+            handed_to: tuple[str, str] | None = None
             for call in _last_tool_calls(state):
                 key = f"{node.id}:{call.id}"
                 if call.id in ran:
                     out.append(_tool_message(call, results[key]))
+                    if call.name in spec.handoffs and results[key].get("status") == "completed":
+                        handed_to = (spec.handoffs[call.name], results[key]["output"])
                 else:
                     reason = f": {decision.comment}" if decision and decision.comment else "."
                     out.append(Message(role="tool", name=call.name, tool_call_id=call.id,
                                        content=f"A human reviewer rejected this call{reason} Do not retry it as is."))
+            if handed_to is not None:  # the other agent answered the user: this run ends with its answer
+                return _Advance(messages=(*out, Message(role="assistant", name=handed_to[0], content=handed_to[1])),
+                                goto=None)
             return _Advance(messages=tuple(out), goto=node.next)
         case SubAgentNode():
             sub = results[node.id]
@@ -456,6 +463,15 @@ def _calls_to_run(state: RunState, spec: AgentSpec, node_id: str, decision: Deci
                 call = ToolCall(id=call.id, name=call.name, arguments=dict(decision.arguments[call.id]))
         calls.append(call)
     return calls
+
+
+def _delegation_input(state: RunState, call: ToolCall, spec: AgentSpec) -> str:
+    """What a delegated agent is told: the call's input; a handoff also passes the user's request."""
+    given = str(call.arguments.get("input", "")) or json.dumps(call.arguments)
+    if call.name in spec.handoffs:
+        request = next((m.content for m in reversed(state.messages) if m.role == "user"), "")
+        return f"{request}\n\n(Handed over: {given})" if given and given != "{}" else request
+    return given
 
 
 def _resolve_arguments(arguments: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:

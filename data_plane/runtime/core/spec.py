@@ -44,6 +44,7 @@ class AgentSpec:
     graph: Graph | None = None  # None: the default plan / act / observe / reflect loop
     limits: Limits = field(default_factory=Limits)
     agent_tools: Mapping[str, str] = field(default_factory=dict)  # tool name -> agent called as a sub-run
+    handoffs: Mapping[str, str] = field(default_factory=dict)  # tool name -> agent the conversation passes to
     temperature: float | None = None
     model_timeout_seconds: float = 60.0
 
@@ -63,6 +64,8 @@ class AgentSpec:
             data["graph"] = graph_to_json(self.graph)
         if self.agent_tools:
             data["agent_tools"] = dict(self.agent_tools)
+        if self.handoffs:
+            data["handoffs"] = dict(self.handoffs)
         if self.temperature is not None:
             data["temperature"] = self.temperature
         data["model_timeout_seconds"] = self.model_timeout_seconds
@@ -126,15 +129,21 @@ def spec_from_json(data: Any, *, known_agents: set[str] | None = None) -> AgentS
             value = getattr(limits, name)
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
                 error(f"limits.{name}", f"{name} must be a positive number or null.")
-    agent_tools = data.get("agent_tools") or {}
-    if not isinstance(agent_tools, dict):
-        error("agent_tools", "agent_tools maps a tool name to the agent it calls.")
-        agent_tools = {}
-    for tool_name, agent in agent_tools.items():
-        if tool_name not in names:
-            error(f"agent_tools.{tool_name}", f"agent_tools names {tool_name!r}, which is not among the tools.")
-        if known_agents is not None and agent not in known_agents:
-            error(f"agent_tools.{tool_name}", f"Agent {agent!r} does not exist.", "unknown_agent")
+    delegations: dict[str, dict[str, str]] = {}
+    for field_name in ("agent_tools", "handoffs"):
+        mapping = data.get(field_name) or {}
+        if not isinstance(mapping, dict):
+            error(field_name, f"{field_name} maps a tool name to an agent's name.")
+            mapping = {}
+        for tool_name, agent in mapping.items():
+            if tool_name not in names:
+                error(f"{field_name}.{tool_name}", f"{field_name} names {tool_name!r}, which is not among the tools.")
+            if known_agents is not None and agent not in known_agents:
+                error(f"{field_name}.{tool_name}", f"Agent {agent!r} does not exist.", "unknown_agent")
+        delegations[field_name] = dict(mapping)
+    agent_tools = delegations["agent_tools"]
+    for both in set(agent_tools) & set(delegations["handoffs"]):
+        error(f"handoffs.{both}", f"Tool {both!r} cannot be both an agent tool and a handoff.")
     graph = None
     if data.get("graph") is not None:
         try:
@@ -143,6 +152,7 @@ def spec_from_json(data: Any, *, known_agents: set[str] | None = None) -> AgentS
             errors.extend({**e, "path": f"graph.{e['path']}".rstrip(".")} for e in invalid.errors)
     spec = AgentSpec(instructions=instructions if isinstance(instructions, str) else "", models=tuple(models),
                      tools=tuple(tools), graph=graph, limits=limits, agent_tools=dict(agent_tools),
+                     handoffs=delegations["handoffs"],
                      temperature=data.get("temperature"),
                      model_timeout_seconds=float(data.get("model_timeout_seconds", 60.0)))
     if graph is not None or data.get("graph") is None:

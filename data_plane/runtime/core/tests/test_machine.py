@@ -278,3 +278,25 @@ def test_state_control_round_trips():
     s, state, _ = _waiting_for_payment()
     rebuilt = RunState.from_parts(control=state.control_json(), messages=state.messages, values=state.values)
     assert rebuilt == state
+
+
+def test_a_handoff_ends_the_run_with_the_other_agents_answer():
+    s = spec(tools=[CALC, {"name": "transfer_to_billing", "description": "hand the customer to billing"}],
+             handoffs={"transfer_to_billing": "billing"})
+    state, _ = machine.start(s, input="I was charged twice", now=0)
+    state, _ = run(s, state, {"plan": reply("p")})
+    state, commands = run(s, state, {"act": reply("", ("h1", "transfer_to_billing", {"input": "double charge"}))})
+    assert commands == [StartSubRun(key="observe:h1", node_id="observe", agent="billing",
+                                    input="I was charged twice\n\n(Handed over: double charge)")]
+    state, commands = run(s, state, {"observe:h1": SubRunResult(run_id="r3", status="completed",
+                                                                 output="Refunded the second charge.")})
+    assert commands == [] and state.status == Status.COMPLETED
+    assert state.output == "Refunded the second charge." and state.messages[-1].name == "billing"
+
+
+def test_a_tool_cannot_be_both_an_agent_tool_and_a_handoff():
+    from data_plane.runtime.core.graph import GraphInvalid
+
+    with pytest.raises(GraphInvalid) as exc:
+        spec(tools=[CALC, {"name": "x", "description": "x"}], agent_tools={"x": "a"}, handoffs={"x": "a"})
+    assert "handoffs.x" in {e["path"] for e in exc.value.errors}
