@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from collections import OrderedDict
 from functools import partial
 from typing import Any
@@ -107,7 +107,7 @@ class RunStepper:
     def __init__(self, *, tenant_schema: str, chat_model: ChatModel,
                  tool_runner_factory: Callable[[str], ToolRunner], dispatch: Callable[[UUID, int], None],
                  owner: str | None = None, lease_seconds: float = 30.0, clock: Callable[[], float] = time.time,
-                 tenant: Any = None) -> None:
+                 tenant: Any = None, steps_per_task: int = 1) -> None:
         self.schema = tenant_schema
         self.chat_model = chat_model
         self.tool_runner_factory = tool_runner_factory
@@ -116,32 +116,43 @@ class RunStepper:
         self.lease_seconds = lease_seconds
         self.clock = clock
         self.tenant = tenant
+        self.steps_per_task = max(1, steps_per_task)
         self.q = f'"{tenant_schema}".'
 
     # --- the step ---------------------------------------------------------------------------------
 
     def run_step(self, run_id: UUID, expected_step: int) -> StepOutcome:
+        """Claim the run and execute its next step; go on with further steps in this task (up to
+        ``steps_per_task``, each committed before the next starts) while the run stays runnable."""
         claim = self._claim(run_id, expected_step)
         if isinstance(claim, StepOutcome):
             return claim
         store = PostgresCheckpointStore(schema=self.schema, connection=connection)
         spec = self._spec(claim.agent_version_id)
-        with _CACHE_LOCK:
-            loaded = _STATES.get((self.schema, claim.head_id))
-        if loaded is None:
-            loaded = store.load(claim.head_id)
-        state = loaded.state
-        commands = machine.pending_commands(state, spec)
-        try:
-            results = run_coroutine(self._execute(run_id, loaded.step, commands, spec, claim))
-        except TransientStepError as exc:
-            self._release(run_id, claim.version)
-            logger.warning("Run %s step %s: transient failure, will retry: %s", run_id, expected_step, exc)
-            return StepOutcome(kind="transient", retry_in=1.0, step=expected_step)
-        except Fenced:
-            return StepOutcome(kind="fenced", step=expected_step)
-        new_state, _ = machine.step(state, machine.EffectsCompleted(results=results, now=self.clock()), spec=spec)
-        return self._commit(run_id, claim, store, loaded.id, loaded.step, state, new_state, commands, results)
+        head_id, budget = claim.head_id, self.steps_per_task
+        while True:
+            budget -= 1
+            with _CACHE_LOCK:
+                loaded = _STATES.get((self.schema, head_id))
+            if loaded is None:
+                loaded = store.load(head_id)
+            state = loaded.state
+            commands = machine.pending_commands(state, spec)
+            try:
+                results = run_coroutine(self._execute(run_id, loaded.step, commands, spec, claim))
+            except TransientStepError as exc:
+                self._release(run_id, claim.version, loaded.step)
+                logger.warning("Run %s step %s: transient failure, will retry: %s", run_id, loaded.step, exc)
+                return StepOutcome(kind="transient", retry_in=1.0, step=loaded.step)
+            except Fenced:
+                return StepOutcome(kind="fenced", step=loaded.step)
+            new_state, _ = machine.step(state, machine.EffectsCompleted(results=results, now=self.clock()), spec=spec)
+            outcome, committed = self._commit(run_id, claim, store, loaded.id, loaded.step, state, new_state,
+                                              commands, results, keep_going=budget > 0)
+            if committed is None:
+                return outcome
+            claim = replace(claim, version=committed[0])
+            head_id = committed[1]
 
     def _spec(self, agent_version_id: UUID) -> AgentSpec:
         key = (self.schema, agent_version_id)
@@ -179,7 +190,7 @@ class RunStepper:
 UPDATE {self.q}data_plane_run SET lease_owner = %(owner)s,
   lease_expires_at = now() + make_interval(secs => %(ttl)s), version = version + 1,
   status = CASE WHEN status = 'queued' THEN 'running' ELSE status END, started_at = coalesce(started_at, now())
-WHERE id = %(id)s AND step = %(step)s AND status IN ('queued', 'running')
+WHERE id = %(id)s AND driver_step = %(step)s AND status IN ('queued', 'running')
   AND (lease_owner = '' OR lease_expires_at IS NULL OR lease_expires_at < now())
 RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run_id"""
         with connection.cursor() as cursor:
@@ -187,7 +198,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
             row = cursor.fetchone()
             if row is not None:
                 return Claim(*row)
-            cursor.execute(f"SELECT status, step, extract(epoch FROM lease_expires_at - now()) "
+            cursor.execute(f"SELECT status, driver_step, extract(epoch FROM lease_expires_at - now()) "
                            f"FROM {self.q}data_plane_run WHERE id = %s", [run_id])
             found = cursor.fetchone()
         if found is None or found[1] != expected_step:
@@ -196,10 +207,11 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
             return StepOutcome(kind="not_runnable", step=expected_step, run_status=found[0])
         return StepOutcome(kind="busy", retry_in=max(float(found[2] or 0), 0.1), step=expected_step)
 
-    def _release(self, run_id: UUID, version: int) -> None:
+    def _release(self, run_id: UUID, version: int, step: int) -> None:
+        """Give the run up (a transient failure): the task's retry claims it again at ``step``."""
         with connection.cursor() as cursor:
-            cursor.execute(f"UPDATE {self.q}data_plane_run SET lease_owner = '', lease_expires_at = NULL "
-                           f"WHERE id = %s AND version = %s", [run_id, version])
+            cursor.execute(f"UPDATE {self.q}data_plane_run SET lease_owner = '', lease_expires_at = NULL, "
+                           f"driver_step = %s WHERE id = %s AND version = %s", [step, run_id, version])
 
     def _renew(self, run_id: UUID, version: int) -> bool:
         """Extend the lease; False when the run was cancelled or claimed by someone else meanwhile."""
@@ -352,10 +364,14 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
 
     def _commit(self, run_id: UUID, claim: Claim, store: PostgresCheckpointStore, parent_id: UUID, parent_step: int,
                 previous: RunState, state: RunState, commands: list[Command],
-                results: dict[str, machine.EffectResult]) -> StepOutcome:
+                results: dict[str, machine.EffectResult], *, keep_going: bool
+                ) -> tuple[StepOutcome, tuple[int, UUID] | None]:
+        """Commit the step. Returns its outcome, and (new version, checkpoint) when this task goes on with the
+        run's next step itself (it keeps the lease) instead of dispatching it."""
         step = parent_step + 1
         run_status = run_status_for(state)
         waiting_subrun = state.status == Status.WAITING_SUBRUN
+        continues = keep_going and run_status == "running" and not waiting_subrun
         checkpoint_id = uuid.uuid4()
         events = _step_events(commands, results, step, checkpoint_id, previous, state, run_status)
         try:
@@ -363,19 +379,21 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
                 committed = store.commit(run_id=run_id, expected_version=claim.version, checkpoint_id=checkpoint_id,
                                          parent_id=parent_id, step=step, previous=previous, state=state,
                                          run_status=run_status, reason=(state.error or {}).get("message", ""),
-                                         events=events, release_lease=True)
-                with schema_context(self.schema):
-                    record_pending_approval(run_id, state)
-                    if self.tenant is not None:
-                        for command in commands:
-                            if isinstance(command, CallTool) and command.key in results:
-                                _audit_tool_call(self.tenant, run_id, step, command, results[command.key])
-                        if run_status != "running":
-                            audit_event_record(tenant=self.tenant, actor=Actor(kind="system", id="runtime"),
-                                               action=f"run.{run_status}", target_type="run", target_id=str(run_id),
-                                               data={"step": step})
+                                         events=events, release_lease=not continues, lease_seconds=self.lease_seconds)
+                if state.pending_approval is not None or (self.tenant is not None and (
+                        run_status != "running" or any(isinstance(c, CallTool) for c in commands))):
+                    with schema_context(self.schema):
+                        record_pending_approval(run_id, state)
+                        if self.tenant is not None:
+                            for command in commands:
+                                if isinstance(command, CallTool) and command.key in results:
+                                    _audit_tool_call(self.tenant, run_id, step, command, results[command.key])
+                            if run_status != "running":
+                                audit_event_record(tenant=self.tenant, actor=Actor(kind="system", id="runtime"),
+                                                   action=f"run.{run_status}", target_type="run",
+                                                   target_id=str(run_id), data={"step": step})
         except Fenced:
-            return StepOutcome(kind="fenced", step=parent_step)
+            return StepOutcome(kind="fenced", step=parent_step), None
         # exactly what a reload would give: control and values as they round-trip through JSON
         reloaded = RunState.from_parts(control=json.loads(json.dumps(state.control_json(), default=str)),
                                        messages=state.messages,
@@ -385,21 +403,23 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
                                                                             state=reloaded))
         transaction.on_commit(partial(self._publish, run_id, events, committed.first_event_seq))
         if committed.pause_requested and run_status == "running":
-            self._pause(run_id, committed.version)
-            return StepOutcome(kind="advanced", step=step, run_status="paused")
+            self._pause(run_id, committed.version, step)
+            return StepOutcome(kind="advanced", step=step, run_status="paused"), None
+        if continues:
+            return StepOutcome(kind="advanced", step=step, run_status=run_status), (committed.version, checkpoint_id)
         if run_status == "running" and not waiting_subrun:
             self.dispatch(run_id, step)
         elif run_status in TERMINAL:
             with schema_context(self.schema):
                 self._after_terminal(Run.objects.get(id=run_id))
-        return StepOutcome(kind="advanced", step=step, run_status=run_status)
+        return StepOutcome(kind="advanced", step=step, run_status=run_status), None
 
-    def _pause(self, run_id: UUID, version: int) -> None:
+    def _pause(self, run_id: UUID, version: int, step: int) -> None:
         with connection.cursor() as cursor:
             cursor.execute(f"UPDATE {self.q}data_plane_run SET status = 'paused', pause_requested = false, "
-                           f"lease_owner = '', lease_expires_at = NULL, version = version + 1, "
+                           f"lease_owner = '', lease_expires_at = NULL, version = version + 1, driver_step = %s, "
                            f"event_seq = event_seq + 1 WHERE id = %s AND version = %s RETURNING event_seq",
-                           [run_id, version])
+                           [step, run_id, version])
             row = cursor.fetchone()
             if row is not None:
                 cursor.execute(f"INSERT INTO {self.q}data_plane_runevent (run_id, seq, type, data, created_at) "

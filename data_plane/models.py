@@ -88,6 +88,9 @@ class Run(models.Model):
     # Execution: the head checkpoint, the step it is at, and the fence every commit must match.
     head = models.ForeignKey("Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     step = models.PositiveIntegerField(default=0)
+    # The step named by the task that owns the run: a worker may run several steps in one task, and a
+    # redelivery of that task (its worker died) must still match, while stale duplicates must not.
+    driver_step = models.PositiveIntegerField(default=0)
     version = models.PositiveBigIntegerField(default=0)
     lease_owner = models.CharField(max_length=200, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)

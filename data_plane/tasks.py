@@ -45,7 +45,8 @@ def run_step_task(self, *, tenant_schema: str, run_id: str, expected_step: int) 
                                    message=f"Step {expected_step} kept failing after {self.request.retries} retries; "
                                            "retry the run when the provider is back.")
             return "failed"
-        raise self.retry(countdown=min(2 ** self.request.retries, 60), max_retries=None)
+        raise self.retry(countdown=min(2 ** self.request.retries, 60), max_retries=None,
+                         kwargs={**self.request.kwargs, "expected_step": outcome.step})
     return outcome.kind
 
 

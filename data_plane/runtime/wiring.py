@@ -37,4 +37,5 @@ def stepper_for(*, tenant: Any, dispatch: Callable[[UUID, int], None]) -> RunSte
         tenant_schema=schema, chat_model=chat_model(),
         tool_runner_factory=lambda run_id: BuiltinToolRunner(tenant_schema=schema, run_id=run_id),
         dispatch=dispatch, owner=worker_identity(), lease_seconds=settings.RUN_LEASE_SECONDS, tenant=tenant,
+        steps_per_task=settings.RUN_STEPS_PER_TASK,
     )

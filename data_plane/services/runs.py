@@ -163,6 +163,7 @@ def run_resume(*, tenant, run_id: UUID, actor: Actor) -> Run:  # type: ignore[no
         run = run_get(tenant_schema=tenant.schema_name, run_id=run_id, for_update=True)
         _transition(run, to="queued", allowed=("paused",), action="resume")
         run.pause_requested = False
+        run.driver_step = run.step  # the task dispatched below owns the run from here
         _append_event(run, "run.status", {"status": "queued"}, tenant.schema_name)
         run.save()
         dispatcher(tenant.schema_name)(run.id, run.step)

@@ -64,7 +64,9 @@ WITH fence AS (
     started_at = coalesce(started_at, now()),
     finished_at = CASE WHEN %(terminal)s THEN now() ELSE finished_at END,
     lease_owner = CASE WHEN %(release)s THEN '' ELSE lease_owner END,
-    lease_expires_at = CASE WHEN %(release)s THEN NULL ELSE lease_expires_at END
+    lease_expires_at = CASE WHEN %(release)s THEN NULL
+                            ELSE now() + make_interval(secs => %(lease_seconds)s::float8) END,
+    driver_step = CASE WHEN %(release)s THEN %(step)s ELSE driver_step END
   WHERE id = %(run_id)s AND version = %(expected_version)s
   RETURNING version, pause_requested, event_seq - %(event_count)s AS base_seq
 ), checkpoint AS (
@@ -93,10 +95,12 @@ SELECT version, pause_requested, base_seq FROM fence"""
     def commit(self, *, run_id: UUID, expected_version: int, checkpoint_id: UUID, parent_id: UUID | None, step: int,
                previous: RunState | None, state: RunState, run_status: str, reason: str = "",
                events: Sequence[Mapping[str, Any]] = (), release_lease: bool = False,
-               changed_values: Mapping[str, Any] | None = None) -> CommitResult:
+               lease_seconds: float = 30.0, changed_values: Mapping[str, Any] | None = None) -> CommitResult:
         """Commit ``state`` as the run's next checkpoint. Raises Fenced when the version moved on.
 
-        Must run inside a transaction (the caller's), so related rows can join the same commit.
+        Releasing the lease hands the run to whichever task is dispatched for this step next; keeping it
+        extends it by ``lease_seconds`` (the writer goes on with the next step itself). Must run inside a
+        transaction (the caller's), so related rows can join the same commit.
         """
         old_count = len(previous.messages) if previous else 0
         appended = state.messages[old_count:]
@@ -109,6 +113,7 @@ SELECT version, pause_requested, base_seq FROM fence"""
             "output": state.output or "", "error": _dumps(state.error) if state.error else None,
             "cost_usd": state.cost_usd, "input_tokens": state.input_tokens, "output_tokens": state.output_tokens,
             "event_count": len(events), "terminal": state.is_terminal, "release": release_lease,
+            "lease_seconds": lease_seconds,
             "control": _dumps(state.control_json()), "first_seq": old_count,
             "messages": _dumps([m.to_json() for m in appended]), "values": _dumps(dict(changed_values)),
             "events": _dumps(list(events)),
