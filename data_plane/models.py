@@ -86,7 +86,9 @@ class Run(models.Model):
     base_step = models.PositiveIntegerField(default=0)
     reexecute = models.BooleanField(default=False)
     # Execution: the head checkpoint, the step it is at, and the fence every commit must match.
-    head = models.ForeignKey("Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Unindexed on purpose: a step's update of the run then changes no indexed column and stays a HOT update.
+    head = models.ForeignKey("Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                             db_index=False)
     step = models.PositiveIntegerField(default=0)
     # The step named by the task that owns the run: a worker may run several steps in one task, and a
     # redelivery of that task (its worker died) must still match, while stale duplicates must not.
@@ -115,11 +117,14 @@ class Checkpoint(models.Model):
     to their own tables, so bytes written per step do not grow with the conversation."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="checkpoints")
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Indexes are kept to what reads need (the unique (run, step) serves lookups by run): each one is paid
+    # at every step's commit.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="checkpoints", db_index=False)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                               db_index=False)
     step = models.PositiveIntegerField()
     control = models.JSONField()
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["run", "step"]
@@ -127,11 +132,14 @@ class Checkpoint(models.Model):
 
 
 class RunMessage(models.Model):
+    """One message of a run's conversation, appended once. Stored as JSON text: it is only ever read back
+    whole, in order, so the text round-trips without jsonb's conversions."""
+
     id = models.BigAutoField(primary_key=True)
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="+")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="+", db_index=False)
     seq = models.PositiveIntegerField()
     step = models.PositiveIntegerField()
-    message = models.JSONField()
+    message = models.TextField()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "seq"], name="run_message_seq_unique")]
@@ -139,7 +147,7 @@ class RunMessage(models.Model):
 
 class RunValue(models.Model):
     id = models.BigAutoField(primary_key=True)
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="+")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="+", db_index=False)
     step = models.PositiveIntegerField()
     key = models.CharField(max_length=200)
     value = models.JSONField(null=True)
@@ -152,7 +160,7 @@ class RunEvent(models.Model):
     """Append-only log of what happened in a run, numbered per run (streaming reads it)."""
 
     id = models.BigAutoField(primary_key=True)
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events", db_index=False)
     seq = models.PositiveBigIntegerField()
     type = models.CharField(max_length=64)
     data = models.JSONField(default=dict)

@@ -74,8 +74,8 @@ WITH fence AS (
   SELECT %(checkpoint_id)s, %(run_id)s, %(parent_id)s, %(step)s, %(control)s::jsonb, now() FROM fence
 ), messages AS (
   INSERT INTO {q}data_plane_runmessage (run_id, seq, step, message)
-  SELECT %(run_id)s, %(first_seq)s + m.ord - 1, %(step)s, m.value
-  FROM fence, jsonb_array_elements(%(messages)s::jsonb) WITH ORDINALITY AS m(value, ord)
+  SELECT %(run_id)s, %(first_seq)s + m.ord - 1, %(step)s, m.value::text
+  FROM fence, json_array_elements(%(messages)s::json) WITH ORDINALITY AS m(value, ord)
 ), run_values AS (
   INSERT INTO {q}data_plane_runvalue (run_id, step, key, value)
   SELECT %(run_id)s, %(step)s, v.key, v.value FROM fence, jsonb_each(%(values)s::jsonb) AS v
@@ -85,10 +85,13 @@ WITH fence AS (
   FROM fence, jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS e(value, ord)
 )
 SELECT version, pause_requested, base_seq FROM fence"""
-        self._checkpoint_sql = f"SELECT id, run_id, step, control FROM {q}data_plane_checkpoint WHERE id = %s"
+        self._checkpoint_sql = (f"SELECT c.id, c.run_id, c.step, c.control, r.base_run_id, r.base_message_count, "
+                                f"r.base_step FROM {q}data_plane_checkpoint c JOIN {q}data_plane_run r ON r.id = c.run_id "
+                                "WHERE c.id = %s")
         self._run_lineage_sql = f"SELECT base_run_id, base_message_count, base_step FROM {q}data_plane_run WHERE id = %s"
-        self._messages_sql = (f"SELECT message FROM {q}data_plane_runmessage WHERE run_id = %s AND seq >= %s AND seq < %s "
-                              "ORDER BY seq")
+        # One row: the messages joined into a JSON array's body, parsed in one call.
+        self._messages_sql = (f"SELECT string_agg(message, ',' ORDER BY seq) FROM {q}data_plane_runmessage "
+                              "WHERE run_id = %s AND seq >= %s AND seq < %s")
         self._values_sql = (f"SELECT DISTINCT ON (key) key, value FROM {q}data_plane_runvalue "
                             "WHERE run_id = %s AND step <= %s ORDER BY key, step DESC")
 
@@ -132,26 +135,32 @@ SELECT version, pause_requested, base_seq FROM fence"""
             row = cursor.fetchone()
             if row is None:
                 raise CheckpointNotFound(f"Checkpoint {checkpoint_id} not found.")
-            checkpoint_id, run_id, step, control = row
+            checkpoint_id, run_id, step, control, base_run, base_count, base_step = row
             control = control if isinstance(control, dict) else json.loads(control)
-            segments = self._lineage(cursor, run_id, control["message_count"], step)
+            segments = self._lineage(cursor, run_id, control["message_count"], step, (base_run, base_count, base_step))
             messages: list[Message] = []
             values: dict[str, Any] = {}
             for segment_run, first_seq, upto_seq, upto_step in segments:
                 cursor.execute(self._messages_sql, [segment_run, first_seq, upto_seq])
-                messages.extend(Message.from_json(_loads(r[0])) for r in cursor.fetchall())
+                joined = cursor.fetchone()[0]
+                if joined:
+                    messages.extend(Message.from_json(m) for m in json.loads(f"[{joined}]"))
                 cursor.execute(self._values_sql, [segment_run, upto_step])
                 values.update({key: _loads(value) for key, value in cursor.fetchall()})
         state = RunState.from_parts(control=control, messages=tuple(messages), values=values)
         return LoadedCheckpoint(id=checkpoint_id, run_id=run_id, step=step, state=state)
 
-    def _lineage(self, cursor: Any, run_id: UUID, message_count: int, step: int) -> list[tuple[UUID, int, int, int]]:
+    def _lineage(self, cursor: Any, run_id: UUID, message_count: int, step: int,
+                 base: tuple[Any, int, int]) -> list[tuple[UUID, int, int, int]]:
         """(run, first seq, seq bound, step bound) from the oldest ancestor run to this one."""
         segments = []
         current, upto_seq, upto_step = run_id, message_count, step
         for _ in range(64):  # forks of forks; bounded so a corrupt lineage cannot loop
-            cursor.execute(self._run_lineage_sql, [current])
-            base_run, base_count, base_step = cursor.fetchone()
+            if base is None:
+                cursor.execute(self._run_lineage_sql, [current])
+                base = cursor.fetchone()
+            base_run, base_count, base_step = base
+            base = None
             segments.append((current, base_count if base_run else 0, upto_seq, upto_step))
             if base_run is None:
                 break
