@@ -17,7 +17,7 @@ from django.test import Client
 
 from common.actors import Actor
 from tenants import services as tenant_services
-from tenants.models import ApiKey, Domain, OperatorKey, Tenant, TenantLifecycleEvent
+from tenants.models import Tenant
 
 TEST_ACTOR = Actor(kind="system", id="tests")
 
@@ -45,13 +45,7 @@ def provision_for_test(prefix: str) -> ProvisionedForTest:
 
 def destroy_tenant(tenant: Tenant) -> None:
     """Remove a committed test tenant completely: schema and every public row."""
-    connection.set_schema_to_public()
-    with connection.cursor() as cursor:
-        cursor.execute(f'DROP SCHEMA IF EXISTS "{tenant.schema_name}" CASCADE')
-    TenantLifecycleEvent.objects.filter(tenant_id=tenant.pk).delete()
-    ApiKey.objects.filter(tenant_id=tenant.pk).delete()
-    Domain.objects.filter(tenant_id=tenant.pk).delete()
-    Tenant.objects.filter(pk=tenant.pk).delete()
+    tenant_services.tenant_purge(tenant=tenant)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -124,7 +124,7 @@ def tenant_provision(
         tenant.create_schema(check_if_exists=False, verbosity=0)
     except Exception as exc:
         logger.exception("Provisioning tenant %s failed; rolling back", slug)
-        _tenant_destroy(tenant)
+        tenant_purge(tenant=tenant)
         raise ProvisioningFailed(
             f"Creating the schema of tenant {slug!r} failed ({type(exc).__name__}); nothing was kept. Retry, "
             "and if it fails again report the time of the request."
@@ -139,8 +139,12 @@ def tenant_provision(
     return ProvisionedTenant(tenant=tenant, admin_key=admin_key)
 
 
-def _tenant_destroy(tenant: Tenant) -> None:
-    """Remove every trace of a half-provisioned tenant."""
+def tenant_purge(*, tenant: Tenant) -> None:
+    """Remove every trace of a tenant: its schema and all its public rows, tombstone included.
+
+    For a half-provisioned tenant, and for throw-away tenants (tests, benchmarks); a tenant that existed
+    for real is deleted with tenant_delete, which keeps its tombstone and lifecycle history.
+    """
     connection.set_schema_to_public()
     with connection.cursor() as cursor:
         cursor.execute(f'DROP SCHEMA IF EXISTS "{tenant.schema_name}" CASCADE')
