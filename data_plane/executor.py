@@ -139,7 +139,10 @@ class RunStepper:
             state = loaded.state
             commands = machine.pending_commands(state, spec)
             try:
-                results = run_coroutine(self._execute(run_id, loaded.step, commands, spec, claim))
+                # Within one task, a step after the first cannot have anything recorded yet (this task is the
+                # run's only driver and created the step), unless the run replays a source branch.
+                fresh = head_id != claim.head_id and claim.base_run_id is None
+                results = run_coroutine(self._execute(run_id, loaded.step, commands, spec, claim, fresh))
             except TransientStepError as exc:
                 self._release(run_id, claim.version, loaded.step)
                 logger.warning("Run %s step %s: transient failure, will retry: %s", run_id, loaded.step, exc)
@@ -225,12 +228,13 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
     # --- effects ----------------------------------------------------------------------------------
 
     async def _execute(self, run_id: UUID, step: int, commands: list[Command], spec: AgentSpec,
-                       claim: Claim) -> dict[str, machine.EffectResult]:
+                       claim: Claim, fresh: bool = False) -> dict[str, machine.EffectResult]:
         if not commands:
             return {}
         tools = self.tool_runner_factory(str(run_id))
         work = asyncio.ensure_future(asyncio.gather(
-            *(self._effect(run_id, step, command, tools, claim) for command in commands), return_exceptions=True))
+            *(self._effect(run_id, step, command, tools, claim, fresh) for command in commands),
+            return_exceptions=True))
         while not work.done():
             done, _ = await asyncio.wait({work}, timeout=self.lease_seconds / 3)
             if not done and not await asyncio.to_thread(self._renew, run_id, claim.version):
@@ -251,7 +255,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         return results
 
     async def _effect(self, run_id: UUID, step: int, command: Command, tools: ToolRunner,
-                      claim: Claim) -> machine.EffectResult | None:
+                      claim: Claim, fresh: bool) -> machine.EffectResult | None:
         if isinstance(command, StartSubRun):
             return await asyncio.to_thread(self._subrun, run_id, command)
         idempotency_key = f"{run_id}:{step}:{command.key}"
@@ -269,10 +273,15 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
             kind, name = EffectRecord.Kind.TOOL, command.call.name
             request = {"name": command.call.name, "arguments": command.call.arguments, "call_id": command.call.id}
         effect_digest = digest({"kind": kind, **request})
-        recorded = await asyncio.to_thread(self._journal_begin, run_id, step, command.key, kind, name,
-                                           idempotency_key, effect_digest, request, claim)
-        if recorded is not None:
-            return recorded
+        # A model call has no effect to guard, only a result to keep: on a fresh step it is recorded once,
+        # when it arrives. A tool call is always marked started first, so a retry is known as one.
+        if not (fresh and kind == EffectRecord.Kind.MODEL):
+            recorded = await asyncio.to_thread(self._journal_begin, run_id, step, command.key, kind, name,
+                                               idempotency_key, effect_digest, request, claim)
+            if recorded is not None:
+                return recorded
+        record = partial(self._journal_record, run_id, step, command.key, kind, name, effect_digest, request) \
+            if fresh and kind == EffectRecord.Kind.MODEL else None
         started = time.perf_counter()
         if isinstance(command, CallModel):
             try:
@@ -280,9 +289,9 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
                                                                                         command.node_id))
             except ProviderRejected as exc:
                 failed = EffectFailed(code="model_rejected", message=str(exc))
-                await asyncio.to_thread(self._journal_end, idempotency_key, failed, None, started)
+                await asyncio.to_thread(record or self._journal_end, idempotency_key, failed, None, started)
                 return failed
-            await asyncio.to_thread(self._journal_end, idempotency_key, reply, reply.usage, started)
+            await asyncio.to_thread(record or self._journal_end, idempotency_key, reply, reply.usage, started)
             return reply
         result = await tools.call(command.call, idempotency_key=idempotency_key)
         await asyncio.to_thread(self._journal_end, idempotency_key, result, None, started)
@@ -330,6 +339,23 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
                 "reused_from = %s, finished_at = now() WHERE id = %s", [json.dumps(_json(source[1])), source[0],
                                                                          record_id])
         return _decode_result(kind, _json(source[1]))
+
+    def _journal_record(self, run_id: UUID, step: int, key: str, kind: str, name: str, effect_digest: str,
+                        request: dict[str, Any], idempotency_key: str, result: Any, usage: Usage | None,
+                        started: float) -> None:
+        """Record a finished effect in one statement (a fresh step's model call)."""
+        close_old_connections()
+        status = EffectRecord.Status.FAILED if isinstance(result, EffectFailed) else EffectRecord.Status.SUCCEEDED
+        tokens_in, tokens_out, cost = (usage.input_tokens, usage.output_tokens, usage.cost_usd) if usage else (0, 0, 0)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {self.q}data_plane_effectrecord (run_id, step, key, kind, idempotency_key, digest, name, "
+                "request, result, status, attempts, latency_ms, input_tokens, output_tokens, cost_usd, started_at, "
+                "finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, 1, %s, %s, %s, %s, "
+                "now(), now()) ON CONFLICT (idempotency_key) DO NOTHING",
+                [run_id, step, key, kind, idempotency_key, effect_digest, usage.model if usage else name,
+                 json.dumps(request), json.dumps(_encode_result(result)), status,
+                 round((time.perf_counter() - started) * 1000, 3), tokens_in, tokens_out, cost])
 
     def _journal_end(self, idempotency_key: str, result: Any, usage: Usage | None, started: float) -> None:
         close_old_connections()

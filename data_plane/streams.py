@@ -1,19 +1,20 @@
 """Live notifications through the Channels layer (Redis). Group names carry the tenant's schema.
 
 Best effort: the database stays the truth (clients resume from it), so a publish that fails is logged,
-never raised into the step or request that committed the change. Sends go through the process's IO loop,
-so a step's events share one coroutine and the channel layer's connection pool lives across steps.
+never raised into the step or request that committed the change. Sends are handed to the process's IO
+loop without waiting, in order, and the channel layer's connection pool lives across steps.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 from uuid import UUID
 
 from channels.layers import get_channel_layer
 
-from data_plane.runtime.loop import run_coroutine
+from data_plane.runtime.loop import submit_in_order
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +34,8 @@ async def _send(group: str, messages: list[dict[str, Any]]) -> None:
 
 
 def _publish(group: str, messages: list[dict[str, Any]]) -> None:
-    try:
-        run_coroutine(_send(group, messages))
-    except Exception:  # best effort by design: see the module docstring
-        logger.warning("Could not publish %d message(s) to %s", len(messages), group, exc_info=True)
+    """Hand the messages to the IO loop and return at once; they are sent in order (failures are logged)."""
+    submit_in_order(partial(_send, group, messages))
 
 
 def ping_publish(*, tenant_schema: str, ping_id: UUID, ping: dict[str, Any]) -> None:

@@ -43,6 +43,35 @@ def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run_coroutine_threadsafe(coroutine, _get_loop()).result()
 
 
+_background: asyncio.Queue | None = None  # type: ignore[type-arg]
+_background_loop: asyncio.AbstractEventLoop | None = None
+
+
+def submit_in_order(make_coroutine: Any) -> None:
+    """Run ``make_coroutine()`` on the IO loop without waiting for it; submissions from this process run
+    one after another in submission order (a run's events must reach subscribers in sequence)."""
+    global _background, _background_loop
+    loop = _get_loop()
+    with _lock:
+        if _background is None or _background_loop is not loop:
+            queue: asyncio.Queue = asyncio.Queue()  # type: ignore[type-arg]
+            _background, _background_loop = queue, loop
+            asyncio.run_coroutine_threadsafe(_drain(queue), loop)
+        queue = _background
+    loop.call_soon_threadsafe(queue.put_nowait, make_coroutine)
+
+
+async def _drain(queue: asyncio.Queue) -> None:  # type: ignore[type-arg]
+    import logging
+
+    while True:
+        make_coroutine = await queue.get()
+        try:
+            await make_coroutine()
+        except Exception:  # a background send is best effort; its caller is long gone
+            logging.getLogger(__name__).warning("Background IO failed", exc_info=True)
+
+
 def shutdown() -> None:
     """Stop the IO loop and its worker threads (their database connections close with them)."""
     global _loop

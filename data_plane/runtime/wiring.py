@@ -16,9 +16,19 @@ from data_plane.runtime.core.ports import ChatModel
 from data_plane.tools import BuiltinToolRunner
 
 
+# LLM_API_BASE="inprocess": benchmarks and offline runs. The model server's scripted scenarios are played
+# inside this process (data_plane/runtime/adapters/scripted.py): no network, no litellm, zero latency.
+INPROCESS = "inprocess"
+
+
 @cache
 def chat_model() -> ChatModel:
-    """The LLM gateway (litellm), shared by every step of this process."""
+    """The process's model, shared by every step: the LLM gateway (litellm), or with LLM_API_BASE="inprocess"
+    the scripted scenarios played in this process."""
+    if settings.LLM_API_BASE == INPROCESS:
+        from data_plane.runtime.adapters.scripted import ScriptedChatModel
+
+        return ScriptedChatModel(max_retries=settings.LLM_MAX_RETRIES)
     from data_plane.runtime.adapters.llm import LiteLLMChatModel, register_local_prices
 
     if settings.LLM_LOCAL_PRICES:

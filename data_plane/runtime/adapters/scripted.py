@@ -1,0 +1,155 @@
+"""A zero-latency ChatModel played in this process: the scripted model server's scenarios without HTTP.
+
+``ScriptedChatModel`` answers a request exactly as the gateway (litellm) does when it talks to our model
+server (data_plane/model_server), but with no server, no socket and no litellm: the same scenario book
+(``ScenarioBook``: registry, turn = number of assistant messages, ``{{last_user}}``/``{{last_tool}}``,
+injected failures), the same content chunks to ``on_delta``, the same tool call ids and token estimates.
+``wiring.chat_model()`` returns it when ``LLM_API_BASE`` is ``"inprocess"``: benchmarks and offline runs.
+
+The scenario is chosen as on the server: the provider prefix ``openai/`` is what litellm strips before it
+sends the model name, so ``openai/<scenario>`` selects ``<scenario>``; then a ``[scenario:x]`` system
+marker, then ``metadata["user"] = "scenario:x"``, then ``echo``. Scenario delays
+(``first_token_delay_ms``, ``chunk_delay_ms``) are slept; the built-in ones have none. A failing turn
+fails like the server's answer through the gateway: a transient status (408, 409, 429, 5xx) or a cut
+stream is retried (``max_retries`` per model, without backoff: nothing remote to spare), then the next
+model; any other status, or an unknown scenario, raises ProviderRejected at once. Usage carries the
+server's token estimates and costs 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+from data_plane.model_server.app import deltas
+from data_plane.model_server.scenarios import InjectedFailure, Plan, ScenarioBook, UnknownScenario, builtin_book
+from data_plane.runtime.core.messages import Message, ToolCall, ToolDefinition, Usage
+from data_plane.runtime.core.ports import DeltaCallback, ModelReply, ModelRequest, ProviderRejected, \
+    ProviderUnavailable
+
+# The provider prefix litellm removes from the model name before it calls an OpenAI-compatible server.
+PROVIDER_PREFIX = "openai/"
+_TRANSIENT_STATUSES = frozenset({408, 409, 429})
+
+
+class ScriptedChatModel:
+    """The ChatModel port on a ScenarioBook, in process. Safe to share between threads and event loops."""
+
+    def __init__(self, *, book: ScenarioBook | None = None, max_retries: int = 3) -> None:
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.book = book if book is not None else builtin_book()
+        self.max_retries = max_retries
+        self._lock = threading.Lock()  # the book's failure counters and request counts
+
+    async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None) -> ModelReply:
+        if not request.models:
+            raise ProviderRejected("The model request names no models; give at least one in the agent's policy.")
+        started = time.perf_counter()
+        attempts = 0
+        description = "no attempt made"
+        for model in request.models:
+            body = request_body(model, request)
+            for _ in range(self.max_retries + 1):
+                attempts += 1
+                try:
+                    with self._lock:
+                        plan = self.book.plan(body)
+                except UnknownScenario as exc:  # the server answers 404, which the gateway does not retry
+                    raise ProviderRejected(f"Model {model} rejected the request: {exc}. Fix the request or the "
+                                           "agent's model policy; retrying will not help.") from None
+                failure = plan.failure
+                if failure is None or _cut_after_the_end(plan, failure):
+                    return await _play(plan, model, on_delta, attempts=attempts, started=started)
+                description = await _fail(plan, failure, on_delta)
+                if not _is_transient(failure):
+                    raise ProviderRejected(f"Model {model} rejected the request: {description}. Fix the request or "
+                                           "the agent's model policy; retrying will not help.")
+        plural = "s" if attempts > 1 else ""
+        raise ProviderUnavailable(f"Models {', '.join(request.models)} are unavailable after {attempts} "
+                                  f"attempt{plural}; last error: {description}. Retry later or add a fallback model.")
+
+
+def request_body(model: str, request: ModelRequest) -> dict[str, Any]:
+    """The chat completion body the model server would receive for ``request`` through the gateway."""
+    body: dict[str, Any] = {"model": model.removeprefix(PROVIDER_PREFIX),
+                            "messages": [openai_message(m) for m in request.messages], "stream": True,
+                            "stream_options": {"include_usage": True}}
+    if request.tools:
+        body["tools"] = [openai_tool(t) for t in request.tools]
+    user = request.metadata.get("user")
+    if isinstance(user, str) and user:
+        body["user"] = user
+    return body
+
+
+def openai_message(message: Message) -> dict[str, Any]:
+    """Our message in the OpenAI chat format (the gateway's ``openai_message``, without importing litellm)."""
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    if message.role == "assistant" and message.tool_calls:
+        return {"role": "assistant", "content": message.content or None, "tool_calls": [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
+            for call in message.tool_calls]}
+    return {"role": message.role, "content": message.content}
+
+
+def openai_tool(tool: ToolDefinition) -> dict[str, Any]:
+    return {"type": "function",
+            "function": {"name": tool.name, "description": tool.description, "parameters": tool.input_schema}}
+
+
+async def _play(plan: Plan, model: str, on_delta: DeltaCallback | None, *, attempts: int,
+                started: float) -> ModelReply:
+    """The reply, its content passed to ``on_delta`` in the server's chunks (with the scenario's delays)."""
+    parts: list[str] = []
+    for number, delta in enumerate(deltas(plan)):
+        await _delay(plan, number)
+        text = delta.get("content")
+        if text:
+            parts.append(text)
+            if on_delta is not None:
+                await on_delta(text)
+    calls = tuple(ToolCall(id=call.id, name=call.name, arguments=json.loads(call.arguments))
+                  for call in plan.tool_calls)
+    cached = min(plan.turn.cached_tokens, plan.prompt_tokens)
+    usage = Usage(model=model, input_tokens=plan.prompt_tokens, output_tokens=plan.completion_tokens,
+                  cached_input_tokens=cached, cost_usd=0.0, latency_ms=(time.perf_counter() - started) * 1000,
+                  attempts=attempts)
+    return ModelReply(message=Message(role="assistant", content="".join(parts), tool_calls=calls), usage=usage,
+                      finish_reason=plan.finish_reason)
+
+
+async def _fail(plan: Plan, failure: InjectedFailure, on_delta: DeltaCallback | None) -> str:
+    """Play a failing attempt: an error status, or a stream cut after ``after_chunks`` chunks (the text of
+    those reaches ``on_delta``, as it would through the gateway). Returns the error's description."""
+    if failure.after_chunks is None:
+        await _delay(plan, 0)
+        message = failure.message or (f"Scripted failure {failure.status} from scenario {plan.scenario!r} "
+                                      f"(conversation {plan.conversation}).")
+        return f"HTTP {failure.status}: {message}"
+    for number, delta in enumerate(deltas(plan)[:failure.after_chunks]):
+        await _delay(plan, number)
+        if delta.get("content") and on_delta is not None:
+            await on_delta(delta["content"])
+    return f"the stream was cut after {failure.after_chunks} chunks"
+
+
+def _cut_after_the_end(plan: Plan, failure: InjectedFailure) -> bool:
+    """A cut past the stream's last chunk (deltas, finish, usage) never happens: the server answers in full."""
+    frames = len(deltas(plan)) + 1 + (0 if plan.turn.omit_usage else 1)
+    return failure.after_chunks is not None and failure.after_chunks >= frames
+
+
+def _is_transient(failure: InjectedFailure) -> bool:
+    return failure.after_chunks is not None or failure.status in _TRANSIENT_STATUSES or failure.status >= 500
+
+
+async def _delay(plan: Plan, chunk_number: int) -> None:
+    delay_ms = plan.turn.first_token_delay_ms if chunk_number == 0 else plan.turn.chunk_delay_ms
+    if delay_ms:
+        await asyncio.sleep(delay_ms / 1000)
