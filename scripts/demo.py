@@ -242,7 +242,8 @@ def main() -> None:
         "daphne": start("daphne", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port),
                                    "control_plane.asgi:application"]),
         "worker": start("worker", [str(BIN / "celery"), "-A", "control_plane", "worker", "--loglevel=INFO",
-                                   "--concurrency=2", "--hostname=demo-worker@%h", "--without-gossip"]),
+                                   "--pool=threads", "--concurrency=32", "--hostname=demo-worker@%h",
+                                   "--without-gossip"]),
     }
     try:
         with httpx.Client(base_url=base, timeout=30) as http:
