@@ -504,8 +504,15 @@ def _step_events(commands: list[Command], results: dict[str, machine.EffectResul
     for command in commands:
         result = results.get(command.key)
         if isinstance(command, CallModel) and isinstance(result, ModelReply):
+            # The reply itself is in the checkpoint's messages (at message_seq); the event carries a preview,
+            # so a step's bytes are not written twice.
+            appended = state.messages[len(previous.messages):]
+            offset = next((i for i, m in enumerate(appended) if m == result.message), None)
             events.append({"type": "model.reply", "data": {
-                "node": command.node_id, "message": result.message.to_json(), "usage": result.usage.to_json()}})
+                "node": command.node_id, "message_seq": None if offset is None else len(previous.messages) + offset,
+                "preview": result.message.content[:280], "truncated": len(result.message.content) > 280,
+                "tool_calls": [call.to_json() for call in result.message.tool_calls],
+                "usage": result.usage.to_json()}})
         elif isinstance(command, CallTool) and isinstance(result, ToolResult):
             events.append({"type": "tool.finished", "data": {
                 "node": command.node_id, "call": command.call.to_json(), "is_error": result.is_error,

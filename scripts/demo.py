@@ -184,9 +184,8 @@ def describe(event: dict) -> str:
     data = event["data"]
     match event["type"]:
         case "model.reply":
-            message = data["message"]
-            calls = ", ".join(f"{c['name']}({json.dumps(c['arguments'])})" for c in message.get("tool_calls", []))
-            return f"model ({data['node']}): " + (f"calls {calls}" if calls else repr(message["content"][:90]))
+            calls = ", ".join(f"{c['name']}({json.dumps(c['arguments'])})" for c in data["tool_calls"])
+            return f"model ({data['node']}): " + (f"calls {calls}" if calls else repr(data["preview"][:90]))
         case "tool.finished":
             return f"tool {data['call']['name']} -> {data['summary'][:60]!r} in {data['latency_ms']:.1f} ms"
         case "checkpoint.committed":
