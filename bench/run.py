@@ -7,7 +7,8 @@ bench/results/latest.json, and removes the tenant (schema and public rows) whate
 that could not be measured is left out, never guessed; the script then exits non-zero.
 
 Knobs (environment): BENCH_STEPS (300) steps per write/step figure, BENCH_LONG_STEPS (500) the length of
-the read/bytes conversation, BENCH_READS (50) reads of its last state.
+the read/bytes conversation, BENCH_READS (50) reads of its last state, BENCH_TURNS (200) sequential turns
+through the API and Celery, BENCH_TURN_BURST (2000) runs started at once for turns_per_second.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from django_tenants.utils import schema_context  # noqa: E402
 from langgraph.checkpoint.postgres import PostgresSaver  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 
-from bench import checkpoint_bench, step_bench  # noqa: E402
+from bench import checkpoint_bench, step_bench, turn_bench  # noqa: E402
 from common.actors import Actor  # noqa: E402
 from data_plane import services  # noqa: E402
 from tenants import services as tenant_services  # noqa: E402
@@ -55,6 +56,8 @@ RESULTS = REPO / "bench" / "results" / "latest.json"
 STEPS = int(os.environ.get("BENCH_STEPS", "300"))
 LONG_STEPS = int(os.environ.get("BENCH_LONG_STEPS", "500"))
 READS = int(os.environ.get("BENCH_READS", "50"))
+TURNS = int(os.environ.get("BENCH_TURNS", "200"))
+TURN_BURST = int(os.environ.get("BENCH_TURN_BURST", "2000"))
 WARMUP = 20
 
 # (figure, target as BENCH.md states it, check or None). Figures not listed are diagnostics.
@@ -71,6 +74,11 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, float]], bool] | None]] = [
     ("langgraph_bytes_step500", "baseline", None),
     ("step_overhead_ms", "<= langgraph_step_ms", lambda f: f["step_overhead_ms"] <= f["langgraph_step_ms"]),
     ("langgraph_step_ms", "baseline", None),
+    ("turn_overhead_celery_p50_ms", "< 20", lambda f: f["turn_overhead_celery_p50_ms"] < 20),
+    ("turn_overhead_celery_p99_ms", "p50 above", None),
+    ("turns_per_second", ">= 200", lambda f: f["turns_per_second"] >= 200),
+    ("agent_start_p50_ms", "p99 below", None),
+    ("agent_start_p99_ms", "< 50", lambda f: f["agent_start_p99_ms"] < 50),
 ]
 DIAGNOSTICS = {
     "insert_floor_django_p50_ms": "the floor's INSERT through Django's connection in atomic()",
@@ -82,6 +90,9 @@ DIAGNOSTICS = {
     "step_overhead_p99_ms": "",
     "langgraph_step_async_ms": "LangGraph's default durability (async)",
     "checkpoint_write_vs_langgraph_put": "checkpoint_write_p50_ms / langgraph_put_p50_ms",
+    "turns_burst_size": "runs released at once to the 2 workers for turns_per_second",
+    **{f"turn_phase_{name}_p50_ms": note for name, note in turn_bench.PHASES.items()},
+    **turn_bench.BURST_DIAGNOSTICS,
 }
 
 
@@ -229,6 +240,8 @@ def main() -> int:
             tenant=tenant, actor=ACTOR, steps=STEPS, warmup=WARMUP))
         section("LangGraph running the same graph", lambda: step_bench.bench_langgraph(
             saver=saver, steps=STEPS, warmup=WARMUP))
+        section(f"turns through the API and {turn_bench.WORKERS} Celery workers (zero-latency model)",
+                lambda: turn_bench.bench_turns(tenant=tenant, actor=ACTOR, samples=TURNS, burst=TURN_BURST))
         derive(figures)
         about = machine()
     finally:

@@ -436,8 +436,9 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         if run_status == "running" and not waiting_subrun:
             self.dispatch(run_id, step)
         elif run_status in TERMINAL:
-            with schema_context(self.schema):
-                self._after_terminal(Run.objects.get(id=run_id))
+            if claim.parent_run_id is not None:
+                with schema_context(self.schema):
+                    self._after_terminal(Run.objects.get(id=run_id))
         return StepOutcome(kind="advanced", step=step, run_status=run_status), None
 
     def _pause(self, run_id: UUID, version: int, step: int) -> None:

@@ -25,11 +25,17 @@ def ping_answer_task(self, *, tenant_schema: str, ping_id: str) -> None:  # type
 def run_step_task(self, *, tenant_schema: str, run_id: str, expected_step: int) -> str:  # type: ignore[no-untyped-def]
     """Execute one step of a run. Safe to deliver twice: a stale step is dropped, a busy run retried later."""
     from django.conf import settings
-    from django.db import connection
+    from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
     tenant = connection.tenant
     try:
         outcome = services.run_step(tenant=tenant, run_id=UUID(run_id), expected_step=expected_step)
+    except (OperationalError, InterfaceError):
+        # The database went away under the step (restart, failover): nothing was committed, so retry it.
+        logger.warning("Step %s of run %s lost its database connection; retrying", expected_step, run_id,
+                       exc_info=True)
+        close_old_connections()
+        raise self.retry(countdown=1, max_retries=None) from None
     except Exception:
         # A defect, not a transient failure: fail the run with a reason instead of leaving it running forever.
         logger.exception("Step %s of run %s failed unexpectedly", expected_step, run_id)

@@ -82,7 +82,9 @@ DATABASES = {
         DATABASE_URL,
         engine="django_tenants.postgresql_backend",
         conn_max_age=env.integer("DATABASE_CONN_MAX_AGE", 60),
-        conn_health_checks=True,
+        # No ping before each reuse: a connection that broke is closed after its first error (the step that
+        # hit it is retried as transient) instead of every request or task paying a round trip.
+        conn_health_checks=False,
     )
 }
 DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env.integer("DATABASE_CONNECT_TIMEOUT", 5)
@@ -128,6 +130,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_TASK_ALWAYS_EAGER = env.boolean("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = "agentplane"
+# Celery's Django fixup closes the database connection around every task unless this is set: reuse it.
+CELERY_DB_REUSE_MAX = env.integer("CELERY_DB_REUSE_MAX", 1000)
 # Periodic work (run `celery -A control_plane beat` once per deployment).
 CELERY_BEAT_SCHEDULE = {
     "checkpoints-retention": {"task": "data_plane.tasks.checkpoints_prune_all_task", "schedule": 24 * 3600.0},

@@ -23,7 +23,8 @@ import httpx
 import litellm
 import openai
 
-from data_plane.runtime.core.messages import Message, ToolCall, ToolDefinition, Usage
+from data_plane.runtime.adapters.openai_format import openai_message, openai_tool
+from data_plane.runtime.core.messages import Message, ToolCall, Usage
 from data_plane.runtime.core.ports import DeltaCallback, ModelReply, ModelRequest, ProviderRejected, \
     ProviderUnavailable
 
@@ -284,24 +285,6 @@ def _message(exc: BaseException) -> str:
     text = str(getattr(exc, "message", None) or exc or type(exc).__name__)
     text = _LITELLM_PREFIX.sub("", text).strip() or type(exc).__name__
     return text if len(text) <= 500 else text[:500] + "…"
-
-
-def openai_message(message: Message) -> dict[str, Any]:
-    """Our message in the OpenAI chat format litellm takes (and translates for other providers)."""
-    if message.role == "tool":
-        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
-    if message.role == "assistant" and message.tool_calls:
-        return {"role": "assistant", "content": message.content or None, "tool_calls": [
-            {"id": call.id, "type": "function",
-             "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
-            for call in message.tool_calls]}
-    # ``name`` is left out: OpenAI restricts it to [A-Za-z0-9_-] and our agent names are free text
-    return {"role": message.role, "content": message.content}
-
-
-def openai_tool(tool: ToolDefinition) -> dict[str, Any]:
-    return {"type": "function",
-            "function": {"name": tool.name, "description": tool.description, "parameters": tool.input_schema}}
 
 
 def cost_usd(model: str, input_tokens: int, output_tokens: int, cached_input_tokens: int) -> float:

@@ -26,7 +26,8 @@ from typing import Any
 
 from data_plane.model_server.app import deltas
 from data_plane.model_server.scenarios import InjectedFailure, Plan, ScenarioBook, UnknownScenario, builtin_book
-from data_plane.runtime.core.messages import Message, ToolCall, ToolDefinition, Usage
+from data_plane.runtime.adapters.openai_format import openai_message, openai_tool
+from data_plane.runtime.core.messages import Message, ToolCall, Usage
 from data_plane.runtime.core.ports import DeltaCallback, ModelReply, ModelRequest, ProviderRejected, \
     ProviderUnavailable
 
@@ -84,23 +85,6 @@ def request_body(model: str, request: ModelRequest) -> dict[str, Any]:
     if isinstance(user, str) and user:
         body["user"] = user
     return body
-
-
-def openai_message(message: Message) -> dict[str, Any]:
-    """Our message in the OpenAI chat format (the gateway's ``openai_message``, without importing litellm)."""
-    if message.role == "tool":
-        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
-    if message.role == "assistant" and message.tool_calls:
-        return {"role": "assistant", "content": message.content or None, "tool_calls": [
-            {"id": call.id, "type": "function",
-             "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
-            for call in message.tool_calls]}
-    return {"role": message.role, "content": message.content}
-
-
-def openai_tool(tool: ToolDefinition) -> dict[str, Any]:
-    return {"type": "function",
-            "function": {"name": tool.name, "description": tool.description, "parameters": tool.input_schema}}
 
 
 async def _play(plan: Plan, model: str, on_delta: DeltaCallback | None, *, attempts: int,
