@@ -199,8 +199,9 @@ class Listener:
         while True:
             message = await self.layer.receive(self.channel)
             arrived = time.time()
-            event = message.get("event") or {}
-            if message.get("type") == "run.event" and event.get("type") == "run.status":
+            for event in message.get("events") or ():
+                if message.get("type") != "run.events" or event.get("type") != "run.status":
+                    continue
                 with self.changed:
                     self.arrivals.append((arrived, event["data"]))
                     self.changed.notify_all()

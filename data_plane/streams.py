@@ -44,6 +44,6 @@ def ping_publish(*, tenant_schema: str, ping_id: UUID, ping: dict[str, Any]) -> 
 
 
 def run_publish(*, tenant_schema: str, run_id: UUID | str, events: list[dict[str, Any]]) -> None:
-    """Send committed run events ({seq, type, data}) to the run's live subscribers."""
-    _publish(run_group(tenant_schema=tenant_schema, run_id=run_id),
-             [{"type": "run.event", "event": event} for event in events])
+    """Send a commit's run events ({seq, type, data}, in order) to the run's live subscribers, in one message."""
+    if events:
+        _publish(run_group(tenant_schema=tenant_schema, run_id=run_id), [{"type": "run.events", "events": events}])
