@@ -49,12 +49,16 @@ def destroy_tenant(tenant: Tenant) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _io_loop_closed_before_the_test_database_goes(django_db_setup) -> Iterator[None]:
+def _io_loop_closed_before_the_test_database_goes(django_db_setup, django_db_blocker) -> Iterator[None]:
     """The runtime's IO-loop threads hold database connections; end them before the test database is dropped."""
     yield
     from data_plane.runtime.loop import shutdown
 
     shutdown()
+    # what those threads leave open (their connections close when collected) must not block the drop
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
 
 
 @pytest.fixture(scope="session")
