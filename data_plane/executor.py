@@ -26,7 +26,6 @@ from uuid import UUID
 
 from channels.layers import get_channel_layer
 from django.db import close_old_connections, connection, transaction
-from django.utils import timezone
 from django_tenants.utils import schema_context
 
 from common.actors import Actor

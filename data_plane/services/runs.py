@@ -30,7 +30,7 @@ from data_plane.runtime.adapters.checkpoints import PostgresCheckpointStore
 from data_plane.runtime.core import machine
 from data_plane.runtime.core.messages import Message
 from data_plane.runtime.core.spec import AgentSpec, spec_from_json
-from data_plane.runtime.core.state import Decision, RunState, Status
+from data_plane.runtime.core.state import Decision, RunState
 from data_plane.selectors import agent_version_get, approval_get, checkpoint_get, run_get
 
 ACTIVE = ("queued", "running", "paused", "waiting_approval")

@@ -1,0 +1,89 @@
+"""The step executor against the real database, with a scripted model at the edge (no Celery)."""
+
+import pytest
+from django_tenants.utils import schema_context
+
+from conftest import TEST_ACTOR, destroy_tenant, provision_for_test
+from data_plane import services
+from data_plane.executor import RunStepper
+from data_plane.models import EffectRecord, Run
+from data_plane.tests.fakes import FakeChatModel, calls, text
+from data_plane.tools import BUILTIN_TOOLS, BuiltinToolRunner
+
+REPLIES = [text("1. compute"), calls(("c1", "calculator", {"expression": "6*7"})), text("It is 42"),
+           text("The answer is 42. DONE")]
+
+
+@pytest.fixture
+def tenant(committed):
+    provisioned = provision_for_test("steps")
+    yield provisioned
+    destroy_tenant(provisioned.tenant)
+
+
+def stepper_for(tenant, model, dispatched, steps_per_task=1):
+    return RunStepper(tenant_schema=tenant.schema, chat_model=model,
+                      tool_runner_factory=lambda run_id: BuiltinToolRunner(tenant_schema=tenant.schema, run_id=run_id),
+                      dispatch=lambda run_id, step: dispatched.append(step), tenant=tenant.tenant,
+                      steps_per_task=steps_per_task, owner="test")
+
+
+def start(tenant) -> Run:
+    with schema_context(tenant.schema):
+        agent = services.agent_create(tenant=tenant.tenant, name="calc", description="", actor=TEST_ACTOR, spec={
+            "instructions": "Be exact.", "models": ["openai/x"], "tools": [BUILTIN_TOOLS["calculator"].to_json()]})
+        return services.run_start(tenant=tenant.tenant, agent_id=agent.id, input="6*7?", actor=TEST_ACTOR)
+
+
+def reload(tenant, run) -> Run:
+    with schema_context(tenant.schema):
+        return Run.objects.get(id=run.id)
+
+
+def test_a_task_runs_several_steps_then_hands_the_run_back(tenant):
+    # given
+    run, dispatched = start(tenant), []
+    stepper = stepper_for(tenant, FakeChatModel(REPLIES), dispatched, steps_per_task=2)
+    # when: each task runs two steps, then dispatches the next
+    outcomes = [stepper.run_step(run.id, step) for step in (0, 2, 4)]
+    # then
+    assert [(o.kind, o.step, o.run_status) for o in outcomes] == [
+        ("advanced", 2, "running"), ("advanced", 4, "running"), ("advanced", 5, "completed")]
+    assert dispatched == [2, 4]
+    done = reload(tenant, run)
+    assert (done.status, done.output, done.step, done.lease_owner) == ("completed", "The answer is 42", 5, "")
+
+
+def test_a_provider_outage_gives_the_run_back_for_a_retry_at_the_same_step(tenant):
+    run, dispatched = start(tenant), []
+    model = FakeChatModel(REPLIES, fail_times=1)
+    stepper = stepper_for(tenant, model, dispatched)
+    first = stepper.run_step(run.id, 0)
+    assert (first.kind, first.step) == ("transient", 0)
+    waiting = reload(tenant, run)
+    assert (waiting.status, waiting.step, waiting.lease_owner) == ("running", 0, "")  # nothing committed
+    second = stepper.run_step(run.id, 0)
+    assert (second.kind, second.step) == ("advanced", 1)
+    assert len(model.requests) == 2 and dispatched == [1]
+
+
+def test_a_duplicate_of_a_finished_task_is_dropped(tenant):
+    run, dispatched = start(tenant), []
+    stepper = stepper_for(tenant, FakeChatModel(REPLIES), dispatched)
+    stepper.run_step(run.id, 0)
+    # when: the task for step 0 is delivered again
+    again = stepper.run_step(run.id, 0)
+    # then: nothing runs twice
+    assert again.kind == "stale"
+    with schema_context(tenant.schema):
+        assert EffectRecord.objects.filter(run=run).count() == 1
+    assert reload(tenant, run).step == 1
+
+
+def test_a_run_held_by_another_worker_is_busy_not_stolen(tenant):
+    run = start(tenant)
+    with schema_context(tenant.schema):
+        Run.objects.filter(id=run.id).update(lease_owner="someone-else", lease_expires_at="2999-01-01T00:00:00Z")
+    outcome = stepper_for(tenant, FakeChatModel(REPLIES), []).run_step(run.id, 0)
+    assert outcome.kind == "busy" and outcome.retry_in > 0
+    assert reload(tenant, run).lease_owner == "someone-else"
