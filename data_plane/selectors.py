@@ -2,11 +2,10 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from django.db.models import QuerySet
+from django.db import connection
+from django.db.models import F, QuerySet
 
 from common.schemas import require_schema
-from django.db import connection
-
 from data_plane.errors import AgentNotFound, ApprovalNotFound, CheckpointNotFound, PingNotFound, RunNotFound
 from data_plane.models import Agent, AgentVersion, Approval, Checkpoint, Ping, Run, RunEvent
 from data_plane.runtime.adapters.checkpoints import PostgresCheckpointStore
@@ -44,11 +43,14 @@ def agent_get(*, tenant_schema: str, agent_id: UUID, for_update: bool = False) -
 
 
 def agent_version_get(*, tenant_schema: str, agent_id: UUID, version: int | None = None) -> AgentVersion:
-    """The agent's given version, or its latest. Raises AgentNotFound."""
-    agent = agent_get(tenant_schema=tenant_schema, agent_id=agent_id)
-    number = version if version is not None else agent.latest_version
-    found = AgentVersion.objects.filter(agent=agent, version=number).select_related("agent").first()
+    """The agent's given version, or its latest (one query either way). Raises AgentNotFound."""
+    require_schema(tenant_schema)
+    versions = AgentVersion.objects.filter(agent_id=agent_id).select_related("agent")
+    found = versions.filter(version=version).first() if version is not None else versions.filter(
+        version=F("agent__latest_version")).first()
     if found is None:
+        agent = agent_get(tenant_schema=tenant_schema, agent_id=agent_id)  # raises AgentNotFound
+        number = version if version is not None else agent.latest_version
         raise AgentNotFound(f"Agent {agent.name!r} has no version {number} (latest: {agent.latest_version}).")
     return found
 
