@@ -131,8 +131,8 @@ class AgentVersionListApi(TenantApiView):
     @extend_schema(operation_id="agents_versions_list", responses=paginated(AgentVersionOutputSerializer),
                    tags=["agents"])
     def get(self, request: Request, agent_id: UUID) -> Response:
-        agent = selectors.agent_get(tenant_schema=request.user.tenant.schema_name, agent_id=agent_id)
-        return paginated_response(request=request, view=self, queryset=agent.versions.all(),
+        versions = selectors.agent_version_list(tenant_schema=request.user.tenant.schema_name, agent_id=agent_id)
+        return paginated_response(request=request, view=self, queryset=versions,
                                   serializer_class=AgentVersionOutputSerializer)
 
 

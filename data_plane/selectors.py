@@ -42,6 +42,12 @@ def agent_get(*, tenant_schema: str, agent_id: UUID, for_update: bool = False) -
         raise AgentNotFound(f"Agent {agent_id} not found.") from None
 
 
+def agent_version_list(*, tenant_schema: str, agent_id: UUID) -> QuerySet[AgentVersion]:
+    """The agent's versions, newest first. Raises AgentNotFound (also for another tenant's id)."""
+    agent = agent_get(tenant_schema=tenant_schema, agent_id=agent_id)
+    return AgentVersion.objects.filter(agent=agent).order_by("-version")
+
+
 def agent_version_get(*, tenant_schema: str, agent_id: UUID, version: int | None = None) -> AgentVersion:
     """The agent's given version, or its latest (one query either way). Raises AgentNotFound."""
     require_schema(tenant_schema)
