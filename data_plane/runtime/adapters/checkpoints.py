@@ -85,15 +85,24 @@ WITH fence AS (
   FROM fence, jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS e(value, ord)
 )
 SELECT version, pause_requested, base_seq FROM fence"""
-        self._checkpoint_sql = (f"SELECT c.id, c.run_id, c.step, c.control, r.base_run_id, r.base_message_count, "
-                                f"r.base_step FROM {q}data_plane_checkpoint c JOIN {q}data_plane_run r ON r.id = c.run_id "
-                                "WHERE c.id = %s")
+        messages_of = (f"SELECT string_agg(m.message, ',' ORDER BY m.seq) FROM {q}data_plane_runmessage m "
+                       "WHERE m.run_id = {run} AND m.seq >= {first} AND m.seq < {upto}")
+        values_of = (f"SELECT json_object_agg(v.key, v.value)::text FROM (SELECT DISTINCT ON (key) key, value "
+                     f"FROM {q}data_plane_runvalue WHERE run_id = {{run}} AND step <= {{step}} "
+                     "ORDER BY key, step DESC) v")
+        # One round trip for a run's own checkpoint: the row, its run's lineage, and the run's messages
+        # (joined into a JSON array's body, parsed in one call) and latest values up to it.
+        self._checkpoint_sql = (
+            f"WITH c AS (SELECT c.id, c.run_id, c.step, c.control, r.base_run_id, r.base_message_count, r.base_step "
+            f"FROM {q}data_plane_checkpoint c JOIN {q}data_plane_run r ON r.id = c.run_id WHERE c.id = %s) "
+            "SELECT c.*, (" + messages_of.format(
+                run="c.run_id", first="CASE WHEN c.base_run_id IS NULL THEN 0 ELSE c.base_message_count END",
+                upto="(c.control->>'message_count')::int") + "), ("
+            + values_of.format(run="c.run_id", step="c.step") + ") FROM c")
         self._run_lineage_sql = f"SELECT base_run_id, base_message_count, base_step FROM {q}data_plane_run WHERE id = %s"
-        # One row: the messages joined into a JSON array's body, parsed in one call.
-        self._messages_sql = (f"SELECT string_agg(message, ',' ORDER BY seq) FROM {q}data_plane_runmessage "
-                              "WHERE run_id = %s AND seq >= %s AND seq < %s")
-        self._values_sql = (f"SELECT DISTINCT ON (key) key, value FROM {q}data_plane_runvalue "
-                            "WHERE run_id = %s AND step <= %s ORDER BY key, step DESC")
+        # A fork's earlier segments (its source runs'), one round trip each.
+        self._segment_sql = ("SELECT (" + messages_of.format(run="%(run)s", first="%(first)s", upto="%(upto)s")
+                             + "), (" + values_of.format(run="%(run)s", step="%(step)s") + ")")
 
     def commit(self, *, run_id: UUID, expected_version: int, checkpoint_id: UUID, parent_id: UUID | None, step: int,
                previous: RunState | None, state: RunState, run_status: str, reason: str = "",
@@ -135,18 +144,22 @@ SELECT version, pause_requested, base_seq FROM fence"""
             row = cursor.fetchone()
             if row is None:
                 raise CheckpointNotFound(f"Checkpoint {checkpoint_id} not found.")
-            checkpoint_id, run_id, step, control, base_run, base_count, base_step = row
+            checkpoint_id, run_id, step, control, base_run, base_count, base_step, own_messages, own_values = row
             control = control if isinstance(control, dict) else json.loads(control)
             segments = self._lineage(cursor, run_id, control["message_count"], step, (base_run, base_count, base_step))
-            messages: list[Message] = []
-            values: dict[str, Any] = {}
-            for segment_run, first_seq, upto_seq, upto_step in segments:
-                cursor.execute(self._messages_sql, [segment_run, first_seq, upto_seq])
-                joined = cursor.fetchone()[0]
-                if joined:
-                    messages.extend(Message.from_json(m) for m in json.loads(f"[{joined}]"))
-                cursor.execute(self._values_sql, [segment_run, upto_step])
-                values.update({key: _loads(value) for key, value in cursor.fetchall()})
+            parts = []
+            for segment_run, first_seq, upto_seq, upto_step in segments[:-1]:
+                cursor.execute(self._segment_sql, {"run": segment_run, "first": first_seq, "upto": upto_seq,
+                                                   "step": upto_step})
+                parts.append(cursor.fetchone())
+            parts.append((own_messages, own_values))
+        messages: list[Message] = []
+        values: dict[str, Any] = {}
+        for joined, segment_values in parts:  # oldest first: later values override earlier ones
+            if joined:
+                messages.extend(Message.from_json(m) for m in json.loads(f"[{joined}]"))
+            if segment_values:
+                values.update(json.loads(segment_values))
         state = RunState.from_parts(control=control, messages=tuple(messages), values=values)
         return LoadedCheckpoint(id=checkpoint_id, run_id=run_id, step=step, state=state)
 
@@ -166,7 +179,3 @@ SELECT version, pause_requested, base_seq FROM fence"""
                 break
             current, upto_seq, upto_step = base_run, base_count, base_step
         return list(reversed(segments))
-
-
-def _loads(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
