@@ -68,6 +68,7 @@ class Claim:
     reexecute: bool
     base_run_id: UUID | None
     parent_run_id: UUID | None
+    was_retried: bool = False
 
 
 class _Lru(OrderedDict):  # type: ignore[type-arg]
@@ -194,7 +195,7 @@ UPDATE {self.q}data_plane_run SET lease_owner = %(owner)s,
   status = CASE WHEN status = 'queued' THEN 'running' ELSE status END, started_at = coalesce(started_at, now())
 WHERE id = %(id)s AND driver_step = %(step)s AND status IN ('queued', 'running')
   AND (lease_owner = '' OR lease_expires_at IS NULL OR lease_expires_at < now())
-RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run_id"""
+RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run_id, was_retried"""
         with connection.cursor() as cursor:
             cursor.execute(sql, {"owner": self.owner, "ttl": self.lease_seconds, "id": run_id, "step": expected_step})
             row = cursor.fetchone()
@@ -318,8 +319,8 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
             record_id, status, result, attempts = cursor.fetchone()
             if status != EffectRecord.Status.STARTED:
                 return _decode_result(kind, _json(result))
-            if attempts > 1 or claim.reexecute:
-                return None
+            if attempts > 1 or claim.reexecute or (claim.base_run_id is None and not claim.was_retried):
+                return None  # nothing recorded elsewhere could match: no need to look
             lineage = [run_id]
             if claim.base_run_id is not None:
                 cursor.execute(

@@ -85,6 +85,9 @@ class Run(models.Model):
     base_message_count = models.PositiveIntegerField(default=0)
     base_step = models.PositiveIntegerField(default=0)
     reexecute = models.BooleanField(default=False)
+    # Set by a retry: results recorded before it may be reused for identical requests after it. A run that
+    # was never retried (nor forked: see base_run) has nothing to reuse, and its steps skip looking.
+    was_retried = models.BooleanField(default=False)
     # Execution: the head checkpoint, the step it is at, and the fence every commit must match.
     # Unindexed on purpose: a step's update of the run then changes no indexed column and stays a HOT update.
     head = models.ForeignKey("Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",

@@ -207,7 +207,7 @@ def run_retry(*, tenant, run_id: UUID, actor: Actor) -> Run:  # type: ignore[no-
         _commit(tenant.schema_name, run_id=run.id, expected_version=run.version, checkpoint_id=uuid.uuid4(),
                 parent_id=head.id, step=head.step + 1, previous=head.state, state=revived, run_status=status,
                 release_lease=True, events=[{"type": "run.status", "data": {"status": status, "retry": True}}])
-        Run.objects.filter(id=run.id).update(finished_at=None, status_reason="")
+        Run.objects.filter(id=run.id).update(finished_at=None, status_reason="", was_retried=True)
         record_pending_approval(run.id, revived)
         if status == "queued":
             dispatcher(tenant.schema_name)(run.id, head.step + 1)

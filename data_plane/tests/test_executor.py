@@ -1,6 +1,9 @@
 """The step executor against the real database, with a scripted model at the edge (no Celery)."""
 
+import uuid
+
 import pytest
+import redis
 from django_tenants.utils import schema_context
 
 from conftest import TEST_ACTOR, destroy_tenant, provision_for_test
@@ -15,10 +18,14 @@ REPLIES = [text("1. compute"), calls(("c1", "calculator", {"expression": "6*7"})
 
 
 @pytest.fixture
-def tenant(committed):
+def tenant(committed, settings):
+    # The services dispatch real tasks after commit; here this test drives the steps itself, so they go to a
+    # queue no worker consumes (a worker started by other tests in the session would take them otherwise).
+    settings.RUN_STEP_QUEUE = f"agentplane-unconsumed-{uuid.uuid4().hex[:8]}"
     provisioned = provision_for_test("steps")
     yield provisioned
     destroy_tenant(provisioned.tenant)
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(settings.RUN_STEP_QUEUE)
 
 
 def stepper_for(tenant, model, dispatched, steps_per_task=1):
@@ -87,3 +94,47 @@ def test_a_run_held_by_another_worker_is_busy_not_stolen(tenant):
     outcome = stepper_for(tenant, FakeChatModel(REPLIES), []).run_step(run.id, 0)
     assert outcome.kind == "busy" and outcome.retry_in > 0
     assert reload(tenant, run).lease_owner == "someone-else"
+
+
+def test_a_retried_run_does_not_pay_again_for_what_was_recorded(tenant):
+    # given: two model calls in parallel; "fast" answers, "flaky" keeps failing until the run fails
+    from data_plane.runtime.core.ports import ProviderUnavailable
+
+    outage = {"on": True}
+    paid: list[str] = []
+
+    def reply(request):
+        node = request.metadata["node"]
+        if node == "flaky" and outage["on"]:
+            raise ProviderUnavailable("provider down")
+        paid.append(node)
+        return text(f"{node} answered")
+
+    class Model(FakeChatModel):
+        async def complete(self, request, *, on_delta=None):
+            reply(request)
+            return await super().complete(request, on_delta=on_delta)
+
+    with schema_context(tenant.schema):
+        agent = services.agent_create(tenant=tenant.tenant, name="pair", description="", actor=TEST_ACTOR, spec={
+            "instructions": "x", "models": ["openai/x"], "graph": {"entry": "fan", "nodes": [
+                {"id": "fan", "kind": "parallel", "branches": ["fast", "flaky"], "join": "join"},
+                {"id": "fast", "kind": "llm", "next": "join"}, {"id": "flaky", "kind": "llm", "next": "join"},
+                {"id": "join", "kind": "join", "next": "end"}, {"id": "end", "kind": "end"}]}})
+        run = services.run_start(tenant=tenant.tenant, agent_id=agent.id, input="go", actor=TEST_ACTOR)
+    model, dispatched = Model(lambda request: text(f"{request.metadata['node']} answered")), []  # the edge only
+    stepper = stepper_for(tenant, model, dispatched)
+    assert stepper.run_step(run.id, 0).kind == "transient"
+    stepper.fail(run.id, code="provider_unavailable", message="gave up")
+    assert reload(tenant, run).status == "failed" and paid == ["fast"]
+    # when: the provider is back and the run is retried
+    outage["on"] = False
+    with schema_context(tenant.schema):
+        retried = services.run_retry(tenant=tenant.tenant, run_id=run.id, actor=TEST_ACTOR)
+    outcome = stepper.run_step(run.id, retried.step)
+    # then: only the call that never got an answer is made again
+    assert (outcome.kind, outcome.run_status) == ("advanced", "completed")
+    assert paid == ["fast", "flaky"]
+    with schema_context(tenant.schema):
+        reused = list(EffectRecord.objects.filter(run=run).exclude(reused_from=None).values_list("key", flat=True))
+    assert reused == ["fast"]
