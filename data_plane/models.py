@@ -91,7 +91,7 @@ class Run(models.Model):
     # Execution: the head checkpoint, the step it is at, and the fence every commit must match.
     # Unindexed on purpose: a step's update of the run then changes no indexed column and stays a HOT update.
     head = models.ForeignKey("Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
-                             db_index=False)
+                             db_index=False, db_constraint=False)
     step = models.PositiveIntegerField(default=0)
     # The step named by the task that owns the run: a worker may run several steps in one task, and a
     # redelivery of that task (its worker died) must still match, while stale duplicates must not.
@@ -122,9 +122,12 @@ class Checkpoint(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # Indexes are kept to what reads need (the unique (run, step) serves lookups by run): each one is paid
     # at every step's commit.
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="checkpoints", db_index=False)
+    # Written only by the fenced commit statement, which inserts nothing unless the run's row matched: the
+    # database does not re-check these references at every commit (the ORM still follows them).
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="checkpoints", db_index=False,
+                            db_constraint=False)
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
-                               db_index=False)
+                               db_index=False, db_constraint=False)
     step = models.PositiveIntegerField()
     control = models.JSONField()
     created_at = models.DateTimeField(auto_now_add=True)
