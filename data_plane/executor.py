@@ -178,11 +178,12 @@ class RunStepper:
         store = PostgresCheckpointStore(schema=self.schema, connection=connection)
         loaded = store.load(run.head_id)
         failed = loaded.state.evolve(status=Status.FAILED, error={"code": code, "message": message})
+        events = [{"type": "run.status", "data": {"status": "failed", "error": failed.error}}]
         with transaction.atomic():
-            store.commit(run_id=run_id, expected_version=run.version, checkpoint_id=uuid.uuid4(),
-                         parent_id=loaded.id, step=loaded.step + 1, previous=loaded.state, state=failed,
-                         run_status="failed", reason=message, release_lease=True,
-                         events=[{"type": "run.status", "data": {"status": "failed", "error": failed.error}}])
+            committed = store.commit(run_id=run_id, expected_version=run.version, checkpoint_id=uuid.uuid4(),
+                                     parent_id=loaded.id, step=loaded.step + 1, previous=loaded.state, state=failed,
+                                     run_status="failed", reason=message, release_lease=True, events=events)
+            transaction.on_commit(partial(self._publish, run_id, events, committed.first_event_seq))
         with schema_context(self.schema):
             self._after_terminal(run)
 
@@ -442,7 +443,8 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         return StepOutcome(kind="advanced", step=step, run_status=run_status), None
 
     def _pause(self, run_id: UUID, version: int, step: int) -> None:
-        with connection.cursor() as cursor:
+        """The pause asked for during the step takes effect now that it committed: status and event together."""
+        with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(f"UPDATE {self.q}data_plane_run SET status = 'paused', pause_requested = false, "
                            f"lease_owner = '', lease_expires_at = NULL, version = version + 1, driver_step = %s, "
                            f"event_seq = event_seq + 1 WHERE id = %s AND version = %s RETURNING event_seq",
@@ -452,6 +454,8 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
                 cursor.execute(f"INSERT INTO {self.q}data_plane_runevent (run_id, seq, type, data, created_at) "
                                f"VALUES (%s, %s, 'run.status', %s::jsonb, now())",
                                [run_id, row[0], json.dumps({"status": "paused"})])
+                transaction.on_commit(partial(self._publish, run_id, [{"type": "run.status",
+                                                                       "data": {"status": "paused"}}], row[0]))
 
     def _after_terminal(self, run: Run) -> None:
         """A finished sub-run wakes its parent, which collects the result in its next step."""

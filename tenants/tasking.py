@@ -9,7 +9,7 @@ deleted tenant is dropped with a log line (retrying would not help), never run i
 from __future__ import annotations
 
 import logging
-import time
+from time import monotonic
 from typing import Any
 
 from celery import Task
@@ -32,7 +32,7 @@ _active: dict[str, tuple[float, Any]] = {}
 def _active_tenant(tenant_schema: str) -> Any:
     """The active tenant owning the schema (briefly cached). Raises TenantNotActive."""
     cached = _active.get(tenant_schema)
-    now = time.monotonic()
+    now = monotonic()
     if cached is not None and cached[0] > now:
         return cached[1]
     connection.set_schema_to_public()

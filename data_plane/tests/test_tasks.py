@@ -51,3 +51,28 @@ def test_a_task_for_an_unknown_schema_is_dropped(tenant_a, schema):
     assert result.successful()
     assert result.result is None
     assert connection.schema_name == "public"
+
+
+def test_a_worker_trusts_an_active_tenant_briefly_then_sees_its_suspension(tenant_a, monkeypatch):
+    from django.test.utils import CaptureQueriesContext
+
+    from tenants import services as tenant_services
+    from tenants import tasking
+
+    clock = [1000.0]
+    monkeypatch.setattr(tasking, "monotonic", lambda: clock[0])  # the clock is the outside edge here
+    monkeypatch.setattr(tasking, "_active", {})
+    with schema_context(tenant_a.schema):
+        first, second, third = PingFactory(), PingFactory(), PingFactory()
+    ping_answer_task.apply(kwargs={"tenant_schema": tenant_a.schema, "ping_id": str(first.id)})
+    tenant_services.tenant_suspend(tenant=tenant_a.tenant, reason="x", actor=tenant_services.Actor("system", "t"))
+    # within the cache time the worker does not look the tenant up again
+    with CaptureQueriesContext(connection) as queries:
+        ping_answer_task.apply(kwargs={"tenant_schema": tenant_a.schema, "ping_id": str(second.id)})
+    assert not [q["sql"] for q in queries.captured_queries if "tenants_tenant" in q["sql"]]
+    # after it, the suspension is seen and the task is dropped
+    clock[0] += tasking.ACTIVE_TENANT_CACHE_SECONDS + 0.1
+    ping_answer_task.apply(kwargs={"tenant_schema": tenant_a.schema, "ping_id": str(third.id)})
+    with schema_context(tenant_a.schema):
+        statuses = [Ping.objects.get(id=p.id).status for p in (first, second, third)]
+    assert statuses == [Ping.Status.COMPLETED, Ping.Status.COMPLETED, Ping.Status.QUEUED]
