@@ -26,6 +26,7 @@ from data_plane.serializers import (
     RunEventOutputSerializer,
     RunOutputSerializer,
 )
+from tenants import services as tenant_services
 from tenants.api_views import TenantApiView
 
 SPEC_HELP = ("The agent spec: instructions, models (preferred first), tools [{name, description, input_schema, "
@@ -230,6 +231,53 @@ class RunRetryApi(TenantApiView):
     def post(self, request: Request, run_id: UUID) -> Response:
         run = services.run_retry(tenant=request.user.tenant, run_id=run_id, actor=request.user.actor)
         return Response(RunOutputSerializer(run).data)
+
+
+class RunMessageCreateApi(TenantApiView):
+    """Continue a completed run's conversation: the user's next message starts the run's next turn."""
+
+    required_scopes = {"POST": "runs:write"}
+
+    class InputSerializer(serializers.Serializer):
+        text = serializers.CharField(max_length=100_000, help_text="The user's message.")
+
+    @extend_schema(operation_id="runs_messages_create", request=InputSerializer,
+                   responses={202: RunOutputSerializer}, tags=["runs"])
+    def post(self, request: Request, run_id: UUID) -> Response:
+        data = validated(self.InputSerializer, request.data)
+        run = services.run_message_send(tenant=request.user.tenant, run_id=run_id, actor=request.user.actor, **data)
+        return Response(RunOutputSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+class RunStreamTokenApi(TenantApiView):
+    """A short-lived token to stream this run where no header can be sent (a browser's WebSocket or
+    EventSource): pass it as ``?access_token=``. It carries at most this key's streaming scopes."""
+
+    required_scopes = {"POST": "runs:read"}
+
+    class InputSerializer(serializers.Serializer):
+        scopes = serializers.ListField(child=serializers.CharField(max_length=64), required=False, max_length=3,
+                                       help_text="A subset of runs:read, runs:write, approvals:write (default: "
+                                                 "those of this key).")
+        ttl_seconds = serializers.IntegerField(min_value=30, max_value=3600, default=300)
+
+    class OutputSerializer(serializers.Serializer):
+        token = serializers.CharField()
+        expires_at = serializers.DateTimeField()
+        scopes = serializers.ListField(child=serializers.CharField())
+        run_id = serializers.UUIDField()
+        stream_path = serializers.CharField(help_text="The websocket (ws[s]://) and server-sent events (GET) path.")
+
+    @extend_schema(operation_id="runs_stream_token_create", request=InputSerializer,
+                   responses={201: OutputSerializer}, tags=["runs"])
+    def post(self, request: Request, run_id: UUID) -> Response:
+        data = validated(self.InputSerializer, request.data)
+        run = selectors.run_get(tenant_schema=request.user.tenant.schema_name, run_id=run_id)
+        issued = tenant_services.stream_token_issue(key=request.auth, run_id=str(run.id), scopes=data.get("scopes"),
+                                                    ttl_seconds=data["ttl_seconds"])
+        body = {"token": issued.token, "expires_at": issued.expires_at, "scopes": list(issued.scopes),
+                "run_id": run.id, "stream_path": f"/v1/runs/{run.id}/stream"}
+        return Response(self.OutputSerializer(body).data, status=status.HTTP_201_CREATED)
 
 
 class RunEventListApi(TenantApiView):

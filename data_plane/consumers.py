@@ -6,7 +6,9 @@ the connection's schema does not follow a coroutine across ``database_sync_to_as
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+from urllib.parse import parse_qs
 from uuid import UUID
 
 from channels.db import database_sync_to_async
@@ -14,8 +16,10 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.db import close_old_connections
 from django_tenants.utils import schema_context
 
-from common.errors import AppError
-from data_plane import selectors, streams
+from common.errors import AppError, InvalidInput
+from data_plane import selectors, services, streams
+from data_plane.errors import ApprovalNotFound, ApprovalNotPending
+from data_plane.feeds import PROTOCOL_VERSION, Cursor, RunFeed
 from data_plane.serializers import ping_data
 
 
@@ -70,3 +74,157 @@ class PingEventsConsumer(AsyncJsonWebsocketConsumer):
     async def fail(self, code: str, message: str, status: int) -> None:
         await self.send_json({"type": "error", "code": code, "message": message})
         await self.close(code=4000 + status)
+
+
+# --- A run's stream --------------------------------------------------------------------------------------
+
+CONTROL_SCOPES = {"pause": "runs:write", "resume": "runs:write", "cancel": "runs:write", "message": "runs:write",
+                  "approve": "approvals:write", "reject": "approvals:write"}
+
+
+def _control(scope: dict[str, Any], run_id: UUID, action: str, content: dict[str, Any]) -> dict[str, Any]:
+    """Perform one control message through the run services, in the caller's tenant; the acknowledgement's
+    body. Raises AppError (sent back as an error message; the stream stays open)."""
+    close_old_connections()
+    tenant, actor = scope["tenant"], scope["actor"]
+    with schema_context(tenant.schema_name):
+        if action in ("pause", "resume", "cancel"):
+            service = {"pause": services.run_pause, "resume": services.run_resume, "cancel": services.run_cancel}
+            kwargs = {"reason": str(content.get("reason") or "")[:500]} if action == "cancel" else {}
+            run = service[action](tenant=tenant, run_id=run_id, actor=actor, **kwargs)
+            return {"run": {"id": str(run.id), "status": run.status}}
+        if action == "message":
+            run = services.run_message_send(tenant=tenant, run_id=run_id, text=_text(content), actor=actor)
+            return {"run": {"id": str(run.id), "status": run.status}}
+        approval_id = _approval_of(tenant.schema_name, run_id, content.get("approval_id"))
+        arguments = content.get("arguments") or {}
+        if not isinstance(arguments, dict):
+            raise InvalidInput("'arguments' maps a tool call's id to its edited arguments (an object).")
+        approval = services.approval_decide(tenant=tenant, approval_id=approval_id, approved=action == "approve",
+                                            actor=actor, arguments=arguments,
+                                            comment=str(content.get("comment") or "")[:2000])
+        return {"approval": {"id": str(approval.id), "status": approval.status}}
+
+
+def _text(content: dict[str, Any]) -> str:
+    text = content.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput("A 'message' needs 'text': the user's message, a non-empty string.")
+    if len(text) > 100_000:
+        raise InvalidInput(f"'text' is {len(text)} characters; the limit is 100000.")
+    return text
+
+
+def _approval_of(tenant_schema: str, run_id: UUID, approval_id: Any) -> UUID:
+    """The approval to decide: the one named (it must be this run's), or the run's only pending one."""
+    if approval_id is not None:
+        try:
+            approval = selectors.approval_get(tenant_schema=tenant_schema, approval_id=UUID(str(approval_id)))
+        except ValueError:
+            raise InvalidInput(f"'approval_id' {str(approval_id)[:40]!r} is not a UUID.") from None
+        if approval.run_id != run_id:
+            raise ApprovalNotFound(f"Approval {approval_id} not found on run {run_id}.")
+        return approval.id
+    pending = list(selectors.approval_list(tenant_schema=tenant_schema, status="pending", run_id=run_id)[:2])
+    if len(pending) != 1:
+        raise ApprovalNotPending(f"Run {run_id} has {len(pending) or 'no'} pending approvals; "
+                                 + ("name one with 'approval_id'." if pending else "there is nothing to decide."))
+    return pending[0].id
+
+
+class RunStreamConsumer(AsyncJsonWebsocketConsumer):
+    """``/v1/runs/<id>/stream``: the run's events from the cursor on (``?after=<id>`` or a ``Last-Event-ID``
+    header), live; and control messages (pause, resume, cancel, message, approve, reject), each acknowledged
+    (``ack``) or answered with an ``error`` naming the message's ``id``."""
+
+    feed: RunFeed | None = None
+    pump: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        await self.accept()
+        error = self.scope.get("auth_error")
+        run_id = self.scope["url_route"]["kwargs"]["run_id"]
+        if error is None and "runs:read" not in self.scope["scopes"]:
+            error = {"code": "missing_scope", "status": 403,
+                     "message": "This credential lacks the scope 'runs:read'; use a key or token that has it."}
+        allowed = self.scope.get("allowed_run_id")
+        if error is None and allowed is not None and allowed != str(run_id):
+            error = {"code": "run_not_found", "status": 404, "message": f"Run {run_id} not found."}
+        if error is not None:
+            await self.fail(error["code"], error["message"], error["status"])
+            return
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        try:
+            cursor = Cursor.parse((query.get("after") or [None])[-1] or _header(self.scope, b"last-event-id"))
+            self.feed = RunFeed(tenant_schema=self.scope["tenant_schema"], run_id=run_id, cursor=cursor,
+                                layer=self.channel_layer)
+            await self.feed.open()
+        except AppError as exc:
+            self.feed = None
+            await self.fail(exc.code, exc.message, exc.http_status)
+            return
+        await self.send_json({"v": PROTOCOL_VERSION, "type": "stream.opened", "run_id": str(run_id),
+                              "id": str(cursor), "data": {"after": str(cursor), "status": self.feed.status}})
+        self.pump = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        assert self.feed is not None
+        try:
+            async for item in self.feed.items():
+                await self.send_json(item)
+                if item["type"] == "stream.lagged":
+                    await self.close(code=4008)
+                    return
+        except AppError as exc:  # the run was deleted under the stream
+            await self.fail(exc.code, exc.message, exc.http_status)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        reference = content.get("id") if isinstance(content, dict) else None
+        action = content.get("type") if isinstance(content, dict) else None
+        if self.feed is None:
+            return
+        if isinstance(content, dict) and content.get("_invalid"):
+            await self.send_json({"type": "error", "id": None, "code": "invalid_json", "status": 400,
+                                  "message": "A control message is one JSON object, like "
+                                             '{"type": "pause", "id": "my-ref"}.'})
+            return
+        if action not in CONTROL_SCOPES:
+            await self.send_json({"type": "error", "id": reference, "code": "unknown_message", "status": 400,
+                                  "message": f"Unknown message type {str(action)[:40]!r}; send one of "
+                                             f"{', '.join(CONTROL_SCOPES)} as 'type'."})
+            return
+        if CONTROL_SCOPES[action] not in self.scope["scopes"]:
+            await self.send_json({"type": "error", "id": reference, "code": "missing_scope", "status": 403,
+                                  "message": f"{action!r} needs the scope {CONTROL_SCOPES[action]!r}, which this "
+                                             "credential lacks."})
+            return
+        try:
+            body = await database_sync_to_async(_control)(self.scope, self.feed.run_id, action, content)
+        except AppError as exc:
+            await self.send_json({"type": "error", "id": reference, "code": exc.code, "status": exc.http_status,
+                                  "message": exc.message})
+            return
+        await self.send_json({"type": "ack", "id": reference, "action": action, "data": body})
+
+    async def decode_json(self, text_data: str) -> Any:
+        try:
+            return await super().decode_json(text_data)
+        except ValueError:
+            return {"type": None, "_invalid": True}
+
+    async def disconnect(self, code: int) -> None:
+        if self.pump is not None:
+            self.pump.cancel()
+        if self.feed is not None:
+            await self.feed.close()
+
+    async def fail(self, code: str, message: str, status: int) -> None:
+        await self.send_json({"type": "error", "code": code, "message": message, "status": status})
+        await self.close(code=4000 + status)
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None

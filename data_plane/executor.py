@@ -24,20 +24,20 @@ from functools import partial
 from typing import Any
 from uuid import UUID
 
-from channels.layers import get_channel_layer
 from django.db import close_old_connections, connection, transaction
 from django_tenants.utils import schema_context
 
 from common.actors import Actor
+from common.timestamps import format_ts
 from control_plane.audit.services import audit_event_record
 from data_plane import streams
 from data_plane.models import Approval, EffectRecord, Run
-from data_plane.runtime.adapters.checkpoints import Fenced, LoadedCheckpoint, PostgresCheckpointStore
+from data_plane.runtime.adapters.checkpoints import CommitResult, Fenced, LoadedCheckpoint, PostgresCheckpointStore
 from data_plane.runtime.core import machine
 from data_plane.runtime.core.machine import CallModel, CallTool, Command, EffectFailed, StartSubRun, SubRunResult
 from data_plane.runtime.core.messages import Message, ToolResult, Usage
-from data_plane.runtime.core.ports import ChatModel, ModelReply, ProviderRejected, ProviderUnavailable, ToolRunner, \
-    ToolUnavailable
+from data_plane.runtime.core.ports import ChatModel, ModelReply, ProviderRejected, ProviderUnavailable, RetryNotice, \
+    ToolRunner, ToolUnavailable
 from data_plane.runtime.core.spec import AgentSpec, spec_from_json
 from data_plane.runtime.core.state import RunState, Status
 from data_plane.runtime.loop import run_coroutine
@@ -69,6 +69,7 @@ class Claim:
     base_run_id: UUID | None
     parent_run_id: UUID | None
     was_retried: bool = False
+    event_seq: int = 0  # the run's last event when claimed: the first step's deltas follow it
 
 
 class _Lru(OrderedDict):  # type: ignore[type-arg]
@@ -129,7 +130,7 @@ class RunStepper:
             return claim
         store = PostgresCheckpointStore(schema=self.schema, connection=connection)
         spec = self._spec(claim.agent_version_id)
-        head_id, budget = claim.head_id, self.steps_per_task
+        head_id, budget, after_seq = claim.head_id, self.steps_per_task, claim.event_seq
         while True:
             budget -= 1
             with _CACHE_LOCK:
@@ -142,7 +143,7 @@ class RunStepper:
                 # Within one task, a step after the first cannot have anything recorded yet (this task is the
                 # run's only driver and created the step), unless the run replays a source branch.
                 fresh = head_id != claim.head_id and claim.base_run_id is None
-                results = run_coroutine(self._execute(run_id, loaded.step, commands, spec, claim, fresh))
+                results = run_coroutine(self._execute(run_id, loaded.step, commands, spec, claim, fresh, after_seq))
             except TransientStepError as exc:
                 self._release(run_id, claim.version, loaded.step)
                 logger.warning("Run %s step %s: transient failure, will retry: %s", run_id, loaded.step, exc)
@@ -155,7 +156,7 @@ class RunStepper:
             if committed is None:
                 return outcome
             claim = replace(claim, version=committed[0])
-            head_id = committed[1]
+            head_id, after_seq = committed[1], committed[2]
 
     def _spec(self, agent_version_id: UUID) -> AgentSpec:
         key = (self.schema, agent_version_id)
@@ -178,12 +179,14 @@ class RunStepper:
         store = PostgresCheckpointStore(schema=self.schema, connection=connection)
         loaded = store.load(run.head_id)
         failed = loaded.state.evolve(status=Status.FAILED, error={"code": code, "message": message})
-        events = [{"type": "run.status", "data": {"status": "failed", "error": failed.error}}]
+        events = [{"type": "error", "data": dict(failed.error or {})},
+                  {"type": "run.status", "data": {"status": "failed", "error": failed.error}},
+                  finished_event("failed", failed)]
         with transaction.atomic():
             committed = store.commit(run_id=run_id, expected_version=run.version, checkpoint_id=uuid.uuid4(),
                                      parent_id=loaded.id, step=loaded.step + 1, previous=loaded.state, state=failed,
                                      run_status="failed", reason=message, release_lease=True, events=events)
-            transaction.on_commit(partial(self._publish, run_id, events, committed.first_event_seq))
+            transaction.on_commit(partial(self._publish, run_id, events, committed))
         with schema_context(self.schema):
             self._after_terminal(run)
 
@@ -196,7 +199,7 @@ UPDATE {self.q}data_plane_run SET lease_owner = %(owner)s,
   status = CASE WHEN status = 'queued' THEN 'running' ELSE status END, started_at = coalesce(started_at, now())
 WHERE id = %(id)s AND driver_step = %(step)s AND status IN ('queued', 'running')
   AND (lease_owner = '' OR lease_expires_at IS NULL OR lease_expires_at < now())
-RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run_id, was_retried"""
+RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run_id, was_retried, event_seq"""
         with connection.cursor() as cursor:
             cursor.execute(sql, {"owner": self.owner, "ttl": self.lease_seconds, "id": run_id, "step": expected_step})
             row = cursor.fetchone()
@@ -229,12 +232,12 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
     # --- effects ----------------------------------------------------------------------------------
 
     async def _execute(self, run_id: UUID, step: int, commands: list[Command], spec: AgentSpec,
-                       claim: Claim, fresh: bool = False) -> dict[str, machine.EffectResult]:
+                       claim: Claim, fresh: bool = False, after_seq: int = 0) -> dict[str, machine.EffectResult]:
         if not commands:
             return {}
         tools = self.tool_runner_factory(str(run_id))
         work = asyncio.ensure_future(asyncio.gather(
-            *(self._effect(run_id, step, command, tools, claim, fresh) for command in commands),
+            *(self._effect(run_id, step, command, tools, claim, fresh, after_seq) for command in commands),
             return_exceptions=True))
         while not work.done():
             done, _ = await asyncio.wait({work}, timeout=self.lease_seconds / 3)
@@ -256,7 +259,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         return results
 
     async def _effect(self, run_id: UUID, step: int, command: Command, tools: ToolRunner,
-                      claim: Claim, fresh: bool) -> machine.EffectResult | None:
+                      claim: Claim, fresh: bool, after_seq: int) -> machine.EffectResult | None:
         if isinstance(command, StartSubRun):
             return await asyncio.to_thread(self._subrun, run_id, command)
         idempotency_key = f"{run_id}:{step}:{command.key}"
@@ -278,16 +281,17 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         # when it arrives. A tool call is always marked started first, so a retry is known as one.
         if not (fresh and kind == EffectRecord.Kind.MODEL):
             recorded = await asyncio.to_thread(self._journal_begin, run_id, step, command.key, kind, name,
-                                               idempotency_key, effect_digest, request, claim)
+                                               idempotency_key, effect_digest, request, claim, command.node_id)
             if recorded is not None:
                 return recorded
         record = partial(self._journal_record, run_id, step, command.key, kind, name, effect_digest, request) \
             if fresh and kind == EffectRecord.Kind.MODEL else None
         started = time.perf_counter()
         if isinstance(command, CallModel):
+            deltas = _DeltaStream(schema=self.schema, run_id=run_id, after_seq=after_seq, node=command.node_id,
+                                  name=f"{claim.version}.{command.node_id}")
             try:
-                reply = await self.chat_model.complete(command.request, on_delta=partial(self._delta, run_id,
-                                                                                        command.node_id))
+                reply = await self.chat_model.complete(command.request, on_delta=deltas.send, on_retry=deltas.restart)
             except ProviderRejected as exc:
                 failed = EffectFailed(code="model_rejected", message=str(exc))
                 await asyncio.to_thread(record or self._journal_end, idempotency_key, failed, None, started)
@@ -298,26 +302,43 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         await asyncio.to_thread(self._journal_end, idempotency_key, result, None, started)
         return result
 
-    async def _delta(self, run_id: UUID, node_id: str, text: str) -> None:
-        await get_channel_layer().group_send(streams.run_group(tenant_schema=self.schema, run_id=run_id),
-                                             {"type": "run.delta", "delta": {"node": node_id, "text": text}})
-
     def _journal_begin(self, run_id: UUID, step: int, key: str, kind: str, name: str, idempotency_key: str,
-                       effect_digest: str, request: dict[str, Any], claim: Claim) -> machine.EffectResult | None:
+                       effect_digest: str, request: dict[str, Any], claim: Claim,
+                       node_id: str) -> machine.EffectResult | None:
         """A recorded result for this effect (this run's, or the source branch's on a replay), or None after
-        marking the effect started. One statement in the common case; explicit schema in the SQL."""
+        marking the effect started. A tool call marked started gets its tool.started event in the same
+        statement (numbered after the run's last event, fenced by the claim's version). One statement in the
+        common case; explicit schema in the SQL."""
         close_old_connections()
+        q = self.q
         with connection.cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO {self.q}data_plane_effectrecord (run_id, step, key, kind, idempotency_key, digest, name, "
-                "request, status, attempts, input_tokens, output_tokens, cost_usd, started_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, 'started', 1, 0, 0, 0, now()) "
+                f"WITH journal AS (INSERT INTO {q}data_plane_effectrecord (run_id, step, key, kind, idempotency_key, "
+                "digest, name, request, status, attempts, input_tokens, output_tokens, cost_usd, started_at) "
+                "VALUES (%(run)s, %(step)s, %(key)s, %(kind)s, %(idem)s, %(digest)s, %(name)s, %(request)s::jsonb, "
+                "'started', 1, 0, 0, 0, now()) "
                 "ON CONFLICT (idempotency_key) DO UPDATE SET attempts = "
-                f"{self.q}data_plane_effectrecord.attempts + "
-                f"CASE WHEN {self.q}data_plane_effectrecord.status = 'started' THEN 1 ELSE 0 END "
-                "RETURNING id, status, result, attempts",
-                [run_id, step, key, kind, idempotency_key, effect_digest, name, json.dumps(request)])
-            record_id, status, result, attempts = cursor.fetchone()
+                f"{q}data_plane_effectrecord.attempts + "
+                f"CASE WHEN {q}data_plane_effectrecord.status = 'started' THEN 1 ELSE 0 END "
+                "RETURNING id, status, result, attempts), "
+                f"numbered AS (UPDATE {q}data_plane_run SET event_seq = event_seq + 1 "
+                "WHERE id = %(run)s AND version = %(version)s AND %(kind)s = 'tool' "
+                "AND EXISTS (SELECT 1 FROM journal WHERE status = 'started') RETURNING event_seq), "
+                f"started AS (INSERT INTO {q}data_plane_runevent (run_id, seq, type, data, created_at) "
+                "SELECT %(run)s, numbered.event_seq, 'tool.started', "
+                "jsonb_build_object('node', %(node)s::text, 'call', %(call)s::jsonb, 'attempt', journal.attempts), now() "
+                "FROM numbered, journal RETURNING seq, data, created_at) "
+                "SELECT journal.id, journal.status, journal.result, journal.attempts, started.seq, started.data, "
+                "started.created_at FROM journal LEFT JOIN started ON true",
+                {"run": run_id, "step": step, "key": key, "kind": kind, "idem": idempotency_key,
+                 "digest": effect_digest, "name": name, "request": json.dumps(request), "version": claim.version,
+                 "node": node_id, "call": json.dumps({"id": request.get("call_id"), "name": request.get("name"),
+                                                      "arguments": request.get("arguments")})})
+            record_id, status, result, attempts, event_seq, event_data, event_at = cursor.fetchone()
+            if event_seq is not None:
+                streams.run_publish(tenant_schema=self.schema, run_id=run_id, events=[{
+                    "seq": event_seq, "type": "tool.started", "data": _json(event_data),
+                    "ts": format_ts(event_at)}])
             if status != EffectRecord.Status.STARTED:
                 return _decode_result(kind, _json(result))
             if attempts > 1 or claim.reexecute or (claim.base_run_id is None and not claim.was_retried):
@@ -392,9 +413,9 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
     def _commit(self, run_id: UUID, claim: Claim, store: PostgresCheckpointStore, parent_id: UUID, parent_step: int,
                 previous: RunState, state: RunState, commands: list[Command],
                 results: dict[str, machine.EffectResult], *, keep_going: bool
-                ) -> tuple[StepOutcome, tuple[int, UUID] | None]:
-        """Commit the step. Returns its outcome, and (new version, checkpoint) when this task goes on with the
-        run's next step itself (it keeps the lease) instead of dispatching it."""
+                ) -> tuple[StepOutcome, tuple[int, UUID, int] | None]:
+        """Commit the step. Returns its outcome, and (new version, checkpoint, last event's seq) when this task
+        goes on with the run's next step itself (it keeps the lease) instead of dispatching it."""
         step = parent_step + 1
         run_status = run_status_for(state)
         waiting_subrun = state.status == Status.WAITING_SUBRUN
@@ -428,12 +449,13 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         with _CACHE_LOCK:
             _STATES.remember((self.schema, checkpoint_id), LoadedCheckpoint(id=checkpoint_id, run_id=run_id, step=step,
                                                                             state=reloaded))
-        transaction.on_commit(partial(self._publish, run_id, events, committed.first_event_seq))
+        transaction.on_commit(partial(self._publish, run_id, events, committed, state))
         if committed.pause_requested and run_status == "running":
             self._pause(run_id, committed.version, step)
             return StepOutcome(kind="advanced", step=step, run_status="paused"), None
         if continues:
-            return StepOutcome(kind="advanced", step=step, run_status=run_status), (committed.version, checkpoint_id)
+            return StepOutcome(kind="advanced", step=step, run_status=run_status), (
+                committed.version, checkpoint_id, committed.first_event_seq + len(events) - 1)
         if run_status == "running" and not waiting_subrun:
             self.dispatch(run_id, step)
         elif run_status in TERMINAL:
@@ -447,15 +469,16 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(f"UPDATE {self.q}data_plane_run SET status = 'paused', pause_requested = false, "
                            f"lease_owner = '', lease_expires_at = NULL, version = version + 1, driver_step = %s, "
-                           f"event_seq = event_seq + 1 WHERE id = %s AND version = %s RETURNING event_seq",
+                           f"event_seq = event_seq + 1 WHERE id = %s AND version = %s RETURNING event_seq, now()",
                            [step, run_id, version])
             row = cursor.fetchone()
             if row is not None:
                 cursor.execute(f"INSERT INTO {self.q}data_plane_runevent (run_id, seq, type, data, created_at) "
                                f"VALUES (%s, %s, 'run.status', %s::jsonb, now())",
                                [run_id, row[0], json.dumps({"status": "paused"})])
-                transaction.on_commit(partial(self._publish, run_id, [{"type": "run.status",
-                                                                       "data": {"status": "paused"}}], row[0]))
+                transaction.on_commit(partial(streams.run_publish, tenant_schema=self.schema, run_id=run_id, events=[
+                    {"seq": row[0], "type": "run.status", "data": {"status": "paused"},
+                     "ts": format_ts(row[1])}]))
 
     def _after_terminal(self, run: Run) -> None:
         """A finished sub-run wakes its parent, which collects the result in its next step."""
@@ -464,9 +487,53 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
             if parent is not None and parent[0] == "running":
                 self.dispatch(run.parent_run_id, parent[1])
 
-    def _publish(self, run_id: UUID, events: list[dict[str, Any]], first_seq: int) -> None:
+    def _publish(self, run_id: UUID, events: list[dict[str, Any]], committed: CommitResult,
+                 state: RunState | None = None) -> None:
         streams.run_publish(tenant_schema=self.schema, run_id=run_id,
-                            events=[{"seq": first_seq + offset, **event} for offset, event in enumerate(events)])
+                            events=numbered_events(events, committed, messages=state.messages if state else ()))
+
+
+class _DeltaStream:
+    """Publishes one model call's token deltas; a retried attempt streams again under a new name, so a
+    subscriber drops the failed attempt's text."""
+
+    def __init__(self, *, schema: str, run_id: UUID, after_seq: int, node: str, name: str) -> None:
+        self.schema, self.run_id, self.after_seq, self.node, self.name = schema, run_id, after_seq, node, name
+        self.attempt = 1
+
+    async def send(self, text: str) -> None:
+        await streams.delta_publish(tenant_schema=self.schema, run_id=self.run_id, after_seq=self.after_seq,
+                                    node=self.node, text=text, stream=f"{self.name}.{self.attempt}")
+
+    async def restart(self, notice: RetryNotice) -> None:
+        self.attempt += 1
+
+
+def numbered_events(events: list[dict[str, Any]], committed: CommitResult,
+                    messages: tuple[Message, ...] | list[Message] = ()) -> list[dict[str, Any]]:
+    """A commit's events as subscribers get them: numbered, stamped with the commit's time, and a model
+    reply carrying its whole message (the database keeps it once, in the checkpoint's messages)."""
+    stamp = format_ts(committed.committed_at)
+    numbered = []
+    for offset, event in enumerate(events):
+        data = event["data"]
+        position = data.get("message_seq") if event["type"] == "model.reply" else None
+        if position is not None and position < len(messages):
+            data = {**data, "message": messages[position].to_json()}
+        numbered.append({"seq": committed.first_event_seq + offset, "type": event["type"], "data": data, "ts": stamp})
+    return numbered
+
+
+def finished_event(status: str, state: RunState | None, *, reason: str = "") -> dict[str, Any]:
+    """The last event of a run's turn: how it ended, its output or error, and what it used."""
+    data: dict[str, Any] = {"status": status}
+    if state is not None:
+        data.update(output=state.output, error=dict(state.error) if state.error else None, steps=state.steps,
+                    usage={"input_tokens": state.input_tokens, "output_tokens": state.output_tokens,
+                           "cost_usd": state.cost_usd})
+    if reason:
+        data["reason"] = reason
+    return {"type": "run.finished", "data": data}
 
 
 def record_pending_approval(run_id: UUID, state: RunState) -> None:
@@ -518,6 +585,10 @@ def _step_events(commands: list[Command], results: dict[str, machine.EffectResul
                 "preview": result.message.content[:280], "truncated": len(result.message.content) > 280,
                 "tool_calls": [call.to_json() for call in result.message.tool_calls],
                 "usage": result.usage.to_json()}})
+            events.append({"type": "usage", "data": {
+                "node": command.node_id, "call": result.usage.to_json(),
+                "run": {"input_tokens": state.input_tokens, "output_tokens": state.output_tokens,
+                        "cost_usd": state.cost_usd}}})
         elif isinstance(command, CallTool) and isinstance(result, ToolResult):
             events.append({"type": "tool.finished", "data": {
                 "node": command.node_id, "call": command.call.to_json(), "is_error": result.is_error,
@@ -525,9 +596,13 @@ def _step_events(commands: list[Command], results: dict[str, machine.EffectResul
     events.append({"type": "checkpoint.committed", "data": {"checkpoint_id": str(checkpoint_id), "step": step}})
     if state.pending_approval is not None and previous.pending_approval != state.pending_approval:
         events.append({"type": "approval.requested", "data": state.pending_approval.to_json()})
+    if state.error and run_status == "failed":
+        events.append({"type": "error", "data": dict(state.error)})
     if run_status_for(previous) != run_status or state.is_terminal:
         events.append({"type": "run.status", "data": {"status": run_status, "output": state.output,
                                                       "error": dict(state.error) if state.error else None}})
+    if state.is_terminal:
+        events.append(finished_event(run_status, state))
     return events
 
 

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import json
+from typing import Any
 from uuid import UUID
 
 from django.db import connection
-from django.db.models import F, QuerySet
+from django.db.models import F, IntegerField, Max, OuterRef, QuerySet, Subquery
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast
 
 from common.schemas import require_schema
+from common.timestamps import format_ts
 from data_plane.errors import AgentNotFound, ApprovalNotFound, CheckpointNotFound, PingNotFound, RunNotFound
-from data_plane.models import Agent, AgentVersion, Approval, Checkpoint, Ping, Run, RunEvent
+from data_plane.models import Agent, AgentVersion, Approval, Checkpoint, Ping, Run, RunEvent, RunMessage
 from data_plane.runtime.adapters.checkpoints import PostgresCheckpointStore
 from data_plane.runtime.core.state import RunState
 
@@ -126,5 +131,38 @@ def approval_get(*, tenant_schema: str, approval_id: UUID, for_update: bool = Fa
 
 
 def run_event_list(*, tenant_schema: str, run_id: UUID, after_seq: int = 0) -> QuerySet[RunEvent]:
+    """A run's events after ``after_seq``, in order; a model reply's whole message is annotated as
+    ``message_json`` (the event itself keeps only a preview: the checkpoint holds the message). Raises
+    RunNotFound."""
     run = run_get(tenant_schema=tenant_schema, run_id=run_id)
-    return RunEvent.objects.filter(run=run, seq__gt=after_seq).order_by("seq")
+    message = RunMessage.objects.filter(run_id=OuterRef("run_id"), seq=OuterRef("message_position"))
+    return (RunEvent.objects.filter(run=run, seq__gt=after_seq).order_by("seq")
+            .annotate(message_position=Cast(KeyTextTransform("message_seq", "data"), IntegerField()))
+            .annotate(message_json=Subquery(message.values("message")[:1])))
+
+
+def run_event_page(*, tenant_schema: str, run_id: UUID, after_seq: int, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` of a run's events after ``after_seq`` as streams send them: {seq, type, data, ts}, a
+    model reply with its whole message. Raises RunNotFound."""
+    events = run_event_list(tenant_schema=tenant_schema, run_id=run_id, after_seq=after_seq)[:limit]
+    return [event_payload(event) for event in events]
+
+
+def event_payload(event: RunEvent) -> dict[str, Any]:
+    data = event.data
+    message_json = getattr(event, "message_json", None)
+    if message_json and event.type == "model.reply":
+        data = {**data, "message": json.loads(message_json)}
+    return {"seq": event.seq, "type": event.type, "data": data, "ts": format_ts(event.created_at)}
+
+
+def run_event_last_seq(*, tenant_schema: str, run_id: UUID, type: str | None = None,
+                       up_to: int | None = None) -> int:
+    """The number of the run's last event (of ``type``, at or before ``up_to``); 0 when there is none."""
+    require_schema(tenant_schema)
+    events = RunEvent.objects.filter(run_id=run_id)
+    if type is not None:
+        events = events.filter(type=type)
+    if up_to is not None:
+        events = events.filter(seq__lte=up_to)
+    return events.aggregate(last=Max("seq"))["last"] or 0

@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from data_plane.models import Approval, Ping, Run
+from data_plane.selectors import event_payload
 
 
 class PingOutputSerializer(serializers.Serializer):
@@ -131,8 +132,12 @@ class CheckpointStateOutputSerializer(serializers.Serializer):
 class RunEventOutputSerializer(serializers.Serializer):
     seq = serializers.IntegerField()
     type = serializers.CharField()
-    data = serializers.JSONField()
+    data = serializers.JSONField(help_text="A model.reply's data carries its whole message, as streams send it.")
     created_at = serializers.DateTimeField()
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        payload = event_payload(instance)
+        return {"seq": payload["seq"], "type": payload["type"], "data": payload["data"], "created_at": payload["ts"]}
 
 
 # --- Approvals ---------------------------------------------------------------------------------------

@@ -3,20 +3,45 @@
 Best effort: the database stays the truth (clients resume from it), so a publish that fails is logged,
 never raised into the step or request that committed the change. Sends are handed to the process's IO
 loop without waiting, in order, and the channel layer's connection pool lives across steps.
+
+Token deltas are not in the database: each is appended to the run's delta log in Redis (a stream with
+contiguous numbers, trimmed and expiring) and then sent to the run's group. A subscriber that reconnects in
+the middle of a message reads the deltas it missed from that log (``delta_range``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import weakref
+from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 from uuid import UUID
 
 from channels.layers import get_channel_layer
+from django.conf import settings
+from redis import asyncio as aioredis
 
+from common.timestamps import format_ts
 from data_plane.runtime.loop import submit_in_order
 
 logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+DELTA_LOG_SECONDS = 900  # how long an idle run's deltas stay readable for a reconnecting subscriber
+DELTA_LOG_LENGTH = 20_000  # at most this many of a run's latest deltas are kept
+
+# Append a delta with the next number of its run: INCR and XADD together, so numbers are contiguous and the
+# log is in number order even when a step's parallel model calls stream at once.
+_APPEND_DELTA = """
+local n = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], n .. '-0', 'd', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return n
+"""
 
 
 def ping_group(*, tenant_schema: str, ping_id: UUID | str) -> str:
@@ -25,6 +50,28 @@ def ping_group(*, tenant_schema: str, ping_id: UUID | str) -> str:
 
 def run_group(*, tenant_schema: str, run_id: UUID | str) -> str:
     return f"run.{tenant_schema}.{run_id}"
+
+
+def _delta_keys(tenant_schema: str, run_id: UUID | str) -> list[str]:
+    base = f"{settings.STREAM_KEY_PREFIX}:deltas:{tenant_schema}:{run_id}"
+    return [base, f"{base}:n"]
+
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
+
+
+def _redis() -> aioredis.Redis:
+    """One client per event loop (a pool is bound to the loop that created it)."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        client = aioredis.Redis.from_url(settings.CHANNEL_LAYER_REDIS_URL, socket_timeout=5)
+        _clients[loop] = client
+    return client
+
+
+def now_iso() -> str:
+    return format_ts(datetime.now(timezone.utc))
 
 
 async def _send(group: str, messages: list[dict[str, Any]]) -> None:
@@ -44,6 +91,35 @@ def ping_publish(*, tenant_schema: str, ping_id: UUID, ping: dict[str, Any]) -> 
 
 
 def run_publish(*, tenant_schema: str, run_id: UUID | str, events: list[dict[str, Any]]) -> None:
-    """Send a commit's run events ({seq, type, data}, in order) to the run's live subscribers, in one message."""
+    """Send a commit's run events ({seq, type, data, ts}, in order) to the run's live subscribers, in one
+    message."""
     if events:
         _publish(run_group(tenant_schema=tenant_schema, run_id=run_id), [{"type": "run.events", "events": events}])
+
+
+async def delta_publish(*, tenant_schema: str, run_id: UUID | str, after_seq: int, node: str, text: str,
+                        stream: str) -> None:
+    """Append a token delta to the run's delta log and send it to the run's subscribers (awaited, in order).
+
+    ``after_seq`` is the run's last event when the step began: once a later checkpoint.committed event exists
+    the delta is superseded by the step's model.reply. ``stream`` names the attempt that produced it (a
+    retried or recovered call streams again from the start under a new name)."""
+    delta = {"after_seq": after_seq, "node": node, "text": text, "stream": stream, "ts": now_iso()}
+    try:
+        number = await _redis().eval(_APPEND_DELTA, 2, *_delta_keys(tenant_schema, run_id),
+                                     json.dumps(delta, separators=(",", ":")), DELTA_LOG_SECONDS, DELTA_LOG_LENGTH)
+        await get_channel_layer().group_send(run_group(tenant_schema=tenant_schema, run_id=run_id),
+                                             {"type": "run.delta", "n": int(number), **delta})
+    except Exception:  # the model's stream goes on: deltas are a preview, the checkpoint has the message
+        logger.warning("Could not publish a delta of run %s", run_id, exc_info=True)
+
+
+async def delta_range(*, tenant_schema: str, run_id: UUID | str, after: int) -> list[dict[str, Any]]:
+    """The run's deltas numbered above ``after`` still in the log, oldest first, each with its number ``n``."""
+    entries = await _redis().xrange(_delta_keys(tenant_schema, run_id)[0], min=f"({after}-0", max="+")
+    deltas = []
+    for entry_id, fields in entries:
+        delta = json.loads(fields[b"d"])
+        delta["n"] = int(entry_id.split(b"-")[0])
+        deltas.append(delta)
+    return deltas

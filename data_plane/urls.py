@@ -1,6 +1,6 @@
 from django.urls import path
 
-from data_plane import apis
+from data_plane import apis, sse
 
 urlpatterns = [
     path("pings", apis.PingListCreateApi.as_view(), name="pings"),
@@ -20,6 +20,9 @@ urlpatterns = [
     path("runs/<uuid:run_id>/cancel", apis.RunCancelApi.as_view(), name="run-cancel"),
     path("runs/<uuid:run_id>/retry", apis.RunRetryApi.as_view(), name="run-retry"),
     path("runs/<uuid:run_id>/events", apis.RunEventListApi.as_view(), name="run-events"),
+    path("runs/<uuid:run_id>/messages", apis.RunMessageCreateApi.as_view(), name="run-messages"),
+    path("runs/<uuid:run_id>/stream-token", apis.RunStreamTokenApi.as_view(), name="run-stream-token"),
+    path("runs/<uuid:run_id>/stream", sse.run_stream, name="run-stream"),
     # checkpoints: time travel
     path("runs/<uuid:run_id>/checkpoints", apis.CheckpointListApi.as_view(), name="run-checkpoints"),
     path("runs/<uuid:run_id>/checkpoints/<uuid:checkpoint_id>", apis.CheckpointDetailApi.as_view(),

@@ -1,17 +1,23 @@
-"""Tenant resolution for websockets: the API key in the handshake selects the tenant.
+"""Tenant resolution for streams (websockets and server-sent events): the credential selects the tenant.
 
-The middleware never rejects by itself: it records the principal or the error in the scope, so the
-consumer can accept, send a problem message (``{"type": "error", "code", "message"}``) and close with
+A client presents an API key (``Authorization: Bearer agp_...``) or a stream token (a short-lived JWT from
+``POST /v1/runs/{id}/stream-token``), in the header or, for browsers that cannot set one, as the
+``access_token`` query parameter (stream tokens only: a long-lived key never goes into a URL).
+
+The websocket middleware never rejects by itself: it records the principal or the error in the scope, so
+the consumer can accept, send a problem message (``{"type": "error", "code", "message"}``) and close with
 ``4000 + http status``, which a client can read, unlike a refused handshake.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from django.db import close_old_connections, connection
 
+from common.actors import Actor
 from common.errors import AppError
 from tenants import services
 from tenants.authentication import parse_bearer
@@ -25,16 +31,37 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
     return None
 
 
-def _authenticate(authorization: str | None) -> dict[str, Any]:
+def query_token(query_string: bytes | str) -> str | None:
+    text = query_string.decode("latin-1") if isinstance(query_string, bytes) else query_string
+    values = parse_qs(text).get("access_token")
+    return values[-1] if values else None
+
+
+def stream_principal(*, authorization: str | None, access_token: str | None) -> dict[str, Any]:
+    """What a stream's scope carries about its caller: tenant, schema, key, scopes, actor and the run the
+    credential is limited to (None: any run of the tenant); or ``auth_error`` (code, message, status).
+    Runs sync (database reads); leaves the connection on the public schema."""
     close_old_connections()
     connection.set_schema_to_public()
     try:
         token = parse_bearer(authorization)
+        if token is None and access_token:
+            if access_token.startswith("agp_"):
+                raise InvalidCredentials("Never put an API key in a URL: send it in the Authorization header, or "
+                                         "get a stream token from POST /v1/runs/{id}/stream-token for the query.")
+            token = access_token
         if token is None:
-            raise InvalidCredentials("Send your API key as 'Authorization: Bearer <key>' in the handshake.")
-        key = services.api_key_authenticate(raw=token)
-        return {"tenant_schema": key.tenant.schema_name, "tenant_id": str(key.tenant_id),
-                "api_key_id": str(key.id), "scopes": frozenset(key.scopes)}
+            raise InvalidCredentials("Send your API key as 'Authorization: Bearer <key>' in the handshake, or a "
+                                     "stream token as ?access_token=<token>.")
+        if token.startswith("agp_"):
+            key = services.api_key_authenticate(raw=token)
+            tenant, key_id, scopes, run_id = key.tenant, str(key.id), frozenset(key.scopes), None
+        else:
+            grant = services.stream_token_authenticate(raw=token)
+            tenant, key_id, scopes, run_id = grant.tenant, grant.key_id, grant.scopes, grant.run_id
+        return {"tenant": tenant, "tenant_schema": tenant.schema_name, "tenant_id": str(tenant.id),
+                "api_key_id": key_id, "scopes": scopes, "actor": Actor(kind="api_key", id=key_id),
+                "allowed_run_id": run_id}
     except AppError as error:
         return {"auth_error": {"code": error.code, "message": error.message, "status": error.http_status}}
 
@@ -44,5 +71,6 @@ class ApiKeyAuthMiddleware:
         self.inner = inner
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        resolved = await database_sync_to_async(_authenticate)(_header(scope, b"authorization"))
+        resolved = await database_sync_to_async(stream_principal)(
+            authorization=_header(scope, b"authorization"), access_token=query_token(scope.get("query_string", b"")))
         return await self.inner({**scope, **resolved}, receive, send)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import jwt
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -320,3 +324,81 @@ def operator_key_authenticate(*, raw: str) -> OperatorKey:
     key = _authenticate(OperatorKey, raw)
     assert isinstance(key, OperatorKey)
     return key
+
+
+# --- Stream tokens: short-lived JWTs for clients that cannot send a header (browsers' WebSocket, EventSource)
+
+STREAM_TOKEN_AUDIENCE = "agentplane:stream"
+STREAM_TOKEN_ISSUER = "agentplane"
+STREAM_SCOPES = ("runs:read", "runs:write", "approvals:write")
+
+
+@dataclass(frozen=True)
+class IssuedStreamToken:
+    token: str
+    expires_at: datetime
+    scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StreamGrant:
+    """Who may stream what: a live key of an active tenant, the scopes granted, and the run (None: any)."""
+
+    tenant: Tenant
+    key_id: str
+    scopes: frozenset[str]
+    run_id: str | None
+
+
+def _stream_secret() -> bytes:
+    # A key of its own, derived from the server secret: a stream token can never pass as anything else.
+    return hmac.new(settings.SECRET_KEY.encode(), b"agentplane stream tokens v1", hashlib.sha256).digest()
+
+
+def stream_token_issue(*, key: ApiKey, run_id: str | None, scopes: list[str] | None = None,
+                       ttl_seconds: int = 300) -> IssuedStreamToken:
+    """A signed token (JWT, HS256) that lets a client stream one run (or every run with ``run_id`` None) with
+    at most the key's streaming scopes, for ``ttl_seconds``. Raises ScopeEscalation, UnknownScope."""
+    granted = [scope for scope in STREAM_SCOPES if scope in key.scopes]
+    if scopes is not None:
+        unknown = [scope for scope in scopes if scope not in STREAM_SCOPES]
+        if unknown:
+            raise UnknownScope(f"Not a streaming scope: {', '.join(unknown)}; choose from {', '.join(STREAM_SCOPES)}.")
+        missing = [scope for scope in scopes if scope not in granted]
+        if missing:
+            raise ScopeEscalation(f"This key lacks {', '.join(missing)}; a token cannot grant more than its key.")
+        granted = [scope for scope in STREAM_SCOPES if scope in scopes]
+    now = timezone.now()
+    expires_at = now + timedelta(seconds=ttl_seconds)
+    claims = {"iss": STREAM_TOKEN_ISSUER, "aud": STREAM_TOKEN_AUDIENCE, "sub": str(key.id),
+              "tid": str(key.tenant_id), "scp": granted, "run": run_id, "iat": int(now.timestamp()),
+              "exp": int(expires_at.timestamp()), "jti": secrets.token_hex(8)}
+    token = jwt.encode(claims, _stream_secret(), algorithm="HS256")
+    return IssuedStreamToken(token=token, expires_at=expires_at, scopes=tuple(granted))
+
+
+def stream_token_authenticate(*, raw: str) -> StreamGrant:
+    """The grant behind a stream token, checked against its key now: a revoked or expired key, or a suspended
+    tenant, ends its tokens at once. Raises InvalidCredentials, CredentialExpired, CredentialRevoked,
+    TenantSuspended."""
+    try:
+        claims = jwt.decode(raw, _stream_secret(), algorithms=["HS256"], audience=STREAM_TOKEN_AUDIENCE,
+                            issuer=STREAM_TOKEN_ISSUER, options={"require": ["exp", "sub", "tid", "aud"]})
+    except jwt.ExpiredSignatureError:
+        raise CredentialExpired("This stream token expired; ask POST /v1/runs/{id}/stream-token for a new one.") \
+            from None
+    except jwt.PyJWTError:
+        raise InvalidCredentials("The bearer token is neither an API key nor a valid stream token.") from None
+    key = ApiKey.objects.select_related("tenant").filter(id=claims["sub"], tenant_id=claims["tid"]).first()
+    if key is None:
+        raise InvalidCredentials("The stream token's key no longer exists.")
+    if key.revoked_at is not None:
+        raise CredentialRevoked(f"The key behind this stream token ({key.lookup_id}) was revoked.")
+    if key.expires_at is not None and key.expires_at <= timezone.now():
+        raise CredentialExpired(f"The key behind this stream token ({key.lookup_id}) expired.")
+    if key.tenant.status == Tenant.Status.SUSPENDED:
+        raise TenantSuspended(f"Tenant {key.tenant.slug!r} is suspended; its tokens are refused.")
+    if key.tenant.status != Tenant.Status.ACTIVE:
+        raise InvalidCredentials("The stream token's tenant is not active.")
+    scopes = frozenset(claims.get("scp") or ()) & frozenset(key.scopes)  # never more than the key has now
+    return StreamGrant(tenant=key.tenant, key_id=str(key.id), scopes=scopes, run_id=claims.get("run"))

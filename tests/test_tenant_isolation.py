@@ -125,6 +125,10 @@ CASES = [
          _not_found),
     Case("v1/runs/<uuid:run_id>/retry", "post", lambda a: f"/v1/runs/{a.run_id}/retry", {}, _not_found),
     Case("v1/runs/<uuid:run_id>/events", "get", lambda a: f"/v1/runs/{a.run_id}/events", None, _not_found),
+    Case("v1/runs/<uuid:run_id>/messages", "post", lambda a: f"/v1/runs/{a.run_id}/messages", {"text": "hi"},
+         _not_found),
+    Case("v1/runs/<uuid:run_id>/stream-token", "post", lambda a: f"/v1/runs/{a.run_id}/stream-token", {},
+         _not_found),
     # checkpoints
     Case("v1/runs/<uuid:run_id>/checkpoints", "get", lambda a: f"/v1/runs/{a.run_id}/checkpoints", None,
          _not_found),

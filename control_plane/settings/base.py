@@ -162,6 +162,8 @@ RUN_STEP_MAX_TRANSIENT_RETRIES = env.integer("RUN_STEP_MAX_TRANSIENT_RETRIES", 8
 RUN_STEPS_PER_TASK = env.integer("RUN_STEPS_PER_TASK", 8)
 # The Celery queue of run steps (empty: the default queue). Workers consume it with -Q.
 RUN_STEP_QUEUE = env.string("RUN_STEP_QUEUE", "")
+# Redis keys of the streams (runs' token-delta logs), in the channel layer's database.
+STREAM_KEY_PREFIX = env.string("STREAM_KEY_PREFIX", "agentplane")
 
 # --- REST framework and the OpenAPI schema ------------------------------------------------------
 REST_FRAMEWORK = {

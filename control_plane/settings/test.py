@@ -20,5 +20,6 @@ CHANNEL_LAYERS = {
     }
 }
 CELERY_TASK_DEFAULT_QUEUE = f"agentplane-test-{CHECKOUT_ID}"
+STREAM_KEY_PREFIX = f"agentplane-test-{CHECKOUT_ID}"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405

@@ -8,6 +8,7 @@ from data_plane.services.runs import (
     run_cancel,
     run_create_child,
     run_fork,
+    run_message_send,
     run_pause,
     run_resume,
     run_retry,
@@ -18,6 +19,6 @@ from data_plane.services.runs import (
 
 __all__ = [
     "agent_archive", "agent_create", "agent_update", "approval_decide", "checkpoints_prune", "ping_answer", "ping_create", "run_cancel",
-    "run_create_child", "run_fork", "run_pause", "run_resume", "run_retry", "run_start", "run_step",
+    "run_create_child", "run_fork", "run_message_send", "run_pause", "run_resume", "run_retry", "run_start", "run_step",
     "run_step_fail",
 ]

@@ -20,11 +20,13 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from common.actors import Actor
+from common.timestamps import format_ts
 from common.schemas import require_schema
 from control_plane.audit.services import audit_event_record
 from data_plane import streams, tasks
 from data_plane.errors import AgentArchived, ApprovalArgumentsInvalid, ApprovalNotPending, IllegalTransition
-from data_plane.executor import RunStepper, StepOutcome, record_pending_approval, run_status_for
+from data_plane.executor import RunStepper, StepOutcome, finished_event, numbered_events, record_pending_approval, \
+    run_status_for
 from data_plane.models import Approval, Checkpoint, Run, RunEvent
 from data_plane.runtime.adapters.checkpoints import PostgresCheckpointStore
 from data_plane.runtime.core import machine
@@ -53,9 +55,8 @@ def dispatcher(tenant_schema: str) -> Callable[[UUID, int], None]:
 def _commit(tenant_schema: str, *, events: list[dict[str, Any]], **fields: Any) -> None:
     """Commit a checkpoint through the store (fenced) and publish its events once the transaction commits."""
     committed = _store(tenant_schema).commit(events=events, **fields)
-    numbered = [{"seq": committed.first_event_seq + offset, **event} for offset, event in enumerate(events)]
     transaction.on_commit(partial(streams.run_publish, tenant_schema=tenant_schema, run_id=fields["run_id"],
-                                  events=numbered))
+                                  events=numbered_events(events, committed, messages=fields["state"].messages)))
 
 
 def _wake_parent(run: Run, tenant_schema: str) -> None:
@@ -74,12 +75,9 @@ def _initial_status(state: RunState) -> str:
 def _append_event(run: Run, type_: str, data: dict[str, Any], tenant_schema: str) -> None:
     """Append an event to a run whose row the caller holds locked; published after commit."""
     run.event_seq += 1
-    RunEvent.objects.create(run=run, seq=run.event_seq, type=type_, data=data)
-    transaction.on_commit(partial(_publish, tenant_schema, run.id, run.event_seq, type_, data))
-
-
-def _publish(tenant_schema: str, run_id: UUID, seq: int, type_: str, data: dict[str, Any]) -> None:
-    streams.run_publish(tenant_schema=tenant_schema, run_id=run_id, events=[{"seq": seq, "type": type_, "data": data}])
+    event = RunEvent.objects.create(run=run, seq=run.event_seq, type=type_, data=data)
+    transaction.on_commit(partial(streams.run_publish, tenant_schema=tenant_schema, run_id=run.id, events=[
+        {"seq": event.seq, "type": type_, "data": data, "ts": format_ts(event.created_at)}]))
 
 
 
@@ -187,6 +185,8 @@ def _cancel(run: Run, *, reason: str, tenant_schema: str) -> None:
     run.finished_at = timezone.now()
     run.lease_owner, run.lease_expires_at, run.pause_requested = "", None, False
     _append_event(run, "run.status", {"status": "cancelled", "reason": reason}, tenant_schema)
+    finished = finished_event("cancelled", None, reason=reason)
+    _append_event(run, finished["type"], finished["data"], tenant_schema)
     run.save()
     Approval.objects.filter(run=run, status=Approval.Status.PENDING).update(status=Approval.Status.CANCELLED)
     for child in Run.objects.select_for_update().filter(parent_run=run, status__in=ACTIVE):
@@ -212,6 +212,37 @@ def run_retry(*, tenant, run_id: UUID, actor: Actor) -> Run:  # type: ignore[no-
         if status == "queued":
             dispatcher(tenant.schema_name)(run.id, head.step + 1)
         audit_event_record(tenant=tenant, actor=actor, action="run.retry", target_type="run", target_id=str(run.id))
+    run.refresh_from_db()
+    return run
+
+
+def run_message_send(*, tenant, run_id: UUID, text: str, actor: Actor,  # type: ignore[no-untyped-def]
+                     clock: Callable[[], float] = time.time) -> Run:
+    """Continue a completed run's conversation with the user's next message: the same run takes another turn
+    from its head checkpoint (its subscribers keep following it). Raises IllegalTransition while the run is
+    still working or waiting, and for a failed (retry it) or cancelled run."""
+    with transaction.atomic():
+        run = run_get(tenant_schema=tenant.schema_name, run_id=run_id, for_update=True)
+        if run.status != "completed":
+            hint = {"failed": " Retry it first.", "cancelled": " Start a new run."}.get(
+                run.status, " Wait for its run.finished event, or cancel it.")
+            raise IllegalTransition(f"Run {run.id} is {run.status}; a message continues a completed run's "
+                                    f"conversation.{hint}")
+        head = _store(tenant.schema_name).load(run.head_id)
+        state = head.state.evolve(messages=head.state.messages + (Message(role="user", content=text),))
+        state = machine.reopen(state, spec_from_json(run.agent_version.spec), now=clock())
+        status = _initial_status(state)
+        _commit(tenant.schema_name, run_id=run.id, expected_version=run.version, checkpoint_id=uuid.uuid4(),
+                parent_id=head.id, step=head.step + 1, previous=head.state, state=state, run_status=status,
+                release_lease=True, events=[
+                    {"type": "message.user", "data": {"message_seq": len(head.state.messages), "content": text}},
+                    {"type": "run.status", "data": {"status": status}}])
+        Run.objects.filter(id=run.id).update(finished_at=None, status_reason="", output="")
+        record_pending_approval(run.id, state)
+        if status == "queued":
+            dispatcher(tenant.schema_name)(run.id, head.step + 1)
+        audit_event_record(tenant=tenant, actor=actor, action="run.message", target_type="run",
+                           target_id=str(run.id), data={"characters": len(text)})
     run.refresh_from_db()
     return run
 
@@ -243,7 +274,8 @@ def approval_decide(*, tenant, approval_id: UUID, approved: bool, actor: Actor, 
                 release_lease=True, reason=(state.error or {}).get("message", ""), events=[
                     {"type": "approval.decided",
                      "data": {"approval_id": str(approval.id), "approved": approved, "comment": comment}},
-                    {"type": "run.status", "data": {"status": status}}])
+                    {"type": "run.status", "data": {"status": status}},
+                    *([finished_event(status, state)] if state.is_terminal else [])])
         approval.status = Approval.Status.APPROVED if approved else Approval.Status.REJECTED
         approval.decided_by, approval.decided_at = str(actor), timezone.now()
         approval.comment, approval.arguments = comment, arguments

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from data_plane.runtime.core.messages import Message, ToolCall, Usage
-from data_plane.runtime.core.ports import DeltaCallback, ModelReply, ModelRequest, ProviderUnavailable
+from data_plane.runtime.core.ports import DeltaCallback, ModelReply, ModelRequest, ProviderUnavailable, RetryCallback
 
 
 def text(content: str) -> Message:
@@ -27,7 +27,8 @@ class FakeChatModel:
         self.fail_times = fail_times
         self.requests: list[ModelRequest] = []
 
-    async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None) -> ModelReply:
+    async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None,
+                       on_retry: RetryCallback | None = None) -> ModelReply:
         self.requests.append(request)
         if self.fail_times > 0:
             self.fail_times -= 1

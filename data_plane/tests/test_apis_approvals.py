@@ -76,7 +76,9 @@ def test_approving_completes_the_run_and_a_second_decision_is_409(client, tenant
     events = client.get(f"/v1/runs/{run['id']}/events?after_seq=1", **bearer(tenant_a.key)).json()["results"]
     assert [(e["type"], e["data"]) for e in events] == [
         ("approval.decided", {"approval_id": approval["id"], "approved": True, "comment": "ship it"}),
-        ("run.status", {"status": "completed"})]
+        ("run.status", {"status": "completed"}),
+        ("run.finished", {"status": "completed", "output": "", "error": None, "steps": 0,
+                          "usage": {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}})]
     # and a second decision is refused
     again = post(client, f"/v1/approvals/{approval['id']}/decide", {"approved": False}, tenant_a.key)
     assert again.status_code == 409

@@ -111,7 +111,7 @@ def test_a_retried_run_does_not_pay_again_for_what_was_recorded(tenant):
         return text(f"{node} answered")
 
     class Model(FakeChatModel):
-        async def complete(self, request, *, on_delta=None):
+        async def complete(self, request, *, on_delta=None, on_retry=None):
             reply(request)
             return await super().complete(request, on_delta=on_delta)
 

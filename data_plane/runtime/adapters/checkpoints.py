@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -34,6 +35,7 @@ class CommitResult:
     version: int
     pause_requested: bool
     first_event_seq: int
+    committed_at: datetime  # the transaction's time: every event of the commit carries it
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ WITH fence AS (
   SELECT %(run_id)s, fence.base_seq + e.ord, e.value->>'type', e.value->'data', now()
   FROM fence, jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS e(value, ord)
 )
-SELECT version, pause_requested, base_seq FROM fence"""
+SELECT version, pause_requested, base_seq, now() FROM fence"""
         messages_of = (f"SELECT string_agg(m.message, ',' ORDER BY m.seq) FROM {q}data_plane_runmessage m "
                        "WHERE m.run_id = {run} AND m.seq >= {first} AND m.seq < {upto}")
         values_of = (f"SELECT json_object_agg(v.key, v.value)::text FROM (SELECT DISTINCT ON (key) key, value "
@@ -135,7 +137,7 @@ SELECT version, pause_requested, base_seq FROM fence"""
             row = cursor.fetchone()
         if row is None:
             raise Fenced(f"Run {run_id} moved past version {expected_version}; this writer stops.")
-        return CommitResult(version=row[0], pause_requested=row[1], first_event_seq=row[2] + 1)
+        return CommitResult(version=row[0], pause_requested=row[1], first_event_seq=row[2] + 1, committed_at=row[3])
 
     def load(self, checkpoint_id: UUID) -> LoadedCheckpoint:
         """Rebuild the full state at a checkpoint: its control, and the messages and values of its lineage."""

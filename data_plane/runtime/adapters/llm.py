@@ -26,7 +26,7 @@ import openai
 from data_plane.runtime.adapters.openai_format import openai_message, openai_tool
 from data_plane.runtime.core.messages import Message, ToolCall, Usage
 from data_plane.runtime.core.ports import DeltaCallback, ModelReply, ModelRequest, ProviderRejected, \
-    ProviderUnavailable
+    ProviderUnavailable, RetryCallback, RetryNotice
 
 logger = logging.getLogger(__name__)
 
@@ -48,21 +48,6 @@ _PROVIDER_ERRORS: tuple[type[BaseException], ...] = (openai.OpenAIError, httpx.H
 _LITELLM_PREFIX = re.compile(r"^(?:(?:litellm\.)?\w+(?:Error|Exception)(?::| -)\s*)+")
 
 Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class RetryNotice:
-    """One failed attempt that the gateway will follow with another (same model after a delay, or the next)."""
-
-    model: str
-    attempt: int  # the failed attempt's number within this call, from 1
-    error: str
-    next_model: str
-    delay_seconds: float  # 0.0 when falling back to the next model
-    deltas_emitted: int  # text fragments this attempt had already passed to on_delta
-
-
-RetryCallback = Callable[[RetryNotice], Awaitable[None]]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from data_plane.model_server.scenarios import InjectedFailure, Plan, ScenarioBoo
 from data_plane.runtime.adapters.openai_format import openai_message, openai_tool
 from data_plane.runtime.core.messages import Message, ToolCall, Usage
 from data_plane.runtime.core.ports import DeltaCallback, ModelReply, ModelRequest, ProviderRejected, \
-    ProviderUnavailable
+    ProviderUnavailable, RetryCallback, RetryNotice
 
 # The provider prefix litellm removes from the model name before it calls an OpenAI-compatible server.
 PROVIDER_PREFIX = "openai/"
@@ -46,15 +46,16 @@ class ScriptedChatModel:
         self.max_retries = max_retries
         self._lock = threading.Lock()  # the book's failure counters and request counts
 
-    async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None) -> ModelReply:
+    async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None,
+                       on_retry: RetryCallback | None = None) -> ModelReply:
         if not request.models:
             raise ProviderRejected("The model request names no models; give at least one in the agent's policy.")
         started = time.perf_counter()
         attempts = 0
         description = "no attempt made"
-        for model in request.models:
+        for position, model in enumerate(request.models):
             body = request_body(model, request)
-            for _ in range(self.max_retries + 1):
+            for retry in range(self.max_retries + 1):
                 attempts += 1
                 try:
                     with self._lock:
@@ -65,10 +66,15 @@ class ScriptedChatModel:
                 failure = plan.failure
                 if failure is None or _cut_after_the_end(plan, failure):
                     return await _play(plan, model, on_delta, attempts=attempts, started=started)
-                description = await _fail(plan, failure, on_delta)
+                description, emitted = await _fail(plan, failure, on_delta)
                 if not _is_transient(failure):
                     raise ProviderRejected(f"Model {model} rejected the request: {description}. Fix the request or "
                                            "the agent's model policy; retrying will not help.")
+                is_last_try = retry == self.max_retries
+                if on_retry is not None and not (is_last_try and position == len(request.models) - 1):
+                    next_model = request.models[position + 1] if is_last_try else model
+                    await on_retry(RetryNotice(model=model, attempt=attempts, error=description,
+                                               next_model=next_model, delay_seconds=0.0, deltas_emitted=emitted))
         plural = "s" if attempts > 1 else ""
         raise ProviderUnavailable(f"Models {', '.join(request.models)} are unavailable after {attempts} "
                                   f"attempt{plural}; last error: {description}. Retry later or add a fallback model.")
@@ -108,19 +114,22 @@ async def _play(plan: Plan, model: str, on_delta: DeltaCallback | None, *, attem
                       finish_reason=plan.finish_reason)
 
 
-async def _fail(plan: Plan, failure: InjectedFailure, on_delta: DeltaCallback | None) -> str:
+async def _fail(plan: Plan, failure: InjectedFailure, on_delta: DeltaCallback | None) -> tuple[str, int]:
     """Play a failing attempt: an error status, or a stream cut after ``after_chunks`` chunks (the text of
-    those reaches ``on_delta``, as it would through the gateway). Returns the error's description."""
+    those reaches ``on_delta``, as it would through the gateway). Returns the error's description and how
+    many deltas reached ``on_delta``."""
     if failure.after_chunks is None:
         await _delay(plan, 0)
         message = failure.message or (f"Scripted failure {failure.status} from scenario {plan.scenario!r} "
                                       f"(conversation {plan.conversation}).")
-        return f"HTTP {failure.status}: {message}"
+        return f"HTTP {failure.status}: {message}", 0
+    emitted = 0
     for number, delta in enumerate(deltas(plan)[:failure.after_chunks]):
         await _delay(plan, number)
         if delta.get("content") and on_delta is not None:
             await on_delta(delta["content"])
-    return f"the stream was cut after {failure.after_chunks} chunks"
+            emitted += 1
+    return f"the stream was cut after {failure.after_chunks} chunks", emitted
 
 
 def _cut_after_the_end(plan: Plan, failure: InjectedFailure) -> bool:

@@ -48,11 +48,29 @@ class ModelReply:
 DeltaCallback = Callable[[str], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class RetryNotice:
+    """One failed attempt that the model will follow with another (same model after a delay, or the next)."""
+
+    model: str
+    attempt: int  # the failed attempt's number within this call, from 1
+    error: str
+    next_model: str
+    delay_seconds: float  # 0.0 when falling back to the next model
+    deltas_emitted: int  # text fragments this attempt had already passed to on_delta
+
+
+RetryCallback = Callable[[RetryNotice], Awaitable[None]]
+
+
 class ChatModel(Protocol):
-    async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None) -> ModelReply:
+    async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None,
+                       on_retry: RetryCallback | None = None) -> ModelReply:
         """Run the request (streaming when ``on_delta`` is given: each text fragment as it arrives).
 
-        Raises ProviderUnavailable after retries and fallbacks are exhausted, ProviderRejected at once.
+        A retried attempt streams again from the start; ``on_retry`` is told first, so a consumer of the
+        deltas can drop the failed attempt's text. Raises ProviderUnavailable after retries and fallbacks are
+        exhausted, ProviderRejected at once.
         """
         ...
 
