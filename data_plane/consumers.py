@@ -19,7 +19,7 @@ from django_tenants.utils import schema_context
 from common.errors import AppError, InvalidInput
 from data_plane import selectors, services, streams
 from data_plane.errors import ApprovalNotFound, ApprovalNotPending
-from data_plane.feeds import PROTOCOL_VERSION, Cursor, RunFeed
+from data_plane.feeds import Cursor, RunFeed
 from data_plane.serializers import ping_data
 
 
@@ -163,8 +163,7 @@ class RunStreamConsumer(AsyncJsonWebsocketConsumer):
             self.feed = None
             await self.fail(exc.code, exc.message, exc.http_status)
             return
-        await self.send_json({"v": PROTOCOL_VERSION, "type": "stream.opened", "run_id": str(run_id),
-                              "id": str(cursor), "data": {"after": str(cursor), "status": self.feed.status}})
+        await self.send_json(self.feed.opened())
         self.pump = asyncio.create_task(self._pump())
 
     async def _pump(self) -> None:

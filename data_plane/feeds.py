@@ -66,14 +66,14 @@ def _page(tenant_schema: str, run_id: UUID, after_seq: int, limit: int) -> list[
         return selectors.run_event_page(tenant_schema=tenant_schema, run_id=run_id, after_seq=after_seq, limit=limit)
 
 
-def _run_position(tenant_schema: str, run_id: UUID, up_to: int) -> tuple[str, int]:
-    """The run's status and the number of its last checkpoint.committed event at or before ``up_to``. Raises
-    RunNotFound (also for another tenant's run)."""
+def _run_position(tenant_schema: str, run_id: UUID, up_to: int) -> tuple[str, int, int]:
+    """The run's status, its last event's number, and the number of its last checkpoint.committed event at or
+    before ``up_to``. Raises RunNotFound (also for another tenant's run)."""
     close_old_connections()
     with schema_context(tenant_schema):
         run = selectors.run_get(tenant_schema=tenant_schema, run_id=run_id)
-        return run.status, selectors.run_event_last_seq(tenant_schema=tenant_schema, run_id=run_id,
-                                                        type="checkpoint.committed", up_to=up_to)
+        return run.status, run.event_seq, selectors.run_event_last_seq(
+            tenant_schema=tenant_schema, run_id=run_id, type="checkpoint.committed", up_to=up_to)
 
 
 class RunFeed:
@@ -87,6 +87,7 @@ class RunFeed:
         self.lag_limit, self.idle_check_seconds = lag_limit, idle_check_seconds
         self.checkpoint_seq = 0  # the last checkpoint.committed sent (or before the cursor): older deltas are stale
         self.status = ""
+        self.last_seq_at_open = 0
         self.channel: str | None = None
         self.group = streams.run_group(tenant_schema=tenant_schema, run_id=run_id)
 
@@ -96,10 +97,16 @@ class RunFeed:
 
     async def open(self) -> None:
         """Check the run (RunNotFound for a missing or another tenant's run) and subscribe to it."""
-        self.status, self.checkpoint_seq = await database_sync_to_async(_run_position)(
+        self.status, self.last_seq_at_open, self.checkpoint_seq = await database_sync_to_async(_run_position)(
             self.tenant_schema, self.run_id, self.seq)
         self.channel = await self.layer.new_channel()
         await self.layer.group_add(self.group, self.channel)
+
+    def opened(self) -> dict[str, Any]:
+        """The first message of a stream: where it starts, the run's status and its last event's number then
+        (a client that replays a finished run knows which run.finished is the latest)."""
+        return {"v": PROTOCOL_VERSION, "type": "stream.opened", "run_id": str(self.run_id), "id": str(self.cursor),
+                "data": {"after": str(self.cursor), "status": self.status, "last_seq": self.last_seq_at_open}}
 
     async def close(self) -> None:
         if self.channel is not None:

@@ -15,27 +15,18 @@ from uuid import UUID
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
-from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
-from django_tenants.utils import schema_context
 
 from common.errors import AppError
 from common.problems import PROBLEM_CONTENT_TYPE, problem
-from data_plane import selectors
-from data_plane.feeds import PROTOCOL_VERSION, Cursor, RunFeed
+from data_plane.feeds import Cursor, RunFeed
 from tenants.asgi import stream_principal
 
 
 def _problem(status: int, code: str, message: str) -> JsonResponse:
     return JsonResponse(problem(status=status, code=code, detail=message), status=status,
                         content_type=PROBLEM_CONTENT_TYPE)
-
-
-def _last_seq(tenant_schema: str, run_id: UUID) -> int:
-    close_old_connections()
-    with schema_context(tenant_schema):
-        return selectors.run_event_last_seq(tenant_schema=tenant_schema, run_id=run_id)
 
 
 def _frame(item: dict[str, Any]) -> str:
@@ -66,17 +57,15 @@ async def run_stream(request: HttpRequest, run_id: UUID) -> HttpResponse:
         await feed.open()
     except AppError as exc:
         return _problem(exc.http_status, exc.code, exc.message)
-    response = StreamingHttpResponse(_events(feed, cursor, follow=follow), content_type="text/event-stream")
+    response = StreamingHttpResponse(_events(feed, follow=follow), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # a buffering proxy would hold the stream back
     return response
 
 
-async def _events(feed: RunFeed, cursor: Cursor, *, follow: bool) -> AsyncIterator[str]:
+async def _events(feed: RunFeed, *, follow: bool) -> AsyncIterator[str]:
     try:
-        opened = {"v": PROTOCOL_VERSION, "type": "stream.opened", "run_id": str(feed.run_id), "id": str(cursor),
-                  "data": {"after": str(cursor), "status": feed.status}}
-        yield "retry: 1000\n\n" + _frame(opened)
+        yield "retry: 1000\n\n" + _frame(feed.opened())
         async for item in feed.items():
             if item["type"] == "stream.idle":
                 yield ": idle\n\n"
@@ -84,9 +73,7 @@ async def _events(feed: RunFeed, cursor: Cursor, *, follow: bool) -> AsyncIterat
             yield _frame(item)
             if item["type"] == "stream.lagged":
                 return
-            if item["type"] == "run.finished" and not follow:
-                last = await sync_to_async(_last_seq)(feed.tenant_schema, feed.run_id)
-                if last <= item["seq"]:
-                    return
+            if item["type"] == "run.finished" and not follow and item["seq"] >= feed.last_seq_at_open:
+                return  # the run's latest turn ended (an earlier turn's run.finished in a replay does not end it)
     finally:
         await feed.close()
