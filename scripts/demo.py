@@ -5,7 +5,8 @@ Starts our local model server (OpenAI-compatible, scripted), Daphne (HTTP + webs
 worker in the background, then, over the public API: provisions the demo tenant (or reuses it: nothing
 of a tenant is lost between runs), calls the API with the tenant's key, watches a ping answered by a
 worker over a websocket, runs an agent that plans, calls a tool, waits for a human's approval, reflects
-and completes with a checkpoint per step, forks that run from a middle checkpoint with a new instruction
+and completes with a checkpoint per step (followed live over the run's websocket with the agentplane SDK,
+tokens included, and approved over that socket), forks that run from a middle checkpoint with a new instruction
 and shows both branches, shows the audit log and what another tenant's key can see, and stops what it
 started.
 """
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import httpx
 from websockets.asyncio.client import connect
+
+from agentplane import Client
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -149,35 +152,27 @@ def ensure_agent(http: httpx.Client, key: str) -> dict:
     return response.json()
 
 
-def follow_run(http: httpx.Client, key: str, run_id: str, label: str, approve_text: str | None = None) -> dict:
-    """Print the run's events as they are committed; approve what it asks; return the finished run."""
-    auth = {"Authorization": f"Bearer {key}"}
-    seq, deadline = 0, time.monotonic() + 120
-    while time.monotonic() < deadline:
-        events = http.get(f"/v1/runs/{run_id}/events", params={"after_seq": seq, "limit": 500}, headers=auth).json()
-        for event in events["results"]:
-            seq = event["seq"]
-            say(f"  [{label} #{seq:>2}] {describe(event)}")
-        run = http.get(f"/v1/runs/{run_id}", headers=auth).json()
-        if run["status"] == "waiting_approval":
-            pending = http.get("/v1/approvals", params={"status": "pending", "run_id": run_id}, headers=auth).json()
-            for approval in pending["results"]:
+def follow_run(client: Client, run_id: str, label: str, approve_text: str | None = None) -> dict:
+    """Follow the run over its websocket (the SDK): print its events as they are committed, count the
+    tokens streamed before each reply, approve what it asks over the same socket; return the finished run."""
+    deltas = 0
+    with client.stream(run_id) as stream:
+        for event in stream:
+            if event.type == "message.delta":
+                deltas += 1
+                continue
+            if event.type == "model.reply" and deltas:
+                say(f"  [{label}]     ({deltas} token deltas streamed live over the websocket before this reply)")
+                deltas = 0
+            say(f"  [{label} #{event.seq:>2}] {describe(event.raw)}")
+            if event.type == "approval.requested":
                 edits = {}
                 if approve_text is not None:
-                    edits = {call["id"]: {**call["arguments"], "text": approve_text} for call in approval["calls"]}
-                decided = http.post(f"/v1/approvals/{approval['id']}/decide", headers=auth,
-                                    json={"approved": True, "arguments": edits, "comment": "looks right"})
-                decided.raise_for_status()
-                say(f"  [{label}] a human approves {approval['prompt']!r}"
-                    + (f" with the text edited to {approve_text!r}" if approve_text else ""))
-        elif run["status"] in ("completed", "failed", "cancelled"):
-            events = http.get(f"/v1/runs/{run_id}/events", params={"after_seq": seq, "limit": 500},
-                              headers=auth).json()
-            for event in events["results"]:
-                say(f"  [{label} #{event['seq']:>2}] {describe(event)}")
-            return run
-        time.sleep(0.2)
-    raise SystemExit(f"run {run_id} did not finish in 120 s; see .data/demo-logs/worker.log")
+                    edits = {call["id"]: {**call["arguments"], "text": approve_text} for call in event.data["calls"]}
+                decided = stream.approve(arguments=edits, comment="looks right")
+                say(f"  [{label}] a human approves over the websocket -> {decided['approval']['status']}"
+                    + (f", with the text edited to {approve_text!r}" if approve_text else ""))
+    return client.get_run(run_id)
 
 
 def describe(event: dict) -> str:
@@ -185,7 +180,13 @@ def describe(event: dict) -> str:
     match event["type"]:
         case "model.reply":
             calls = ", ".join(f"{c['name']}({json.dumps(c['arguments'])})" for c in data["tool_calls"])
-            return f"model ({data['node']}): " + (f"calls {calls}" if calls else repr(data["preview"][:90]))
+            return f"model ({data['node']}): " + (f"calls {calls}" if calls else repr(data["message"]["content"][:90]))
+        case "tool.started":
+            return f"tool {data['call']['name']}({json.dumps(data['call']['arguments'])}) starts"
+        case "usage":
+            return f"usage so far: {data['run']['input_tokens']} tokens in, {data['run']['output_tokens']} out"
+        case "run.finished":
+            return f"run finished: {data['status']} ({data['steps']} steps executed, approvals aside)"
         case "tool.finished":
             return f"tool {data['call']['name']} -> {data['summary'][:60]!r} in {data['latency_ms']:.1f} ms"
         case "checkpoint.committed":
@@ -266,12 +267,13 @@ def main() -> None:
             step("an agent: plan, call tools, wait for a human, reflect, checkpoint every step")
             httpx.post(f"{model_url}/admin/scenarios", json=SCENARIO, timeout=10).raise_for_status()
             agent = ensure_agent(http, key)
+            client = Client(base, api_key=key)
             say(f"agent {agent['name']!r} version {agent['latest_version']} (default loop: plan, act, observe, reflect)")
             auth = {"Authorization": f"Bearer {key}"}
             started = http.post("/v1/runs", headers=auth,
                                 json={"agent_id": agent["id"], "input": "What is the VAT on 1250 EUR at 19%?"})
             started.raise_for_status()
-            run = follow_run(http, key, started.json()["id"], "run")
+            run = follow_run(client, started.json()["id"], "run")
             if run["status"] != "completed":
                 raise SystemExit(f"the run ended {run['status']}: {run.get('error')}")
             say(f"completed in {run['step']} steps; {run['input_tokens']} tokens in, {run['output_tokens']} out, "
@@ -285,7 +287,7 @@ def main() -> None:
                 "messages": [{"role": "user", "content": "Use the reduced rate of 7% instead."}]})
             forked.raise_for_status()
             say(f"forked at step {middle['step']} (checkpoint {middle['id'][:8]}) into run {forked.json()['id'][:8]}")
-            fork = follow_run(http, key, forked.json()["id"], "fork", approve_text="VAT on 1250 EUR at 7%")
+            fork = follow_run(client, forked.json()["id"], "fork", approve_text="VAT on 1250 EUR at 7%")
             step("the two branches")
             show_branch(http, key, run, "original")
             show_branch(http, key, fork, "fork    ")

@@ -164,3 +164,63 @@ def test_deciding_needs_approvals_write_and_valid_input(client, tenant_a):
     assert stored(tenant_a) == [("pending", "", "waiting_approval")]
     with schema_context(tenant_a.schema):
         assert Run.objects.get(id=run["id"]).step == 0
+
+
+# --- Continuing a completed run's conversation: POST /v1/runs/<id>/messages ---------------------------------
+
+def test_a_message_continues_a_completed_run_from_its_head_as_a_new_turn(client, tenant_a):
+    # given: a run that completed
+    run = waiting_run(client, tenant_a.key)
+    approval = pending_approval(client, tenant_a.key, run["id"])
+    assert post(client, f"/v1/approvals/{approval['id']}/decide", {"approved": True}, tenant_a.key).status_code == 200
+    # when
+    response = post(client, f"/v1/runs/{run['id']}/messages", {"text": "And now staging?"}, tenant_a.key)
+    # then: the same run waits at the gate again, with the user's message appended to its conversation
+    assert response.status_code == 202
+    continued = response.json()
+    assert (continued["id"], continued["status"], continued["step"], continued["finished_at"]) == (
+        run["id"], "waiting_approval", 2, None)
+    head = client.get(f"/v1/runs/{run['id']}/checkpoints/{continued['head_checkpoint_id']}",
+                      **bearer(tenant_a.key)).json()
+    assert [(m["role"], m["content"]) for m in head["state"]["messages"]][-2:] == [
+        ("user", "Deploy it"), ("user", "And now staging?")]
+    events = client.get(f"/v1/runs/{run['id']}/events?after_seq=4", **bearer(tenant_a.key)).json()["results"]
+    assert [(e["type"], e["data"].get("content"), e["data"].get("status")) for e in events] == [
+        ("message.user", "And now staging?", None), ("run.status", None, "waiting_approval")]
+
+
+def test_a_message_to_a_run_that_is_not_completed_is_409_saying_what_to_do(client, tenant_a):
+    # given
+    run = waiting_run(client, tenant_a.key)
+    # when
+    response = post(client, f"/v1/runs/{run['id']}/messages", {"text": "hello?"}, tenant_a.key)
+    empty = post(client, f"/v1/runs/{run['id']}/messages", {"text": ""}, tenant_a.key)
+    # then
+    assert (response.status_code, response.json()["code"]) == (409, "illegal_transition")
+    assert response.json()["detail"] == (f"Run {run['id']} is waiting_approval; a message continues a completed "
+                                         "run's conversation. Wait for its run.finished event, or cancel it.")
+    assert (empty.status_code, list(empty.json()["errors"])) == (400, ["text"])
+    with schema_context(tenant_a.schema):
+        assert Run.objects.get(id=run["id"]).step == 0  # nothing changed
+
+
+def test_a_stream_token_is_scoped_to_the_run_and_the_keys_streaming_scopes(client, tenant_a):
+    # given
+    run = waiting_run(client, tenant_a.key)
+    reader = ApiKeyFactory(tenant=tenant_a.tenant, scopes=["runs:read", "agents:read"])
+    # when
+    issued = post(client, f"/v1/runs/{run['id']}/stream-token", {"ttl_seconds": 120}, reader.plaintext)
+    unknown = post(client, f"/v1/runs/{run['id']}/stream-token", {"scopes": ["agents:read"]}, reader.plaintext)
+    too_long = post(client, f"/v1/runs/{run['id']}/stream-token", {"ttl_seconds": 86400}, reader.plaintext)
+    # then
+    assert issued.status_code == 201
+    body = issued.json()
+    assert (body["scopes"], body["run_id"], body["stream_path"]) == (["runs:read"], run["id"],
+                                                                      f"/v1/runs/{run['id']}/stream")
+    from tenants.services import stream_token_authenticate
+
+    grant = stream_token_authenticate(raw=body["token"])
+    assert (grant.tenant.id, grant.key_id, grant.scopes, grant.run_id) == (
+        tenant_a.tenant.id, str(reader.id), frozenset({"runs:read"}), run["id"])
+    assert (unknown.status_code, unknown.json()["code"]) == (400, "unknown_scope")
+    assert (too_long.status_code, list(too_long.json()["errors"])) == (400, ["ttl_seconds"])
