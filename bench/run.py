@@ -8,7 +8,8 @@ that could not be measured is left out, never guessed; the script then exits non
 
 Knobs (environment): BENCH_STEPS (300) steps per write/step figure, BENCH_LONG_STEPS (500) the length of
 the read/bytes conversation, BENCH_READS (50) reads of its last state, BENCH_TURNS (200) sequential turns
-through the API and Celery, BENCH_TURN_BURST (2000) runs started at once for turns_per_second.
+through the API and Celery, BENCH_TURN_BURST (2000) runs started at once for turns_per_second,
+BENCH_STREAM_SAMPLES (30) runs followed by one subscriber and BENCH_STREAM_CROWD_SAMPLES (3) by 200.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from django_tenants.utils import schema_context  # noqa: E402
 from langgraph.checkpoint.postgres import PostgresSaver  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 
-from bench import checkpoint_bench, step_bench, turn_bench  # noqa: E402
+from bench import checkpoint_bench, step_bench, stream_bench, turn_bench  # noqa: E402
 from common.actors import Actor  # noqa: E402
 from data_plane import services  # noqa: E402
 from tenants import services as tenant_services  # noqa: E402
@@ -58,6 +59,8 @@ LONG_STEPS = int(os.environ.get("BENCH_LONG_STEPS", "500"))
 READS = int(os.environ.get("BENCH_READS", "50"))
 TURNS = int(os.environ.get("BENCH_TURNS", "200"))
 TURN_BURST = int(os.environ.get("BENCH_TURN_BURST", "2000"))
+STREAM_SAMPLES = int(os.environ.get("BENCH_STREAM_SAMPLES", "30"))
+STREAM_CROWD_SAMPLES = int(os.environ.get("BENCH_STREAM_CROWD_SAMPLES", "3"))
 WARMUP = 20
 
 # (figure, target as BENCH.md states it, check or None). Figures not listed are diagnostics.
@@ -79,6 +82,9 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, float]], bool] | None]] = [
     ("turns_per_second", ">= 200", lambda f: f["turns_per_second"] >= 200),
     ("agent_start_p50_ms", "p99 below", None),
     ("agent_start_p99_ms", "< 50", lambda f: f["agent_start_p99_ms"] < 50),
+    ("ttft_added_p50_ms", "p99 below", None),
+    ("ttft_added_p99_ms", "< 20", lambda f: f["ttft_added_p99_ms"] < 20),
+    ("ttft_added_p99_ms_200_subscribers", "< 50", lambda f: f["ttft_added_p99_ms_200_subscribers"] < 50),
 ]
 DIAGNOSTICS = {
     "insert_floor_django_p50_ms": "the floor's INSERT through Django's connection in atomic()",
@@ -93,6 +99,12 @@ DIAGNOSTICS = {
     "turns_burst_size": "runs released at once to the 2 workers for turns_per_second",
     **{f"turn_phase_{name}_p50_ms": note for name, note in turn_bench.PHASES.items()},
     **turn_bench.BURST_DIAGNOSTICS,
+    "ttft_added_p50_ms_200_subscribers": "",
+    "event_delivery_p50_ms": "a durable event's commit to its receipt over the websocket, 1 subscriber",
+    "event_delivery_p99_ms": "",
+    "event_delivery_p99_ms_200_subscribers": "",
+    "agent_start_ws_p50_ms": "POST /v1/runs to its first event over a websocket opened with the returned id",
+    "agent_start_ws_p99_ms": "",
 }
 
 
@@ -101,7 +113,7 @@ DIAGNOSTICS = {
 def provision() -> Any:
     provisioned = tenant_services.tenant_provision(name=TENANT_NAME, slug=f"bench-{uuid.uuid4().hex[:10]}",
                                                    sla_tier="standard", domains=[], actor=ACTOR)
-    return provisioned.tenant
+    return provisioned.tenant, provisioned.admin_key.plaintext
 
 
 def destroy_tenant(tenant: Tenant) -> None:
@@ -212,7 +224,7 @@ def main() -> int:
 
     remove_stale_tenants()
     print("... provisioning a throw-away tenant", flush=True)
-    tenant = provision()
+    tenant, admin_key = provision()
     schema = tenant.schema_name
     langgraph_connection = None
     try:
@@ -242,6 +254,9 @@ def main() -> int:
             saver=saver, steps=STEPS, warmup=WARMUP))
         section(f"turns through the API and {turn_bench.WORKERS} Celery workers (zero-latency model)",
                 lambda: turn_bench.bench_turns(tenant=tenant, actor=ACTOR, samples=TURNS, burst=TURN_BURST))
+        section("streaming: model server, Daphne and a worker; time to first token added, with 1 and 200 "
+                "subscribers", lambda: stream_bench.bench_streaming(key=admin_key, samples=STREAM_SAMPLES,
+                                                                    crowd_samples=STREAM_CROWD_SAMPLES))
         derive(figures)
         about = machine()
     finally:

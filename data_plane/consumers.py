@@ -214,6 +214,7 @@ class RunStreamConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.pump is not None:
             self.pump.cancel()
+            await asyncio.gather(self.pump, return_exceptions=True)
         if self.feed is not None:
             await self.feed.close()
 

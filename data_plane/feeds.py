@@ -4,8 +4,9 @@ Both stream transports (the websocket consumer and the server-sent events view) 
 feed subscribes to the run's group first, then replays from the database the durable events after the
 subscriber's cursor and, from the run's delta log in Redis, the token deltas of the step in flight; then it
 relays live messages, skipping what it already sent and filling any hole (a message the channel layer
-dropped) from the database. A subscriber that is more than ``lag_limit`` events behind the live stream is
-told so (``stream.lagged``) and the feed ends: the client resumes from its cursor, which replays from the
+dropped) from the database. Live messages come through the process's hub (one channel-layer subscription
+per run per process) into a bounded queue per subscriber. A subscriber whose queue overflows, or that is
+more than ``lag_limit`` events behind the live stream, is told so (``stream.lagged``) and the feed ends: the client resumes from its cursor, which replays from the
 database at full speed instead of buffering without bound.
 
 A cursor is ``<seq>`` or ``<seq>.<n>``: the last durable event's number and the last token delta's. Every
@@ -27,6 +28,7 @@ from django_tenants.utils import schema_context
 
 from common.errors import InvalidInput
 from data_plane import selectors, streams
+from data_plane.hub import Subscription, hub_for
 
 PROTOCOL_VERSION = streams.PROTOCOL_VERSION
 PAGE = 500
@@ -88,8 +90,13 @@ class RunFeed:
         self.checkpoint_seq = 0  # the last checkpoint.committed sent (or before the cursor): older deltas are stale
         self.status = ""
         self.last_seq_at_open = 0
-        self.channel: str | None = None
+        self.subscription: Subscription | None = None
         self.group = streams.run_group(tenant_schema=tenant_schema, run_id=run_id)
+
+    @property
+    def channel(self) -> str | None:
+        """This process's channel in the run's group (shared with the process's other subscribers of the run)."""
+        return self.subscription.channel if self.subscription is not None else None
 
     @property
     def cursor(self) -> Cursor:
@@ -99,8 +106,7 @@ class RunFeed:
         """Check the run (RunNotFound for a missing or another tenant's run) and subscribe to it."""
         self.status, self.last_seq_at_open, self.checkpoint_seq = await database_sync_to_async(_run_position)(
             self.tenant_schema, self.run_id, self.seq)
-        self.channel = await self.layer.new_channel()
-        await self.layer.group_add(self.group, self.channel)
+        self.subscription = await hub_for(self.layer).subscribe(self.group)
 
     def opened(self) -> dict[str, Any]:
         """The first message of a stream: where it starts, the run's status and its last event's number then
@@ -109,21 +115,25 @@ class RunFeed:
                 "data": {"after": str(self.cursor), "status": self.status, "last_seq": self.last_seq_at_open}}
 
     async def close(self) -> None:
-        if self.channel is not None:
-            await self.layer.group_discard(self.group, self.channel)
-            self.channel = None
+        if self.subscription is not None:
+            subscription, self.subscription = self.subscription, None
+            await hub_for(self.layer).unsubscribe(subscription)
 
     async def items(self) -> AsyncIterator[dict[str, Any]]:
         """Envelopes in order: the replay, then live ones. ``stream.lagged`` ends the feed; an idle feed
         yields ``stream.idle`` every ``idle_check_seconds`` (a heartbeat, after checking for lost events)."""
-        assert self.channel is not None, "open() the feed first"
+        subscription = self.subscription
+        assert subscription is not None, "open() the feed first"
         for item in await self._durable_after(limit=None):
             yield item
         for item in await self._deltas_after():
             yield item
         while True:
+            if subscription.lagged:  # this subscriber's queue overflowed: it cannot keep up live
+                yield self._lagged(behind=subscription.queue.qsize())
+                return
             try:
-                message = await asyncio.wait_for(self.layer.receive(self.channel), self.idle_check_seconds)
+                message = await asyncio.wait_for(subscription.get(), self.idle_check_seconds)
             except asyncio.TimeoutError:
                 behind = await self._durable_after(limit=self.lag_limit)
                 for item in behind:

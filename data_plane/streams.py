@@ -65,7 +65,10 @@ def _redis() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None:
-        client = aioredis.Redis.from_url(settings.CHANNEL_LAYER_REDIS_URL, socket_timeout=5)
+        # A blocking pool: a burst of subscribers waits for a connection instead of being refused one.
+        pool = aioredis.BlockingConnectionPool.from_url(settings.CHANNEL_LAYER_REDIS_URL, socket_timeout=5,
+                                                        max_connections=200, timeout=10)
+        client = aioredis.Redis(connection_pool=pool)
         _clients[loop] = client
     return client
 

@@ -137,11 +137,15 @@ CELERY_BEAT_SCHEDULE = {
     "checkpoints-retention": {"task": "data_plane.tasks.checkpoints_prune_all_task", "schedule": 24 * 3600.0},
 }
 
+# Redis connections a process's channel layer may hold at once. redis-py refuses the next one outright (it
+# does not wait), and a burst of subscribers connecting to one Daphne each needs one for its group_add.
+CHANNEL_LAYER_MAX_CONNECTIONS = env.integer("CHANNEL_LAYER_MAX_CONNECTIONS", 2000)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # Token streams burst far past the default capacity of 100 messages per channel.
-        "CONFIG": {"hosts": [CHANNEL_LAYER_REDIS_URL], "capacity": 5000, "expiry": 60},
+        "CONFIG": {"hosts": [{"address": CHANNEL_LAYER_REDIS_URL, "max_connections": CHANNEL_LAYER_MAX_CONNECTIONS}],
+                   "capacity": 5000, "expiry": 60},
     }
 }
 

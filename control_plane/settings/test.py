@@ -3,7 +3,7 @@
 from control_plane.settings.base import *  # noqa: F401,F403
 import hashlib
 
-from control_plane.settings.base import BASE_DIR, REDIS_URL, redis_url_with_db
+from control_plane.settings.base import BASE_DIR, CHANNEL_LAYER_MAX_CONNECTIONS, REDIS_URL, redis_url_with_db
 from control_plane.settings import env
 
 # Tests use databases 10-11 of the same Redis, so a running demo's queues and streams are untouched.
@@ -15,7 +15,8 @@ CHECKOUT_ID = hashlib.sha1(str(BASE_DIR).encode()).hexdigest()[:8]
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [CHANNEL_LAYER_REDIS_URL], "capacity": 5000, "expiry": 60,
+        "CONFIG": {"hosts": [{"address": CHANNEL_LAYER_REDIS_URL, "max_connections": CHANNEL_LAYER_MAX_CONNECTIONS}],
+                   "capacity": 5000, "expiry": 60,
                    "prefix": f"asgi-{CHECKOUT_ID}"},
     }
 }

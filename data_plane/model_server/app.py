@@ -7,6 +7,7 @@ Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /healthz``, and
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import re
 import threading
@@ -22,6 +23,9 @@ from data_plane.model_server.scenarios import InjectedFailure, InvalidScenario, 
 WORDS_PER_CHUNK = 3
 ARGUMENT_FRAGMENT_CHARS = 16
 BOOK = web.AppKey("book", ScenarioBook)
+# When each streamed reply's first text chunk was written (wall clock): the benchmark's start of the time to
+# first token the platform adds. The latest 1000, oldest first.
+FIRST_TEXT = web.AppKey("first_text", collections.deque)
 _WORDS = re.compile(r"\s*\S+\s*|\s+")
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
                 404: "invalid_request_error", 409: "invalid_request_error", 422: "invalid_request_error",
@@ -33,6 +37,7 @@ def create_app(book: ScenarioBook | None = None) -> web.Application:
     """The aiohttp application; ``book`` defaults to the scenarios shipped with the package."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[BOOK] = book if book is not None else builtin_book()
+    app[FIRST_TEXT] = collections.deque(maxlen=1000)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models_list)
@@ -43,6 +48,7 @@ def create_app(book: ScenarioBook | None = None) -> web.Application:
     app.router.add_delete("/admin/scenarios/{name}", scenario_delete)
     app.router.add_get("/admin/stats", stats_get)
     app.router.add_delete("/admin/stats", stats_reset)
+    app.router.add_get("/admin/first-text", first_text_list)
     return app
 
 
@@ -128,6 +134,8 @@ async def stream_reply(request: web.Request, plan: Plan, model: str, *, include_
     if include_usage and not plan.turn.omit_usage:
         frames.append({**head, "choices": [], "usage": usage(plan)})
     cut_after = plan.failure.after_chunks if plan.failure is not None else None
+    first_text = next((number for number, frame in enumerate(frames) if frame["choices"]
+                       and frame["choices"][0]["delta"].get("content")), None)
     turn = plan.turn
     try:
         for number, frame in enumerate(frames):
@@ -138,6 +146,9 @@ async def stream_reply(request: web.Request, plan: Plan, model: str, *, include_
             if delay_ms:
                 await asyncio.sleep(delay_ms / 1000)
             await response.write(b"data: " + _dumps(frame).encode() + b"\n\n")
+            if number == first_text:
+                request.app[FIRST_TEXT].append({"scenario": plan.scenario, "conversation": plan.conversation,
+                                                "at": time.time()})
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
     except ConnectionResetError:  # the client gave up (its timeout, or it was cancelled): nothing to answer
@@ -207,6 +218,13 @@ async def scenario_delete(request: web.Request) -> web.Response:
 
 async def stats_get(request: web.Request) -> web.Response:
     return web.json_response(request.app[BOOK].stats())
+
+
+async def first_text_list(request: web.Request) -> web.Response:
+    """``[{scenario, conversation, at}]``: when each streamed reply's first text was written (epoch seconds)."""
+    scenario = request.query.get("scenario")
+    return web.json_response([entry for entry in request.app[FIRST_TEXT]
+                              if scenario is None or entry["scenario"] == scenario])
 
 
 async def stats_reset(request: web.Request) -> web.Response:
