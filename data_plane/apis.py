@@ -273,8 +273,8 @@ class RunStreamTokenApi(TenantApiView):
     def post(self, request: Request, run_id: UUID) -> Response:
         data = validated(self.InputSerializer, request.data)
         run = selectors.run_get(tenant_schema=request.user.tenant.schema_name, run_id=run_id)
-        issued = tenant_services.stream_token_issue(key=request.auth, run_id=str(run.id), scopes=data.get("scopes"),
-                                                    ttl_seconds=data["ttl_seconds"])
+        issued = tenant_services.stream_token_issue(key=request.auth, run_id=str(run.id), actor=request.user.actor,
+                                                    scopes=data.get("scopes"), ttl_seconds=data["ttl_seconds"])
         body = {"token": issued.token, "expires_at": issued.expires_at, "scopes": list(issued.scopes),
                 "run_id": run.id, "stream_path": f"/v1/runs/{run.id}/stream"}
         return Response(self.OutputSerializer(body).data, status=status.HTTP_201_CREATED)

@@ -355,10 +355,11 @@ def _stream_secret() -> bytes:
     return hmac.new(settings.SECRET_KEY.encode(), b"agentplane stream tokens v1", hashlib.sha256).digest()
 
 
-def stream_token_issue(*, key: ApiKey, run_id: str | None, scopes: list[str] | None = None,
+def stream_token_issue(*, key: ApiKey, run_id: str | None, actor: Actor, scopes: list[str] | None = None,
                        ttl_seconds: int = 300) -> IssuedStreamToken:
     """A signed token (JWT, HS256) that lets a client stream one run (or every run with ``run_id`` None) with
-    at most the key's streaming scopes, for ``ttl_seconds``. Raises ScopeEscalation, UnknownScope."""
+    at most the key's streaming scopes, for ``ttl_seconds``; recorded in the tenant's audit log (called in
+    the tenant's schema). Raises ScopeEscalation, UnknownScope."""
     granted = [scope for scope in STREAM_SCOPES if scope in key.scopes]
     if scopes is not None:
         unknown = [scope for scope in scopes if scope not in STREAM_SCOPES]
@@ -374,6 +375,9 @@ def stream_token_issue(*, key: ApiKey, run_id: str | None, scopes: list[str] | N
               "tid": str(key.tenant_id), "scp": granted, "run": run_id, "iat": int(now.timestamp()),
               "exp": int(expires_at.timestamp()), "jti": secrets.token_hex(8)}
     token = jwt.encode(claims, _stream_secret(), algorithm="HS256")
+    audit_event_record(tenant=key.tenant, actor=actor, action="stream_token.issue", target_type="run",
+                       target_id=run_id or "", data={"token_id": claims["jti"], "scopes": granted,
+                                                     "ttl_seconds": ttl_seconds})
     return IssuedStreamToken(token=token, expires_at=expires_at, scopes=tuple(granted))
 
 

@@ -223,4 +223,7 @@ def test_a_stream_token_is_scoped_to_the_run_and_the_keys_streaming_scopes(clien
     assert (grant.tenant.id, grant.key_id, grant.scopes, grant.run_id) == (
         tenant_a.tenant.id, str(reader.id), frozenset({"runs:read"}), run["id"])
     assert (unknown.status_code, unknown.json()["code"]) == (400, "unknown_scope")
+    audited = client.get("/v1/audit-events?action=stream_token.issue", **bearer(tenant_a.key)).json()["results"]
+    assert [(e["target_id"], e["actor_id"], e["data"]["scopes"]) for e in audited] == [
+        (run["id"], str(reader.id), ["runs:read"])]
     assert (too_long.status_code, list(too_long.json()["errors"])) == (400, ["ttl_seconds"])
