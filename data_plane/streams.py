@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 DELTA_LOG_SECONDS = 900  # how long an idle run's deltas stay readable for a reconnecting subscriber
 DELTA_LOG_LENGTH = 20_000  # at most this many of a run's latest deltas are kept
+# A run's delta numbers never start over while a subscriber may still hold a cursor: its counter outlives
+# the log by far (a run can wait weeks for an approval between two streamed replies).
+DELTA_COUNTER_SECONDS = 90 * 24 * 3600
 
 # Append a delta with the next number of its run: INCR and XADD together, so numbers are contiguous and the
 # log is in number order even when a step's parallel model calls stream at once.
@@ -39,7 +42,7 @@ _APPEND_DELTA = """
 local n = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], n .. '-0', 'd', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
 return n
 """
 
@@ -110,7 +113,8 @@ async def delta_publish(*, tenant_schema: str, run_id: UUID | str, after_seq: in
     delta = {"after_seq": after_seq, "node": node, "text": text, "stream": stream, "ts": now_iso()}
     try:
         number = await _redis().eval(_APPEND_DELTA, 2, *_delta_keys(tenant_schema, run_id),
-                                     json.dumps(delta, separators=(",", ":")), DELTA_LOG_SECONDS, DELTA_LOG_LENGTH)
+                                     json.dumps(delta, separators=(",", ":")), DELTA_LOG_SECONDS, DELTA_LOG_LENGTH,
+                                     DELTA_COUNTER_SECONDS)
         await get_channel_layer().group_send(run_group(tenant_schema=tenant_schema, run_id=run_id),
                                              {"type": "run.delta", "n": int(number), **delta})
     except Exception:  # the model's stream goes on: deltas are a preview, the checkpoint has the message
