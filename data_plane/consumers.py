@@ -12,6 +12,7 @@ from urllib.parse import parse_qs
 from uuid import UUID
 
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.db import close_old_connections
 from django_tenants.utils import schema_context
@@ -137,6 +138,10 @@ class RunStreamConsumer(AsyncJsonWebsocketConsumer):
     header), live; and control messages (pause, resume, cancel, message, approve, reject), each acknowledged
     (``ack``) or answered with an ``error`` naming the message's ``id``."""
 
+    # No channel of its own (an alias with no layer): the socket reads its run through the process's hub, one
+    # subscription per run per process. A channel per socket would be one more Redis receiver per subscriber,
+    # and an error in that receive closes the socket (1011).
+    channel_layer_alias = "streams-use-the-hub"
     feed: RunFeed | None = None
     pump: asyncio.Task[None] | None = None
 
@@ -157,7 +162,7 @@ class RunStreamConsumer(AsyncJsonWebsocketConsumer):
         try:
             cursor = Cursor.parse((query.get("after") or [None])[-1] or _header(self.scope, b"last-event-id"))
             self.feed = RunFeed(tenant_schema=self.scope["tenant_schema"], run_id=run_id, cursor=cursor,
-                                layer=self.channel_layer)
+                                layer=get_channel_layer())
             await self.feed.open()
         except AppError as exc:
             self.feed = None
