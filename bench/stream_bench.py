@@ -154,11 +154,15 @@ async def _sample(api_url: str, model_url: str, key: str, agent_id: str, subscri
     tasks = [asyncio.create_task(_subscriber(url, key, opened, count, subscribers, firsts, deliveries))
              for _ in range(subscribers)]
     await asyncio.wait_for(opened.wait(), 60)
+    all_opened = time.time()
     await asyncio.wait_for(asyncio.gather(*tasks), 120)
     timings = (await http.get(f"{model_url}/admin/first-text", params={"scenario": SCENARIO})).json()
     sent = [t["at"] for t in timings if t["at"] > posted]
     if not sent:
         raise RuntimeError("the model server recorded no first text for this run")
+    if sent[0] < all_opened:  # a subscriber that was not there yet would count its replay as delivery
+        raise RuntimeError(f"the first token came {all_opened - sent[0]:.2f} s before all {subscribers} "
+                           "subscribers were connected; raise the scenario's first_token_delay_ms")
     return [(first - sent[0]) * 1000 for first in firsts], [d * 1000 for d in deliveries]
 
 
@@ -195,7 +199,7 @@ async def _measure(api_url: str, model_url: str, key: str, samples: int, crowd_s
                        event_delivery_p99_ms=percentile(single_delivery, 99))
         crowd_ttft, crowd_delivery = [], []
         await http.post(f"{model_url}/admin/scenarios", json={"name": SCENARIO, "turns": [
-            {"content": WORDS, "first_token_delay_ms": 1500}]})
+            {"content": WORDS, "first_token_delay_ms": 5000}]})
         for _ in range(crowd_samples):
             ttft, delivery = await _sample(api_url, model_url, key, agent["id"], 200, http)
             crowd_ttft += ttft

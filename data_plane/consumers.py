@@ -7,6 +7,8 @@ the connection's schema does not follow a coroutine across ``database_sync_to_as
 from __future__ import annotations
 
 import asyncio
+import json
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import parse_qs
 from uuid import UUID
@@ -175,7 +177,7 @@ class RunStreamConsumer(AsyncJsonWebsocketConsumer):
         assert self.feed is not None
         try:
             async for item in self.feed.items():
-                await self.send_json(item)
+                await self.send(text_data=_encoded(item))
                 if item["type"] == "stream.lagged":
                     await self.close(code=4008)
                     return
@@ -226,6 +228,22 @@ class RunStreamConsumer(AsyncJsonWebsocketConsumer):
     async def fail(self, code: str, message: str, status: int) -> None:
         await self.send_json({"type": "error", "code": code, "message": message, "status": status})
         await self.close(code=4000 + status)
+
+
+_ENCODED: OrderedDict[tuple[Any, ...], str] = OrderedDict()
+
+
+def _encoded(item: dict[str, Any]) -> str:
+    """The item as JSON text, encoded once per process for all the subscribers that receive the same envelope
+    (a run's event or delta at the same cursor is the same envelope for every caught-up subscriber)."""
+    key = (item.get("run_id"), item["type"], item.get("id"), item.get("seq"), item.get("n"))
+    text = _ENCODED.get(key)
+    if text is None or item["type"] in ("stream.idle", "stream.lagged", "stream.opened"):
+        text = json.dumps(item, separators=(",", ":"))
+        _ENCODED[key] = text
+        if len(_ENCODED) > 4096:
+            _ENCODED.popitem(last=False)
+    return text
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:

@@ -133,7 +133,9 @@ class RunFeed:
                 yield self._lagged(behind=subscription.queue.qsize())
                 return
             try:
-                message = await asyncio.wait_for(subscription.get(), self.idle_check_seconds)
+                # In a burst the next message is already queued: take it without arming a timeout.
+                message = subscription.queue.get_nowait() if not subscription.queue.empty() else \
+                    await asyncio.wait_for(subscription.get(), self.idle_check_seconds)
             except asyncio.TimeoutError:
                 behind = await self._durable_after(limit=self.lag_limit)
                 for item in behind:
