@@ -418,3 +418,169 @@ class ApprovalDecideApi(TenantApiView):
         approval = services.approval_decide(tenant=request.user.tenant, approval_id=approval_id,
                                             actor=request.user.actor, **data)
         return Response(ApprovalOutputSerializer(approval).data)
+
+
+# --- Tools: MCP servers, the catalogue, permissions --------------------------------------------------------
+
+class McpServerOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    transport = serializers.CharField()
+    url = serializers.CharField()
+    command = serializers.CharField()
+    args = serializers.ListField(child=serializers.CharField())
+    secret_names = serializers.JSONField(help_text="The names of the stored headers and env variables; their "
+                                                   "values are sealed and never shown.")
+    timeout_seconds = serializers.FloatField()
+    status = serializers.CharField()
+    last_error = serializers.CharField()
+    catalogue_version = serializers.IntegerField()
+    tools = serializers.SerializerMethodField()
+    discovered_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+
+    def get_tools(self, server: Any) -> list[str]:
+        return list(server.tools.filter(is_active=True).order_by("name").values_list("name", flat=True))
+
+
+class McpServerListCreateApi(TenantApiView):
+    """A tenant's MCP servers. Registering lists the server's tools into the catalogue (502 when it cannot)."""
+
+    required_scopes = {"GET": "tools:read", "POST": "tools:write"}
+
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=30, help_text="Lowercase; its tools are named <name>__<tool>.")
+        transport = serializers.ChoiceField(choices=["http", "stdio"])
+        url = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
+        command = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
+        args = serializers.ListField(child=serializers.CharField(max_length=1000), required=False, default=list,
+                                     max_length=50)
+        headers = serializers.DictField(child=serializers.CharField(max_length=4000), required=False, default=dict,
+                                        help_text="Sent with every request to a remote server (credentials); "
+                                                  "sealed at rest.")
+        env = serializers.DictField(child=serializers.CharField(max_length=4000), required=False, default=dict,
+                                    help_text="Environment of a local server's process (credentials); sealed.")
+        timeout_seconds = serializers.FloatField(required=False, default=30.0)
+
+    @extend_schema(operation_id="mcp_servers_list", responses=paginated(McpServerOutputSerializer), tags=["tools"])
+    def get(self, request: Request) -> Response:
+        servers = selectors.mcp_server_list(tenant_schema=request.user.tenant.schema_name)
+        return paginated_response(request=request, view=self, queryset=servers,
+                                  serializer_class=McpServerOutputSerializer)
+
+    @extend_schema(operation_id="mcp_servers_register", request=InputSerializer,
+                   responses={201: McpServerOutputSerializer}, tags=["tools"])
+    def post(self, request: Request) -> Response:
+        data = validated(self.InputSerializer, request.data)
+        server = services.mcp_server_register(tenant=request.user.tenant, actor=request.user.actor, **data)
+        return Response(McpServerOutputSerializer(server).data, status=status.HTTP_201_CREATED)
+
+
+class McpServerDetailApi(TenantApiView):
+    required_scopes = {"GET": "tools:read", "DELETE": "tools:write"}
+
+    @extend_schema(operation_id="mcp_servers_get", responses=McpServerOutputSerializer, tags=["tools"])
+    def get(self, request: Request, server_id: UUID) -> Response:
+        server = selectors.mcp_server_get(tenant_schema=request.user.tenant.schema_name, server_id=server_id)
+        return Response(McpServerOutputSerializer(server).data)
+
+    @extend_schema(operation_id="mcp_servers_archive", responses={204: None}, tags=["tools"])
+    def delete(self, request: Request, server_id: UUID) -> Response:
+        services.mcp_server_archive(tenant=request.user.tenant, server_id=server_id, actor=request.user.actor)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class McpServerRefreshApi(TenantApiView):
+    """List the server's tools again (new, changed and removed tools); agents pick them up in their next
+    version."""
+
+    required_scopes = {"POST": "tools:write"}
+
+    @extend_schema(operation_id="mcp_servers_refresh", request=None, responses=McpServerOutputSerializer,
+                   tags=["tools"])
+    def post(self, request: Request, server_id: UUID) -> Response:
+        server = services.mcp_server_refresh(tenant=request.user.tenant, server_id=server_id,
+                                             actor=request.user.actor)
+        return Response(McpServerOutputSerializer(server).data)
+
+
+class CatalogueToolOutputSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField()
+    input_schema = serializers.JSONField()
+    server = serializers.CharField(allow_null=True, help_text="The MCP server; null for a built-in tool.")
+    version = serializers.IntegerField()
+
+
+class ToolCatalogueApi(TenantApiView):
+    """The tools agents can be given: built-in ones and the tenant's MCP servers' tools."""
+
+    required_scopes = {"GET": "tools:read"}
+
+    class FilterSerializer(serializers.Serializer):
+        q = serializers.CharField(required=False, default="", allow_blank=True, max_length=200,
+                                  help_text="Words that must all appear in the name or description.")
+        server = serializers.CharField(required=False, default="", allow_blank=True, max_length=30,
+                                       help_text="Only this server's tools ('builtin' for the platform's).")
+
+    @extend_schema(operation_id="tools_list", parameters=[FilterSerializer],
+                   responses=paginated(CatalogueToolOutputSerializer), tags=["tools"])
+    def get(self, request: Request) -> Response:
+        filters = validated(self.FilterSerializer, request.query_params)
+        tools = selectors.tool_catalogue(tenant_schema=request.user.tenant.schema_name, query=filters["q"],
+                                         server=filters["server"])
+        return paginated_response(request=request, view=self, queryset=tools,
+                                  serializer_class=CatalogueToolOutputSerializer)
+
+
+class ToolPermissionOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    agent_id = serializers.UUIDField(allow_null=True)
+    tool = serializers.CharField()
+    mode = serializers.CharField()
+    argument_schema = serializers.JSONField(allow_null=True)
+    created_by = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class ToolPermissionListCreateApi(TenantApiView):
+    """Who may call what: allow, deny or require approval, per agent or tenant-wide, with optional argument
+    constraints. Enforced by the workers at every call."""
+
+    required_scopes = {"GET": "tools:read", "POST": "tools:write"}
+
+    class FilterSerializer(serializers.Serializer):
+        agent_id = serializers.UUIDField(required=False, allow_null=True, default=None)
+
+    class InputSerializer(serializers.Serializer):
+        tool = serializers.CharField(max_length=64, help_text="A tool's name, or '<server>__*'.")
+        mode = serializers.ChoiceField(choices=["allow", "deny", "require_approval"])
+        agent_id = serializers.UUIDField(required=False, allow_null=True, default=None,
+                                         help_text="Only for this agent; tenant-wide when omitted.")
+        argument_schema = serializers.DictField(required=False, allow_null=True, default=None,
+                                                help_text="A JSON schema the call's arguments must satisfy.")
+
+    @extend_schema(operation_id="tool_permissions_list", parameters=[FilterSerializer],
+                   responses=paginated(ToolPermissionOutputSerializer), tags=["tools"])
+    def get(self, request: Request) -> Response:
+        filters = validated(self.FilterSerializer, request.query_params)
+        permissions = selectors.tool_permission_list(tenant_schema=request.user.tenant.schema_name, **filters)
+        return paginated_response(request=request, view=self, queryset=permissions,
+                                  serializer_class=ToolPermissionOutputSerializer)
+
+    @extend_schema(operation_id="tool_permissions_set", request=InputSerializer,
+                   responses={201: ToolPermissionOutputSerializer}, tags=["tools"])
+    def post(self, request: Request) -> Response:
+        data = validated(self.InputSerializer, request.data)
+        permission = services.tool_permission_set(tenant=request.user.tenant, actor=request.user.actor, **data)
+        return Response(ToolPermissionOutputSerializer(permission).data, status=status.HTTP_201_CREATED)
+
+
+class ToolPermissionDetailApi(TenantApiView):
+    required_scopes = {"DELETE": "tools:write"}
+
+    @extend_schema(operation_id="tool_permissions_delete", responses={204: None}, tags=["tools"])
+    def delete(self, request: Request, permission_id: UUID) -> Response:
+        services.tool_permission_delete(tenant=request.user.tenant, permission_id=permission_id,
+                                        actor=request.user.actor)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -50,3 +50,27 @@ class RunBusy(AppError):
 
     code = "run_busy"
     http_status = 409
+
+
+class McpServerNotFound(NotFound):
+    code = "mcp_server_not_found"
+
+
+class McpServerNameTaken(Conflict):
+    code = "mcp_server_name_taken"
+
+
+class McpServerUnreachable(AppError):
+    """Registering or refreshing: the server did not answer as an MCP server should."""
+
+    code = "mcp_server_unreachable"
+    http_status = 502
+    title = "MCP server unreachable"
+
+
+class ToolPermissionNotFound(NotFound):
+    code = "tool_permission_not_found"
+
+
+class UnknownMcpServer(InvalidInput):
+    code = "unknown_mcp_server"

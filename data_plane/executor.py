@@ -108,7 +108,8 @@ class RunStepper:
     def __init__(self, *, tenant_schema: str, chat_model: ChatModel,
                  tool_runner_factory: Callable[[str], ToolRunner], dispatch: Callable[[UUID, int], None],
                  owner: str | None = None, lease_seconds: float = 30.0, clock: Callable[[], float] = time.time,
-                 tenant: Any = None, steps_per_task: int = 1) -> None:
+                 tenant: Any = None, steps_per_task: int = 1,
+                 on_stop: Callable[[UUID], None] | None = None) -> None:
         self.schema = tenant_schema
         self.chat_model = chat_model
         self.tool_runner_factory = tool_runner_factory
@@ -118,6 +119,7 @@ class RunStepper:
         self.clock = clock
         self.tenant = tenant
         self.steps_per_task = max(1, steps_per_task)
+        self.on_stop = on_stop  # told when a run stops working (finished, paused, waiting): it can free resources
         self.q = f'"{tenant_schema}".'
 
     # --- the step ---------------------------------------------------------------------------------
@@ -452,7 +454,10 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         transaction.on_commit(partial(self._publish, run_id, events, committed, state))
         if committed.pause_requested and run_status == "running":
             self._pause(run_id, committed.version, step)
+            self._stopped(run_id)
             return StepOutcome(kind="advanced", step=step, run_status="paused"), None
+        if run_status != "running":
+            self._stopped(run_id)
         if continues:
             return StepOutcome(kind="advanced", step=step, run_status=run_status), (
                 committed.version, checkpoint_id, committed.first_event_seq + len(events) - 1)
@@ -463,6 +468,10 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
                 with schema_context(self.schema):
                     self._after_terminal(Run.objects.get(id=run_id))
         return StepOutcome(kind="advanced", step=step, run_status=run_status), None
+
+    def _stopped(self, run_id: UUID) -> None:
+        if self.on_stop is not None:
+            self.on_stop(run_id)
 
     def _pause(self, run_id: UUID, version: int, step: int) -> None:
         """The pause asked for during the step takes effect now that it committed: status and event together."""

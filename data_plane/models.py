@@ -253,3 +253,83 @@ class Note(models.Model):
 
     class Meta:
         ordering = ["created_at"]
+
+
+class McpServer(models.Model):
+    """A tenant's MCP server: remote (streamable HTTP) or a local command the workers run (stdio).
+
+    Credentials (HTTP headers, environment variables) are sealed at rest (common.crypto), bound to the
+    tenant's schema and this row: only their names are ever shown back."""
+
+    class Transport(models.TextChoices):
+        HTTP = "http"
+        STDIO = "stdio"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        ERROR = "error"  # the last discovery failed; its tools stay as they were
+        ARCHIVED = "archived"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=32, unique=True)
+    transport = models.CharField(max_length=8, choices=Transport.choices)
+    url = models.URLField(max_length=500, blank=True, default="")
+    command = models.CharField(max_length=500, blank=True, default="")
+    args = models.JSONField(default=list, blank=True)
+    sealed_secrets = models.TextField(blank=True, default="")
+    secret_names = models.JSONField(default=dict, blank=True)  # {"headers": [...], "env": [...]}: names only
+    timeout_seconds = models.FloatField(default=30.0)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    last_error = models.TextField(blank=True, default="")
+    catalogue_version = models.PositiveIntegerField(default=0)
+    discovered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+
+class McpTool(models.Model):
+    """A tool of the tenant's catalogue, as its server listed it. ``name`` is what agents and models see
+    (``<server>__<tool>``); ``version`` grows when the server changes its description or schema."""
+
+    id = models.BigAutoField(primary_key=True)
+    server = models.ForeignKey(McpServer, on_delete=models.CASCADE, related_name="tools")
+    name = models.CharField(max_length=64, unique=True)
+    remote_name = models.CharField(max_length=200)
+    description = models.TextField(blank=True, default="")
+    input_schema = models.JSONField(default=dict)
+    version = models.PositiveIntegerField(default=1)
+    is_active = models.BooleanField(default=True)  # False once the server stopped listing it
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+
+class ToolPermission(models.Model):
+    """Allow, deny or require approval for a tool (a catalogue or built-in name, or ``<server>__*``), for one
+    agent or (agent empty) all of them; optionally a JSON schema the call's arguments must satisfy. The most
+    specific rule wins: agent over tenant-wide, exact name over a server's wildcard."""
+
+    class Mode(models.TextChoices):
+        ALLOW = "allow"
+        DENY = "deny"
+        REQUIRE_APPROVAL = "require_approval"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, null=True, blank=True, related_name="tool_permissions")
+    tool = models.CharField(max_length=64)
+    mode = models.CharField(max_length=20, choices=Mode.choices)
+    argument_schema = models.JSONField(null=True, blank=True)
+    created_by = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tool", "created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "tool"], name="tool_permission_agent_tool_unique"),
+            models.UniqueConstraint(fields=["tool"], condition=models.Q(agent__isnull=True),
+                                    name="tool_permission_tenant_tool_unique"),
+        ]

@@ -5,14 +5,16 @@ from typing import Any
 from uuid import UUID
 
 from django.db import connection
-from django.db.models import F, IntegerField, Max, OuterRef, QuerySet, Subquery
+from django.db.models import F, IntegerField, Max, OuterRef, Q, QuerySet, Subquery
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 
 from common.schemas import require_schema
 from common.timestamps import format_ts
-from data_plane.errors import AgentNotFound, ApprovalNotFound, CheckpointNotFound, PingNotFound, RunNotFound
-from data_plane.models import Agent, AgentVersion, Approval, Checkpoint, Ping, Run, RunEvent, RunMessage
+from data_plane.errors import AgentNotFound, ApprovalNotFound, CheckpointNotFound, McpServerNotFound, PingNotFound, \
+    RunNotFound
+from data_plane.models import Agent, AgentVersion, Approval, Checkpoint, McpServer, McpTool, Ping, Run, RunEvent, \
+    RunMessage, ToolPermission
 from data_plane.runtime.adapters.checkpoints import PostgresCheckpointStore
 from data_plane.runtime.core.state import RunState
 
@@ -166,3 +168,54 @@ def run_event_last_seq(*, tenant_schema: str, run_id: UUID, type: str | None = N
     if up_to is not None:
         events = events.filter(seq__lte=up_to)
     return events.aggregate(last=Max("seq"))["last"] or 0
+
+
+def tool_permission_effective(*, tenant_schema: str, agent_id: UUID | None, tool: str) -> ToolPermission | None:
+    """The rule that decides a call of ``tool`` by the agent: the agent's own before the tenant-wide one, an
+    exact name before its server's wildcard (``<server>__*``). None: allowed."""
+    require_schema(tenant_schema)
+    names = [tool] + ([tool.split("__", 1)[0] + "__*"] if "__" in tool else [])
+    rules = list(ToolPermission.objects.filter(Q(agent_id=agent_id) | Q(agent__isnull=True), tool__in=names))
+    rules.sort(key=lambda rule: (rule.agent_id is None, rule.tool != tool))
+    return rules[0] if rules else None
+
+
+def mcp_server_list(*, tenant_schema: str, include_archived: bool = False) -> QuerySet[McpServer]:
+    require_schema(tenant_schema)
+    servers = McpServer.objects.all()
+    return servers if include_archived else servers.exclude(status=McpServer.Status.ARCHIVED)
+
+
+def mcp_server_get(*, tenant_schema: str, server_id: UUID) -> McpServer:
+    require_schema(tenant_schema)
+    server = McpServer.objects.filter(id=server_id).exclude(status=McpServer.Status.ARCHIVED).first()
+    if server is None:
+        raise McpServerNotFound(f"MCP server {server_id} not found.")
+    return server
+
+
+def tool_catalogue(*, tenant_schema: str, query: str = "", server: str = "") -> list[dict[str, Any]]:
+    """The tools agents can be given: the built-in ones and the active tools of active MCP servers, matching
+    ``query`` (words in the name or description, all of them) and ``server`` (a server's name, or 'builtin')."""
+    from data_plane.tools import BUILTIN_TOOLS
+
+    require_schema(tenant_schema)
+    words = [word.lower() for word in query.split()]
+    entries: list[dict[str, Any]] = []
+    if server in ("", "builtin"):
+        entries += [{"name": t.name, "description": t.description, "input_schema": t.input_schema,
+                     "server": None, "version": 1} for t in BUILTIN_TOOLS.values()]
+    tools = McpTool.objects.select_related("server").filter(is_active=True, server__status__in=("active", "error"))
+    if server and server != "builtin":
+        tools = tools.filter(server__name=server)
+    elif server == "builtin":
+        tools = tools.none()
+    entries += [{"name": t.name, "description": t.description, "input_schema": t.input_schema,
+                 "server": t.server.name, "version": t.version} for t in tools]
+    return [e for e in entries if all(w in f"{e['name']} {e['description']}".lower() for w in words)]
+
+
+def tool_permission_list(*, tenant_schema: str, agent_id: UUID | None = None) -> QuerySet[ToolPermission]:
+    require_schema(tenant_schema)
+    permissions = ToolPermission.objects.all()
+    return permissions.filter(agent_id=agent_id) if agent_id else permissions

@@ -1,6 +1,8 @@
-"""Built-in tools the platform runs itself (MCP servers of tenants come with the tools issue).
+"""Tools: the built-in ones the platform runs itself, and the router every call of a run goes through
+(permissions, then a built-in tool or a tenant's MCP server).
 
-Every tool takes the call's idempotency key: the same key never repeats an effect.
+Every tool takes the call's idempotency key: the same key never repeats an effect (MCP servers receive it
+in the call's ``_meta`` as ``io.agentplane/idempotency-key``).
 """
 
 from __future__ import annotations
@@ -9,15 +11,24 @@ import ast
 import asyncio
 import operator
 import time
+import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from uuid import UUID
 
+import jsonschema
 from django.db import IntegrityError, close_old_connections
 from django_tenants.utils import schema_context
 
-from data_plane.models import Note
+from common.actors import Actor
+from control_plane.audit.services import audit_event_record
+from data_plane.models import McpTool, Note, Run, ToolPermission
+from data_plane.runtime.adapters.mcp import McpSessions, ServerConfig
 from data_plane.runtime.core.messages import ToolCall, ToolDefinition, ToolResult
+from data_plane.runtime.loop import spawn
+from data_plane.selectors import tool_permission_effective
 
 BUILTIN_TOOLS: dict[str, ToolDefinition] = {
     "calculator": ToolDefinition(
@@ -120,3 +131,114 @@ class BuiltinToolRunner:
             except IntegrityError:
                 note = Note.objects.get(idempotency_key=idempotency_key)
             return note.id
+
+
+# --- Every tool call of a run: permissions first, then a built-in tool or a tenant's MCP server ---------------
+
+_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, McpSessions] = weakref.WeakKeyDictionary()
+
+
+def sessions() -> McpSessions:
+    """The MCP sessions of the running loop (a worker process's IO loop)."""
+    loop = asyncio.get_running_loop()
+    pool = _SESSIONS.get(loop)
+    if pool is None:
+        pool = _SESSIONS[loop] = McpSessions()
+    return pool
+
+
+def release_run(tenant_schema: str, run_id: UUID | str) -> None:
+    """Close the run's MCP sessions (it stopped working: finished, paused, waiting); without waiting."""
+    async def close() -> None:
+        await sessions().close_scope(f"{tenant_schema}:{run_id}")
+
+    spawn(close)
+
+
+@dataclass(frozen=True)
+class _CallPlan:
+    denial: str | None = None  # why the call may not run: an observation for the agent, and an audit event
+    server: ServerConfig | None = None  # None: a built-in tool
+    remote_name: str = ""
+
+
+class ToolRouter:
+    """The ToolRunner of a run's step: checks the tool's permission at call time (deny, argument constraints,
+    approval required), then runs a built-in tool or calls the tool on the tenant's MCP server, on the
+    run's session to it. A refused call is a tool result the agent reads, and an audit event; never a crash."""
+
+    def __init__(self, *, tenant_schema: str, run_id: str, tenant: Any = None) -> None:
+        self.tenant_schema, self.run_id, self.tenant = tenant_schema, run_id, tenant
+        self.builtin = BuiltinToolRunner(tenant_schema=tenant_schema, run_id=run_id)
+
+    async def call(self, call: ToolCall, *, idempotency_key: str) -> ToolResult:
+        started = time.perf_counter()
+        plan = await asyncio.to_thread(self._plan, call)
+        if plan.denial is not None:
+            return ToolResult(call_id=call.id, name=call.name, content=plan.denial, is_error=True,
+                              latency_ms=round((time.perf_counter() - started) * 1000, 3))
+        if plan.server is None:
+            return await self.builtin.call(call, idempotency_key=idempotency_key)
+        outcome = await sessions().call(f"{self.tenant_schema}:{self.run_id}", plan.server, plan.remote_name,
+                                        call.arguments, meta={"io.agentplane/idempotency-key": idempotency_key})
+        return ToolResult(call_id=call.id, name=call.name, content=outcome.text, is_error=outcome.is_error,
+                          structured=outcome.structured if _is_json(outcome.structured) else None,
+                          latency_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    def _plan(self, call: ToolCall) -> _CallPlan:
+        from data_plane.services.tools import server_config
+
+        close_old_connections()
+        with schema_context(self.tenant_schema):
+            found = Run.objects.filter(id=self.run_id).values_list("agent_version__agent_id",
+                                                                   "agent_version__spec").first()
+            if found is None:
+                return _CallPlan(denial=f"Run {self.run_id} is gone; the call was not made.")
+            agent_id, spec = found
+            permission = tool_permission_effective(tenant_schema=self.tenant_schema, agent_id=agent_id,
+                                                   tool=call.name)
+            denial = _denial(call, permission, spec)
+            if denial is not None:
+                self._audit_denial(call, denial, permission)
+                return _CallPlan(denial=denial)
+            if "__" not in call.name:
+                return _CallPlan()
+            tool = McpTool.objects.select_related("server").filter(
+                name=call.name, is_active=True, server__status__in=("active", "error")).first()
+            if tool is None:
+                return _CallPlan(denial=f"Tool {call.name!r} is no longer in the tenant's catalogue (its MCP server "
+                                        "was archived or stopped listing it); the call was not made.")
+            return _CallPlan(server=server_config(tenant_schema=self.tenant_schema, server=tool.server),
+                             remote_name=tool.remote_name)
+
+    def _audit_denial(self, call: ToolCall, denial: str, permission: ToolPermission | None) -> None:
+        if self.tenant is None:
+            return
+        audit_event_record(tenant=self.tenant, actor=Actor(kind="system", id="runtime"), action="tool.denied",
+                           target_type="run", target_id=str(self.run_id),
+                           data={"tool": call.name, "call_id": call.id, "reason": denial[:300],
+                                 "rule": permission.mode if permission else None,
+                                 "rule_id": str(permission.id) if permission else None})
+
+
+def _denial(call: ToolCall, permission: ToolPermission | None, spec: dict[str, Any]) -> str | None:
+    if permission is None:
+        return None
+    scope = f"for agent {permission.agent_id}" if permission.agent_id else "for this tenant"
+    if permission.mode == ToolPermission.Mode.DENY:
+        return f"Denied: the tool {call.name!r} is not allowed {scope} (policy). Do not retry it; find another way."
+    if permission.mode == ToolPermission.Mode.REQUIRE_APPROVAL:
+        defined = next((t for t in spec.get("tools", ()) if t.get("name") == call.name), {})
+        if not defined.get("requires_approval"):
+            return (f"Denied: the tool {call.name!r} now requires a human's approval {scope}, and this agent version "
+                    "does not ask for it; the agent's next version will.")
+    if permission.argument_schema is not None:
+        try:
+            jsonschema.validate(call.arguments, permission.argument_schema)
+        except jsonschema.ValidationError as exc:
+            return f"Denied: these arguments to {call.name!r} are not allowed {scope}: {exc.message}"
+    return None
+
+
+def _is_json(value: Any) -> bool:
+    return value is None or isinstance(value, (dict, list, str, int, float, bool))

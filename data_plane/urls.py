@@ -31,6 +31,14 @@ urlpatterns = [
          name="run-checkpoint-fork"),
     path("runs/<uuid:run_id>/checkpoints/<uuid:checkpoint_id>/replay", apis.CheckpointReplayApi.as_view(),
          name="run-checkpoint-replay"),
+    # tools: MCP servers, the catalogue, permissions
+    path("mcp-servers", apis.McpServerListCreateApi.as_view(), name="mcp-servers"),
+    path("mcp-servers/<uuid:server_id>", apis.McpServerDetailApi.as_view(), name="mcp-server-detail"),
+    path("mcp-servers/<uuid:server_id>/refresh", apis.McpServerRefreshApi.as_view(), name="mcp-server-refresh"),
+    path("tools", apis.ToolCatalogueApi.as_view(), name="tools"),
+    path("tool-permissions", apis.ToolPermissionListCreateApi.as_view(), name="tool-permissions"),
+    path("tool-permissions/<uuid:permission_id>", apis.ToolPermissionDetailApi.as_view(),
+         name="tool-permission-detail"),
     # approvals
     path("approvals", apis.ApprovalListApi.as_view(), name="approvals"),
     path("approvals/<uuid:approval_id>", apis.ApprovalDetailApi.as_view(), name="approval-detail"),

@@ -14,6 +14,8 @@ SCOPES: dict[str, str] = {
     "runs:read": "Read runs, their checkpoints (full state), events and approvals.",
     "runs:write": "Start runs; pause, resume, cancel and retry them; fork and replay them from a checkpoint.",
     "approvals:write": "Approve or reject a run's pending approval, optionally editing the tool arguments.",
+    "tools:read": "List MCP servers (never their credentials), the tool catalogue and tool permissions.",
+    "tools:write": "Register, refresh and archive MCP servers; set and remove tool permissions.",
 }
 
 ALL_SCOPES: tuple[str, ...] = tuple(SCOPES)

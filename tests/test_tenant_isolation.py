@@ -7,8 +7,10 @@ isolation case fails ``test_every_tenant_endpoint_is_in_the_matrix``.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
@@ -18,7 +20,7 @@ from common.actors import Actor
 from conftest import ProvisionedForTest, bearer
 from control_plane.audit.models import AuditEvent
 from data_plane import services as data_plane_services
-from data_plane.models import Agent, Approval, Checkpoint, Ping, Run
+from data_plane.models import Agent, Approval, Checkpoint, McpServer, McpTool, Ping, Run, ToolPermission
 from tenants.api_views import TenantApiView
 from tenants.models import ApiKey
 from tenants.tests.factories import ApiKeyFactory
@@ -33,6 +35,8 @@ class TenantAData:
     run_id: str
     checkpoint_id: str
     approval_id: str
+    server_id: str
+    permission_id: str
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,33 @@ A_SPEC = {"instructions": "", "models": ["openai/gpt-4o-mini"], "graph": {"entry
     {"id": "gate", "kind": "approval", "prompt": "ok?", "next": "end"}, {"id": "end", "kind": "end"}]}}
 
 
+def _no_a_tools(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 200
+    assert not [tool for tool in response.json()["results"] if tool["server"] == A_SERVER_NAME]
+
+
+def _b_agent_refused_a_server(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert (response.status_code, response.json()["code"]) == (400, "agent_spec_invalid")
+    assert f"No MCP server named {A_SERVER_NAME!r}" in response.json()["detail"]
+    with schema_context(b.schema):
+        assert not Agent.objects.filter(name="b-uses-a-server").exists()
+
+
+def _permission_created_in_b(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 201
+    with schema_context(b.schema):
+        assert ToolPermission.objects.filter(id=response.json()["id"]).exists()
+
+
+def _server_registered_in_b(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 201, response.content  # server names are per tenant
+    with schema_context(b.schema):
+        assert McpServer.objects.filter(id=response.json()["id"], name=A_SERVER_NAME).exists()
+
+
+A_SERVER_NAME = "aserver"
+TOOLBOX = str(Path(__file__).resolve().parent / "mcp_servers" / "toolbox.py")
+
 CASES = [
     Case("v1/tenant", "get", lambda a: "/v1/tenant", None, _own_tenant),
     Case("v1/api-keys", "get", lambda a: "/v1/api-keys?limit=500", None, _no_a_ids("id", lambda a: {a.key_id})),
@@ -106,6 +137,8 @@ CASES = [
     Case("v1/agents", "get", lambda a: "/v1/agents?include_archived=true&limit=500", None,
          _no_a_ids("id", lambda a: {a.agent_id})),
     Case("v1/agents", "post", lambda a: "/v1/agents", {"name": A_AGENT_NAME, "spec": A_SPEC}, _agent_created_in_b),
+    Case("v1/agents", "post", lambda a: "/v1/agents", {"name": "b-uses-a-server", "spec": {
+        **A_SPEC, "mcp_servers": [A_SERVER_NAME]}}, _b_agent_refused_a_server),
     Case("v1/agents/<uuid:agent_id>", "get", lambda a: f"/v1/agents/{a.agent_id}", None, _not_found),
     Case("v1/agents/<uuid:agent_id>", "patch", lambda a: f"/v1/agents/{a.agent_id}",
          {"description": "from b", "spec": A_SPEC}, _not_found),
@@ -129,6 +162,23 @@ CASES = [
          _not_found),
     Case("v1/runs/<uuid:run_id>/stream-token", "post", lambda a: f"/v1/runs/{a.run_id}/stream-token", {},
          _not_found),
+    # tools
+    Case("v1/mcp-servers", "get", lambda a: "/v1/mcp-servers?limit=500", None,
+         _no_a_ids("id", lambda a: {a.server_id})),
+    Case("v1/mcp-servers", "post", lambda a: "/v1/mcp-servers", {
+        "name": A_SERVER_NAME, "transport": "stdio", "command": sys.executable, "args": [TOOLBOX]},
+        _server_registered_in_b),
+    Case("v1/mcp-servers/<uuid:server_id>", "get", lambda a: f"/v1/mcp-servers/{a.server_id}", None, _not_found),
+    Case("v1/mcp-servers/<uuid:server_id>", "delete", lambda a: f"/v1/mcp-servers/{a.server_id}", None, _not_found),
+    Case("v1/mcp-servers/<uuid:server_id>/refresh", "post", lambda a: f"/v1/mcp-servers/{a.server_id}/refresh", {},
+         _not_found),
+    Case("v1/tools", "get", lambda a: "/v1/tools?limit=500", None, _no_a_tools),
+    Case("v1/tool-permissions", "get", lambda a: "/v1/tool-permissions?limit=500", None,
+         _no_a_ids("id", lambda a: {a.permission_id})),
+    Case("v1/tool-permissions", "post", lambda a: "/v1/tool-permissions", {"tool": "calculator", "mode": "deny"},
+         _permission_created_in_b),
+    Case("v1/tool-permissions/<uuid:permission_id>", "delete", lambda a: f"/v1/tool-permissions/{a.permission_id}",
+         None, _not_found),
     # checkpoints
     Case("v1/runs/<uuid:run_id>/checkpoints", "get", lambda a: f"/v1/runs/{a.run_id}/checkpoints", None,
          _not_found),
@@ -181,11 +231,19 @@ def tenant_a_data(tenant_a) -> TenantAData:
         run = data_plane_services.run_start(tenant=tenant_a.tenant, agent_id=agent.id, input="a", actor=actor)
         checkpoint = Checkpoint.objects.get(run=run)
         approval = Approval.objects.get(run=run)
+        # rows as registering would leave them (registering itself is tested with real servers elsewhere)
+        server = McpServer.objects.create(name=A_SERVER_NAME, transport="stdio", command=sys.executable,
+                                          args=[TOOLBOX], catalogue_version=1)
+        McpTool.objects.create(server=server, name=f"{A_SERVER_NAME}__add", remote_name="add", description="Add.",
+                               input_schema={"type": "object"})
+        permission = data_plane_services.tool_permission_set(tenant=tenant_a.tenant, tool=f"{A_SERVER_NAME}__add",
+                                                             mode="deny", actor=actor)
         audit_ids = frozenset(str(i) for i in AuditEvent.objects.values_list("id", flat=True))
     assert audit_ids
     assert run.status == "waiting_approval"
     return TenantAData(key_id=str(key.id), ping_id=str(ping.id), audit_ids=audit_ids, agent_id=str(agent.id),
-                       run_id=str(run.id), checkpoint_id=str(checkpoint.id), approval_id=str(approval.id))
+                       run_id=str(run.id), checkpoint_id=str(checkpoint.id), approval_id=str(approval.id),
+                       server_id=str(server.id), permission_id=str(permission.id))
 
 
 def _tenant_a_state(a: TenantAData) -> tuple:
@@ -194,6 +252,9 @@ def _tenant_a_state(a: TenantAData) -> tuple:
         list(Agent.objects.values_list("id", "description", "latest_version", "is_archived")),
         list(Run.objects.values_list("id", "status", "version", "step", "event_seq", "pause_requested")),
         list(Checkpoint.objects.values_list("id", "run_id", "step")),
+        list(McpServer.objects.values_list("id", "status", "catalogue_version", "sealed_secrets")),
+        list(McpTool.objects.values_list("name", "is_active", "version")),
+        list(ToolPermission.objects.values_list("id", "tool", "mode")),
         list(Approval.objects.values_list("id", "status", "comment")),
     )
 

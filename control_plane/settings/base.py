@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +28,17 @@ if AGENTPLANE_ENV == "production" and _DEV_SECRET in (SECRET_KEY, API_KEY_PEPPER
     raise ImproperlyConfigured(
         "AGENTPLANE_ENV=production but SECRET_KEY or API_KEY_PEPPER is unset; set both to long random values."
     )
+# The key that seals secrets at rest (MCP servers' credentials): 32 bytes, base64. Derived from SECRET_KEY
+# when unset, which production refuses.
+_secrets_key = env.string("SECRETS_KEY", "")
+if AGENTPLANE_ENV == "production" and not _secrets_key:
+    raise ImproperlyConfigured("AGENTPLANE_ENV=production but SECRETS_KEY is unset; set it to 32 random bytes "
+                               "in base64 (python -c 'import os,base64;print(base64.b64encode(os.urandom(32)))').")
+SECRETS_KEY = (base64.b64decode(_secrets_key) if _secrets_key
+               else hashlib.sha256(b"agentplane secrets v1:" + SECRET_KEY.encode()).digest())
+# Local MCP servers (stdio) run on the workers: only these executables may be started (full paths,
+# separated by commas). Empty: tenants can register remote (HTTP) servers only.
+MCP_STDIO_ALLOWED_COMMANDS = env.string_list("MCP_STDIO_ALLOWED_COMMANDS", [])
 ALLOWED_HOSTS = env.string_list("ALLOWED_HOSTS", ["*"])
 
 # --- Applications: each of ours lives in exactly one of the two lists. --------------------------

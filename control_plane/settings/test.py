@@ -2,6 +2,7 @@
 
 from control_plane.settings.base import *  # noqa: F401,F403
 import hashlib
+import sys
 
 from control_plane.settings.base import BASE_DIR, CHANNEL_LAYER_MAX_CONNECTIONS, REDIS_URL, redis_url_with_db
 from control_plane.settings import env
@@ -24,3 +25,6 @@ CELERY_TASK_DEFAULT_QUEUE = f"agentplane-test-{CHECKOUT_ID}"
 STREAM_KEY_PREFIX = f"agentplane-test-{CHECKOUT_ID}"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
+
+# The tests' local MCP servers run with this interpreter.
+MCP_STDIO_ALLOWED_COMMANDS = env.string_list("MCP_STDIO_ALLOWED_COMMANDS", [sys.executable])

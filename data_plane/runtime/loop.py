@@ -43,6 +43,19 @@ def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run_coroutine_threadsafe(coroutine, _get_loop()).result()
 
 
+def spawn(make_coroutine: Any) -> None:
+    """Start ``make_coroutine()`` on the IO loop and return at once (its failure is logged)."""
+    async def run() -> None:
+        import logging
+
+        try:
+            await make_coroutine()
+        except Exception:
+            logging.getLogger(__name__).warning("Background IO failed", exc_info=True)
+
+    asyncio.run_coroutine_threadsafe(run(), _get_loop())
+
+
 _background: asyncio.Queue | None = None  # type: ignore[type-arg]
 _background_loop: asyncio.AbstractEventLoop | None = None
 

@@ -13,7 +13,7 @@ from django.conf import settings
 
 from data_plane.executor import RunStepper
 from data_plane.runtime.core.ports import ChatModel
-from data_plane.tools import BuiltinToolRunner
+from data_plane.tools import ToolRouter, release_run
 
 
 # LLM_API_BASE="inprocess": benchmarks and offline runs. The model server's scripted scenarios are played
@@ -45,7 +45,7 @@ def stepper_for(*, tenant: Any, dispatch: Callable[[UUID, int], None]) -> RunSte
     schema = tenant.schema_name
     return RunStepper(
         tenant_schema=schema, chat_model=chat_model(),
-        tool_runner_factory=lambda run_id: BuiltinToolRunner(tenant_schema=schema, run_id=run_id),
+        tool_runner_factory=lambda run_id: ToolRouter(tenant_schema=schema, run_id=run_id, tenant=tenant),
         dispatch=dispatch, owner=worker_identity(), lease_seconds=settings.RUN_LEASE_SECONDS, tenant=tenant,
-        steps_per_task=settings.RUN_STEPS_PER_TASK,
+        steps_per_task=settings.RUN_STEPS_PER_TASK, on_stop=lambda run_id: release_run(schema, run_id),
     )

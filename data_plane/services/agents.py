@@ -6,19 +6,52 @@ from typing import Any
 from uuid import UUID
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 
 from common.actors import Actor
 from common.schemas import require_schema
 from control_plane.audit.services import audit_event_record
 from data_plane.errors import AgentArchived, AgentNameTaken, AgentSpecInvalid
-from data_plane.models import Agent, AgentVersion
+from data_plane.models import Agent, AgentVersion, McpServer, McpTool, ToolPermission
 from data_plane.runtime.core.graph import GraphInvalid
 from data_plane.runtime.core.spec import spec_from_json
 from data_plane.selectors import agent_get
 
 
-def _validated_spec(spec: Any, *, own_name: str) -> dict[str, Any]:
+def _with_catalogue_tools(spec: Any, *, agent_id: UUID | None) -> Any:
+    """The spec with the current tools of its ``mcp_servers`` from the tenant's catalogue (replacing earlier
+    copies), and ``requires_approval`` on every tool a require_approval permission names. The version keeps
+    them: a run always sees the tools its version was made with."""
+    if not isinstance(spec, dict):
+        return spec
+    names = spec.get("mcp_servers") or []
+    servers = {}
+    if isinstance(names, list) and all(isinstance(name, str) for name in names):
+        servers = {s.name: s for s in McpServer.objects.filter(name__in=names).exclude(status=McpServer.Status.ARCHIVED)}
+        missing = [name for name in names if name not in servers]
+        if missing:
+            known = ", ".join(McpServer.objects.exclude(status=McpServer.Status.ARCHIVED).values_list("name", flat=True))
+            raise AgentSpecInvalid(f"No MCP server named {', '.join(map(repr, missing))}; registered: {known or 'none'}.",
+                                   extra={"errors": {"spec": [{"path": "mcp_servers", "code": "unknown_mcp_server",
+                                                               "message": f"Unknown MCP servers: {missing}."}]}})
+    approvals = set(ToolPermission.objects.filter(Q(agent_id=agent_id) | Q(agent__isnull=True),
+                                                  mode=ToolPermission.Mode.REQUIRE_APPROVAL)
+                    .values_list("tool", flat=True))
+    prefixes = tuple(f"{name}__" for name in servers)
+    tools = [t for t in spec.get("tools") or [] if not (isinstance(t, dict) and prefixes
+                                                        and str(t.get("name", "")).startswith(prefixes))]
+    for tool in McpTool.objects.filter(server__in=servers.values(), is_active=True).order_by("name"):
+        tools.append({"name": tool.name, "description": tool.description, "input_schema": tool.input_schema})
+    for tool in tools:
+        if isinstance(tool, dict) and (tool.get("name") in approvals
+                                       or str(tool.get("name", "")).split("__")[0] + "__*" in approvals):
+            tool["requires_approval"] = True
+    return {**spec, "tools": tools}
+
+
+def _validated_spec(spec: Any, *, own_name: str, agent_id: UUID | None = None) -> dict[str, Any]:
     known = set(Agent.objects.filter(is_archived=False).values_list("name", flat=True)) | {own_name}
+    spec = _with_catalogue_tools(spec, agent_id=agent_id)
     try:
         return spec_from_json(spec, known_agents=known).to_json()
     except GraphInvalid as invalid:
@@ -52,7 +85,7 @@ def agent_update(*, tenant, agent_id: UUID, actor: Actor, spec: Any = None,  # t
         if agent.is_archived:
             raise AgentArchived(f"Agent {agent.name!r} is archived; it cannot change.")
         if spec is not None:
-            normalized = _validated_spec(spec, own_name=agent.name)
+            normalized = _validated_spec(spec, own_name=agent.name, agent_id=agent.id)
             agent.latest_version += 1
             AgentVersion.objects.create(agent=agent, version=agent.latest_version, spec=normalized,
                                         created_by=str(actor))

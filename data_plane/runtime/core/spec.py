@@ -47,6 +47,7 @@ class AgentSpec:
     handoffs: Mapping[str, str] = field(default_factory=dict)  # tool name -> agent the conversation passes to
     temperature: float | None = None
     model_timeout_seconds: float = 60.0
+    mcp_servers: tuple[str, ...] = ()  # the tenant's MCP servers whose tools are among ``tools`` (as <server>__<tool>)
 
     @property
     def workflow(self) -> Graph:
@@ -69,6 +70,8 @@ class AgentSpec:
         if self.temperature is not None:
             data["temperature"] = self.temperature
         data["model_timeout_seconds"] = self.model_timeout_seconds
+        if self.mcp_servers:
+            data["mcp_servers"] = list(self.mcp_servers)
         return data
 
 
@@ -150,11 +153,16 @@ def spec_from_json(data: Any, *, known_agents: set[str] | None = None) -> AgentS
             graph = graph_from_json(data["graph"])
         except GraphInvalid as invalid:
             errors.extend({**e, "path": f"graph.{e['path']}".rstrip(".")} for e in invalid.errors)
+    mcp_servers = data.get("mcp_servers") or []
+    if not isinstance(mcp_servers, list) or not all(isinstance(name, str) for name in mcp_servers):
+        error("mcp_servers", "mcp_servers is a list of the tenant's MCP server names.")
+        mcp_servers = []
     spec = AgentSpec(instructions=instructions if isinstance(instructions, str) else "", models=tuple(models),
                      tools=tuple(tools), graph=graph, limits=limits, agent_tools=dict(agent_tools),
                      handoffs=delegations["handoffs"],
                      temperature=data.get("temperature"),
-                     model_timeout_seconds=float(data.get("model_timeout_seconds", 60.0)))
+                     model_timeout_seconds=float(data.get("model_timeout_seconds", 60.0)),
+                     mcp_servers=tuple(dict.fromkeys(mcp_servers)))
     if graph is not None or data.get("graph") is None:
         try:  # validated even when other fields are wrong, so every problem is reported at once
             validate(spec.workflow, tools=spec.tools, agents=known_agents,

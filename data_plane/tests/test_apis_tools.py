@@ -1,0 +1,185 @@
+"""MCP servers, the tool catalogue and tool permissions over the API, with real MCP server processes (the
+SDK-built toolbox of tests/mcp_servers, over stdio and over streamable HTTP)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from django_tenants.utils import schema_context
+
+from conftest import bearer
+from control_plane.audit.models import AuditEvent
+from data_plane.models import AgentVersion, McpServer, McpTool, ToolPermission
+from tests.processes import free_port, running, wait_for
+
+TOOLBOX = str(Path(__file__).resolve().parents[2] / "tests" / "mcp_servers" / "toolbox.py")
+TOOLBOX_TOOLS = ["add", "counter", "pid", "shout", "sleep", "whoami"]
+
+
+def post(client, path, body, key):
+    return client.post(path, json.dumps(body), content_type="application/json", **bearer(key))
+
+
+def register_stdio(client, key, name="toolbox", **extra) -> dict:
+    response = post(client, "/v1/mcp-servers", {"name": name, "transport": "stdio", "command": sys.executable,
+                                                "args": [TOOLBOX, *extra.pop("args", [])], **extra}, key)
+    assert response.status_code == 201, response.json()
+    return response.json()
+
+
+@pytest.fixture(scope="module")
+def http_toolbox(tmp_path_factory):
+    """The toolbox over streamable HTTP, as its own process; yields its URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("toolbox") / "toolbox.log"
+    with running([sys.executable, TOOLBOX, "--http", str(port), "--name", "remote"], log_path=log, env={
+            "PATH": "/usr/bin:/bin", "TOOLBOX_IDENTITY": "remote"}):
+        import socket
+
+        def listening() -> bool:
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+        wait_for(listening, timeout=30, what="the HTTP toolbox to listen")
+        yield f"http://127.0.0.1:{port}/mcp"
+
+
+def test_registering_a_local_server_lists_its_tools_and_seals_its_credentials(client, tenant_a):
+    # when
+    server = register_stdio(client, tenant_a.key, env={"TOOLBOX_IDENTITY": "s3cr3t-identity"})
+    # then
+    assert (server["name"], server["transport"], server["status"], server["catalogue_version"]) == (
+        "toolbox", "stdio", "active", 1)
+    assert server["tools"] == [f"toolbox__{name}" for name in TOOLBOX_TOOLS]
+    assert server["secret_names"] == {"headers": [], "env": ["TOOLBOX_IDENTITY"]}
+    assert "s3cr3t" not in json.dumps(server)
+    with schema_context(tenant_a.schema):
+        stored = McpServer.objects.get(id=server["id"])
+        assert stored.sealed_secrets.startswith("v1:") and "s3cr3t" not in stored.sealed_secrets
+        add = McpTool.objects.get(name="toolbox__add")
+        assert (add.remote_name, add.input_schema["required"]) == ("add", ["a", "b"])
+        audited = AuditEvent.objects.get(action="mcp_server.register")
+        assert sorted(audited.data["tools"]) == server["tools"] and "s3cr3t" not in json.dumps(audited.data)
+    # and the catalogue has them beside the built-in tools, searchable
+    catalogue = client.get("/v1/tools?limit=100", **bearer(tenant_a.key)).json()["results"]
+    assert {"calculator", "toolbox__add", "toolbox__shout"} <= {t["name"] for t in catalogue}
+    found = client.get("/v1/tools?q=upper case", **bearer(tenant_a.key)).json()["results"]
+    assert [(t["name"], t["server"]) for t in found] == [("toolbox__shout", "toolbox")]
+
+
+def test_a_remote_server_over_streamable_http_is_discovered(client, tenant_a, http_toolbox):
+    response = post(client, "/v1/mcp-servers", {"name": "remote", "transport": "http", "url": http_toolbox,
+                                                "headers": {"Authorization": "Bearer token-123"}}, tenant_a.key)
+    assert response.status_code == 201, response.json()
+    assert response.json()["tools"] == [f"remote__{name}" for name in TOOLBOX_TOOLS]
+    assert response.json()["secret_names"] == {"headers": ["Authorization"], "env": []}
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"transport": "stdio", "command": "/bin/sh", "args": ["-c", "id"]}, "command"),
+    ({"transport": "http", "url": "ftp://example.com"}, "url"),
+    ({"transport": "http", "url": "http://127.0.0.1:9/mcp", "env": {"X": "1"}}, "command"),
+    ({"transport": "stdio", "command": sys.executable, "headers": {"bad header": "x"}}, "url"),
+])
+def test_invalid_server_settings_are_400_saying_what_to_fix_and_nothing_is_kept(client, tenant_a, body, field):
+    response = post(client, "/v1/mcp-servers", {"name": "bad", **body}, tenant_a.key)
+    assert (response.status_code, response.json()["code"]) == (400, "invalid")
+    assert field in response.json()["errors"]
+    with schema_context(tenant_a.schema):
+        assert not McpServer.objects.exists()
+
+
+def test_a_server_that_does_not_answer_is_502_and_not_kept(client, tenant_a):
+    response = post(client, "/v1/mcp-servers", {"name": "dead", "transport": "http",
+                                                "url": f"http://127.0.0.1:{free_port()}/mcp",
+                                                "timeout_seconds": 3}, tenant_a.key)
+    assert (response.status_code, response.json()["code"]) == (502, "mcp_server_unreachable")
+    assert "dead" in response.json()["detail"] and "Check the server's url" in response.json()["detail"]
+    with schema_context(tenant_a.schema):
+        assert not McpServer.objects.exists()
+
+
+def test_refresh_adds_changes_and_deactivates_tools_and_bumps_the_catalogue_version(client, tenant_a, tmp_path):
+    # given
+    changes = tmp_path / "changes"
+    server = register_stdio(client, tenant_a.key, args=["--changes", str(changes)])
+    # when: the server now offers one more tool and no longer shout
+    changes.write_text("extra no-shout")
+    response = post(client, f"/v1/mcp-servers/{server['id']}/refresh", {}, tenant_a.key)
+    # then
+    assert response.status_code == 200
+    assert response.json()["tools"] == ["toolbox__add", "toolbox__counter", "toolbox__extra", "toolbox__pid", "toolbox__sleep",
+                                        "toolbox__whoami"]
+    assert response.json()["catalogue_version"] == 2
+    with schema_context(tenant_a.schema):
+        assert McpTool.objects.get(name="toolbox__shout").is_active is False
+        assert AuditEvent.objects.get(action="mcp_server.refresh").data == {
+            "added": ["toolbox__extra"], "changed": [], "removed": ["toolbox__shout"]}
+
+
+def test_archiving_a_server_drops_its_tools_and_its_credentials(client, tenant_a):
+    server = register_stdio(client, tenant_a.key, env={"TOOLBOX_IDENTITY": "x"})
+    response = client.delete(f"/v1/mcp-servers/{server['id']}", **bearer(tenant_a.key))
+    assert response.status_code == 204
+    assert client.get(f"/v1/mcp-servers/{server['id']}", **bearer(tenant_a.key)).status_code == 404
+    with schema_context(tenant_a.schema):
+        stored = McpServer.objects.get(id=server["id"])
+        assert (stored.status, stored.sealed_secrets) == ("archived", "")
+        assert not McpTool.objects.filter(server=stored, is_active=True).exists()
+
+
+def test_an_agent_gets_its_servers_tools_in_its_version_with_approval_where_a_rule_requires_it(client, tenant_a):
+    # given
+    register_stdio(client, tenant_a.key)
+    rule = post(client, "/v1/tool-permissions", {"tool": "toolbox__shout", "mode": "require_approval"}, tenant_a.key)
+    assert rule.status_code == 201
+    # when
+    agent = post(client, "/v1/agents", {"name": "mcp-user", "spec": {
+        "instructions": "x", "models": ["openai/x"], "mcp_servers": ["toolbox"]}}, tenant_a.key)
+    unknown = post(client, "/v1/agents", {"name": "mcp-unknown", "spec": {
+        "instructions": "x", "models": ["openai/x"], "mcp_servers": ["nowhere"]}}, tenant_a.key)
+    # then
+    assert agent.status_code == 201, agent.json()
+    with schema_context(tenant_a.schema):
+        spec = AgentVersion.objects.get(agent_id=agent.json()["id"]).spec
+    tools = {t["name"]: t for t in spec["tools"]}
+    assert sorted(tools) == [f"toolbox__{name}" for name in TOOLBOX_TOOLS]
+    assert tools["toolbox__shout"]["requires_approval"] and not tools["toolbox__add"]["requires_approval"]
+    assert spec["mcp_servers"] == ["toolbox"]
+    assert (unknown.status_code, unknown.json()["code"]) == (400, "agent_spec_invalid")
+    assert "No MCP server named 'nowhere'; registered: toolbox." == unknown.json()["detail"]
+
+
+def test_tool_permissions_are_set_replaced_listed_and_removed_with_audit(client, tenant_a):
+    # when
+    first = post(client, "/v1/tool-permissions", {"tool": "calculator", "mode": "deny"}, tenant_a.key)
+    replaced = post(client, "/v1/tool-permissions", {"tool": "calculator", "mode": "allow", "argument_schema": {
+        "type": "object", "properties": {"expression": {"type": "string", "maxLength": 20}}}}, tenant_a.key)
+    bad_mode = post(client, "/v1/tool-permissions", {"tool": "calculator", "mode": "maybe"}, tenant_a.key)
+    bad_tool = post(client, "/v1/tool-permissions", {"tool": "calc ulator", "mode": "deny"}, tenant_a.key)
+    listed = client.get("/v1/tool-permissions", **bearer(tenant_a.key)).json()["results"]
+    # then
+    assert first.status_code == replaced.status_code == 201
+    assert [(p["tool"], p["mode"], p["argument_schema"]["properties"]["expression"]["maxLength"])
+            for p in listed] == [("calculator", "allow", 20)]
+    assert (bad_mode.status_code, list(bad_mode.json()["errors"])) == (400, ["mode"])
+    assert (bad_tool.status_code, list(bad_tool.json()["errors"])) == (400, ["tool"])
+    assert client.delete(f"/v1/tool-permissions/{listed[0]['id']}", **bearer(tenant_a.key)).status_code == 204
+    assert client.delete(f"/v1/tool-permissions/{listed[0]['id']}", **bearer(tenant_a.key)).status_code == 404
+    with schema_context(tenant_a.schema):
+        assert not ToolPermission.objects.exists()
+        assert list(AuditEvent.objects.filter(action__startswith="tool_permission").order_by("occurred_at")
+                    .values_list("action", "data__mode")) == [
+            ("tool_permission.set", "deny"), ("tool_permission.set", "allow"), ("tool_permission.delete", "allow")]
+
+
+def test_tools_scopes_are_enforced(client, tenant_a):
+    from tenants.tests.factories import ApiKeyFactory
+
+    reader = ApiKeyFactory(tenant=tenant_a.tenant, scopes=["tools:read"])
+    denied = post(client, "/v1/tool-permissions", {"tool": "calculator", "mode": "deny"}, reader.plaintext)
+    assert (denied.status_code, denied.json()["code"]) == (403, "missing_scope")
+    assert client.get("/v1/tools", **bearer(reader.plaintext)).status_code == 200
+
