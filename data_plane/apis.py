@@ -584,3 +584,28 @@ class ToolPermissionDetailApi(TenantApiView):
         services.tool_permission_delete(tenant=request.user.tenant, permission_id=permission_id,
                                         actor=request.user.actor)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ToolStatsOutputSerializer(serializers.Serializer):
+    tool = serializers.CharField()
+    calls = serializers.IntegerField()
+    succeeded = serializers.IntegerField()
+    success_rate = serializers.FloatField(allow_null=True)
+    latency_p50_ms = serializers.FloatField(allow_null=True)
+    latency_p95_ms = serializers.FloatField(allow_null=True)
+
+
+class ToolStatsApi(TenantApiView):
+    """Success rate and latency per tool, from the runs' recorded calls."""
+
+    required_scopes = {"GET": "tools:read"}
+
+    class FilterSerializer(serializers.Serializer):
+        days = serializers.IntegerField(min_value=1, max_value=90, required=False, default=7)
+
+    @extend_schema(operation_id="tools_stats", parameters=[FilterSerializer],
+                   responses=ToolStatsOutputSerializer(many=True), tags=["tools"])
+    def get(self, request: Request) -> Response:
+        filters = validated(self.FilterSerializer, request.query_params)
+        stats = selectors.tool_call_stats(tenant_schema=request.user.tenant.schema_name, **filters)
+        return Response(ToolStatsOutputSerializer(stats, many=True).data)

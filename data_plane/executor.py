@@ -437,7 +437,8 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
                         if self.tenant is not None:
                             for command in commands:
                                 if isinstance(command, CallTool) and command.key in results:
-                                    _audit_tool_call(self.tenant, run_id, step, command, results[command.key])
+                                    _audit_tool_call(self.tenant, run_id, step, command, results[command.key],
+                                                     agent_version_id=claim.agent_version_id)
                             if run_status != "running":
                                 audit_event_record(tenant=self.tenant, actor=Actor(kind="system", id="runtime"),
                                                    action=f"run.{run_status}", target_type="run",
@@ -593,7 +594,10 @@ def _step_events(commands: list[Command], results: dict[str, machine.EffectResul
                 "node": command.node_id, "message_seq": None if offset is None else len(previous.messages) + offset,
                 "preview": result.message.content[:280], "truncated": len(result.message.content) > 280,
                 "tool_calls": [call.to_json() for call in result.message.tool_calls],
-                "usage": result.usage.to_json()}})
+                "usage": result.usage.to_json(),
+                **({"tools_selected": command.request.metadata["tools_selected"],
+                    "tools_available": command.request.metadata["tools_available"]}
+                   if "tools_selected" in command.request.metadata else {})}})
             events.append({"type": "usage", "data": {
                 "node": command.node_id, "call": result.usage.to_json(),
                 "run": {"input_tokens": state.input_tokens, "output_tokens": state.output_tokens,
@@ -615,8 +619,11 @@ def _step_events(commands: list[Command], results: dict[str, machine.EffectResul
     return events
 
 
-def _audit_tool_call(tenant: Any, run_id: UUID, step: int, command: CallTool, result: Any) -> None:
-    data: dict[str, Any] = {"run_id": str(run_id), "step": step, "tool": command.call.name,
+def _audit_tool_call(tenant: Any, run_id: UUID, step: int, command: CallTool, result: Any, *,
+                     agent_version_id: UUID) -> None:
+    name = command.call.name
+    data: dict[str, Any] = {"run_id": str(run_id), "step": step, "agent_version_id": str(agent_version_id),
+                            "tool": name, "server": name.split("__", 1)[0] if "__" in name else None,
                             "arguments": command.call.arguments}
     if isinstance(result, ToolResult):
         data.update(status="error" if result.is_error else "ok", latency_ms=result.latency_ms,

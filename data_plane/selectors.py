@@ -219,3 +219,24 @@ def tool_permission_list(*, tenant_schema: str, agent_id: UUID | None = None) ->
     require_schema(tenant_schema)
     permissions = ToolPermission.objects.all()
     return permissions.filter(agent_id=agent_id) if agent_id else permissions
+
+
+def tool_call_stats(*, tenant_schema: str, days: int = 7) -> list[dict[str, Any]]:
+    """Per tool, over the last ``days``: calls, how many succeeded (no error, tool's own or transport), the
+    success rate, and latency p50/p95 in milliseconds; from the effect journal (replayed results excluded)."""
+    require_schema(tenant_schema)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT name, count(*),
+                       count(*) FILTER (WHERE status = 'succeeded' AND NOT coalesce((result->>'is_error')::boolean,
+                                                                                 false)),
+                       percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms),
+                       percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)
+                FROM "{tenant_schema}".data_plane_effectrecord
+                WHERE kind = 'tool' AND status <> 'started' AND reused_from IS NULL
+                  AND started_at > now() - make_interval(days => %s)
+                GROUP BY name ORDER BY name""", [days])
+        rows = cursor.fetchall()
+    return [{"tool": name, "calls": calls, "succeeded": ok, "success_rate": round(ok / calls, 4) if calls else None,
+             "latency_p50_ms": round(p50, 3) if p50 is not None else None,
+             "latency_p95_ms": round(p95, 3) if p95 is not None else None} for name, calls, ok, p50, p95 in rows]

@@ -18,7 +18,7 @@ from control_plane.audit.models import AuditEvent
 from data_plane import services
 from data_plane.models import EffectRecord, Run, RunEvent
 from data_plane.runtime.core.state import RunState
-from data_plane.selectors import checkpoint_state
+from data_plane.selectors import checkpoint_state, tool_call_stats
 from tests.processes import free_port, running, wait_for
 
 pytestmark = pytest.mark.worker
@@ -102,6 +102,12 @@ def test_a_run_uses_tools_of_a_local_and_a_remote_server(worker_process, model_s
     assert effects == [("calc__add", "succeeded"), ("calc__whoami", "succeeded"), ("text__shout", "succeeded")]
     assert audited == [("calc__add", "ok"), ("calc__whoami", "ok"), ("text__shout", "ok")]
     assert started == 3
+    # and each tool's success rate and latency are there to read
+    with schema_context(tenant.schema):
+        stats = {row["tool"]: row for row in tool_call_stats(tenant_schema=tenant.schema)}
+    assert {name: (row["calls"], row["success_rate"]) for name, row in stats.items()} == {
+        "calc__add": (1, 1.0), "calc__whoami": (1, 1.0), "text__shout": (1, 1.0)}
+    assert all(row["latency_p50_ms"] > 0 for row in stats.values())
 
 
 def test_one_session_per_run_and_server_keeps_the_servers_state_across_steps(worker_process, model_server, tenant):

@@ -20,7 +20,8 @@ from common.actors import Actor
 from conftest import ProvisionedForTest, bearer
 from control_plane.audit.models import AuditEvent
 from data_plane import services as data_plane_services
-from data_plane.models import Agent, Approval, Checkpoint, McpServer, McpTool, Ping, Run, ToolPermission
+from data_plane.models import Agent, Approval, Checkpoint, EffectRecord, McpServer, McpTool, Ping, Run, \
+    ToolPermission
 from tenants.api_views import TenantApiView
 from tenants.models import ApiKey
 from tenants.tests.factories import ApiKeyFactory
@@ -99,6 +100,11 @@ def _no_a_tools(response, a: TenantAData, b: ProvisionedForTest) -> None:
     assert not [tool for tool in response.json()["results"] if tool["server"] == A_SERVER_NAME]
 
 
+def _no_a_stats(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 200
+    assert not [row for row in response.json() if row["tool"].startswith(A_SERVER_NAME)]
+
+
 def _b_agent_refused_a_server(response, a: TenantAData, b: ProvisionedForTest) -> None:
     assert (response.status_code, response.json()["code"]) == (400, "agent_spec_invalid")
     assert f"No MCP server named {A_SERVER_NAME!r}" in response.json()["detail"]
@@ -173,6 +179,7 @@ CASES = [
     Case("v1/mcp-servers/<uuid:server_id>/refresh", "post", lambda a: f"/v1/mcp-servers/{a.server_id}/refresh", {},
          _not_found),
     Case("v1/tools", "get", lambda a: "/v1/tools?limit=500", None, _no_a_tools),
+    Case("v1/tools/stats", "get", lambda a: "/v1/tools/stats?days=90", None, _no_a_stats),
     Case("v1/tool-permissions", "get", lambda a: "/v1/tool-permissions?limit=500", None,
          _no_a_ids("id", lambda a: {a.permission_id})),
     Case("v1/tool-permissions", "post", lambda a: "/v1/tool-permissions", {"tool": "calculator", "mode": "deny"},
@@ -236,6 +243,9 @@ def tenant_a_data(tenant_a) -> TenantAData:
                                           args=[TOOLBOX], catalogue_version=1)
         McpTool.objects.create(server=server, name=f"{A_SERVER_NAME}__add", remote_name="add", description="Add.",
                                input_schema={"type": "object"})
+        EffectRecord.objects.create(run=run, step=1, key="act:call-1", kind="tool", idempotency_key=f"{run.id}:iso",
+                                    digest="0" * 64, name=f"{A_SERVER_NAME}__add", status="succeeded",
+                                    latency_ms=1.5, result={"content": "2", "is_error": False})
         permission = data_plane_services.tool_permission_set(tenant=tenant_a.tenant, tool=f"{A_SERVER_NAME}__add",
                                                              mode="deny", actor=actor)
         audit_ids = frozenset(str(i) for i in AuditEvent.objects.values_list("id", flat=True))

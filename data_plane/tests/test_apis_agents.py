@@ -14,7 +14,7 @@ from tenants.tests.factories import ApiKeyFactory
 SPEC = {"instructions": "Be exact.", "models": ["openai/gpt-4o-mini"]}
 NORMALIZED_SPEC = {"instructions": "Be exact.", "models": ["openai/gpt-4o-mini"], "tools": [],
                    "limits": {"max_steps": 50, "max_seconds": 600.0, "max_cost_usd": None},
-                   "model_timeout_seconds": 60.0}
+                   "model_timeout_seconds": 60.0, "max_tools_per_call": 24}
 
 
 def post(client, path, body, key):

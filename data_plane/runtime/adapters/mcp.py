@@ -109,8 +109,9 @@ class _Session:
 
     async def _own(self) -> None:
         try:
-            async with Client(_transport(self.config), read_timeout_seconds=self.config.timeout_seconds,
-                              mode="legacy") as client:
+            # The client's own read timeout covers the handshake too: generous; each call has its own limit.
+            async with Client(_transport(self.config), mode="legacy",
+                              read_timeout_seconds=max(CONNECT_SECONDS, self.config.timeout_seconds)) as client:
                 self.client = client
                 self._ready.set()
                 await self._closing.wait()

@@ -27,6 +27,7 @@ from data_plane.runtime.core.graph import (
 from data_plane.runtime.core.messages import Message, ToolCall, ToolResult
 from data_plane.runtime.core.ports import ModelReply, ModelRequest
 from data_plane.runtime.core.spec import AgentSpec
+from data_plane.runtime.core.tool_selection import select_tools
 from data_plane.runtime.core.state import Decision, PendingApproval, RunState, Status
 
 
@@ -433,11 +434,16 @@ def _holds(condition: Condition, state: RunState) -> bool:
 
 def _model_request(state: RunState, spec: AgentSpec, node: LlmNode) -> ModelRequest:
     system = "\n\n".join(part for part in (spec.instructions, node.instructions) if part)
-    offered = spec.tools if node.tools is None else tuple(t for t in spec.tools if t.name in node.tools)
+    available = spec.tools if node.tools is None else tuple(t for t in spec.tools if t.name in node.tools)
+    offered = select_tools(available, state.messages, limit=spec.max_tools_per_call)
     messages = ((Message(role="system", content=system),) if system else ()) + state.messages
+    metadata: dict[str, Any] = {"node": node.id, "step": state.steps}
+    if len(offered) < len(available):  # say which, so a run's record shows what the model could choose from
+        metadata["tools_selected"] = [tool.name for tool in offered]
+        metadata["tools_available"] = len(available)
     return ModelRequest(models=node.models or spec.models, messages=messages, tools=offered,
                         temperature=spec.temperature, timeout_seconds=spec.model_timeout_seconds,
-                        metadata={"node": node.id, "step": state.steps})
+                        metadata=metadata)
 
 
 def _last_tool_calls(state: RunState) -> tuple[ToolCall, ...]:

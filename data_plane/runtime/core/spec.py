@@ -48,6 +48,7 @@ class AgentSpec:
     temperature: float | None = None
     model_timeout_seconds: float = 60.0
     mcp_servers: tuple[str, ...] = ()  # the tenant's MCP servers whose tools are among ``tools`` (as <server>__<tool>)
+    max_tools_per_call: int = 24  # above this many tools, each LLM call is offered the most relevant ones
 
     @property
     def workflow(self) -> Graph:
@@ -72,6 +73,7 @@ class AgentSpec:
         data["model_timeout_seconds"] = self.model_timeout_seconds
         if self.mcp_servers:
             data["mcp_servers"] = list(self.mcp_servers)
+        data["max_tools_per_call"] = self.max_tools_per_call
         return data
 
 
@@ -153,6 +155,10 @@ def spec_from_json(data: Any, *, known_agents: set[str] | None = None) -> AgentS
             graph = graph_from_json(data["graph"])
         except GraphInvalid as invalid:
             errors.extend({**e, "path": f"graph.{e['path']}".rstrip(".")} for e in invalid.errors)
+    max_tools = data.get("max_tools_per_call", 24)
+    if not isinstance(max_tools, int) or isinstance(max_tools, bool) or not 1 <= max_tools <= 128:
+        error("max_tools_per_call", "max_tools_per_call is a whole number from 1 to 128.")
+        max_tools = 24
     mcp_servers = data.get("mcp_servers") or []
     if not isinstance(mcp_servers, list) or not all(isinstance(name, str) for name in mcp_servers):
         error("mcp_servers", "mcp_servers is a list of the tenant's MCP server names.")
@@ -162,7 +168,7 @@ def spec_from_json(data: Any, *, known_agents: set[str] | None = None) -> AgentS
                      handoffs=delegations["handoffs"],
                      temperature=data.get("temperature"),
                      model_timeout_seconds=float(data.get("model_timeout_seconds", 60.0)),
-                     mcp_servers=tuple(dict.fromkeys(mcp_servers)))
+                     mcp_servers=tuple(dict.fromkeys(mcp_servers)), max_tools_per_call=max_tools)
     if graph is not None or data.get("graph") is None:
         try:  # validated even when other fields are wrong, so every problem is reported at once
             validate(spec.workflow, tools=spec.tools, agents=known_agents,

@@ -105,3 +105,21 @@ def test_an_unknown_tool_is_an_error_result_not_a_retry():
 
     outcome = asyncio.run(scenario())
     assert outcome.is_error and "no_such_tool" in outcome.text
+
+
+def test_a_server_published_by_others_works_the_same_way():
+    """mcp-server-time (the MCP project's reference time server, installed with the dev dependencies)."""
+    config = ServerConfig(id="t1", name="time", transport="stdio", command=sys.executable,
+                          args=("-m", "mcp_server_time", "--local-timezone", "UTC"), timeout_seconds=20)
+
+    async def scenario():
+        tools = await discover(config)
+        pool = McpSessions(sleep=no_wait)
+        outcome = await pool.call("run-1", config, "convert_time", {
+            "source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"})
+        await pool.close_all()
+        return tools, outcome
+
+    tools, outcome = asyncio.run(scenario())
+    assert {"get_current_time", "convert_time"} <= {t.name for t in tools}
+    assert not outcome.is_error and '"timezone": "Asia/Tokyo"' in outcome.text and "21:00" in outcome.text
