@@ -45,7 +45,7 @@ from django_tenants.utils import schema_context  # noqa: E402
 from langgraph.checkpoint.postgres import PostgresSaver  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 
-from bench import checkpoint_bench, step_bench, stream_bench, turn_bench  # noqa: E402
+from bench import checkpoint_bench, mcp_bench, step_bench, stream_bench, turn_bench  # noqa: E402
 from common.actors import Actor  # noqa: E402
 from data_plane import services  # noqa: E402
 from tenants import services as tenant_services  # noqa: E402
@@ -61,6 +61,7 @@ TURNS = int(os.environ.get("BENCH_TURNS", "200"))
 TURN_BURST = int(os.environ.get("BENCH_TURN_BURST", "2000"))
 STREAM_SAMPLES = int(os.environ.get("BENCH_STREAM_SAMPLES", "30"))
 STREAM_CROWD_SAMPLES = int(os.environ.get("BENCH_STREAM_CROWD_SAMPLES", "3"))
+MCP_CALLS = int(os.environ.get("BENCH_MCP_CALLS", "300"))
 WARMUP = 20
 
 # (figure, target as BENCH.md states it, check or None). Figures not listed are diagnostics.
@@ -85,6 +86,7 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, float]], bool] | None]] = [
     ("ttft_added_p50_ms", "p99 below", None),
     ("ttft_added_p99_ms", "< 20", lambda f: f["ttft_added_p99_ms"] < 20),
     ("ttft_added_p99_ms_200_subscribers", "< 50", lambda f: f["ttft_added_p99_ms_200_subscribers"] < 50),
+    ("mcp_call_overhead_p50_ms", "< 5", lambda f: f["mcp_call_overhead_p50_ms"] < 5),
 ]
 DIAGNOSTICS = {
     "insert_floor_django_p50_ms": "the floor's INSERT through Django's connection in atomic()",
@@ -105,6 +107,8 @@ DIAGNOSTICS = {
     "event_delivery_p99_ms_200_subscribers": "",
     "agent_start_ws_p50_ms": "POST /v1/runs to its first event over a websocket opened with the returned id",
     "agent_start_ws_p99_ms": "",
+    "mcp_call_overhead_p99_ms": "",
+    "mcp_sdk_call_p50_ms": "the SDK's bare client calling the same tool on its own session (baseline)",
 }
 
 
@@ -257,6 +261,8 @@ def main() -> int:
         section("streaming: model server, Daphne and a worker; time to first token added, with 1 and 200 "
                 "subscribers", lambda: stream_bench.bench_streaming(key=admin_key, samples=STREAM_SAMPLES,
                                                                     crowd_samples=STREAM_CROWD_SAMPLES))
+        section("a tool call through MCP (streamable HTTP, a local server)",
+                lambda: mcp_bench.bench_mcp(calls=MCP_CALLS))
         derive(figures)
         about = machine()
     finally:
