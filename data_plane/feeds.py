@@ -161,7 +161,8 @@ class RunFeed:
                 if message["n"] <= self.delta:
                     continue
                 if message["after_seq"] > self.seq:  # the step began after events this feed has not sent yet
-                    for item in await self._durable_after(limit=None):
+                    # only those: the step's own events (maybe committed by now) follow its deltas
+                    for item in await self._durable_after(limit=None, before=message["after_seq"] + 1):
                         yield item
                 if message["n"] > self.delta + 1:
                     for item in await self._deltas_after(before=message["n"]):
