@@ -150,7 +150,8 @@ class RunStepper:
                 self._release(run_id, claim.version, loaded.step)
                 logger.warning("Run %s step %s: transient failure, will retry: %s", run_id, loaded.step, exc)
                 return StepOutcome(kind="transient", retry_in=1.0, step=loaded.step)
-            except Fenced:
+            except Fenced:  # cancelled or taken over: this worker's resources for the run go
+                self._stopped(run_id)
                 return StepOutcome(kind="fenced", step=loaded.step)
             new_state, _ = machine.step(state, machine.EffectsCompleted(results=results, now=self.clock()), spec=spec)
             outcome, committed = self._commit(run_id, claim, store, loaded.id, loaded.step, state, new_state,
@@ -444,6 +445,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
                                                    action=f"run.{run_status}", target_type="run",
                                                    target_id=str(run_id), data={"step": step})
         except Fenced:
+            self._stopped(run_id)
             return StepOutcome(kind="fenced", step=parent_step), None
         # exactly what a reload would give: control and values as they round-trip through JSON
         reloaded = RunState.from_parts(control=json.loads(json.dumps(state.control_json(), default=str)),
