@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import logging
 import operator
 import time
 import weakref
@@ -29,6 +30,8 @@ from data_plane.runtime.adapters.mcp import McpSessions, ServerConfig
 from data_plane.runtime.core.messages import ToolCall, ToolDefinition, ToolResult
 from data_plane.runtime.loop import spawn
 from data_plane.selectors import tool_permission_effective
+
+logger = logging.getLogger(__name__)
 
 BUILTIN_TOOLS: dict[str, ToolDefinition] = {
     "calculator": ToolDefinition(
@@ -143,8 +146,29 @@ def sessions() -> McpSessions:
     loop = asyncio.get_running_loop()
     pool = _SESSIONS.get(loop)
     if pool is None:
-        pool = _SESSIONS[loop] = McpSessions()
+        pool = _SESSIONS[loop] = McpSessions(on_tools_changed=_tools_changed)
     return pool
+
+
+async def _tools_changed(scope: str, server: ServerConfig) -> None:
+    """A server said its tool list changed during a run's session: refresh the tenant's catalogue."""
+    await asyncio.to_thread(refresh_catalogue, scope.split(":", 1)[0], server.id)
+
+
+def refresh_catalogue(tenant_schema: str, server_id: str) -> None:
+    """Refresh a server's catalogue on its own notification (recorded as the runtime's doing)."""
+    from data_plane.services.tools import mcp_server_refresh
+    from tenants.selectors import tenant_get_active_by_schema
+
+    close_old_connections()
+    try:
+        tenant = tenant_get_active_by_schema(tenant_schema=tenant_schema)
+        with schema_context(tenant_schema):
+            mcp_server_refresh(tenant=tenant, server_id=UUID(server_id),
+                               actor=Actor(kind="system", id="mcp-notification"))
+    except Exception:  # the catalogue stays as it was; the next refresh (or notification) tries again
+        logger.warning("Refreshing MCP server %s of %s on its notification failed", server_id, tenant_schema,
+                       exc_info=True)
 
 
 def release_run(tenant_schema: str, run_id: UUID | str) -> None:

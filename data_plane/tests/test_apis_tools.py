@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from data_plane.models import AgentVersion, McpServer, McpTool, ToolPermission
 from tests.processes import free_port, running, wait_for
 
 TOOLBOX = str(Path(__file__).resolve().parents[2] / "tests" / "mcp_servers" / "toolbox.py")
-TOOLBOX_TOOLS = ["add", "counter", "pid", "shout", "sleep", "whoami"]
+TOOLBOX_TOOLS = ["add", "counter", "grow", "pid", "shout", "sleep", "whoami"]
 
 
 def post(client, path, body, key):
@@ -110,7 +111,7 @@ def test_refresh_adds_changes_and_deactivates_tools_and_bumps_the_catalogue_vers
     response = post(client, f"/v1/mcp-servers/{server['id']}/refresh", {}, tenant_a.key)
     # then
     assert response.status_code == 200
-    assert response.json()["tools"] == ["toolbox__add", "toolbox__counter", "toolbox__extra", "toolbox__pid", "toolbox__sleep",
+    assert response.json()["tools"] == ["toolbox__add", "toolbox__counter", "toolbox__extra", "toolbox__grow", "toolbox__pid", "toolbox__sleep",
                                         "toolbox__whoami"]
     assert response.json()["catalogue_version"] == 2
     with schema_context(tenant_a.schema):
@@ -183,3 +184,31 @@ def test_tools_scopes_are_enforced(client, tenant_a):
     assert (denied.status_code, denied.json()["code"]) == (403, "missing_scope")
     assert client.get("/v1/tools", **bearer(reader.plaintext)).status_code == 200
 
+
+
+def test_a_servers_tools_changed_notification_refreshes_the_catalogue(committed, tmp_path):
+    from conftest import TEST_ACTOR, destroy_tenant, provision_for_test
+    from data_plane import services
+    from data_plane.tools import refresh_catalogue
+
+    # given: a tenant whose data is committed (the refresh runs in a thread of its own, as on a worker)
+    tenant = provision_for_test("notify")
+    changes = tmp_path / "changes"
+    try:
+        with schema_context(tenant.schema):
+            server = services.mcp_server_register(tenant=tenant.tenant, name="toolbox", transport="stdio",
+                                                  command=sys.executable, args=[TOOLBOX, "--changes", str(changes)],
+                                                  actor=TEST_ACTOR)
+        changes.write_text("extra")
+        # when: the runtime hears the server's notifications/tools/list_changed (see test_mcp_sessions)
+        worker = threading.Thread(target=refresh_catalogue, args=(tenant.schema, str(server.id)))
+        worker.start()
+        worker.join(60)
+        # then
+        with schema_context(tenant.schema):
+            assert McpTool.objects.get(name="toolbox__extra").is_active
+            refreshed = AuditEvent.objects.get(action="mcp_server.refresh")
+            assert (refreshed.actor_kind, refreshed.actor_id, refreshed.data["added"]) == (
+                "system", "mcp-notification", ["toolbox__extra"])
+    finally:
+        destroy_tenant(tenant.tenant)

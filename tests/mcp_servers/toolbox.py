@@ -4,7 +4,8 @@ With ``--changes``, the file (read at start) can hold ``extra`` (one more tool, 
 (``shout`` is not offered): a way to change the server's tools between two discoveries.
 
 Tools: ``add`` (a + b), ``shout`` (text upper-cased), ``counter`` (a per-session count: state kept by a
-stateful server between calls of one session), ``sleep`` (waits, to test timeouts), ``pid`` (its process)
+stateful server between calls of one session), ``sleep`` (waits, to test timeouts), ``pid`` (its process),
+``grow`` (adds a tool ``grown`` and notifies the client that the tool list changed)
 and ``whoami`` (the environment variable TOOLBOX_IDENTITY, to see which credentials a call carried).
 """
 
@@ -14,7 +15,7 @@ import argparse
 import asyncio
 import os
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 
 def build(name: str, changes: set[str]) -> MCPServer:
@@ -44,6 +45,13 @@ def build(name: str, changes: set[str]) -> MCPServer:
     async def sleep(seconds: float) -> str:
         await asyncio.sleep(seconds)
         return f"slept {seconds}"
+
+    @server.tool(description="Offer one more tool from now on, and tell the client its tool list changed.")
+    async def grow(ctx: Context) -> str:
+        if "grown" not in {tool.name for tool in server._tool_manager.list_tools()}:
+            server.add_tool(lambda: "grown", name="grown", description="A tool added at run time.")
+        await ctx.request_context.session.send_tool_list_changed()
+        return "grown"
 
     @server.tool(description="This server's process id.")
     def pid() -> int:

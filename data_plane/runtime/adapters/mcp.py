@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,9 @@ class CallOutcome:
     structured: Any = None
 
 
+_BACKGROUND: set[asyncio.Task[None]] = set()  # notification handlers running (kept referenced until done)
+
+
 class McpUnreachable(ToolUnavailable):
     """The server could not be reached or did not answer in time (after retries)."""
 
@@ -86,8 +89,9 @@ def _transport(config: ServerConfig) -> Any:
 class _Session:
     """One open session to one server, owned by its own task until closed."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, on_tools_changed: Callable[[], Awaitable[None]] | None = None) -> None:
         self.config = config
+        self.on_tools_changed = on_tools_changed
         self.client: Client | None = None
         self.error: BaseException | None = None
         self.used_at = time.monotonic()
@@ -110,7 +114,7 @@ class _Session:
     async def _own(self) -> None:
         try:
             # The client's own read timeout covers the handshake too: generous; each call has its own limit.
-            async with Client(_transport(self.config), mode="legacy",
+            async with Client(_transport(self.config), mode="legacy", message_handler=self._on_message,
                               read_timeout_seconds=max(CONNECT_SECONDS, self.config.timeout_seconds)) as client:
                 self.client = client
                 self._ready.set()
@@ -120,6 +124,14 @@ class _Session:
         finally:
             self.client = None
             self._ready.set()
+
+    async def _on_message(self, message: Any) -> None:
+        """The server's notifications: a changed tool list is handed on (without holding up the session)."""
+        notification = getattr(message, "root", message)
+        if getattr(notification, "method", None) == "notifications/tools/list_changed" and self.on_tools_changed:
+            task = asyncio.create_task(self.on_tools_changed())
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
 
     async def close(self) -> None:
         self._closing.set()
@@ -196,12 +208,14 @@ class McpSessions:
     is a run. Not thread-safe: use it from its loop only."""
 
     def __init__(self, *, sleep: Any = asyncio.sleep, retries: int = RETRIES,
-                 breaker_threshold: int = BREAKER_THRESHOLD, breaker_open_seconds: float = BREAKER_OPEN_SECONDS) -> None:
+                 breaker_threshold: int = BREAKER_THRESHOLD, breaker_open_seconds: float = BREAKER_OPEN_SECONDS,
+                 on_tools_changed: Callable[[str, ServerConfig], Awaitable[None]] | None = None) -> None:
         self.sessions: dict[tuple[str, str], _Session] = {}
         self.breakers: dict[str, _Breaker] = {}
         self.sleep = sleep
         self.retries = retries
         self.breaker_threshold, self.breaker_open_seconds = breaker_threshold, breaker_open_seconds
+        self.on_tools_changed = on_tools_changed  # (scope, server): its tool list changed during a session
 
     async def call(self, scope: str, config: ServerConfig, tool: str, arguments: Mapping[str, Any],
                    *, meta: Mapping[str, Any] | None = None) -> CallOutcome:
@@ -252,7 +266,8 @@ class McpSessions:
     async def _session(self, scope: str, config: ServerConfig) -> _Session:
         session = self.sessions.get((scope, config.id))
         if session is None or session.client is None:
-            session = _Session(config)
+            changed = self.on_tools_changed
+            session = _Session(config, (lambda: changed(scope, config)) if changed else None)
             self.sessions[(scope, config.id)] = session
             try:
                 await session.open()

@@ -36,7 +36,7 @@ def alive(pid: int) -> bool:
 
 def test_discovery_lists_every_tool_with_its_schema():
     tools = asyncio.run(discover(toolbox()))
-    assert [t.name for t in tools] == ["add", "shout", "counter", "sleep", "pid", "whoami"]
+    assert [t.name for t in tools] == ["add", "shout", "counter", "sleep", "grow", "pid", "whoami"]
     assert tools[0].input_schema["required"] == ["a", "b"] and tools[0].description == "Add two integers."
 
 
@@ -123,3 +123,24 @@ def test_a_server_published_by_others_works_the_same_way():
     tools, outcome = asyncio.run(scenario())
     assert {"get_current_time", "convert_time"} <= {t.name for t in tools}
     assert not outcome.is_error and '"timezone": "Asia/Tokyo"' in outcome.text and "21:00" in outcome.text
+
+
+def test_a_tools_changed_notification_during_a_session_is_handed_on():
+    seen: list[tuple[str, str]] = []
+    done = asyncio.Event()
+
+    async def changed(scope: str, server: ServerConfig) -> None:
+        seen.append((scope, server.name))
+        done.set()
+
+    async def scenario() -> list:
+        pool = McpSessions(on_tools_changed=changed)
+        config = toolbox()
+        outcome = await pool.call("run-1", config, "grow", {})
+        await asyncio.wait_for(done.wait(), 10)
+        tools = await discover(config)  # a new process: it offers grown only once asked to grow
+        await pool.close_all()
+        return [outcome.text, [t.name for t in tools]]
+
+    text, names = asyncio.run(scenario())
+    assert text == "grown" and seen == [("run-1", "toolbox")] and "grown" not in names
