@@ -10,10 +10,21 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_asgi_app = get_asgi_application()
 
+from data_plane.mcp_server import PATH as MCP_PATH, McpEndpoint  # noqa: E402
 from data_plane.routing import websocket_urlpatterns  # noqa: E402
 from tenants.asgi import ApiKeyAuthMiddleware  # noqa: E402
 
+mcp_endpoint = McpEndpoint()
+
+
+async def http(scope, receive, send):  # type: ignore[no-untyped-def]
+    """The platform's MCP server at /v1/mcp (the SDK's app); everything else is Django."""
+    if scope["path"] == MCP_PATH or scope["path"].startswith(MCP_PATH + "/"):
+        return await mcp_endpoint(scope, receive, send)
+    return await django_asgi_app(scope, receive, send)
+
+
 application = ProtocolTypeRouter({
-    "http": django_asgi_app,
+    "http": http,
     "websocket": AllowedHostsOriginValidator(ApiKeyAuthMiddleware(URLRouter(websocket_urlpatterns))),
 })

@@ -1,0 +1,160 @@
+"""The platform as an MCP server: ``/v1/mcp`` (streamable HTTP) lets outside MCP clients call a tenant's
+agents as tools, authenticated with the tenant's API key (``Authorization: Bearer agp_...``).
+
+Each agent the key may see is a tool ``agent__<name>`` taking ``{"input": "..."}``. Calling it starts a run
+(``runs:write``) and answers with the run's output once it finishes, or says that the run waits for an
+approval (decide it through the API) or is still working after ``timeout_seconds`` (follow it with its id).
+Thin: authenticate, call the run services, shape the answer. Built on the official SDK's server (stateless
+HTTP, JSON responses); its session manager is started with the first request (Daphne has no lifespan).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import re
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.db import close_old_connections
+from django_tenants.utils import schema_context
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import CallToolResult, TextContent
+from mcp_types import Tool as MCPTool
+
+from common.errors import AppError
+from common.problems import problem
+from data_plane import selectors, services
+from tenants.asgi import stream_principal
+
+PATH = "/v1/mcp"
+TOOL_PREFIX = "agent__"
+_TOOL_NAME = re.compile(r"[^A-Za-z0-9_-]")
+_CALLER: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("agentplane_mcp_caller")
+INPUT_SCHEMA = {"type": "object", "required": ["input"], "properties": {
+    "input": {"type": "string", "description": "The task for the agent, as a user would write it."},
+    "timeout_seconds": {"type": "number", "minimum": 1, "maximum": 600,
+                        "description": "How long to wait for the run to finish (default 120)."}}}
+FINAL = ("completed", "failed", "cancelled")
+
+
+def _tool_name(agent_name: str) -> str:
+    return (TOOL_PREFIX + _TOOL_NAME.sub("_", agent_name))[:64]
+
+
+def _agents(caller: dict[str, Any]) -> list[tuple[str, str, str]]:
+    close_old_connections()
+    schema = caller["tenant_schema"]
+    with schema_context(schema):
+        return [(str(a.id), a.name, a.description) for a in selectors.agent_list(tenant_schema=schema)]
+
+
+def _start(caller: dict[str, Any], agent_id: str, text: str) -> str:
+    close_old_connections()
+    with schema_context(caller["tenant_schema"]):
+        run = services.run_start(tenant=caller["tenant"], agent_id=agent_id, input=text, actor=caller["actor"])
+        return str(run.id)
+
+
+def _status(caller: dict[str, Any], run_id: str) -> tuple[str, str, dict[str, Any] | None]:
+    close_old_connections()
+    schema = caller["tenant_schema"]
+    with schema_context(schema):
+        run = selectors.run_get(tenant_schema=schema, run_id=run_id)
+        return run.status, run.output, run.error
+
+
+def _text(text: str, *, error: bool = False, structured: dict[str, Any] | None = None) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=error,
+                          structured_content=structured)
+
+
+class AgentsAsTools(MCPServer):
+    """The calling tenant's agents, as tools."""
+
+    async def list_tools(self) -> list[MCPTool]:
+        caller = _CALLER.get()
+        if "agents:read" not in caller["scopes"]:
+            return []
+        agents = await database_sync_to_async(_agents)(caller)
+        return [MCPTool(name=_tool_name(name), description=description or f"Run the agent {name!r} on a task.",
+                        input_schema=INPUT_SCHEMA) for _, name, description in agents]
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> CallToolResult:
+        caller = _CALLER.get()
+        if "runs:write" not in caller["scopes"]:
+            return _text("This API key lacks the scope 'runs:write' that starting an agent's run needs.", error=True)
+        agents = {_tool_name(agent_name): agent_id
+                  for agent_id, agent_name, _ in await database_sync_to_async(_agents)(caller)}
+        text = arguments.get("input")
+        if name not in agents:
+            return _text(f"No agent behind the tool {name!r}; list the tools to see this tenant's agents.", error=True)
+        if not isinstance(text, str) or not text.strip():
+            return _text("Give the agent its task as 'input', a non-empty string.", error=True)
+        timeout = float(arguments.get("timeout_seconds") or 120)
+        try:
+            run_id = await database_sync_to_async(_start)(caller, agents[name], text)
+        except AppError as exc:
+            return _text(f"{exc.code}: {exc.message}", error=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(timeout, 1.0), 600.0)
+        while True:
+            status, output, error = await database_sync_to_async(_status)(caller, run_id)
+            facts = {"run_id": run_id, "status": status}
+            if status == "completed":
+                return _text(output, structured={**facts, "output": output})
+            if status in FINAL:
+                reason = (error or {}).get("message", status)
+                return _text(f"Run {run_id} {status}: {reason}", error=True, structured={**facts, "error": error})
+            if status == "waiting_approval":
+                return _text(f"Run {run_id} waits for a human's approval; decide it with POST "
+                             "/v1/approvals/{id}/decide, then follow the run.", error=True, structured=facts)
+            if loop.time() > deadline:
+                return _text(f"Run {run_id} is still {status} after {timeout:g} s; follow it at /v1/runs/{run_id} or "
+                             "its stream.", error=True, structured=facts)
+            await asyncio.sleep(0.1)
+
+
+class McpEndpoint:
+    """The ASGI app served at /v1/mcp: checks the bearer API key, then hands the request to the SDK."""
+
+    def __init__(self) -> None:
+        self.server = AgentsAsTools("agentplane", instructions="This tenant's agents, each callable as a tool.")
+        self.app = self.server.streamable_http_app(
+            streamable_http_path=PATH, stateless_http=True, json_response=True,
+            # Every request carries an API key, so a rebinding page has nothing to ride on.
+            transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
+        self._running: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def _run_session_manager(self) -> None:
+        async with self.server._lowlevel_server._session_manager.run():  # type: ignore[union-attr]
+            self._ready.set()
+            await asyncio.Event().wait()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self._running is None or self._running.done():
+            self._ready = asyncio.Event()
+            self._running = asyncio.create_task(self._run_session_manager())
+        await self._ready.wait()
+        authorization = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"authorization"),
+                             None)
+        caller = await database_sync_to_async(stream_principal)(authorization=authorization, access_token=None)
+        error = caller.get("auth_error")
+        if error is None and caller["allowed_run_id"] is not None:
+            error = {"status": 403, "code": "api_key_required", "message": "The MCP endpoint takes an API key, not "
+                                                                          "a stream token."}
+        if error is not None:
+            body = json.dumps(problem(status=error["status"], code=error["code"], detail=error["message"])).encode()
+            await send({"type": "http.response.start", "status": error["status"], "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"www-authenticate", b'Bearer realm="agentplane"')]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        token = _CALLER.set(caller)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _CALLER.reset(token)
