@@ -609,3 +609,30 @@ class ToolStatsApi(TenantApiView):
         filters = validated(self.FilterSerializer, request.query_params)
         stats = selectors.tool_call_stats(tenant_schema=request.user.tenant.schema_name, **filters)
         return Response(ToolStatsOutputSerializer(stats, many=True).data)
+
+
+class ToolSettingsApi(TenantApiView):
+    """Settings of the built-in tools: the hosts http_fetch may reach (none until set)."""
+
+    required_scopes = {"GET": "tools:read", "PUT": "tools:write"}
+
+    class InputSerializer(serializers.Serializer):
+        http_fetch_hosts = serializers.ListField(child=serializers.CharField(max_length=253), max_length=200,
+                                                 help_text="Host names, or *.domain for a domain's subdomains.")
+
+    class OutputSerializer(serializers.Serializer):
+        http_fetch_hosts = serializers.ListField(child=serializers.CharField())
+        updated_by = serializers.CharField()
+        updated_at = serializers.DateTimeField(allow_null=True)
+
+    @extend_schema(operation_id="tool_settings_get", responses=OutputSerializer, tags=["tools"])
+    def get(self, request: Request) -> Response:
+        return Response(self.OutputSerializer(selectors.tool_settings_get(
+            tenant_schema=request.user.tenant.schema_name)).data)
+
+    @extend_schema(operation_id="tool_settings_update", request=InputSerializer, responses=OutputSerializer,
+                   tags=["tools"])
+    def put(self, request: Request) -> Response:
+        data = validated(self.InputSerializer, request.data)
+        updated = services.tool_settings_update(tenant=request.user.tenant, actor=request.user.actor, **data)
+        return Response(self.OutputSerializer(updated).data)

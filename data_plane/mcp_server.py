@@ -1,7 +1,9 @@
 """The platform as an MCP server: ``/v1/mcp`` (streamable HTTP) lets outside MCP clients call a tenant's
 agents as tools, authenticated with the tenant's API key (``Authorization: Bearer agp_...``).
 
-Each agent the key may see is a tool ``agent__<name>`` taking ``{"input": "..."}``. Calling it starts a run
+Each agent the key may see is a tool ``agent__<name>`` taking ``{"input": "..."}``; the built-in tools the
+platform serves itself are there too (``builtin__calculator``, ``builtin__get_time``, ``builtin__http_fetch``,
+the last reaching only the tenant's allowed hosts). Calling it starts a run
 (``runs:write``) and answers with the run's output once it finishes, or says that the run waits for an
 approval (decide it through the API) or is still working after ``timeout_seconds`` (follow it with its id).
 Thin: authenticate, call the run services, shape the answer. Built on the official SDK's server (stateless
@@ -14,6 +16,7 @@ import asyncio
 import contextvars
 import json
 import re
+import uuid
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -26,11 +29,17 @@ from mcp_types import Tool as MCPTool
 
 from common.errors import AppError
 from common.problems import problem
+from control_plane.audit.services import audit_event_record
 from data_plane import selectors, services
+from data_plane.runtime.core.messages import ToolCall
+from data_plane.tools import BUILTIN_TOOLS, BuiltinToolRunner
 from tenants.asgi import stream_principal
 
 PATH = "/v1/mcp"
 TOOL_PREFIX = "agent__"
+BUILTIN_PREFIX = "builtin__"
+SERVED_BUILTINS = ("calculator", "get_time", "http_fetch")  # the side-effect-free ones (no run to attach notes to)
+NO_RUN = "00000000-0000-0000-0000-000000000000"
 _TOOL_NAME = re.compile(r"[^A-Za-z0-9_-]")
 _CALLER: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("agentplane_mcp_caller")
 INPUT_SCHEMA = {"type": "object", "required": ["input"], "properties": {
@@ -76,16 +85,23 @@ class AgentsAsTools(MCPServer):
 
     async def list_tools(self) -> list[MCPTool]:
         caller = _CALLER.get()
-        if "agents:read" not in caller["scopes"]:
-            return []
-        agents = await database_sync_to_async(_agents)(caller)
-        return [MCPTool(name=_tool_name(name), description=description or f"Run the agent {name!r} on a task.",
-                        input_schema=INPUT_SCHEMA) for _, name, description in agents]
+        tools: list[MCPTool] = []
+        if "agents:read" in caller["scopes"]:
+            agents = await database_sync_to_async(_agents)(caller)
+            tools += [MCPTool(name=_tool_name(name), description=description or f"Run the agent {name!r} on a task.",
+                              input_schema=INPUT_SCHEMA) for _, name, description in agents]
+        if "tools:read" in caller["scopes"]:
+            tools += [MCPTool(name=BUILTIN_PREFIX + name, description=BUILTIN_TOOLS[name].description,
+                              input_schema=BUILTIN_TOOLS[name].input_schema) for name in SERVED_BUILTINS]
+        return tools
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> CallToolResult:
         caller = _CALLER.get()
         if "runs:write" not in caller["scopes"]:
-            return _text("This API key lacks the scope 'runs:write' that starting an agent's run needs.", error=True)
+            return _text("This API key lacks the scope 'runs:write' that calling a tool or starting an agent's run "
+                         "needs.", error=True)
+        if name.startswith(BUILTIN_PREFIX) and name[len(BUILTIN_PREFIX):] in SERVED_BUILTINS:
+            return await self._builtin(caller, name[len(BUILTIN_PREFIX):], arguments)
         agents = {_tool_name(agent_name): agent_id
                   for agent_id, agent_name, _ in await database_sync_to_async(_agents)(caller)}
         text = arguments.get("input")
@@ -115,6 +131,22 @@ class AgentsAsTools(MCPServer):
                 return _text(f"Run {run_id} is still {status} after {timeout:g} s; follow it at /v1/runs/{run_id} or "
                              "its stream.", error=True, structured=facts)
             await asyncio.sleep(0.1)
+
+
+    async def _builtin(self, caller: dict[str, Any], tool: str, arguments: dict[str, Any]) -> CallToolResult:
+        runner = BuiltinToolRunner(tenant_schema=caller["tenant_schema"], run_id=NO_RUN)
+        result = await runner.call(ToolCall(id=uuid.uuid4().hex[:12], name=tool, arguments=arguments),
+                                   idempotency_key=f"mcp:{uuid.uuid4()}")
+        await database_sync_to_async(_audit_builtin)(caller, tool, arguments, result)
+        return _text(result.content, error=result.is_error)
+
+
+def _audit_builtin(caller: dict[str, Any], tool: str, arguments: dict[str, Any], result: Any) -> None:
+    close_old_connections()
+    audit_event_record(tenant=caller["tenant"], actor=caller["actor"], action="tool.call", target_type="mcp",
+                       target_id=BUILTIN_PREFIX + tool, data={
+                           "tool": tool, "arguments": arguments, "status": "error" if result.is_error else "ok",
+                           "latency_ms": result.latency_ms, "result_bytes": len(result.content.encode())})
 
 
 class McpEndpoint:

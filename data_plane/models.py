@@ -333,3 +333,12 @@ class ToolPermission(models.Model):
             models.UniqueConstraint(fields=["tool"], condition=models.Q(agent__isnull=True),
                                     name="tool_permission_tenant_tool_unique"),
         ]
+
+
+class ToolSettings(models.Model):
+    """A tenant's settings of the built-in tools (one row): the hosts ``http_fetch`` may reach."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    http_fetch_hosts = models.JSONField(default=list, blank=True)  # "api.example.com", "*.example.org"
+    updated_by = models.CharField(max_length=200, blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)

@@ -14,7 +14,7 @@ from common.timestamps import format_ts
 from data_plane.errors import AgentNotFound, ApprovalNotFound, CheckpointNotFound, McpServerNotFound, PingNotFound, \
     RunNotFound
 from data_plane.models import Agent, AgentVersion, Approval, Checkpoint, McpServer, McpTool, Ping, Run, RunEvent, \
-    RunMessage, ToolPermission
+    RunMessage, ToolPermission, ToolSettings
 from data_plane.runtime.adapters.checkpoints import PostgresCheckpointStore
 from data_plane.runtime.core.state import RunState
 
@@ -240,3 +240,9 @@ def tool_call_stats(*, tenant_schema: str, days: int = 7) -> list[dict[str, Any]
     return [{"tool": name, "calls": calls, "succeeded": ok, "success_rate": round(ok / calls, 4) if calls else None,
              "latency_p50_ms": round(p50, 3) if p50 is not None else None,
              "latency_p95_ms": round(p95, 3) if p95 is not None else None} for name, calls, ok, p50, p95 in rows]
+
+
+def tool_settings_get(*, tenant_schema: str) -> ToolSettings:
+    """The tenant's built-in tools settings (defaults when never set: http_fetch reaches no host)."""
+    require_schema(tenant_schema)
+    return ToolSettings.objects.filter(id=1).first() or ToolSettings()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import ipaddress
 import logging
 import operator
 import time
@@ -17,15 +18,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
+import httpx
 import jsonschema
+from django.conf import settings
 from django.db import IntegrityError, close_old_connections
 from django_tenants.utils import schema_context
 
 from common.actors import Actor
 from control_plane.audit.services import audit_event_record
-from data_plane.models import McpTool, Note, Run, ToolPermission
+from data_plane.models import McpTool, Note, Run, ToolPermission, ToolSettings
 from data_plane.runtime.adapters.mcp import McpSessions, ServerConfig
 from data_plane.runtime.core.messages import ToolCall, ToolDefinition, ToolResult
 from data_plane.runtime.loop import spawn
@@ -47,7 +51,13 @@ BUILTIN_TOOLS: dict[str, ToolDefinition] = {
     "note_append": ToolDefinition(
         name="note_append", description="Append a note to the tenant's notebook; returns the note's number.",
         input_schema={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}),
+    "http_fetch": ToolDefinition(
+        name="http_fetch", description="GET a web page or API over http(s) from a host the tenant allows; returns "
+                                       "the status and the body's text (at most 100 kB).",
+        input_schema={"type": "object", "properties": {"url": {"type": "string"}}, "required": ["url"]}),
 }
+FETCH_LIMIT_BYTES = 100_000
+FETCH_TIMEOUT_SECONDS = 15.0
 
 _OPERATORS: dict[type, Callable[..., Any]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -124,7 +134,35 @@ class BuiltinToolRunner:
             case "note_append":
                 number = await asyncio.to_thread(self._note_append, str(args["text"]), idempotency_key)
                 return f"note #{number} saved", number
+            case "http_fetch":
+                return await self._http_fetch(str(args["url"]))
         raise KeyError(f"tool {call.name!r} is not available to this agent")
+
+    async def _http_fetch(self, url: str) -> tuple[str, Any]:
+        hosts = await asyncio.to_thread(self._fetch_hosts)
+        current = url
+        async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_SECONDS, follow_redirects=False) as client:
+            for _ in range(4):  # each redirect is checked like the first request
+                await fetch_check(current, hosts)
+                async with client.stream("GET", current, headers={"User-Agent": "agentplane-http-fetch"}) as response:
+                    if response.is_redirect and "location" in response.headers:
+                        current = str(response.url.join(response.headers["location"]))
+                        continue
+                    body = b""
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > FETCH_LIMIT_BYTES:
+                            break
+                    text = body[:FETCH_LIMIT_BYTES].decode(response.encoding or "utf-8", errors="replace")
+                    return (f"HTTP {response.status_code}\n{text}",
+                            {"status": response.status_code, "url": current, "truncated": len(body) > FETCH_LIMIT_BYTES})
+        raise ValueError("too many redirects (at most 3)")
+
+    def _fetch_hosts(self) -> list[str]:
+        close_old_connections()
+        with schema_context(self.tenant_schema):
+            found = ToolSettings.objects.filter(id=1).values_list("http_fetch_hosts", flat=True).first()
+        return list(found or [])
 
     def _note_append(self, text: str, idempotency_key: str) -> int:
         close_old_connections()
@@ -262,6 +300,26 @@ def _denial(call: ToolCall, permission: ToolPermission | None, spec: dict[str, A
         except jsonschema.ValidationError as exc:
             return f"Denied: these arguments to {call.name!r} are not allowed {scope}: {exc.message}"
     return None
+
+
+async def fetch_check(url: str, hosts: list[str]) -> None:
+    """Refuse (ValueError, an observation for the agent) a URL whose host the tenant does not allow, or that
+    resolves to a private, loopback or link-local address (unless the operator allows those)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url[:200]!r} is not an http(s) URL")
+    host = parts.hostname.lower()
+    if not any(host == allowed or (allowed.startswith("*.") and host.endswith(allowed[1:])) for allowed in hosts):
+        raise ValueError(f"host {host!r} is not on this tenant's allow-list for http_fetch "
+                         f"({', '.join(hosts) or 'empty'}); an admin can add it in the tool settings")
+    if settings.HTTP_FETCH_ALLOW_PRIVATE_NETWORKS:
+        return
+    infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if address.is_private or address.is_loopback or address.is_link_local or address.is_reserved:
+            raise ValueError(f"host {host!r} resolves to a private address ({address}); http_fetch reaches public "
+                             "hosts only")
 
 
 def _is_json(value: Any) -> bool:

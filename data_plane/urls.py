@@ -37,6 +37,7 @@ urlpatterns = [
     path("mcp-servers/<uuid:server_id>/refresh", apis.McpServerRefreshApi.as_view(), name="mcp-server-refresh"),
     path("tools", apis.ToolCatalogueApi.as_view(), name="tools"),
     path("tools/stats", apis.ToolStatsApi.as_view(), name="tool-stats"),
+    path("tools/settings", apis.ToolSettingsApi.as_view(), name="tool-settings"),
     path("tool-permissions", apis.ToolPermissionListCreateApi.as_view(), name="tool-permissions"),
     path("tool-permissions/<uuid:permission_id>", apis.ToolPermissionDetailApi.as_view(),
          name="tool-permission-detail"),

@@ -60,8 +60,9 @@ def test_an_outside_mcp_client_calls_a_tenants_agent_as_a_tool(daphne_url, worke
 
     # when
     a_tools, result, b_tools, b_call = asyncio.run(scenario())
-    # then: each tenant sees its own agents only, and the call ran the agent to its answer
-    assert a_tools == ["agent__answerer"] and b_tools == ["agent__b-only"]
+    # then: each tenant sees its own agents only (beside the built-in tools), and the call ran the agent
+    builtins = ["builtin__calculator", "builtin__get_time", "builtin__http_fetch"]
+    assert a_tools == ["agent__answerer", *builtins] and b_tools == ["agent__b-only", *builtins]
     assert not result.is_error and result.content[0].text == "The answer is 42."
     assert result.structured_content["status"] == "completed"
     assert b_call.is_error and "No agent behind the tool 'agent__answerer'" in b_call.content[0].text
@@ -83,3 +84,19 @@ def test_the_mcp_endpoint_refuses_missing_keys_and_keys_without_the_scope(daphne
 
     refused = asyncio.run(scenario())
     assert refused.is_error and "lacks the scope 'runs:write'" in refused.content[0].text
+
+
+def test_the_platform_serves_its_built_in_tools_over_mcp(daphne_url, pair):
+    a = pair[0]
+
+    async def scenario():
+        async with mcp_client(daphne_url, a.key) as client:
+            return (await client.call_tool("builtin__calculator", {"expression": "6*7"}),
+                    await client.call_tool("builtin__http_fetch", {"url": "http://127.0.0.1:9/x"}))
+
+    calculated, fetched = asyncio.run(scenario())
+    assert (calculated.is_error, calculated.content[0].text) == (False, "42")
+    assert fetched.is_error and "not on this tenant's allow-list for http_fetch" in fetched.content[0].text
+    with schema_context(a.schema):
+        audited = sorted((e.target_id, e.data["status"]) for e in AuditEvent.objects.filter(action="tool.call"))
+    assert audited == [("builtin__calculator", "ok"), ("builtin__http_fetch", "error")]

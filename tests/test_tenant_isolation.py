@@ -21,7 +21,7 @@ from conftest import ProvisionedForTest, bearer
 from control_plane.audit.models import AuditEvent
 from data_plane import services as data_plane_services
 from data_plane.models import Agent, Approval, Checkpoint, EffectRecord, McpServer, McpTool, Ping, Run, \
-    ToolPermission
+    ToolPermission, ToolSettings
 from tenants.api_views import TenantApiView
 from tenants.models import ApiKey
 from tenants.tests.factories import ApiKeyFactory
@@ -98,6 +98,12 @@ A_SPEC = {"instructions": "", "models": ["openai/gpt-4o-mini"], "graph": {"entry
 def _no_a_tools(response, a: TenantAData, b: ProvisionedForTest) -> None:
     assert response.status_code == 200
     assert not [tool for tool in response.json()["results"] if tool["server"] == A_SERVER_NAME]
+
+
+def _settings_changed_in_b_only(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 200 and response.json()["http_fetch_hosts"] == ["b.example.com"]
+    with schema_context(b.schema):
+        assert ToolSettings.objects.get(id=1).http_fetch_hosts == ["b.example.com"]
 
 
 def _no_a_stats(response, a: TenantAData, b: ProvisionedForTest) -> None:
@@ -180,6 +186,11 @@ CASES = [
          _not_found),
     Case("v1/tools", "get", lambda a: "/v1/tools?limit=500", None, _no_a_tools),
     Case("v1/tools/stats", "get", lambda a: "/v1/tools/stats?days=90", None, _no_a_stats),
+    Case("v1/tools/settings", "get", lambda a: "/v1/tools/settings", None,
+         lambda response, a, b: (response.status_code, response.json()["http_fetch_hosts"]) == (200, [])
+         or pytest.fail(f"B sees A's hosts: {response.content!r}")),
+    Case("v1/tools/settings", "put", lambda a: "/v1/tools/settings", {"http_fetch_hosts": ["b.example.com"]},
+         _settings_changed_in_b_only),
     Case("v1/tool-permissions", "get", lambda a: "/v1/tool-permissions?limit=500", None,
          _no_a_ids("id", lambda a: {a.permission_id})),
     Case("v1/tool-permissions", "post", lambda a: "/v1/tool-permissions", {"tool": "calculator", "mode": "deny"},
@@ -246,6 +257,8 @@ def tenant_a_data(tenant_a) -> TenantAData:
         EffectRecord.objects.create(run=run, step=1, key="act:call-1", kind="tool", idempotency_key=f"{run.id}:iso",
                                     digest="0" * 64, name=f"{A_SERVER_NAME}__add", status="succeeded",
                                     latency_ms=1.5, result={"content": "2", "is_error": False})
+        data_plane_services.tool_settings_update(tenant=tenant_a.tenant, http_fetch_hosts=["a.example.com"],
+                                                 actor=actor)
         permission = data_plane_services.tool_permission_set(tenant=tenant_a.tenant, tool=f"{A_SERVER_NAME}__add",
                                                              mode="deny", actor=actor)
         audit_ids = frozenset(str(i) for i in AuditEvent.objects.values_list("id", flat=True))
@@ -265,6 +278,7 @@ def _tenant_a_state(a: TenantAData) -> tuple:
         list(McpServer.objects.values_list("id", "status", "catalogue_version", "sealed_secrets")),
         list(McpTool.objects.values_list("name", "is_active", "version")),
         list(ToolPermission.objects.values_list("id", "tool", "mode")),
+        list(ToolSettings.objects.values_list("http_fetch_hosts", flat=True)),
         list(Approval.objects.values_list("id", "status", "comment")),
     )
 

@@ -39,6 +39,8 @@ SECRETS_KEY = (base64.b64decode(_secrets_key) if _secrets_key
 # Local MCP servers (stdio) run on the workers: only these executables may be started (full paths,
 # separated by commas). Empty: tenants can register remote (HTTP) servers only.
 MCP_STDIO_ALLOWED_COMMANDS = env.string_list("MCP_STDIO_ALLOWED_COMMANDS", [])
+# The built-in http_fetch reaches public addresses only; true lets it reach private ones too (tests, on-prem).
+HTTP_FETCH_ALLOW_PRIVATE_NETWORKS = env.boolean("HTTP_FETCH_ALLOW_PRIVATE_NETWORKS", False)
 ALLOWED_HOSTS = env.string_list("ALLOWED_HOSTS", ["*"])
 
 # --- Applications: each of ours lives in exactly one of the two lists. --------------------------

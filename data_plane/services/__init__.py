@@ -8,6 +8,7 @@ from data_plane.services.tools import (
     mcp_server_register,
     tool_permission_delete,
     tool_permission_set,
+    tool_settings_update,
 )
 from data_plane.services.runs import (
     approval_decide,
@@ -26,7 +27,7 @@ from data_plane.services.runs import (
 
 __all__ = [
     "mcp_server_archive", "mcp_server_refresh", "mcp_server_register", "tool_permission_delete",
-    "tool_permission_set",
+    "tool_permission_set", "tool_settings_update",
     "agent_archive", "agent_create", "agent_update", "approval_decide", "checkpoints_prune", "ping_answer", "ping_create", "run_cancel",
     "run_create_child", "run_fork", "run_message_send", "run_pause", "run_resume", "run_retry", "run_start", "run_step",
     "run_step_fail",

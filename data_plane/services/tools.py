@@ -19,7 +19,7 @@ from common.errors import InvalidInput
 from common.schemas import require_schema
 from control_plane.audit.services import audit_event_record
 from data_plane.errors import McpServerNameTaken, McpServerNotFound, McpServerUnreachable, ToolPermissionNotFound
-from data_plane.models import Agent, McpServer, McpTool, ToolPermission
+from data_plane.models import Agent, McpServer, McpTool, ToolPermission, ToolSettings
 from data_plane.runtime.adapters.mcp import McpUnreachable, RemoteTool, ServerConfig, discover
 from data_plane.runtime.loop import run_coroutine
 from data_plane.selectors import agent_get
@@ -232,3 +232,29 @@ def tool_permission_delete(*, tenant, permission_id: UUID, actor: Actor) -> None
         audit_event_record(tenant=tenant, actor=actor, action="tool_permission.delete", target_type="tool",
                            target_id=permission.tool, data={"agent_id": str(permission.agent_id or "") or None,
                                                             "mode": permission.mode})
+
+
+# --- Built-in tools' settings ---------------------------------------------------------------------------------
+
+HOST_PATTERN = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def tool_settings_update(*, tenant, http_fetch_hosts: Sequence[str], actor: Actor) -> ToolSettings:  # type: ignore[no-untyped-def]
+    """Set the hosts the built-in http_fetch may reach (exact names, or ``*.domain`` for its subdomains).
+    Raises InvalidInput naming each bad entry."""
+    require_schema(tenant.schema_name)
+    hosts = [host.strip().lower() for host in http_fetch_hosts]
+    bad = [host for host in hosts if not HOST_PATTERN.match(host) or len(host) > 253]
+    if bad or len(hosts) > 200:
+        raise InvalidInput("http_fetch_hosts lists host names like api.example.com or *.example.org (at most 200); "
+                           f"not these: {', '.join(map(repr, bad[:10]))}.",
+                           extra={"errors": {"http_fetch_hosts": [f"Not a host name: {host!r}." for host in bad[:10]]
+                                             or ["At most 200 hosts."]}})
+    with transaction.atomic():
+        current, _ = ToolSettings.objects.select_for_update().get_or_create(id=1)
+        before = list(current.http_fetch_hosts)
+        current.http_fetch_hosts, current.updated_by = sorted(set(hosts)), str(actor)
+        current.save()
+        audit_event_record(tenant=tenant, actor=actor, action="tool_settings.update", target_type="tool_settings",
+                           target_id="http_fetch", data={"before": before, "after": current.http_fetch_hosts})
+    return current

@@ -212,3 +212,87 @@ def test_a_servers_tools_changed_notification_refreshes_the_catalogue(committed,
                 "system", "mcp-notification", ["toolbox__extra"])
     finally:
         destroy_tenant(tenant.tenant)
+
+
+@pytest.fixture(scope="module")
+def web_server():
+    """A local web server: /hello answers, /away redirects to another host."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the stdlib's name)
+            if self.path == "/away":
+                self.send_response(302)
+                self.send_header("Location", "http://localhost.invalid/elsewhere")
+                self.end_headers()
+                return
+            body = b"hello from the allowed host"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def fetch(tenant_schema: str, url: str):
+    import asyncio
+
+    from data_plane.runtime.core.messages import ToolCall
+    from data_plane.tools import BuiltinToolRunner
+
+    runner = BuiltinToolRunner(tenant_schema=tenant_schema, run_id="00000000-0000-0000-0000-000000000000")
+    return asyncio.run(runner.call(ToolCall(id="c1", name="http_fetch", arguments={"url": url}),
+                                   idempotency_key="k1"))
+
+
+def test_http_fetch_reaches_only_the_hosts_the_tenant_allows(client, committed, web_server):
+    from conftest import destroy_tenant, provision_for_test
+
+    # given: a tenant whose data is committed (the tool reads its settings on a thread of its own)
+    tenant = provision_for_test("fetch")
+    try:
+        refused = fetch(tenant.schema, f"{web_server}/hello")
+        assert refused.is_error and "not on this tenant's allow-list for http_fetch (empty)" in refused.content
+        # when
+        response = client.put("/v1/tools/settings", json.dumps({"http_fetch_hosts": ["127.0.0.1", "*.Example.org"]}),
+                              content_type="application/json", **bearer(tenant.key))
+        bad = client.put("/v1/tools/settings", json.dumps({"http_fetch_hosts": ["not a host", "ok.example.com"]}),
+                         content_type="application/json", **bearer(tenant.key))
+        # then
+        assert response.status_code == 200 and response.json()["http_fetch_hosts"] == ["*.example.org", "127.0.0.1"]
+        assert bad.status_code == 400 and "'not a host'" in bad.json()["detail"]
+        fetched = fetch(tenant.schema, f"{web_server}/hello")
+        assert not fetched.is_error and fetched.content == "HTTP 200\nhello from the allowed host"
+        redirected = fetch(tenant.schema, f"{web_server}/away")  # a redirect is checked like the first request
+        assert redirected.is_error and "host 'localhost.invalid' is not on this tenant's allow-list" in \
+            redirected.content
+        with schema_context(tenant.schema):
+            assert AuditEvent.objects.get(action="tool_settings.update").data == {
+                "before": [], "after": ["*.example.org", "127.0.0.1"]}
+    finally:
+        destroy_tenant(tenant.tenant)
+
+
+def test_http_fetch_refuses_private_addresses_unless_the_operator_allows_them(settings):
+    import asyncio
+
+    from data_plane.tools import fetch_check
+
+    settings.HTTP_FETCH_ALLOW_PRIVATE_NETWORKS = False
+    with pytest.raises(ValueError) as private:
+        asyncio.run(fetch_check("http://127.0.0.1:8080/x", ["127.0.0.1"]))
+    assert "resolves to a private address (127.0.0.1)" in str(private.value)
+    with pytest.raises(ValueError) as scheme:
+        asyncio.run(fetch_check("file:///etc/passwd", ["*"]))
+    assert "is not an http(s) URL" in str(scheme.value)
+    with pytest.raises(ValueError):
+        asyncio.run(fetch_check("http://evil.example.org.attacker.net/", ["*.example.org"]))
