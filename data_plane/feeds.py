@@ -1,13 +1,16 @@
 """A run's event feed for one subscriber: what it missed, then what happens, with no gap and no duplicate.
 
 Both stream transports (the websocket consumer and the server-sent events view) read a ``RunFeed``. The
-feed subscribes to the run's group first, then replays from the database the durable events after the
-subscriber's cursor and, from the run's delta log in Redis, the token deltas of the step in flight; then it
-relays live messages, skipping what it already sent and filling any hole (a message the channel layer
-dropped) from the database. Live messages come through the process's hub (one channel-layer subscription
-per run per process) into a bounded queue per subscriber. A subscriber whose queue overflows, or that is
-more than ``lag_limit`` events behind the live stream, is told so (``stream.lagged``) and the feed ends: the client resumes from its cursor, which replays from the
-database at full speed instead of buffering without bound.
+feed subscribes to the run's group first. It replays, in order:
+- the rest of the message a subscriber was in the middle of (deltas of steps begun by its cursor);
+- the durable events after the cursor, from the database;
+- the token deltas of the step in flight, from the run's delta log in Redis.
+Then it relays live messages, skipping what it already sent and filling any hole (a message the channel
+layer dropped) from the database. Live messages come through the process's hub (one channel-layer
+subscription per run per process) into a bounded queue per subscriber. A subscriber whose queue overflows,
+or that is more than ``lag_limit`` events behind the live stream, is told so (``stream.lagged``) and the feed
+ends: the client resumes from its cursor, which replays from the database at full speed instead of
+buffering without bound.
 
 A cursor is ``<seq>`` or ``<seq>.<n>``: the last durable event's number and the last token delta's. Every
 item a feed yields carries the cursor after it as ``id``.
@@ -124,6 +127,10 @@ class RunFeed:
         yields ``stream.idle`` every ``idle_check_seconds`` (a heartbeat, after checking for lost events)."""
         subscription = self.subscription
         assert subscription is not None, "open() the feed first"
+        # A client back in the middle of a message first gets the rest of it: the deltas of steps that began
+        # at or before its cursor come before those steps' own events (even if they have committed since).
+        for item in await self._deltas_after(begun_by=self.seq):
+            yield item
         for item in await self._durable_after(limit=None):
             yield item
         for item in await self._deltas_after():
@@ -210,11 +217,15 @@ class RunFeed:
                 return [self._durable(event) for event in events]
             after = page[-1]["seq"]
 
-    async def _deltas_after(self, before: int | None = None) -> list[dict[str, Any]]:
+    async def _deltas_after(self, before: int | None = None, begun_by: int | None = None) -> list[dict[str, Any]]:
+        """The deltas after the feed's position (up to ``before``; with ``begun_by``, only those of steps that
+        began at or before that event), as envelopes; stale ones are skipped."""
         deltas = await streams.delta_range(tenant_schema=self.tenant_schema, run_id=self.run_id, after=self.delta)
         items = []
         for delta in deltas:
             if before is not None and delta["n"] >= before:
+                break
+            if begun_by is not None and delta["after_seq"] > begun_by:
                 break
             item = self._delta(delta)
             if item is not None:

@@ -117,8 +117,15 @@ _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakK
 
 
 def hub_for(layer: Any) -> Hub:
+    """The running loop's hub. It receives through a channel-layer instance of its own, made like ``layer``:
+    channels_redis allows one event loop to receive per instance, and a process may run several loops (a
+    worker's IO loop, a test's)."""
     loop = asyncio.get_running_loop()
     hub = _hubs.get(loop)
-    if hub is None or hub.layer is not layer:
-        hub = _hubs[loop] = Hub(layer)
+    if hub is None:
+        from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
+
+        own = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER) if layer is channel_layers[DEFAULT_CHANNEL_LAYER] \
+            else layer
+        hub = _hubs[loop] = Hub(own)
     return hub

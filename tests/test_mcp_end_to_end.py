@@ -154,3 +154,33 @@ def test_a_denied_call_is_an_observation_and_an_audit_event_never_a_crash(worker
     with schema_context(tenant.schema):
         denied = sorted((e.data["tool"], e.data["rule"]) for e in AuditEvent.objects.filter(action="tool.denied"))
     assert denied == [("calc__add", "deny"), ("text__shout", "allow")]
+
+
+def test_a_tool_that_requires_approval_waits_for_a_human_then_runs(worker_process, model_server, tenant):
+    # given: a rule that calc__add needs a human's approval, taken into the agent's version
+    with schema_context(tenant.schema):
+        services.tool_permission_set(tenant=tenant.tenant, tool="calc__add", mode="require_approval",
+                                     actor=TEST_ACTOR)
+        agent = services.agent_create(tenant=tenant.tenant, name="careful", description="", actor=TEST_ACTOR, spec={
+            "instructions": "x", "models": [register(model_server, [
+                {"content": "1. Add."}, {"tool_calls": [{"name": "calc__add", "arguments": {"a": 20, "b": 22}}]},
+                {"content": "Sum: {{last_tool}}"}, {"content": "Added. DONE"}])], "mcp_servers": ["calc"]})
+        run = services.run_start(tenant=tenant.tenant, agent_id=agent.id, input="go", actor=TEST_ACTOR)
+    waiting = wait_for(lambda: _finished(tenant.schema, run.id) or (
+        _status(tenant.schema, run.id) == "waiting_approval" and run), timeout=60, what="the run to wait")
+    assert _status(tenant.schema, run.id) == "waiting_approval", waiting
+    with schema_context(tenant.schema):
+        assert not EffectRecord.objects.filter(run_id=run.id, kind="tool").exists()  # nothing ran yet
+        approval = Run.objects.get(id=run.id).approvals.get(status="pending")
+        assert [call["name"] for call in approval.calls] == ["calc__add"]
+        # when
+        services.approval_decide(tenant=tenant.tenant, approval_id=approval.id, approved=True, actor=TEST_ACTOR)
+    done = wait_for(lambda: _finished(tenant.schema, run.id), timeout=60, what="the run to finish")
+    # then
+    assert done.status == "completed", done.error
+    assert tool_messages(tenant, done) == [("calc__add", "42")]
+
+
+def _status(schema: str, run_id) -> str:
+    with schema_context(schema):
+        return Run.objects.get(id=run_id).status
