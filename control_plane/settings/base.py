@@ -36,8 +36,9 @@ if AGENTPLANE_ENV == "production" and not _secrets_key:
                                "in base64 (python -c 'import os,base64;print(base64.b64encode(os.urandom(32)))').")
 SECRETS_KEY = (base64.b64decode(_secrets_key) if _secrets_key
                else hashlib.sha256(b"agentplane secrets v1:" + SECRET_KEY.encode()).digest())
-# Local MCP servers (stdio) run on the workers: only these executables may be started (full paths,
-# separated by commas). Empty: tenants can register remote (HTTP) servers only.
+# Local MCP servers (stdio) run on the workers: a registration's command line must start with one of these
+# (comma-separated; an entry may fix arguments: "/opt/venv/bin/python -m mcp_server_time" allows that server,
+# not the interpreter). Empty: tenants can register remote (HTTP) servers only.
 MCP_STDIO_ALLOWED_COMMANDS = env.string_list("MCP_STDIO_ALLOWED_COMMANDS", [])
 # The built-in http_fetch reaches public addresses only; true lets it reach private ones too (tests, on-prem).
 HTTP_FETCH_ALLOW_PRIVATE_NETWORKS = env.boolean("HTTP_FETCH_ALLOW_PRIVATE_NETWORKS", False)

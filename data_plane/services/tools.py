@@ -4,6 +4,7 @@ permissions. Every change is in the tenant's audit log; credentials are sealed a
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
@@ -65,10 +66,10 @@ def _check_server(*, name: str, transport: str, url: str, command: str, args: Se
             errors["command"] = ["A remote (http) server takes a url and headers, not a command, args or env."]
     elif transport == McpServer.Transport.STDIO:
         allowed = settings.MCP_STDIO_ALLOWED_COMMANDS
-        if command not in allowed:
+        if not stdio_command_allowed(command, args, allowed):
             errors["command"] = [
-                f"Command {command!r} is not one the platform operator allows for local servers ("
-                + (", ".join(allowed) if allowed else "none: register a remote server with a url") + ")."]
+                f"Command {' '.join([command, *args])[:200]!r} is not one the platform operator allows for local "
+                "servers (" + (", ".join(allowed) if allowed else "none: register a remote server with a url") + ")."]
         if url or headers:
             errors["url"] = ["A local (stdio) server takes a command, args and env, not a url or headers."]
     else:
@@ -84,6 +85,17 @@ def _check_server(*, name: str, transport: str, url: str, command: str, args: Se
     if errors:
         raise InvalidInput("The MCP server's settings are invalid: " + " ".join(m for ms in errors.values()
                                                                               for m in ms), extra={"errors": errors})
+
+
+def stdio_command_allowed(command: str, args: Sequence[str], allowed: Sequence[str]) -> bool:
+    """Whether ``command args...`` starts with one of the operator's allowed command lines (an entry may fix
+    arguments too, like ``/opt/venv/bin/python -m mcp_server_time``, so an interpreter is not a free pass)."""
+    line = [command, *args]
+    for entry in allowed:
+        prefix = shlex.split(entry)
+        if prefix and line[:len(prefix)] == prefix:
+            return True
+    return False
 
 
 def mcp_server_register(*, tenant, name: str, transport: str, actor: Actor, url: str = "",  # type: ignore[no-untyped-def]

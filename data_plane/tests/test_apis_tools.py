@@ -296,3 +296,18 @@ def test_http_fetch_refuses_private_addresses_unless_the_operator_allows_them(se
     assert "is not an http(s) URL" in str(scheme.value)
     with pytest.raises(ValueError):
         asyncio.run(fetch_check("http://evil.example.org.attacker.net/", ["*.example.org"]))
+
+
+@pytest.mark.parametrize("command, args, allowed", [
+    ("/opt/venv/bin/python", ["-m", "mcp_server_time"], True),
+    ("/opt/venv/bin/python", ["-m", "mcp_server_time", "--local-timezone", "UTC"], True),
+    ("/opt/venv/bin/python", ["-c", "import os"], False),  # the interpreter alone is not allowed
+    ("/opt/venv/bin/python", ["-m"], False),
+    ("/usr/bin/mcp-notes", [], True),
+    ("/usr/bin/mcp-notes-evil", [], False),
+])
+def test_a_local_command_must_start_with_an_allowed_command_line(command, args, allowed):
+    from data_plane.services.tools import stdio_command_allowed
+
+    assert stdio_command_allowed(command, args, ["/opt/venv/bin/python -m mcp_server_time", "/usr/bin/mcp-notes"]) \
+        is allowed
