@@ -33,7 +33,8 @@ BIN = Path(sys.executable).parent
 LOGS = REPO / ".data" / "demo-logs"
 DEMO_SLUG = "demo"
 OTHER_SLUG = "demo-neighbour"
-DEMO_SCOPES = ["tenant:read", "keys:read", "keys:write", "audit:read", "pings:read", "pings:write", "agents:read",
+DEMO_SCOPES = ["tenant:read", "keys:read", "keys:write", "audit:read", "pings:read", "pings:write", "tools:read",
+               "tools:write", "agents:read",
                "agents:write", "runs:read", "runs:write", "approvals:write"]
 AGENT_NAME = "vat-assistant"
 # The local model server plays this conversation (turn n answers the request holding n assistant messages).
@@ -152,6 +153,40 @@ def ensure_agent(http: httpx.Client, key: str) -> dict:
     return response.json()
 
 
+CLOCK_SCENARIO = {"name": "world-clock", "turns": [
+    {"content": "Plan: 1. convert 09:30 Berlin time to Tokyo time with the clock's convert_time tool."},
+    {"tool_calls": [{"name": "clock__convert_time", "arguments": {
+        "source_timezone": "Europe/Berlin", "time": "09:30", "target_timezone": "Asia/Tokyo"}}]},
+    {"content": "The clock answered: {{last_tool}}"},
+    {"content": "Converted with the time server. DONE"}]}
+
+
+def ensure_clock_agent(http: httpx.Client, key: str, model_url: str) -> dict:
+    """Register the time server as the tenant's MCP server 'clock' (once), and an agent that uses it."""
+    auth = {"Authorization": f"Bearer {key}"}
+    httpx.post(f"{model_url}/admin/scenarios", json=CLOCK_SCENARIO, timeout=10).raise_for_status()
+    servers = http.get("/v1/mcp-servers", headers=auth).json()["results"]
+    server = next((s for s in servers if s["name"] == "clock"), None)
+    if server is None:
+        registered = http.post("/v1/mcp-servers", headers=auth, timeout=60, json={
+            "name": "clock", "transport": "stdio", "command": sys.executable,
+            "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]})
+        if registered.status_code != 201:
+            raise SystemExit(f"registering the MCP time server failed: {registered.text}")
+        server = registered.json()
+    spec = {"instructions": "Answer time questions with the clock's tools.", "models": ["openai/world-clock"],
+            "mcp_servers": ["clock"]}
+    agents = http.get("/v1/agents", params={"limit": 500}, headers=auth).json()["results"]
+    existing = next((a for a in agents if a["name"] == "world-clock"), None)
+    if existing is None:
+        response = http.post("/v1/agents", headers=auth, json={"name": "world-clock", "spec": spec,
+                                                               "description": "Converts times with an MCP tool"})
+    else:
+        response = http.patch(f"/v1/agents/{existing['id']}", headers=auth, json={"spec": spec})
+    response.raise_for_status()
+    return {**response.json(), "tools": server["tools"]}
+
+
 def follow_run(client: Client, run_id: str, label: str, approve_text: str | None = None) -> dict:
     """Follow the run over its websocket (the SDK): print its events as they are committed, count the
     tokens streamed before each reply, approve what it asks over the same socket; return the finished run."""
@@ -234,7 +269,9 @@ def main() -> None:
     model_port = free_port(int(os.environ.get("DEMO_MODEL_PORT", "8011")))
     model_url = f"http://127.0.0.1:{model_port}"
     os.environ["LLM_API_BASE"] = f"{model_url}/v1"  # the worker's LLM provider: our scripted model server
-    os.environ.setdefault("LLM_LOCAL_PRICES", "openai/vat-assistant")
+    os.environ.setdefault("LLM_LOCAL_PRICES", "openai/vat-assistant,openai/world-clock")
+    # Tenants may register one local MCP server here: the MCP project's time server (mcp-server-time).
+    os.environ.setdefault("MCP_STDIO_ALLOWED_COMMANDS", f"{sys.executable} -m mcp_server_time")
     step("starting the local model server, Daphne (HTTP + websockets) and a Celery worker")
     processes = {
         "model-server": start("model-server", [sys.executable, "-m", "data_plane.model_server", "--host",
@@ -278,6 +315,19 @@ def main() -> None:
                 raise SystemExit(f"the run ended {run['status']}: {run.get('error')}")
             say(f"completed in {run['step']} steps; {run['input_tokens']} tokens in, {run['output_tokens']} out, "
                 f"${float(run['cost_usd']):.6f}")
+
+            step("an agent calls a real MCP tool: the MCP project's time server, registered by the tenant (stdio)")
+            clock_agent = ensure_clock_agent(http, key, model_url)
+            say(f"MCP server 'clock' offers {', '.join(clock_agent['tools'])}")
+            clocked = http.post("/v1/runs", headers=auth, json={
+                "agent_id": clock_agent["id"], "input": "It is 09:30 in Berlin. What time is it in Tokyo?"})
+            clocked.raise_for_status()
+            clock_run = follow_run(client, clocked.json()["id"], "clock")
+            if clock_run["status"] != "completed":
+                raise SystemExit(f"the MCP run ended {clock_run['status']}: {clock_run.get('error')}")
+            stats = http.get("/v1/tools/stats", headers=auth).json()
+            say("tool stats: " + ", ".join(f"{row['tool']} {row['calls']} calls, {row['success_rate']:.0%} ok, "
+                                           f"p50 {row['latency_p50_ms']:.1f} ms" for row in stats))
 
             step("time travel: fork the run from a middle checkpoint, with a new instruction")
             checkpoints = http.get(f"/v1/runs/{run['id']}/checkpoints", params={"limit": 500},
