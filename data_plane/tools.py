@@ -29,7 +29,7 @@ from django_tenants.utils import schema_context
 
 from common.actors import Actor
 from control_plane.audit.services import audit_event_record
-from data_plane.models import McpTool, Note, Run, ToolPermission, ToolSettings
+from data_plane.models import AgentVersion, McpTool, Note, Run, ToolPermission, ToolSettings
 from data_plane.runtime.adapters.mcp import McpSessions, ServerConfig
 from data_plane.runtime.core.messages import ToolCall, ToolDefinition, ToolResult
 from data_plane.runtime.loop import spawn
@@ -252,14 +252,13 @@ class ToolRouter:
 
         close_old_connections()
         with schema_context(self.tenant_schema):
-            found = Run.objects.filter(id=self.run_id).values_list("agent_version__agent_id",
-                                                                   "agent_version__spec").first()
+            found = Run.objects.filter(id=self.run_id).values_list("agent_version_id", "agent_version__agent_id").first()
             if found is None:
                 return _CallPlan(denial=f"Run {self.run_id} is gone; the call was not made.")
-            agent_id, spec = found
+            version_id, agent_id = found
             permission = tool_permission_effective(tenant_schema=self.tenant_schema, agent_id=agent_id,
                                                    tool=call.name)
-            denial = _denial(call, permission, spec)
+            denial = _denial(call, permission, version_id)
             if denial is not None:
                 self._audit_denial(call, denial, permission)
                 return _CallPlan(denial=denial)
@@ -283,13 +282,14 @@ class ToolRouter:
                                  "rule_id": str(permission.id) if permission else None})
 
 
-def _denial(call: ToolCall, permission: ToolPermission | None, spec: dict[str, Any]) -> str | None:
+def _denial(call: ToolCall, permission: ToolPermission | None, agent_version_id: Any) -> str | None:
     if permission is None:
         return None
     scope = f"for agent {permission.agent_id}" if permission.agent_id else "for this tenant"
     if permission.mode == ToolPermission.Mode.DENY:
         return f"Denied: the tool {call.name!r} is not allowed {scope} (policy). Do not retry it; find another way."
     if permission.mode == ToolPermission.Mode.REQUIRE_APPROVAL:
+        spec = AgentVersion.objects.filter(id=agent_version_id).values_list("spec", flat=True).first() or {}
         defined = next((t for t in spec.get("tools", ()) if t.get("name") == call.name), {})
         if not defined.get("requires_approval"):
             return (f"Denied: the tool {call.name!r} now requires a human's approval {scope}, and this agent version "
