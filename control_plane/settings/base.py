@@ -42,6 +42,8 @@ SECRETS_KEY = (base64.b64decode(_secrets_key) if _secrets_key
 MCP_STDIO_ALLOWED_COMMANDS = env.string_list("MCP_STDIO_ALLOWED_COMMANDS", [])
 # The built-in http_fetch reaches public addresses only; true lets it reach private ones too (tests, on-prem).
 HTTP_FETCH_ALLOW_PRIVATE_NETWORKS = env.boolean("HTTP_FETCH_ALLOW_PRIVATE_NETWORKS", False)
+# Remote MCP servers must be public unless this is true (tests, on-prem): the platform connects to them.
+MCP_ALLOW_PRIVATE_NETWORKS = env.boolean("MCP_ALLOW_PRIVATE_NETWORKS", False)
 ALLOWED_HOSTS = env.string_list("ALLOWED_HOSTS", ["*"])
 
 # --- Applications: each of ours lives in exactly one of the two lists. --------------------------

@@ -30,3 +30,4 @@ DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
 MCP_STDIO_ALLOWED_COMMANDS = env.string_list("MCP_STDIO_ALLOWED_COMMANDS", [sys.executable])
 # The tests' web servers for http_fetch listen on 127.0.0.1.
 HTTP_FETCH_ALLOW_PRIVATE_NETWORKS = env.boolean("HTTP_FETCH_ALLOW_PRIVATE_NETWORKS", True)
+MCP_ALLOW_PRIVATE_NETWORKS = env.boolean("MCP_ALLOW_PRIVATE_NETWORKS", True)

@@ -311,3 +311,11 @@ def test_a_local_command_must_start_with_an_allowed_command_line(command, args, 
 
     assert stdio_command_allowed(command, args, ["/opt/venv/bin/python -m mcp_server_time", "/usr/bin/mcp-notes"]) \
         is allowed
+
+
+def test_a_remote_server_on_a_private_address_is_refused_unless_the_operator_allows_it(client, tenant_a, settings):
+    settings.MCP_ALLOW_PRIVATE_NETWORKS = False
+    response = post(client, "/v1/mcp-servers", {"name": "inside", "transport": "http",
+                                                "url": "http://127.0.0.1:9/mcp"}, tenant_a.key)
+    assert (response.status_code, list(response.json()["errors"])) == (400, ["url"])
+    assert "resolves to a private address" in response.json()["detail"]
