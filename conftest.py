@@ -108,3 +108,25 @@ def operator_key(db) -> str:
 def _start_on_public_schema() -> Iterator[None]:
     yield
     connection.set_schema_to_public()
+
+
+@pytest.fixture(scope="session")
+def http_toolbox(tmp_path_factory) -> Iterator[str]:
+    """The tests' MCP toolbox over streamable HTTP, as its own process; yields its endpoint URL."""
+    import socket
+    import sys
+
+    from tests.mcp_servers import TOOLBOX
+    from tests.processes import free_port, running, wait_for
+
+    port = free_port()
+
+    def listening() -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    log = tmp_path_factory.mktemp("toolbox") / "toolbox.log"
+    with running([sys.executable, TOOLBOX, "--http", str(port), "--name", "remote"], log_path=log,
+                 env={"PATH": "/usr/bin:/bin"}):
+        wait_for(listening, timeout=30, what="the HTTP toolbox to listen")
+        yield f"http://127.0.0.1:{port}/mcp"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,16 +17,11 @@ from pathlib import Path
 from mcp import Client
 
 from bench.measure import percentile
+from tests.mcp_servers import TOOLBOX
+from tests.processes import free_port, running, wait_for
 from data_plane.runtime.adapters.mcp import McpSessions, ServerConfig
 
 REPO = Path(__file__).resolve().parent.parent
-TOOLBOX = REPO / "tests" / "mcp_servers" / "toolbox.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def _measure(url: str, calls: int) -> dict[str, float]:
@@ -52,19 +46,14 @@ async def _measure(url: str, calls: int) -> dict[str, float]:
 
 
 def bench_mcp(*, calls: int) -> dict[str, float]:
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, str(TOOLBOX), "--http", str(port), "--name", "bench"], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the MCP toolbox did not start")
-            time.sleep(0.05)
+    port = free_port()
+
+    def listening() -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    log = REPO / ".data" / "bench-logs" / "mcp-toolbox.log"
+    with running([sys.executable, TOOLBOX, "--http", str(port), "--name", "bench"], log_path=log,
+                 env={"PATH": "/usr/bin:/bin"}):
+        wait_for(listening, timeout=30, what=f"the MCP toolbox to listen; see {log}")
         return asyncio.run(_measure(f"http://127.0.0.1:{port}/mcp", calls))
-    finally:
-        process.terminate()
-        process.wait(timeout=10)

@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -36,6 +34,7 @@ from django.conf import settings
 from websockets.asyncio.client import connect
 
 from bench.measure import percentile
+from tests.processes import free_port, log_tail, running, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -44,14 +43,6 @@ TOKEN = uuid.uuid4().hex[:8]
 QUEUE = f"bench-stream-{TOKEN}"
 SCENARIO = f"bench-ttft-{TOKEN}"
 WORDS = " ".join(f"token{i}" for i in range(24))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -65,27 +56,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 @contextmanager
 def _process(name: str, args: list[str], env: dict[str, str], ready: Any) -> Iterator[None]:
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = LOG_DIR / f"stream-{name}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    try:
-        deadline = time.monotonic() + 90
-        while not ready(log):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-                raise RuntimeError(f"{name} did not start; {log}:\n{tail}")
-            time.sleep(0.05)
+    with running(args, log_path=log, env=env) as process:
+        def started() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited; {log}:\n{log_tail(log)}")
+            return bool(ready(log))
+        wait_for(started, timeout=90, what=f"{name} to start; see {log}")
         yield
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=5)
 
 
 def _answers(url: str) -> bool:
@@ -98,7 +76,7 @@ def _answers(url: str) -> bool:
 @contextmanager
 def stack() -> Iterator[tuple[str, str]]:
     """The model server, Daphne and one Celery worker; yields (API base URL, model server URL)."""
-    model_port, api_port = _free_port(), _free_port()
+    model_port, api_port = free_port(), free_port()
     model_url, api_url = f"http://127.0.0.1:{model_port}", f"http://127.0.0.1:{api_port}"
     model_name = f"openai/{SCENARIO}"
     env = _env(LLM_API_BASE=f"{model_url}/v1", LLM_LOCAL_PRICES=model_name)

@@ -119,27 +119,28 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return Response(body, status=status, headers=headers, content_type=PROBLEM_CONTENT_TYPE)
 
 
-def _json_problem(status: int, code: str, detail: str) -> JsonResponse:
+def json_problem(status: int, code: str, detail: str) -> JsonResponse:
+    """A problem document as a plain Django response (for views outside DRF)."""
     return JsonResponse(
         problem(status=status, code=code, detail=detail), status=status, content_type=PROBLEM_CONTENT_TYPE
     )
 
 
 def handler400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return _json_problem(400, "bad_request", "The request could not be understood; check its syntax.")
+    return json_problem(400, "bad_request", "The request could not be understood; check its syntax.")
 
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return _json_problem(403, "permission_denied", "You are not allowed to access this resource.")
+    return json_problem(403, "permission_denied", "You are not allowed to access this resource.")
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return _json_problem(
+    return json_problem(
         404, "not_found", f"No resource at {request.path}. The API reference is at /v1/docs."
     )
 
 
 def handler500(request: HttpRequest) -> JsonResponse:
-    return _json_problem(
+    return json_problem(
         500, "internal_error", "An unexpected error occurred; it has been logged. Retry later."
     )

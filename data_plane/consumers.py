@@ -24,6 +24,7 @@ from data_plane import selectors, services, streams
 from data_plane.errors import ApprovalNotFound, ApprovalNotPending
 from data_plane.feeds import Cursor, RunFeed
 from data_plane.serializers import ping_data
+from tenants.asgi import header
 
 
 def _ping_state(tenant_schema: str, ping_id: UUID) -> dict[str, Any]:
@@ -162,7 +163,7 @@ class RunStreamConsumer(AsyncJsonWebsocketConsumer):
             return
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         try:
-            cursor = Cursor.parse((query.get("after") or [None])[-1] or _header(self.scope, b"last-event-id"))
+            cursor = Cursor.parse((query.get("after") or [None])[-1] or header(self.scope, b"last-event-id"))
             self.feed = RunFeed(tenant_schema=self.scope["tenant_schema"], run_id=run_id, cursor=cursor,
                                 layer=get_channel_layer())
             await self.feed.open()
@@ -245,9 +246,3 @@ def _encoded(item: dict[str, Any]) -> str:
             _ENCODED.popitem(last=False)
     return text
 
-
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None

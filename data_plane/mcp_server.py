@@ -33,7 +33,7 @@ from control_plane.audit.services import audit_event_record
 from data_plane import selectors, services
 from data_plane.runtime.core.messages import ToolCall
 from data_plane.tools import BUILTIN_TOOLS, BuiltinToolRunner
-from tenants.asgi import stream_principal
+from tenants.asgi import header, stream_principal
 
 PATH = "/v1/mcp"
 TOOL_PREFIX = "agent__"
@@ -171,9 +171,8 @@ class McpEndpoint:
             self._ready = asyncio.Event()
             self._running = asyncio.create_task(self._run_session_manager())
         await self._ready.wait()
-        authorization = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"authorization"),
-                             None)
-        caller = await database_sync_to_async(stream_principal)(authorization=authorization, access_token=None)
+        caller = await database_sync_to_async(stream_principal)(authorization=header(scope, b"authorization"),
+                                                                access_token=None)
         error = caller.get("auth_error")
         if error is None and caller["allowed_run_id"] is not None:
             error = {"status": 403, "code": "api_key_required", "message": "The MCP endpoint takes an API key, not "

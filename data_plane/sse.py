@@ -15,18 +15,13 @@ from uuid import UUID
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
 
 from common.errors import AppError
-from common.problems import PROBLEM_CONTENT_TYPE, problem
+from common.problems import json_problem
 from data_plane.feeds import Cursor, RunFeed
 from tenants.asgi import stream_principal
-
-
-def _problem(status: int, code: str, message: str) -> JsonResponse:
-    return JsonResponse(problem(status=status, code=code, detail=message), status=status,
-                        content_type=PROBLEM_CONTENT_TYPE)
 
 
 def _frame(item: dict[str, Any]) -> str:
@@ -39,16 +34,16 @@ async def run_stream(request: HttpRequest, run_id: UUID) -> HttpResponse:
                                                       access_token=request.GET.get("access_token"))
     if "auth_error" in principal:
         error = principal["auth_error"]
-        return _problem(error["status"], error["code"], error["message"])
+        return json_problem(error["status"], error["code"], error["message"])
     host_tenant = getattr(request, "tenant", None)
     if host_tenant is not None and host_tenant.schema_name not in ("public", principal["tenant_schema"]):
-        return _problem(403, "credential_tenant_mismatch", "This credential belongs to a different tenant than "
+        return json_problem(403, "credential_tenant_mismatch", "This credential belongs to a different tenant than "
                                                            "this hostname.")
     if "runs:read" not in principal["scopes"]:
-        return _problem(403, "missing_scope", "This credential lacks the scope 'runs:read'; use a key or token "
+        return json_problem(403, "missing_scope", "This credential lacks the scope 'runs:read'; use a key or token "
                                               "that has it.")
     if principal["allowed_run_id"] not in (None, str(run_id)):
-        return _problem(404, "run_not_found", f"Run {run_id} not found.")
+        return json_problem(404, "run_not_found", f"Run {run_id} not found.")
     follow = request.GET.get("follow", "").lower() in ("1", "true", "yes")
     try:
         cursor = Cursor.parse(request.GET.get("after") or request.headers.get("Last-Event-ID"))
@@ -56,7 +51,7 @@ async def run_stream(request: HttpRequest, run_id: UUID) -> HttpResponse:
                        layer=get_channel_layer())
         await feed.open()
     except AppError as exc:
-        return _problem(exc.http_status, exc.code, exc.message)
+        return json_problem(exc.http_status, exc.code, exc.message)
     response = StreamingHttpResponse(_events(feed, follow=follow), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # a buffering proxy would hold the stream back

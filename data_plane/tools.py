@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import ipaddress
 import logging
 import operator
 import time
@@ -28,6 +27,7 @@ from django.db import IntegrityError, close_old_connections
 from django_tenants.utils import schema_context
 
 from common.actors import Actor
+from common.network import private_address
 from control_plane.audit.services import audit_event_record
 from data_plane.models import AgentVersion, McpTool, Note, Run, ToolPermission, ToolSettings
 from data_plane.runtime.adapters.mcp import McpSessions, ServerConfig
@@ -314,12 +314,10 @@ async def fetch_check(url: str, hosts: list[str]) -> None:
                          f"({', '.join(hosts) or 'empty'}); an admin can add it in the tool settings")
     if settings.HTTP_FETCH_ALLOW_PRIVATE_NETWORKS:
         return
-    infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if address.is_private or address.is_loopback or address.is_link_local or address.is_reserved:
-            raise ValueError(f"host {host!r} resolves to a private address ({address}); http_fetch reaches public "
-                             "hosts only")
+    address = await asyncio.to_thread(private_address, host, parts.port)
+    if address is not None:
+        raise ValueError(f"host {host!r} resolves to a private address ({address}); http_fetch reaches public "
+                         "hosts only")
 
 
 def _is_json(value: Any) -> bool:

@@ -24,7 +24,8 @@ from tenants.authentication import parse_bearer
 from tenants.errors import InvalidCredentials
 
 
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
+def header(scope: dict[str, Any], name: bytes) -> str | None:
+    """A request header of an ASGI scope (the last of its name), or None."""
     for key, value in scope.get("headers", []):
         if key.lower() == name:
             return value.decode("latin-1")
@@ -72,5 +73,5 @@ class ApiKeyAuthMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         resolved = await database_sync_to_async(stream_principal)(
-            authorization=_header(scope, b"authorization"), access_token=query_token(scope.get("query_string", b"")))
+            authorization=header(scope, b"authorization"), access_token=query_token(scope.get("query_string", b"")))
         return await self.inner({**scope, **resolved}, receive, send)

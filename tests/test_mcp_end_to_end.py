@@ -4,10 +4,8 @@ at call time, every call audited. The servers are real processes built with the 
 
 from __future__ import annotations
 
-import socket
 import sys
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,24 +17,11 @@ from data_plane import services
 from data_plane.models import EffectRecord, Run, RunEvent
 from data_plane.runtime.core.state import RunState
 from data_plane.selectors import checkpoint_state, tool_call_stats
-from tests.processes import free_port, running, wait_for
+from tests.mcp_servers import TOOLBOX
+from tests.processes import wait_for
 
 pytestmark = pytest.mark.worker
 
-TOOLBOX = str(Path(__file__).resolve().parent / "mcp_servers" / "toolbox.py")
-
-
-@pytest.fixture(scope="module")
-def http_toolbox(tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("toolbox") / "toolbox.log"
-    with running([sys.executable, TOOLBOX, "--http", str(port), "--name", "text"], log_path=log,
-                 env={"PATH": "/usr/bin:/bin"}):
-        def listening() -> bool:
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", port)) == 0
-        wait_for(listening, timeout=30, what="the HTTP toolbox to listen")
-        yield f"http://127.0.0.1:{port}/mcp"
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
@@ -25,6 +24,7 @@ from data_plane.models import Agent, Approval, Checkpoint, EffectRecord, McpServ
 from tenants.api_views import TenantApiView
 from tenants.models import ApiKey
 from tenants.tests.factories import ApiKeyFactory
+from tests.mcp_servers import TOOLBOX
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,6 @@ def _server_registered_in_b(response, a: TenantAData, b: ProvisionedForTest) -> 
 
 
 A_SERVER_NAME = "aserver"
-TOOLBOX = str(Path(__file__).resolve().parent / "mcp_servers" / "toolbox.py")
 
 CASES = [
     Case("v1/tenant", "get", lambda a: "/v1/tenant", None, _own_tenant),

@@ -3,10 +3,8 @@ permissions. Every change is in the tenant's audit log; credentials are sealed a
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import shlex
-import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +18,7 @@ from django.utils import timezone
 from common.actors import Actor
 from common.crypto import SecretBox
 from common.errors import InvalidInput
+from common.network import private_address
 from common.schemas import require_schema
 from control_plane.audit.services import audit_event_record
 from data_plane.errors import McpServerNameTaken, McpServerNotFound, McpServerUnreachable, ToolPermissionNotFound
@@ -65,7 +64,7 @@ def _check_server(*, name: str, transport: str, url: str, command: str, args: Se
     if transport == McpServer.Transport.HTTP:
         if not re.match(r"^https?://", url):
             errors["url"] = ["A remote server needs its streamable HTTP endpoint, like https://host/mcp."]
-        elif not settings.MCP_ALLOW_PRIVATE_NETWORKS and _private_address(url):
+        elif not settings.MCP_ALLOW_PRIVATE_NETWORKS and private_address(urlsplit(url).hostname or ""):
             errors["url"] = [f"{url[:200]!r} resolves to a private address; remote MCP servers must be public "
                              "(the platform operator can allow private networks)."]
         if command or args or env:
@@ -91,19 +90,6 @@ def _check_server(*, name: str, transport: str, url: str, command: str, args: Se
     if errors:
         raise InvalidInput("The MCP server's settings are invalid: " + " ".join(m for ms in errors.values()
                                                                               for m in ms), extra={"errors": errors})
-
-
-def _private_address(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except socket.gaierror:
-        return False  # unresolvable: discovery will say it cannot reach it
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if address.is_private or address.is_loopback or address.is_link_local or address.is_reserved:
-            return True
-    return False
 
 
 def stdio_command_allowed(command: str, args: Sequence[str], allowed: Sequence[str]) -> bool:

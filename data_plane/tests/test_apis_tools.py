@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 from django_tenants.utils import schema_context
@@ -14,9 +13,9 @@ from django_tenants.utils import schema_context
 from conftest import bearer
 from control_plane.audit.models import AuditEvent
 from data_plane.models import AgentVersion, McpServer, McpTool, ToolPermission
-from tests.processes import free_port, running, wait_for
+from tests.mcp_servers import TOOLBOX
+from tests.processes import free_port
 
-TOOLBOX = str(Path(__file__).resolve().parents[2] / "tests" / "mcp_servers" / "toolbox.py")
 TOOLBOX_TOOLS = ["add", "counter", "grow", "pid", "shout", "sleep", "whoami"]
 
 
@@ -29,22 +28,6 @@ def register_stdio(client, key, name="toolbox", **extra) -> dict:
                                                 "args": [TOOLBOX, *extra.pop("args", [])], **extra}, key)
     assert response.status_code == 201, response.json()
     return response.json()
-
-
-@pytest.fixture(scope="module")
-def http_toolbox(tmp_path_factory):
-    """The toolbox over streamable HTTP, as its own process; yields its URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("toolbox") / "toolbox.log"
-    with running([sys.executable, TOOLBOX, "--http", str(port), "--name", "remote"], log_path=log, env={
-            "PATH": "/usr/bin:/bin", "TOOLBOX_IDENTITY": "remote"}):
-        import socket
-
-        def listening() -> bool:
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", port)) == 0
-        wait_for(listening, timeout=30, what="the HTTP toolbox to listen")
-        yield f"http://127.0.0.1:{port}/mcp"
 
 
 def test_registering_a_local_server_lists_its_tools_and_seals_its_credentials(client, tenant_a):

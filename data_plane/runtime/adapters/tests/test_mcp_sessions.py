@@ -8,13 +8,12 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from data_plane.runtime.adapters.mcp import McpSessions, McpUnreachable, ServerConfig, discover
+from tests.mcp_servers import TOOLBOX
 
-TOOLBOX = str(Path(__file__).resolve().parents[4] / "tests" / "mcp_servers" / "toolbox.py")
 
 
 def toolbox(timeout: float = 10.0) -> ServerConfig:
