@@ -74,3 +74,7 @@ class ToolPermissionNotFound(NotFound):
 
 class UnknownMcpServer(InvalidInput):
     code = "unknown_mcp_server"
+
+
+class MemoryNotFound(NotFound):
+    code = "memory_not_found"

@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import uuid
 
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
+from pgvector.django import HnswIndex, VectorField
 
 
 class Ping(models.Model):
@@ -340,5 +344,76 @@ class ToolSettings(models.Model):
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
     http_fetch_hosts = models.JSONField(default=list, blank=True)  # "api.example.com", "*.example.org"
+    updated_by = models.CharField(max_length=200, blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+
+class Memory(models.Model):
+    """One long-term memory of a tenant: a fact, a lesson learned by an agent, or a note.
+
+    Searched by meaning (the embedding: pgvector, HNSW, cosine) and by words (the generated full-text
+    vector), with the metadata filters applied inside the index scans. ``agent`` empty: every agent's;
+    ``end_user`` empty: nobody's in particular. Every vector has 384 dimensions; ``embedding_model`` says
+    which model made it, and only vectors of one model are compared.
+    """
+
+    class Kind(models.TextChoices):
+        FACT = "fact"
+        LESSON = "lesson"
+        NOTE = "note"
+
+    class Source(models.TextChoices):
+        API = "api"
+        TOOL = "tool"
+        EXTRACTION = "extraction"
+        REFLECTION = "reflection"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    text = models.TextField()
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.FACT)
+    agent = models.CharField(max_length=100, blank=True, default="")
+    end_user = models.CharField(max_length=200, blank=True, default="")
+    tags = ArrayField(models.CharField(max_length=100), default=list, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.API)
+    source_run_id = models.UUIDField(null=True, blank=True)
+    embedding = VectorField(dimensions=384)
+    embedding_model = models.CharField(max_length=200)
+    search_vector = models.GeneratedField(expression=SearchVector("text", config="english"),
+                                          output_field=SearchVectorField(), db_persist=True)
+    merged_count = models.PositiveIntegerField(default=0)  # near-duplicates folded into this one
+    created_by = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            HnswIndex(name="memory_embedding_hnsw", fields=["embedding"], m=16, ef_construction=64,
+                      opclasses=["vector_cosine_ops"]),
+            GinIndex(name="memory_search_vector_gin", fields=["search_vector"]),
+            GinIndex(name="memory_tags_gin", fields=["tags"]),
+            models.Index(name="memory_scope", fields=["agent", "end_user", "kind"]),
+            models.Index(name="memory_end_user", fields=["end_user"]),
+            models.Index(name="memory_expires_at", fields=["expires_at"], condition=models.Q(expires_at__isnull=False)),
+            models.Index(name="memory_source_run", fields=["source_run_id"],
+                         condition=models.Q(source_run_id__isnull=False)),
+        ]
+
+
+class MemorySettings(models.Model):
+    """A tenant's memory settings (one row): which model embeds its memories.
+
+    ``embedding_model`` is ``local/all-MiniLM-L6-v2-int8`` (computed on our workers, no network) or a
+    litellm model name (for example ``openai/text-embedding-3-small``) asked for 384-dimension vectors;
+    its API key is encrypted at rest.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    embedding_model = models.CharField(max_length=200, default="local/all-MiniLM-L6-v2-int8")
+    embedding_api_base = models.CharField(max_length=500, blank=True, default="")
+    embedding_api_key_encrypted = models.TextField(blank=True, default="")
+    default_ttl_days = models.PositiveIntegerField(null=True, blank=True)
     updated_by = models.CharField(max_length=200, blank=True, default="")
     updated_at = models.DateTimeField(auto_now=True)

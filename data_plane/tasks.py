@@ -73,3 +73,22 @@ def checkpoints_prune_all_task() -> int:
     for schema in schemas:
         checkpoints_prune_task.delay(tenant_schema=schema)
     return len(schemas)
+
+
+@shared_task(base=TenantTask, bind=True, acks_late=True)
+def memories_expire_task(self, *, tenant_schema: str) -> int:  # type: ignore[no-untyped-def]
+    """Delete one tenant's memories past their expiry. Idempotent."""
+    from django.db import connection
+
+    return services.memories_expire(tenant=connection.tenant)
+
+
+@shared_task(acks_late=True)
+def memories_expire_all_task() -> int:
+    """Fan out the memory expiry task to every active tenant (scheduled hourly by Celery beat)."""
+    from tenants.selectors import tenant_list
+
+    schemas = list(tenant_list(status="active").values_list("schema_name", flat=True))
+    for schema in schemas:
+        memories_expire_task.delay(tenant_schema=schema)
+    return len(schemas)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from data_plane import apis, sse
+from data_plane import apis, memory_apis, sse
 
 urlpatterns = [
     path("pings", apis.PingListCreateApi.as_view(), name="pings"),
@@ -41,6 +41,13 @@ urlpatterns = [
     path("tool-permissions", apis.ToolPermissionListCreateApi.as_view(), name="tool-permissions"),
     path("tool-permissions/<uuid:permission_id>", apis.ToolPermissionDetailApi.as_view(),
          name="tool-permission-detail"),
+    # long-term memory
+    path("memories", memory_apis.MemoryListCreateApi.as_view(), name="memories"),
+    path("memories/batch", memory_apis.MemoryBatchApi.as_view(), name="memories-batch"),
+    path("memories/search", memory_apis.MemorySearchApi.as_view(), name="memories-search"),
+    path("memories/forget", memory_apis.MemoryForgetApi.as_view(), name="memories-forget"),
+    path("memories/settings", memory_apis.MemorySettingsApi.as_view(), name="memory-settings"),
+    path("memories/<uuid:memory_id>", memory_apis.MemoryDetailApi.as_view(), name="memory-detail"),
     # approvals
     path("approvals", apis.ApprovalListApi.as_view(), name="approvals"),
     path("approvals/<uuid:approval_id>", apis.ApprovalDetailApi.as_view(), name="approval-detail"),

@@ -16,6 +16,8 @@ SCOPES: dict[str, str] = {
     "approvals:write": "Approve or reject a run's pending approval, optionally editing the tool arguments.",
     "tools:read": "List MCP servers (never their credentials), the tool catalogue and tool permissions.",
     "tools:write": "Register, refresh and archive MCP servers; set and remove tool permissions.",
+    "memories:read": "Search, list and read the tenant's long-term memories, and read the memory settings.",
+    "memories:write": "Write and delete memories, forget an end user or an agent, and change the memory settings.",
 }
 
 ALL_SCOPES: tuple[str, ...] = tuple(SCOPES)

@@ -19,8 +19,8 @@ from common.actors import Actor
 from conftest import ProvisionedForTest, bearer
 from control_plane.audit.models import AuditEvent
 from data_plane import services as data_plane_services
-from data_plane.models import Agent, Approval, Checkpoint, EffectRecord, McpServer, McpTool, Ping, Run, \
-    ToolPermission, ToolSettings
+from data_plane.models import Agent, Approval, Checkpoint, EffectRecord, McpServer, McpTool, Memory, \
+    MemorySettings, Ping, Run, ToolPermission, ToolSettings
 from tenants.api_views import TenantApiView
 from tenants.models import ApiKey
 from tenants.tests.factories import ApiKeyFactory
@@ -38,6 +38,7 @@ class TenantAData:
     approval_id: str
     server_id: str
     permission_id: str
+    memory_id: str
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,28 @@ def _server_registered_in_b(response, a: TenantAData, b: ProvisionedForTest) -> 
 
 
 A_SERVER_NAME = "aserver"
+A_MEMORY = "Alice's launch code is 4711 and she prefers green tea."
+
+
+def _memory_written_in_b(status: int) -> Callable[..., None]:
+    def check(response, a: TenantAData, b: ProvisionedForTest) -> None:
+        assert response.status_code == status, response.content
+        written = response.json()["memories"] if "memories" in response.json() else [response.json()]
+        assert all(item["merged"] is False for item in written)  # A's near-identical memory is not B's
+        with schema_context(b.schema):
+            assert Memory.objects.filter(id__in=[item["id"] for item in written]).count() == len(written)
+    return check
+
+
+def _forgot_nothing_of_a(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 200 and response.json() == {"deleted": 0}
+
+
+def _memory_settings_of_b(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 200
+    assert response.json()["default_ttl_days"] in (None, 30) and response.json()["has_embedding_api_key"] is False
+    with schema_context(b.schema):
+        assert MemorySettings.objects.filter(default_ttl_days=7).count() == 0
 
 CASES = [
     Case("v1/tenant", "get", lambda a: "/v1/tenant", None, _own_tenant),
@@ -206,6 +229,23 @@ CASES = [
          _not_found_and_no_run_in_b),
     Case("v1/runs/<uuid:run_id>/checkpoints/<uuid:checkpoint_id>/replay", "post",
          lambda a: f"/v1/runs/{a.run_id}/checkpoints/{a.checkpoint_id}/replay", {}, _not_found_and_no_run_in_b),
+    # long-term memory
+    Case("v1/memories", "get", lambda a: "/v1/memories?limit=500", None, _no_a_ids("id", lambda a: {a.memory_id})),
+    Case("v1/memories", "get", lambda a: "/v1/memories?end_user=alice", None,
+         _no_a_ids("id", lambda a: {a.memory_id})),
+    Case("v1/memories", "post", lambda a: "/v1/memories", {"text": A_MEMORY, "end_user": "alice"},
+         _memory_written_in_b(201)),
+    Case("v1/memories/batch", "post", lambda a: "/v1/memories/batch", {"memories": [{"text": A_MEMORY}]},
+         _memory_written_in_b(200)),
+    Case("v1/memories/search", "post", lambda a: "/v1/memories/search", {"query": "launch code of Alice", "k": 50},
+         _no_a_ids("id", lambda a: {a.memory_id})),
+    Case("v1/memories/forget", "post", lambda a: "/v1/memories/forget", {"end_user": "alice"}, _forgot_nothing_of_a),
+    Case("v1/memories/forget", "post", lambda a: "/v1/memories/forget", {"everything": True}, _forgot_nothing_of_a),
+    Case("v1/memories/settings", "get", lambda a: "/v1/memories/settings", None, _memory_settings_of_b),
+    Case("v1/memories/settings", "put", lambda a: "/v1/memories/settings", {"default_ttl_days": 30},
+         _memory_settings_of_b),
+    Case("v1/memories/<uuid:memory_id>", "get", lambda a: f"/v1/memories/{a.memory_id}", None, _not_found),
+    Case("v1/memories/<uuid:memory_id>", "delete", lambda a: f"/v1/memories/{a.memory_id}", None, _not_found),
     # approvals
     Case("v1/approvals", "get", lambda a: "/v1/approvals?limit=500", None, _no_a_ids("id", lambda a: {a.approval_id})),
     Case("v1/approvals/<uuid:approval_id>", "get", lambda a: f"/v1/approvals/{a.approval_id}", None, _not_found),
@@ -260,12 +300,17 @@ def tenant_a_data(tenant_a) -> TenantAData:
                                                  actor=actor)
         permission = data_plane_services.tool_permission_set(tenant=tenant_a.tenant, tool=f"{A_SERVER_NAME}__add",
                                                              mode="deny", actor=actor)
+        [memory] = data_plane_services.memory_remember(
+            tenant=tenant_a.tenant, actor=actor,
+            drafts=[data_plane_services.memory_draft(text=A_MEMORY, end_user="alice")])
+        data_plane_services.memory_settings_update(tenant=tenant_a.tenant, actor=actor, default_ttl_days=7)
         audit_ids = frozenset(str(i) for i in AuditEvent.objects.values_list("id", flat=True))
     assert audit_ids
     assert run.status == "waiting_approval"
     return TenantAData(key_id=str(key.id), ping_id=str(ping.id), audit_ids=audit_ids, agent_id=str(agent.id),
                        run_id=str(run.id), checkpoint_id=str(checkpoint.id), approval_id=str(approval.id),
-                       server_id=str(server.id), permission_id=str(permission.id))
+                       server_id=str(server.id), permission_id=str(permission.id),
+                       memory_id=str(memory.memory.id))
 
 
 def _tenant_a_state(a: TenantAData) -> tuple:
@@ -279,6 +324,8 @@ def _tenant_a_state(a: TenantAData) -> tuple:
         list(ToolPermission.objects.values_list("id", "tool", "mode")),
         list(ToolSettings.objects.values_list("http_fetch_hosts", flat=True)),
         list(Approval.objects.values_list("id", "status", "comment")),
+        list(Memory.objects.values_list("id", "text", "updated_at", "merged_count")),
+        list(MemorySettings.objects.values_list("default_ttl_days", "embedding_model")),
     )
 
 

@@ -153,6 +153,7 @@ CELERY_DB_REUSE_MAX = env.integer("CELERY_DB_REUSE_MAX", 1000)
 # Periodic work (run `celery -A control_plane beat` once per deployment).
 CELERY_BEAT_SCHEDULE = {
     "checkpoints-retention": {"task": "data_plane.tasks.checkpoints_prune_all_task", "schedule": 24 * 3600.0},
+    "memories-expiry": {"task": "data_plane.tasks.memories_expire_all_task", "schedule": 3600.0},
 }
 
 # Redis connections a process's channel layer may hold at once. redis-py refuses the next one outright (it
@@ -186,6 +187,14 @@ RUN_STEPS_PER_TASK = env.integer("RUN_STEPS_PER_TASK", 8)
 RUN_STEP_QUEUE = env.string("RUN_STEP_QUEUE", "")
 # Redis keys of the streams (runs' token-delta logs), in the channel layer's database.
 STREAM_KEY_PREFIX = env.string("STREAM_KEY_PREFIX", "agentplane")
+
+# --- Long-term memory ----------------------------------------------------------------------------------
+# HNSW search breadth (pgvector's hnsw.ef_search) and how many index tuples a filtered (iterative) scan
+# may visit before it gives up: recall against latency, measured by bench/memory_bench.py.
+MEMORY_HNSW_EF_SEARCH = env.integer("MEMORY_HNSW_EF_SEARCH", 80)
+MEMORY_HNSW_MAX_SCAN_TUPLES = env.integer("MEMORY_HNSW_MAX_SCAN_TUPLES", 20000)
+# A new memory this close (cosine distance) to one of the same scope is merged into it, not added.
+MEMORY_NEAR_DUPLICATE_DISTANCE = float(env.string("MEMORY_NEAR_DUPLICATE_DISTANCE", "0.08"))
 
 # --- REST framework and the OpenAPI schema ------------------------------------------------------
 REST_FRAMEWORK = {

@@ -1,6 +1,6 @@
 """The scripted OpenAI-compatible model server (aiohttp): chat completions, streamed as OpenAI streams them.
 
-Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /healthz``, and for tests
+Routes: ``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /healthz``, and for tests
 ``GET|POST /admin/scenarios``, ``GET|DELETE /admin/scenarios/{name}``, ``GET|DELETE /admin/stats``.
 """
 
@@ -40,6 +40,8 @@ def create_app(book: ScenarioBook | None = None) -> web.Application:
     app[FIRST_TEXT] = collections.deque(maxlen=1000)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/chat/completions", chat_completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/embeddings", embeddings)
     app.router.add_get("/v1/models", models_list)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/admin/scenarios", scenarios_list)
@@ -174,6 +176,41 @@ def openai_error(status: int, message: str, *, code: str | None = None, param: s
     error = {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "param": param,
              "code": code or _ERROR_CODES.get(status)}
     return web.json_response({"error": error}, status=status, headers=headers, dumps=_dumps)
+
+
+EMBEDDING_DIMENSIONS = 1536
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    """Embeddings as OpenAI's API returns them: deterministic hashed bags of words (texts sharing words are
+    near), as long as ``dimensions`` asks (default 1536); for tests of provider embeddings."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return openai_error(400, "The body is not JSON.")
+    texts = body.get("input")
+    texts = [texts] if isinstance(texts, str) else texts
+    dimensions = body.get("dimensions") or EMBEDDING_DIMENSIONS
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts) or not texts:
+        return openai_error(400, "input is a string or a list of strings.", param="input")
+    if not isinstance(dimensions, int) or not 1 <= dimensions <= EMBEDDING_DIMENSIONS:
+        return openai_error(400, f"dimensions is from 1 to {EMBEDDING_DIMENSIONS}.", param="dimensions")
+    data = [{"object": "embedding", "index": i, "embedding": hashed_embedding(text, dimensions)}
+            for i, text in enumerate(texts)]
+    tokens = sum(len(text.split()) for text in texts)
+    return web.json_response({"object": "list", "data": data, "model": body.get("model", ""),
+                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+def hashed_embedding(text: str, dimensions: int) -> list[float]:
+    import hashlib
+
+    vector = [0.0] * dimensions
+    for word in re.findall(r"\w+", text.lower()) or [""]:
+        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        vector[int.from_bytes(digest[:4], "big") % dimensions] += 1.0 if digest[4] & 1 else -1.0
+    norm = sum(x * x for x in vector) ** 0.5 or 1.0
+    return [x / norm for x in vector]
 
 
 async def models_list(request: web.Request) -> web.Response:

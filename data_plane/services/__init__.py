@@ -1,6 +1,16 @@
 """Writes of the data plane, by topic. Import the package: ``from data_plane import services``."""
 
 from data_plane.services.agents import agent_archive, agent_create, agent_update
+from data_plane.services.memory import (
+    MemoryDraft,
+    memories_expire,
+    memories_reembed,
+    memory_delete,
+    memory_draft,
+    memory_forget,
+    memory_remember,
+    memory_settings_update,
+)
 from data_plane.services.pings import ping_answer, ping_create
 from data_plane.services.tools import (
     mcp_server_archive,
@@ -26,6 +36,8 @@ from data_plane.services.runs import (
 )
 
 __all__ = [
+    "MemoryDraft", "memories_expire", "memories_reembed", "memory_delete", "memory_draft", "memory_forget",
+    "memory_remember", "memory_settings_update",
     "mcp_server_archive", "mcp_server_refresh", "mcp_server_register", "tool_permission_delete",
     "tool_permission_set", "tool_settings_update",
     "agent_archive", "agent_create", "agent_update", "approval_decide", "checkpoints_prune", "ping_answer", "ping_create", "run_cancel",
