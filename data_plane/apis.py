@@ -164,6 +164,12 @@ class RunListCreateApi(TenantApiView):
                                            help_text="The agent version to run; the latest when omitted.")
         values = serializers.DictField(required=False, default=dict,
                                        help_text="Initial state values, readable by the graph's routers and tools.")
+        end_user = serializers.CharField(max_length=200, required=False, default="", allow_blank=True,
+                                         help_text="Your id of the end user the run serves: the agent recalls that "
+                                                   "user's memories (and never another user's).")
+        task_kind = serializers.SlugField(max_length=100, required=False, default="", allow_blank=True,
+                                          help_text="What kind of task this is (e.g. refund-request): lessons the "
+                                                    "agent learns are tagged with it.")
 
     @extend_schema(operation_id="runs_list", parameters=[FilterSerializer], responses=paginated(RunOutputSerializer),
                    tags=["runs"])

@@ -3,7 +3,8 @@ agents as tools, authenticated with the tenant's API key (``Authorization: Beare
 
 Each agent the key may see is a tool ``agent__<name>`` taking ``{"input": "..."}``; the built-in tools the
 platform serves itself are there too (``builtin__calculator``, ``builtin__get_time``, ``builtin__http_fetch``,
-the last reaching only the tenant's allowed hosts). Calling it starts a run
+the last reaching only the tenant's allowed hosts; ``builtin__memory_search`` searches the tenant's long-term
+memory, optionally one agent's and one end user's, with ``memories:read``). Calling an agent starts a run
 (``runs:write``) and answers with the run's output once it finishes, or says that the run waits for an
 approval (decide it through the API) or is still working after ``timeout_seconds`` (follow it with its id).
 Thin: authenticate, call the run services, shape the answer. Built on the official SDK's server (stateless
@@ -31,7 +32,7 @@ from common.errors import AppError
 from common.problems import problem
 from control_plane.audit.services import audit_event_record
 from data_plane import selectors, services
-from data_plane.runtime.core.messages import ToolCall
+from data_plane.runtime.core.messages import ToolCall, ToolResult
 from data_plane.tools import BUILTIN_TOOLS, BuiltinToolRunner
 from tenants.asgi import header, stream_principal
 
@@ -93,6 +94,8 @@ class AgentsAsTools(MCPServer):
         if "tools:read" in caller["scopes"]:
             tools += [MCPTool(name=BUILTIN_PREFIX + name, description=BUILTIN_TOOLS[name].description,
                               input_schema=BUILTIN_TOOLS[name].input_schema) for name in SERVED_BUILTINS]
+        tools.append(MCPTool(name=BUILTIN_PREFIX + "memory_search", description=MEMORY_SEARCH_DESCRIPTION,
+                             input_schema=MEMORY_SEARCH_SCHEMA))
         return tools
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> CallToolResult:
@@ -100,6 +103,8 @@ class AgentsAsTools(MCPServer):
         if "runs:write" not in caller["scopes"]:
             return _text("This API key lacks the scope 'runs:write' that calling a tool or starting an agent's run "
                          "needs.", error=True)
+        if name == BUILTIN_PREFIX + "memory_search":
+            return await database_sync_to_async(_memory_search)(caller, arguments)
         if name.startswith(BUILTIN_PREFIX) and name[len(BUILTIN_PREFIX):] in SERVED_BUILTINS:
             return await self._builtin(caller, name[len(BUILTIN_PREFIX):], arguments)
         agents = {_tool_name(agent_name): agent_id
@@ -139,6 +144,38 @@ class AgentsAsTools(MCPServer):
                                    idempotency_key=f"mcp:{uuid.uuid4()}")
         await database_sync_to_async(_audit_builtin)(caller, tool, arguments, result)
         return _text(result.content, error=result.is_error)
+
+
+MEMORY_SEARCH_DESCRIPTION = ("Search this tenant's long-term memory by meaning and by words; optionally only what "
+                             "one agent and one end user may recall.")
+MEMORY_SEARCH_SCHEMA = {"type": "object", "required": ["query"], "properties": {
+    "query": {"type": "string"}, "k": {"type": "integer", "minimum": 1, "maximum": 50},
+    "agent": {"type": "string", "description": "That agent's memories and every agent's."},
+    "end_user": {"type": "string", "description": "That end user's memories and nobody's in particular."},
+    "kind": {"type": "string", "enum": ["fact", "lesson", "note"]}}}
+
+
+def _memory_search(caller: dict[str, Any], arguments: dict[str, Any]) -> CallToolResult:
+    from data_plane.memory_selectors import memory_search
+
+    close_old_connections()
+    if "memories:read" not in caller["scopes"]:
+        return _text("This API key lacks the scope 'memories:read' that searching memory needs.", error=True)
+    query, k = arguments.get("query"), arguments.get("k") or 10
+    if not isinstance(query, str) or not query.strip() or not isinstance(k, int) or not 1 <= k <= 50:
+        return _text("Give a non-empty 'query' and, optionally, 'k' from 1 to 50.", error=True)
+    schema = caller["tenant_schema"]
+    with schema_context(schema):
+        hits = memory_search(tenant_schema=schema, query=query, k=k, agent=arguments.get("agent") or None,
+                             end_user=arguments.get("end_user") or None,
+                             kinds=[arguments["kind"]] if arguments.get("kind") else ())
+    found = [{"id": str(h.id), "text": h.text, "kind": h.kind, "agent": h.agent, "tags": h.tags,
+              "similarity": h.similarity} for h in hits]
+    text = "\n".join(f"{i}. [{h['kind']}] {h['text']}" for i, h in enumerate(found, 1)) or "No memories match."
+    # The audit names what was asked for, not the query's words (they may be personal data).
+    _audit_builtin(caller, "memory_search", {"k": k, "agent": arguments.get("agent") or "", "results": len(found)},
+                   ToolResult(call_id="", name="memory_search", content=text))
+    return _text(text, structured={"results": found})
 
 
 def _audit_builtin(caller: dict[str, Any], tool: str, arguments: dict[str, Any], result: Any) -> None:

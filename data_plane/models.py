@@ -78,6 +78,10 @@ class Run(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
     status_reason = models.CharField(max_length=500, blank=True, default="")
     input = models.TextField()
+    # Whom the run serves (the tenant's own id of its end user) and what kind of task it is: memories are
+    # recalled for that end user, and lessons learned are tagged with the task kind.
+    end_user = models.CharField(max_length=200, blank=True, default="")
+    task_kind = models.CharField(max_length=100, blank=True, default="")
     output = models.TextField(blank=True, default="")
     error = models.JSONField(null=True, blank=True)
     # Lineage: a sub-run's parent, and a fork's or replay's source checkpoint (its history precedes ours).
@@ -417,3 +421,24 @@ class MemorySettings(models.Model):
     default_ttl_days = models.PositiveIntegerField(null=True, blank=True)
     updated_by = models.CharField(max_length=200, blank=True, default="")
     updated_at = models.DateTimeField(auto_now=True)
+
+
+class RunFeedback(models.Model):
+    """A score of a finished run, by a user (through the API) or by the agent's evaluator step. A score
+    under the agent's threshold makes the agent write a lesson (Reflexion)."""
+
+    class Source(models.TextChoices):
+        USER = "user"
+        EVALUATOR = "evaluator"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="feedback")
+    score = models.FloatField()  # 0 (wrong) to 1 (perfect)
+    comment = models.TextField(blank=True, default="")
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.USER)
+    lesson = models.ForeignKey(Memory, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]

@@ -55,6 +55,8 @@ class RunOutputSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=Run.Status.choices)
     status_reason = serializers.CharField(help_text="Why the run is cancelled or failed, when it is.")
     input = serializers.CharField()
+    end_user = serializers.CharField(help_text="The end user the run serves ('' when none).")
+    task_kind = serializers.CharField(help_text="The kind of task ('' when none).")
     output = serializers.CharField(help_text="The final answer, once completed.")
     error = serializers.JSONField(allow_null=True, help_text="{code, message} when the run failed.")
     agent_id = serializers.UUIDField(source="agent_version.agent_id")

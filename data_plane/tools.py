@@ -27,9 +27,11 @@ from django.db import IntegrityError, close_old_connections
 from django_tenants.utils import schema_context
 
 from common.actors import Actor
+from common.errors import InvalidInput
 from common.network import private_address
 from control_plane.audit.services import audit_event_record
 from data_plane.models import AgentVersion, McpTool, Note, Run, ToolPermission, ToolSettings
+from data_plane.runtime.adapters.embeddings import EmbeddingUnavailable
 from data_plane.runtime.adapters.mcp import McpSessions, ServerConfig
 from data_plane.runtime.core.messages import ToolCall, ToolDefinition, ToolResult
 from data_plane.runtime.loop import spawn
@@ -55,6 +57,20 @@ BUILTIN_TOOLS: dict[str, ToolDefinition] = {
         name="http_fetch", description="GET a web page or API over http(s) from a host the tenant allows; returns "
                                        "the status and the body's text (at most 100 kB).",
         input_schema={"type": "object", "properties": {"url": {"type": "string"}}, "required": ["url"]}),
+    "memory_search": ToolDefinition(
+        name="memory_search", description="Search this agent's long-term memory (facts, notes and lessons from "
+                                          "earlier runs, about this end user or anyone) by meaning and by words.",
+        input_schema={"type": "object", "properties": {
+            "query": {"type": "string", "description": "What to look for."},
+            "k": {"type": "integer", "minimum": 1, "maximum": 20, "description": "How many (default 5)."},
+            "kind": {"type": "string", "enum": ["fact", "lesson", "note"]}}, "required": ["query"]}),
+    "memory_write": ToolDefinition(
+        name="memory_write", description="Remember a durable fact or note for later runs (about this run's end "
+                                         "user when there is one). A near-duplicate updates the existing memory.",
+        input_schema={"type": "object", "properties": {
+            "text": {"type": "string", "description": "One self-contained statement."},
+            "kind": {"type": "string", "enum": ["fact", "note"]},
+            "tags": {"type": "array", "items": {"type": "string"}}}, "required": ["text"]}),
 }
 FETCH_LIMIT_BYTES = 100_000
 FETCH_TIMEOUT_SECONDS = 15.0
@@ -113,6 +129,8 @@ class BuiltinToolRunner:
             is_error = False
         except (CalculatorError, TypeError, ValueError, KeyError) as exc:
             content, structured, is_error = f"Error: {exc}", None, True
+        except (InvalidInput, EmbeddingUnavailable) as exc:
+            content, structured, is_error = f"Error: {exc}", None, True
         return ToolResult(call_id=call.id, name=call.name, content=content, is_error=is_error, structured=structured,
                           latency_ms=round((time.perf_counter() - started) * 1000, 3))
 
@@ -136,6 +154,10 @@ class BuiltinToolRunner:
                 return f"note #{number} saved", number
             case "http_fetch":
                 return await self._http_fetch(str(args["url"]))
+            case "memory_search":
+                return await asyncio.to_thread(self._memory_search, args)
+            case "memory_write":
+                return await asyncio.to_thread(self._memory_write, args, idempotency_key)
         raise KeyError(f"tool {call.name!r} is not available to this agent")
 
     async def _http_fetch(self, url: str) -> tuple[str, Any]:
@@ -163,6 +185,52 @@ class BuiltinToolRunner:
         with schema_context(self.tenant_schema):
             found = ToolSettings.objects.filter(id=1).values_list("http_fetch_hosts", flat=True).first()
         return list(found or [])
+
+    def _memory_scope(self) -> tuple[str, str, bool]:
+        """The run's agent name, end user, and whether the agent's memories are every agent's."""
+        found = Run.objects.filter(id=self.run_id).values_list(
+            "agent_version__agent__name", "end_user", "agent_version__spec").first()
+        if found is None:
+            raise ValueError(f"run {self.run_id} is gone")
+        agent, end_user, spec = found
+        return agent, end_user, bool(((spec or {}).get("memory") or {}).get("shared"))
+
+    def _memory_search(self, args: dict[str, Any]) -> tuple[str, Any]:
+        from data_plane.memory_selectors import memory_search
+
+        query, k, kind = str(args["query"]), int(args.get("k") or 5), args.get("kind")
+        if not query.strip():
+            raise ValueError("query is empty: say what to look for")
+        close_old_connections()
+        with schema_context(self.tenant_schema):
+            agent, end_user, _ = self._memory_scope()
+            hits = memory_search(tenant_schema=self.tenant_schema, query=query, k=max(1, min(k, 20)), agent=agent,
+                                 end_user=end_user, kinds=[kind] if kind else ())
+        if not hits:
+            return "No memories match.", []
+        lines = [f"{i}. [{hit.kind}] {hit.text}" for i, hit in enumerate(hits, 1)]
+        return "\n".join(lines), [{"id": str(hit.id), "text": hit.text, "kind": hit.kind, "tags": hit.tags,
+                                   "similarity": hit.similarity} for hit in hits]
+
+    def _memory_write(self, args: dict[str, Any], idempotency_key: str) -> tuple[str, Any]:
+        from data_plane.models import Memory
+        from data_plane.services.memory import memory_draft, memory_remember
+        from tenants.selectors import tenant_get_active_by_schema
+
+        close_old_connections()
+        with schema_context(self.tenant_schema):
+            done = Memory.objects.filter(metadata__idempotency_key=idempotency_key).values_list("id", flat=True).first()
+            if done is not None:  # the same call again (a retried step): already remembered
+                return f"remembered (memory {done})", {"id": str(done), "merged": False}
+            agent, end_user, shared = self._memory_scope()
+            draft = memory_draft(text=args.get("text"), kind=args.get("kind") or "fact", tags=args.get("tags") or [],
+                                 agent="" if shared else agent, end_user=end_user,
+                                 metadata={"idempotency_key": idempotency_key})
+            tenant = tenant_get_active_by_schema(tenant_schema=self.tenant_schema)
+            [written] = memory_remember(tenant=tenant, drafts=[draft], actor=Actor(kind="system", id=f"run:{self.run_id}"),
+                                        source=Memory.Source.TOOL, source_run_id=UUID(str(self.run_id)))
+        verb = "updated the existing memory" if written.merged else "remembered"
+        return f"{verb} (memory {written.memory.id})", {"id": str(written.memory.id), "merged": written.merged}
 
     def _note_append(self, text: str, idempotency_key: str) -> int:
         close_old_connections()

@@ -61,7 +61,7 @@ def test_an_outside_mcp_client_calls_a_tenants_agent_as_a_tool(daphne_url, worke
     # when
     a_tools, result, b_tools, b_call = asyncio.run(scenario())
     # then: each tenant sees its own agents only (beside the built-in tools), and the call ran the agent
-    builtins = ["builtin__calculator", "builtin__get_time", "builtin__http_fetch"]
+    builtins = ["builtin__calculator", "builtin__get_time", "builtin__http_fetch", "builtin__memory_search"]
     assert a_tools == ["agent__answerer", *builtins] and b_tools == ["agent__b-only", *builtins]
     assert not result.is_error and result.content[0].text == "The answer is 42."
     assert result.structured_content["status"] == "completed"
@@ -100,3 +100,34 @@ def test_the_platform_serves_its_built_in_tools_over_mcp(daphne_url, pair):
     with schema_context(a.schema):
         audited = sorted((e.target_id, e.data["status"]) for e in AuditEvent.objects.filter(action="tool.call"))
     assert audited == [("builtin__calculator", "ok"), ("builtin__http_fetch", "error")]
+
+
+def test_an_outside_mcp_client_searches_its_tenants_memory_and_only_its_own(daphne_url, pair):
+    # given: a memory in each tenant, and a key of A's without the memory scope
+    a, b = pair
+    with schema_context(a.schema):
+        services.memory_remember(tenant=a.tenant, actor=TEST_ACTOR, drafts=[services.memory_draft(
+            text="The Lisbon office closes early on Fridays.", agent="concierge")])
+    with schema_context(b.schema):
+        services.memory_remember(tenant=b.tenant, actor=TEST_ACTOR, drafts=[services.memory_draft(
+            text="The Lisbon office of B is open on Saturdays.")])
+    no_scope = ApiKeyFactory(tenant=a.tenant, scopes=["runs:write"]).plaintext
+
+    async def scenario():
+        async with mcp_client(daphne_url, a.key) as client:
+            found = await client.call_tool("builtin__memory_search", {"query": "When does the Lisbon office close?"})
+            other_agent = await client.call_tool("builtin__memory_search", {"query": "Lisbon", "agent": "sales"})
+        async with mcp_client(daphne_url, no_scope) as client:
+            refused = await client.call_tool("builtin__memory_search", {"query": "Lisbon"})
+        return found, other_agent, refused
+
+    # when
+    found, other_agent, refused = asyncio.run(scenario())
+    # then
+    assert not found.is_error and [r["text"] for r in found.structured_content["results"]] == [
+        "The Lisbon office closes early on Fridays."]
+    assert other_agent.structured_content["results"] == []
+    assert refused.is_error and "memories:read" in refused.content[0].text
+    with schema_context(a.schema):
+        audited = [e.data for e in AuditEvent.objects.filter(action="tool.call", target_id="builtin__memory_search")]
+        assert len(audited) == 2 and "Lisbon" not in str(audited)

@@ -82,11 +82,12 @@ def _append_event(run: Run, type_: str, data: dict[str, Any], tenant_schema: str
 
 
 def _create_run(*, tenant_schema: str, agent_version: Any, input: str, values: Mapping[str, Any] | None,
-                now: float, parent_run_id: UUID | None = None, parent_key: str = "") -> Run:
+                now: float, parent_run_id: UUID | None = None, parent_key: str = "", end_user: str = "",
+                task_kind: str = "") -> Run:
     spec = spec_from_json(agent_version.spec)
     state, _ = machine.start(spec, input=input, now=now, values=values)
     run = Run.objects.create(agent_version=agent_version, input=input, parent_run_id=parent_run_id,
-                             parent_key=parent_key, status="queued")
+                             parent_key=parent_key, status="queued", end_user=end_user, task_kind=task_kind)
     status = _initial_status(state)
     _commit(tenant_schema, run_id=run.id, expected_version=0, checkpoint_id=uuid.uuid4(), parent_id=None, step=0,
             previous=None, state=state, run_status=status, release_lease=True,
@@ -99,8 +100,10 @@ def _create_run(*, tenant_schema: str, agent_version: Any, input: str, values: M
 
 
 def run_start(*, tenant, agent_id: UUID, input: str, actor: Actor, version: int | None = None,  # type: ignore[no-untyped-def]
-              values: Mapping[str, Any] | None = None, clock: Callable[[], float] = time.time) -> Run:
-    """Start a run of the agent's latest (or given) version with the user's input. Raises AgentNotFound,
+              values: Mapping[str, Any] | None = None, clock: Callable[[], float] = time.time, end_user: str = "",
+              task_kind: str = "") -> Run:
+    """Start a run of the agent's latest (or given) version with the user's input, for an end user (their
+    memories are recalled) and a kind of task (lessons are tagged with it). Raises AgentNotFound,
     AgentArchived. The first step is dispatched after commit."""
     require_schema(tenant.schema_name)
     agent_version = agent_version_get(tenant_schema=tenant.schema_name, agent_id=agent_id, version=version)
@@ -108,7 +111,7 @@ def run_start(*, tenant, agent_id: UUID, input: str, actor: Actor, version: int 
         raise AgentArchived(f"Agent {agent_version.agent.name!r} is archived; it takes no new runs.")
     with transaction.atomic():
         run = _create_run(tenant_schema=tenant.schema_name, agent_version=agent_version, input=input, values=values,
-                          now=clock())
+                          now=clock(), end_user=end_user, task_kind=task_kind)
         audit_event_record(tenant=tenant, actor=actor, action="run.start", target_type="run", target_id=str(run.id),
                            data={"agent": agent_version.agent.name, "version": agent_version.version})
     return run
@@ -123,9 +126,11 @@ def run_create_child(*, tenant_schema: str, parent_run_id: UUID, parent_key: str
     if agent is None:
         raise AgentArchived(f"Agent {agent_name!r} does not exist or is archived.")
     agent_version = agent_version_get(tenant_schema=tenant_schema, agent_id=agent.id)
+    parent = Run.objects.filter(id=parent_run_id).values_list("end_user", "task_kind").first() or ("", "")
     with transaction.atomic():
         return _create_run(tenant_schema=tenant_schema, agent_version=agent_version, input=input, values=None,
-                           now=time.time(), parent_run_id=parent_run_id, parent_key=parent_key)
+                           now=time.time(), parent_run_id=parent_run_id, parent_key=parent_key, end_user=parent[0],
+                           task_kind=parent[1])
 
 
 def _transition(run: Run, *, to: str, allowed: tuple[str, ...], action: str) -> None:
@@ -327,6 +332,7 @@ def run_fork(*, tenant, run_id: UUID, checkpoint_id: UUID, actor: Actor,  # type
     status = _initial_status(state)
     with transaction.atomic():
         run = Run.objects.create(agent_version=source.agent_version, input=source.input, base_run=source,
+                                 end_user=source.end_user, task_kind=source.task_kind,
                                  base_message_count=len(loaded.state.messages), base_step=checkpoint.step,
                                  source_checkpoint=checkpoint, reexecute=reexecute, status=status,
                                  step=checkpoint.step)

@@ -37,6 +37,66 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class MemoryPolicy:
+    """How an agent uses the tenant's long-term memory.
+
+    ``recall``: each LLM call's context gets the memories most relevant to the latest user message (this
+    agent's and every agent's, the run's end user's and nobody's in particular), and the lessons this agent
+    learned. ``extract``: at the end of a completed run, durable facts are extracted and remembered.
+    ``reflect``: when a run fails, or is scored under ``reflect_below`` (by a user or an evaluator step
+    writing the value ``score``), the agent writes a lesson tagged with the run's task kind.
+    """
+
+    recall: bool = False
+    recall_k: int = 5
+    recall_min_similarity: float = 0.25
+    lessons_k: int = 3
+    extract: bool = False
+    reflect: bool = False
+    reflect_below: float = 0.5
+    shared: bool = False  # memories it writes are every agent's, not only its own
+
+    @property
+    def enabled(self) -> bool:
+        return self.recall or self.extract or self.reflect
+
+    def to_json(self) -> dict[str, Any]:
+        return {"recall": self.recall, "recall_k": self.recall_k, "recall_min_similarity": self.recall_min_similarity,
+                "lessons_k": self.lessons_k, "extract": self.extract, "reflect": self.reflect,
+                "reflect_below": self.reflect_below, "shared": self.shared}
+
+
+def _memory_policy(raw: Any, error: Any) -> MemoryPolicy:
+    if raw is None:
+        return MemoryPolicy()
+    if not isinstance(raw, dict):
+        error("memory", "memory is an object: recall, recall_k, recall_min_similarity, lessons_k, extract, "
+                        "reflect, reflect_below, shared.")
+        return MemoryPolicy()
+    known = set(MemoryPolicy.__dataclass_fields__)
+    for unknown in sorted(set(raw) - known):
+        error(f"memory.{unknown}", f"Unknown memory setting {unknown!r}; known: {', '.join(sorted(known))}.")
+    checks = {
+        "recall": lambda v: isinstance(v, bool), "extract": lambda v: isinstance(v, bool),
+        "reflect": lambda v: isinstance(v, bool), "shared": lambda v: isinstance(v, bool),
+        "recall_k": lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 50,
+        "lessons_k": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 20,
+        "recall_min_similarity": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and -1 <= v <= 1,
+        "reflect_below": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
+    }
+    hints = {"recall_k": "a whole number from 1 to 50", "lessons_k": "a whole number from 0 to 20",
+             "recall_min_similarity": "a number from -1 to 1", "reflect_below": "a score from 0 to 1"}
+    values = {}
+    for name, check in checks.items():
+        if name in raw:
+            if check(raw[name]):
+                values[name] = raw[name]
+            else:
+                error(f"memory.{name}", f"memory.{name} is {hints.get(name, 'true or false')}.")
+    return MemoryPolicy(**values)
+
+
+@dataclass(frozen=True)
 class AgentSpec:
     instructions: str
     models: tuple[str, ...]
@@ -49,6 +109,7 @@ class AgentSpec:
     model_timeout_seconds: float = 60.0
     mcp_servers: tuple[str, ...] = ()  # the tenant's MCP servers whose tools are among ``tools`` (as <server>__<tool>)
     max_tools_per_call: int = 24  # above this many tools, each LLM call is offered the most relevant ones
+    memory: MemoryPolicy = field(default_factory=MemoryPolicy)
 
     @property
     def workflow(self) -> Graph:
@@ -74,6 +135,8 @@ class AgentSpec:
         if self.mcp_servers:
             data["mcp_servers"] = list(self.mcp_servers)
         data["max_tools_per_call"] = self.max_tools_per_call
+        if self.memory.enabled:
+            data["memory"] = self.memory.to_json()
         return data
 
 
@@ -163,12 +226,14 @@ def spec_from_json(data: Any, *, known_agents: set[str] | None = None) -> AgentS
     if not isinstance(mcp_servers, list) or not all(isinstance(name, str) for name in mcp_servers):
         error("mcp_servers", "mcp_servers is a list of the tenant's MCP server names.")
         mcp_servers = []
+    memory = _memory_policy(data.get("memory"), error)
     spec = AgentSpec(instructions=instructions if isinstance(instructions, str) else "", models=tuple(models),
                      tools=tuple(tools), graph=graph, limits=limits, agent_tools=dict(agent_tools),
                      handoffs=delegations["handoffs"],
                      temperature=data.get("temperature"),
                      model_timeout_seconds=float(data.get("model_timeout_seconds", 60.0)),
-                     mcp_servers=tuple(dict.fromkeys(mcp_servers)), max_tools_per_call=max_tools)
+                     mcp_servers=tuple(dict.fromkeys(mcp_servers)), max_tools_per_call=max_tools,
+                     memory=memory)
     if graph is not None or data.get("graph") is None:
         try:  # validated even when other fields are wrong, so every problem is reported at once
             validate(spec.workflow, tools=spec.tools, agents=known_agents,
