@@ -255,6 +255,46 @@ class RunMessageCreateApi(TenantApiView):
         return Response(RunOutputSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
 
+class RunFeedbackOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    run_id = serializers.UUIDField()
+    score = serializers.FloatField()
+    comment = serializers.CharField()
+    source = serializers.CharField(help_text="user (through this API) or evaluator (the agent's evaluator step).")
+    lesson_id = serializers.UUIDField(allow_null=True, help_text="The lesson the agent learned from it, once written.")
+    created_by = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class RunFeedbackApi(TenantApiView):
+    """Score a finished run. Under the agent's memory.reflect_below, an agent that reflects writes a lesson
+    (Reflexion) that its later runs of the same kind of task recall."""
+
+    required_scopes = {"GET": "runs:read", "POST": "runs:write"}
+
+    class InputSerializer(serializers.Serializer):
+        score = serializers.FloatField(min_value=0.0, max_value=1.0, help_text="0 (wrong) to 1 (perfect).")
+        comment = serializers.CharField(max_length=4000, required=False, default="", allow_blank=True,
+                                        help_text="What was wrong: the agent's lesson starts from it.")
+
+    class CreatedSerializer(RunFeedbackOutputSerializer):
+        lesson_requested = serializers.BooleanField(help_text="True: the agent is writing a lesson from it.")
+
+    @extend_schema(operation_id="runs_feedback_list", responses=RunFeedbackOutputSerializer(many=True), tags=["runs"])
+    def get(self, request: Request, run_id: UUID) -> Response:
+        run = selectors.run_get(tenant_schema=request.user.tenant.schema_name, run_id=run_id)
+        return Response(RunFeedbackOutputSerializer(run.feedback.all(), many=True).data)
+
+    @extend_schema(operation_id="runs_feedback_create", request=InputSerializer, responses={201: CreatedSerializer},
+                   tags=["runs"])
+    def post(self, request: Request, run_id: UUID) -> Response:
+        data = validated(self.InputSerializer, request.data)
+        feedback, learns = services.run_feedback_create(tenant=request.user.tenant, run_id=run_id,
+                                                        actor=request.user.actor, **data)
+        return Response({**RunFeedbackOutputSerializer(feedback).data, "lesson_requested": learns},
+                        status=status.HTTP_201_CREATED)
+
+
 class RunStreamTokenApi(TenantApiView):
     """A short-lived token to stream this run where no header can be sent (a browser's WebSocket or
     EventSource): pass it as ``?access_token=``. It carries at most this key's streaming scopes."""

@@ -109,7 +109,8 @@ class RunStepper:
                  tool_runner_factory: Callable[[str], ToolRunner], dispatch: Callable[[UUID, int], None],
                  owner: str | None = None, lease_seconds: float = 30.0, clock: Callable[[], float] = time.time,
                  tenant: Any = None, steps_per_task: int = 1,
-                 on_stop: Callable[[UUID], None] | None = None) -> None:
+                 on_stop: Callable[[UUID], None] | None = None,
+                 on_finished: Callable[[UUID, str, AgentSpec], None] | None = None) -> None:
         self.schema = tenant_schema
         self.chat_model = chat_model
         self.tool_runner_factory = tool_runner_factory
@@ -120,6 +121,7 @@ class RunStepper:
         self.tenant = tenant
         self.steps_per_task = max(1, steps_per_task)
         self.on_stop = on_stop  # told when a run stops working (finished, paused, waiting): it can free resources
+        self.on_finished = on_finished  # told, after commit, when a run completed or failed: it can learn from it
         self.q = f'"{tenant_schema}".'
 
     # --- the step ---------------------------------------------------------------------------------
@@ -157,6 +159,8 @@ class RunStepper:
             outcome, committed = self._commit(run_id, claim, store, loaded.id, loaded.step, state, new_state,
                                               commands, results, keep_going=budget > 0)
             if committed is None:
+                if outcome.run_status in ("completed", "failed") and self.on_finished is not None:
+                    self.on_finished(run_id, outcome.run_status, spec)
                 return outcome
             claim = replace(claim, version=committed[0])
             head_id, after_seq = committed[1], committed[2]
@@ -192,6 +196,8 @@ class RunStepper:
             transaction.on_commit(partial(self._publish, run_id, events, committed))
         with schema_context(self.schema):
             self._after_terminal(run)
+        if self.on_finished is not None:
+            self.on_finished(run_id, "failed", self._spec(run.agent_version_id))
 
     # --- claim and lease --------------------------------------------------------------------------
 

@@ -133,7 +133,9 @@ class MemorySearchApi(TenantApiView):
         tags = serializers.ListField(child=serializers.CharField(max_length=100), required=False, default=list,
                                      help_text="Every tag must be present.")
         mode = serializers.ChoiceField(choices=["hybrid", "semantic", "lexical"], required=False, default="hybrid")
-        min_similarity = serializers.FloatField(min_value=-1.0, max_value=1.0, required=False, default=None)
+        min_similarity = serializers.FloatField(min_value=-1.0, max_value=1.0, required=False, default=None,
+                                                help_text="Drop what was found by meaning alone and is less similar "
+                                                          "(cosine) than this; word matches stay.")
 
     class OutputSerializer(serializers.Serializer):
         results = MemoryHitOutputSerializer(many=True)

@@ -107,7 +107,8 @@ def memory_search(*, tenant_schema: str, query: str, k: int = 10, agent: str | N
 
     ``agent``: that agent's memories and those shared by every agent; ``end_user``: that user's and
     those of nobody in particular (never another end user's). ``kinds`` and ``tags`` (all must be
-    present) narrow further. ``mode``: hybrid, semantic or lexical. ``vector``: the query's embedding
+    present) narrow further. ``mode``: hybrid, semantic or lexical. ``min_similarity`` drops what was found
+    by meaning alone and is less similar than that (a word match stays). ``vector``: the query's embedding
     when the caller has it already.
     """
     require_schema(tenant_schema)
@@ -152,7 +153,7 @@ lexical_ranked AS (SELECT id, row_number() OVER (ORDER BY score DESC, id) AS ran
     params.update(rrf=RRF_K, k=k)
     extra = ""
     if min_similarity is not None and has_semantic:
-        extra = "WHERE f.distance IS NOT NULL AND f.distance <= %(max_distance)s"
+        extra = "WHERE f.distance <= %(max_distance)s OR f.lrank IS NOT NULL"  # a word match stays
         params["max_distance"] = 1.0 - min_similarity
     sql = f"""WITH {",".join(legs)}, {fused}
 SELECT m.id, m.text, m.kind, m.agent, m.end_user, m.tags, m.metadata, m.source, m.source_run_id, m.embedding_model,

@@ -92,3 +92,16 @@ def memories_expire_all_task() -> int:
     for schema in schemas:
         memories_expire_task.delay(tenant_schema=schema)
     return len(schemas)
+
+
+@shared_task(base=TenantTask, bind=True, acks_late=True, autoretry_for=(ConnectionError,), retry_backoff=True,
+             max_retries=5)
+def run_learn_task(self, *, tenant_schema: str, run_id: str, feedback_id: str | None = None) -> dict:  # type: ignore[no-untyped-def]
+    """Learn from a finished run (facts, a lesson). Safe to deliver twice: what was learned is written once."""
+    from django.db import connection
+
+    from data_plane.runtime.wiring import chat_model
+
+    learned = services.run_learn(tenant=connection.tenant, run_id=UUID(run_id), chat_model=chat_model(),
+                                 feedback_id=UUID(feedback_id) if feedback_id else None)
+    return {"facts": len(learned.facts), "lesson": str(learned.lesson) if learned.lesson else None}

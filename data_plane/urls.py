@@ -21,6 +21,7 @@ urlpatterns = [
     path("runs/<uuid:run_id>/retry", apis.RunRetryApi.as_view(), name="run-retry"),
     path("runs/<uuid:run_id>/events", apis.RunEventListApi.as_view(), name="run-events"),
     path("runs/<uuid:run_id>/messages", apis.RunMessageCreateApi.as_view(), name="run-messages"),
+    path("runs/<uuid:run_id>/feedback", apis.RunFeedbackApi.as_view(), name="run-feedback"),
     path("runs/<uuid:run_id>/stream-token", apis.RunStreamTokenApi.as_view(), name="run-stream-token"),
     path("runs/<uuid:run_id>/stream", sse.run_stream, name="run-stream"),
     # checkpoints: time travel

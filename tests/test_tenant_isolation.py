@@ -20,7 +20,7 @@ from conftest import ProvisionedForTest, bearer
 from control_plane.audit.models import AuditEvent
 from data_plane import services as data_plane_services
 from data_plane.models import Agent, Approval, Checkpoint, EffectRecord, McpServer, McpTool, Memory, \
-    MemorySettings, Ping, Run, ToolPermission, ToolSettings
+    MemorySettings, Ping, Run, RunFeedback, ToolPermission, ToolSettings
 from tenants.api_views import TenantApiView
 from tenants.models import ApiKey
 from tenants.tests.factories import ApiKeyFactory
@@ -194,6 +194,9 @@ CASES = [
     Case("v1/runs/<uuid:run_id>/events", "get", lambda a: f"/v1/runs/{a.run_id}/events", None, _not_found),
     Case("v1/runs/<uuid:run_id>/messages", "post", lambda a: f"/v1/runs/{a.run_id}/messages", {"text": "hi"},
          _not_found),
+    Case("v1/runs/<uuid:run_id>/feedback", "get", lambda a: f"/v1/runs/{a.run_id}/feedback", None, _not_found),
+    Case("v1/runs/<uuid:run_id>/feedback", "post", lambda a: f"/v1/runs/{a.run_id}/feedback", {"score": 0.1},
+         _not_found),
     Case("v1/runs/<uuid:run_id>/stream-token", "post", lambda a: f"/v1/runs/{a.run_id}/stream-token", {},
          _not_found),
     # tools
@@ -325,6 +328,7 @@ def _tenant_a_state(a: TenantAData) -> tuple:
         list(ToolSettings.objects.values_list("http_fetch_hosts", flat=True)),
         list(Approval.objects.values_list("id", "status", "comment")),
         list(Memory.objects.values_list("id", "text", "updated_at", "merged_count")),
+        list(RunFeedback.objects.values_list("id")),
         list(MemorySettings.objects.values_list("default_ttl_days", "embedding_model")),
     )
 

@@ -3,7 +3,10 @@
 A scenario is JSON: ``{"name": ..., "turns": [turn, ...], "repeat_last": bool}``. The turn played for a
 request is the number of assistant messages in it, so a retried or replayed conversation gets the same
 answer. A turn is ``{"content": "..."}`` and/or ``{"tool_calls": [{"name": ..., "arguments": {...}}]}``,
-with optional ``first_token_delay_ms``, ``chunk_delay_ms``, ``cached_tokens``, ``omit_usage`` (a server
+A scenario may also have ``"branches": [{"if_system_contains": "text", "turns": [...], "repeat_last": bool}]``:
+when a system message of the request contains the text, the first such branch's turns are played instead
+(a model that answers differently with a lesson, a memory or a marker such as ``[purpose:lesson]`` in
+its context). With optional ``first_token_delay_ms``, ``chunk_delay_ms``, ``cached_tokens``, ``omit_usage`` (a server
 that ignores ``stream_options.include_usage``) and
 ``fail: {"status": 429, "times": 2, "message": ..., "code": ..., "after_chunks": N}`` (without ``times``
 the turn fails every time; with ``after_chunks`` the stream is cut after N chunks instead of answering
@@ -64,10 +67,17 @@ class Turn:
 
 
 @dataclass(frozen=True)
+class Branch:
+    if_system_contains: str
+    scenario: Scenario
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     turns: tuple[Turn, ...]
     repeat_last: bool = False
+    branches: tuple[Branch, ...] = ()
 
     @classmethod
     def from_json(cls, data: object) -> Scenario:
@@ -83,10 +93,31 @@ class Scenario:
         repeat_last = data.get("repeat_last", False)
         if not isinstance(repeat_last, bool):
             raise InvalidScenario(f"scenario {name!r}: 'repeat_last' must be true or false")
-        return cls(name=name, turns=tuple(_turn(name, i, t) for i, t in enumerate(turns)), repeat_last=repeat_last)
+        branches = []
+        for index, raw in enumerate(data.get("branches") or ()):
+            if not isinstance(raw, dict) or not isinstance(raw.get("if_system_contains"), str) \
+                    or not raw["if_system_contains"]:
+                raise InvalidScenario(f"scenario {name!r}: branches.{index} needs 'if_system_contains' (text) and "
+                                      "'turns'")
+            branch = cls.from_json({"name": name, "turns": raw.get("turns"), "repeat_last": raw.get("repeat_last", False)})
+            branches.append(Branch(if_system_contains=raw["if_system_contains"], scenario=branch))
+        return cls(name=name, turns=tuple(_turn(name, i, t) for i, t in enumerate(turns)), repeat_last=repeat_last,
+                   branches=tuple(branches))
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "repeat_last": self.repeat_last, "turns": [_turn_json(t) for t in self.turns]}
+        data: dict[str, Any] = {"name": self.name, "repeat_last": self.repeat_last,
+                                "turns": [_turn_json(t) for t in self.turns]}
+        if self.branches:
+            data["branches"] = [{"if_system_contains": b.if_system_contains, "repeat_last": b.scenario.repeat_last,
+                                 "turns": [_turn_json(t) for t in b.scenario.turns]} for b in self.branches]
+        return data
+
+    def for_request(self, messages: Sequence[Mapping[str, Any]]) -> Scenario:
+        """This scenario, or the first branch whose text is in one of the request's system messages."""
+        if not self.branches:
+            return self
+        system = "\n".join(message_text(m) for m in messages if m.get("role") in ("system", "developer"))
+        return next((b.scenario for b in self.branches if b.if_system_contains in system), self)
 
     def turn_at(self, index: int) -> Turn:
         """The turn for a request with ``index`` assistant messages; past the end, the last or a notice."""
@@ -318,7 +349,7 @@ class ScenarioBook:
         scenario = self.scenarios.get(name) or Scenario(name=name, turns=(Turn(content="You said: {{last_user}}"),),
                                                          repeat_last=True)
         index = turn_index(messages)
-        turn = scenario.turn_at(index)
+        turn = scenario.for_request(messages).turn_at(index)
         conversation = conversation_key(messages)
         self.requests[name] += 1
         failure = self._failure_for(name, conversation, turn.fail)

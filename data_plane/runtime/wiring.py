@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from functools import cache
+from functools import cache, partial
 from typing import Any
 from uuid import UUID
 
@@ -13,6 +13,7 @@ from django.conf import settings
 
 from data_plane.executor import RunStepper
 from data_plane.runtime.core.ports import ChatModel
+from data_plane.runtime.core.spec import AgentSpec
 from data_plane.tools import ToolRouter, release_run
 
 
@@ -41,6 +42,17 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def learn_later(tenant_schema: str, run_id: UUID, status: str, spec: AgentSpec) -> None:
+    """A run finished: if its agent learns (facts, lessons), a task does it, off the run's critical path."""
+    policy = spec.memory
+    if policy.extract or (policy.reflect and status == "failed") or (policy.reflect and status == "completed"):
+        from django.db import transaction
+
+        from data_plane import tasks
+
+        transaction.on_commit(partial(tasks.run_learn_task.delay, tenant_schema=tenant_schema, run_id=str(run_id)))
+
+
 def stepper_for(*, tenant: Any, dispatch: Callable[[UUID, int], None]) -> RunStepper:
     schema = tenant.schema_name
     return RunStepper(
@@ -48,4 +60,5 @@ def stepper_for(*, tenant: Any, dispatch: Callable[[UUID, int], None]) -> RunSte
         tool_runner_factory=lambda run_id: ToolRouter(tenant_schema=schema, run_id=run_id, tenant=tenant),
         dispatch=dispatch, owner=worker_identity(), lease_seconds=settings.RUN_LEASE_SECONDS, tenant=tenant,
         steps_per_task=settings.RUN_STEPS_PER_TASK, on_stop=lambda run_id: release_run(schema, run_id),
+        on_finished=partial(learn_later, schema),
     )

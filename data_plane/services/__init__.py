@@ -1,6 +1,7 @@
 """Writes of the data plane, by topic. Import the package: ``from data_plane import services``."""
 
 from data_plane.services.agents import agent_archive, agent_create, agent_update
+from data_plane.services.learning import run_feedback_create, run_learn
 from data_plane.services.memory import (
     MemoryDraft,
     memories_expire,
@@ -37,7 +38,7 @@ from data_plane.services.runs import (
 
 __all__ = [
     "MemoryDraft", "memories_expire", "memories_reembed", "memory_delete", "memory_draft", "memory_forget",
-    "memory_remember", "memory_settings_update",
+    "memory_remember", "memory_settings_update", "run_feedback_create", "run_learn",
     "mcp_server_archive", "mcp_server_refresh", "mcp_server_register", "tool_permission_delete",
     "tool_permission_set", "tool_settings_update",
     "agent_archive", "agent_create", "agent_update", "approval_decide", "checkpoints_prune", "ping_answer", "ping_create", "run_cancel",
