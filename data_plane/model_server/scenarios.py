@@ -3,10 +3,10 @@
 A scenario is JSON: ``{"name": ..., "turns": [turn, ...], "repeat_last": bool}``. The turn played for a
 request is the number of assistant messages in it, so a retried or replayed conversation gets the same
 answer. A turn is ``{"content": "..."}`` and/or ``{"tool_calls": [{"name": ..., "arguments": {...}}]}``,
-A scenario may also have ``"branches": [{"if_system_contains": "text", "turns": [...], "repeat_last": bool}]``:
-when a system message of the request contains the text, the first such branch's turns are played instead
-(a model that answers differently with a lesson, a memory or a marker such as ``[purpose:lesson]`` in
-its context). With optional ``first_token_delay_ms``, ``chunk_delay_ms``, ``cached_tokens``, ``omit_usage`` (a server
+A scenario may also have ``"branches": [{"if_system_contains": "text", "if_user_contains": "text", "turns":
+[...], "repeat_last": bool}]``: the first branch whose conditions all hold (a system message contains the
+one text, the latest user message the other) is played instead (a model that answers differently with a
+lesson, a memory or a marker such as ``[purpose:lesson]`` in its context). With optional ``first_token_delay_ms``, ``chunk_delay_ms``, ``cached_tokens``, ``omit_usage`` (a server
 that ignores ``stream_options.include_usage``) and
 ``fail: {"status": 429, "times": 2, "message": ..., "code": ..., "after_chunks": N}`` (without ``times``
 the turn fails every time; with ``after_chunks`` the stream is cut after N chunks instead of answering
@@ -69,7 +69,11 @@ class Turn:
 @dataclass(frozen=True)
 class Branch:
     if_system_contains: str
+    if_user_contains: str
     scenario: Scenario
+
+    def holds(self, system: str, user: str) -> bool:
+        return self.if_system_contains in system and self.if_user_contains in user
 
 
 @dataclass(frozen=True)
@@ -95,12 +99,14 @@ class Scenario:
             raise InvalidScenario(f"scenario {name!r}: 'repeat_last' must be true or false")
         branches = []
         for index, raw in enumerate(data.get("branches") or ()):
-            if not isinstance(raw, dict) or not isinstance(raw.get("if_system_contains"), str) \
-                    or not raw["if_system_contains"]:
-                raise InvalidScenario(f"scenario {name!r}: branches.{index} needs 'if_system_contains' (text) and "
-                                      "'turns'")
+            conditions = {key: raw.get(key, "") for key in ("if_system_contains", "if_user_contains")} \
+                if isinstance(raw, dict) else {}
+            if not conditions or not all(isinstance(v, str) for v in conditions.values()) \
+                    or not any(conditions.values()):
+                raise InvalidScenario(f"scenario {name!r}: branches.{index} needs 'if_system_contains' and/or "
+                                      "'if_user_contains' (text) and 'turns'")
             branch = cls.from_json({"name": name, "turns": raw.get("turns"), "repeat_last": raw.get("repeat_last", False)})
-            branches.append(Branch(if_system_contains=raw["if_system_contains"], scenario=branch))
+            branches.append(Branch(scenario=branch, **conditions))
         return cls(name=name, turns=tuple(_turn(name, i, t) for i, t in enumerate(turns)), repeat_last=repeat_last,
                    branches=tuple(branches))
 
@@ -108,7 +114,8 @@ class Scenario:
         data: dict[str, Any] = {"name": self.name, "repeat_last": self.repeat_last,
                                 "turns": [_turn_json(t) for t in self.turns]}
         if self.branches:
-            data["branches"] = [{"if_system_contains": b.if_system_contains, "repeat_last": b.scenario.repeat_last,
+            data["branches"] = [{"if_system_contains": b.if_system_contains, "if_user_contains": b.if_user_contains,
+                                 "repeat_last": b.scenario.repeat_last,
                                  "turns": [_turn_json(t) for t in b.scenario.turns]} for b in self.branches]
         return data
 
@@ -117,7 +124,8 @@ class Scenario:
         if not self.branches:
             return self
         system = "\n".join(message_text(m) for m in messages if m.get("role") in ("system", "developer"))
-        return next((b.scenario for b in self.branches if b.if_system_contains in system), self)
+        user = last_text(messages, "user")
+        return next((b.scenario for b in self.branches if b.holds(system, user)), self)
 
     def turn_at(self, index: int) -> Turn:
         """The turn for a request with ``index`` assistant messages; past the end, the last or a notice."""

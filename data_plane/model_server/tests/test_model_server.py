@@ -304,3 +304,32 @@ def test_the_command_line_server_prints_its_port_and_answers():
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
+
+
+def test_a_branch_plays_when_the_system_and_user_messages_hold_its_texts(http):
+    # given
+    name = register(http, {"name": unique("branchy"), "turns": [{"content": "plain"}], "branches": [
+        {"if_system_contains": "[purpose:lesson]", "if_user_contains": "refund", "turns": [{"content": "lesson"}]},
+        {"if_system_contains": "check the ledger", "turns": [{"content": "careful"}]}]})
+
+    def answer(system: str, user: str) -> str:
+        body = chat(http, name, [{"role": "system", "content": system}, {"role": "user", "content": user}]).json()
+        return body["choices"][0]["message"]["content"]
+
+    # then
+    assert answer("[purpose:lesson] write one", "the refund failed") == "lesson"
+    assert answer("[purpose:lesson] write one", "the order failed") == "plain"  # both conditions must hold
+    assert answer("Memories: always check the ledger.", "anything") == "careful"
+    assert answer("Nothing here.", "refund") == "plain"
+    bad = http.post("/admin/scenarios", json={"name": unique("bad"), "turns": [{"content": "x"}],
+                                              "branches": [{"turns": [{"content": "y"}]}]})
+    assert bad.status_code == 400 and "if_system_contains" in bad.text
+
+
+def test_embeddings_are_deterministic_and_as_long_as_asked(http):
+    body = {"model": "text-embedding-3-small", "input": ["green tea", "green tea", "black coffee"], "dimensions": 384}
+    data = http.post("/v1/embeddings", json=body).json()["data"]
+    vectors = [item["embedding"] for item in data]
+    assert [len(v) for v in vectors] == [384] * 3 and vectors[0] == vectors[1] and vectors[0] != vectors[2]
+    assert abs(sum(x * x for x in vectors[0]) - 1) < 1e-9
+    assert http.post("/v1/embeddings", json={"input": 3}).status_code == 400
