@@ -1,6 +1,7 @@
 """Writes of the data plane, by topic. Import the package: ``from data_plane import services``."""
 
 from data_plane.services.agents import agent_archive, agent_create, agent_update
+from data_plane.services.attachments import attachment_delete, attachment_request_check, attachment_upload
 from data_plane.services.pings import ping_answer, ping_create
 from data_plane.services.tools import (
     mcp_server_archive,
@@ -26,6 +27,7 @@ from data_plane.services.runs import (
 )
 
 __all__ = [
+    "attachment_delete", "attachment_request_check", "attachment_upload",
     "mcp_server_archive", "mcp_server_refresh", "mcp_server_register", "tool_permission_delete",
     "tool_permission_set", "tool_settings_update",
     "agent_archive", "agent_create", "agent_update", "approval_decide", "checkpoints_prune", "ping_answer", "ping_create", "run_cancel",

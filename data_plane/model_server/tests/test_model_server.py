@@ -282,7 +282,7 @@ def test_stats_count_requests_per_scenario_until_reset(http):
     assert http.delete("/admin/stats").status_code == 204
     # then
     assert http.get("/admin/stats").json() == {"requests_per_scenario": {}, "failures_per_scenario": {},
-                                               "total_requests": 0}
+                                               "total_requests": 0, "transcriptions": 0}
 
 
 def test_shipped_scenarios_are_registered(http):
