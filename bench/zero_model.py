@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from data_plane.runtime.core.messages import Message, Usage
-from data_plane.runtime.core.ports import DeltaCallback, ModelReply, ModelRequest, RetryCallback
+from data_plane.runtime.core.ports import DeltaCallback, MediaSource, ModelReply, ModelRequest, RetryCallback
 
 # A modest answer, so the conversation grows the way a chat does (about 0.4 KB a text turn).
 REPLY_TEXT = ("The calculator says the expression evaluates as shown above; I have checked the arithmetic "
@@ -35,7 +35,7 @@ class ZeroChatModel:
         self.calls = 0
 
     async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None,
-                       on_retry: RetryCallback | None = None) -> ModelReply:
+                       on_retry: RetryCallback | None = None, media: MediaSource | None = None) -> ModelReply:
         self.calls += 1
         turn = sum(1 for message in request.messages if message.role == "assistant")
         return ModelReply(message=Message.from_json(scripted_reply(turn)),

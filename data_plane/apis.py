@@ -5,8 +5,12 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from drf_spectacular.utils import extend_schema
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -17,6 +21,7 @@ from data_plane.models import Approval, Run
 from data_plane.runtime.core.messages import Message
 from data_plane.serializers import (
     AgentOutputSerializer,
+    AttachmentOutputSerializer,
     AgentVersionDetailOutputSerializer,
     AgentVersionOutputSerializer,
     ApprovalOutputSerializer,
@@ -28,6 +33,23 @@ from data_plane.serializers import (
 )
 from tenants import services as tenant_services
 from tenants.api_views import TenantApiView
+
+ATTACHMENTS_HELP = ("Ids of files uploaded with POST /v1/attachments, given to the model after the text, in "
+                    "this order: images to models that take images, audio to models that take audio, else its "
+                    "transcript. Every model of the agent's policy must be able to take them (400 otherwise).")
+MAX_ATTACHMENTS_PER_MESSAGE = 16
+
+
+def _attachments_field() -> serializers.ListField:
+    return serializers.ListField(child=serializers.UUIDField(), required=False, default=list,
+                                 max_length=MAX_ATTACHMENTS_PER_MESSAGE, help_text=ATTACHMENTS_HELP)
+
+
+def _text_or_attachments(attrs: dict[str, Any], text_field: str) -> dict[str, Any]:
+    if not attrs[text_field].strip() and not attrs["attachments"]:
+        raise serializers.ValidationError({text_field: ["This field may be blank only when attachments are sent."]})
+    return attrs
+
 
 SPEC_HELP = ("The agent spec: instructions, models (preferred first), tools [{name, description, input_schema, "
              "requires_approval}], limits {max_steps, max_seconds, max_cost_usd}, an optional graph {entry, "
@@ -61,6 +83,90 @@ class PingDetailApi(TenantApiView):
     def get(self, request: Request, ping_id: UUID) -> Response:
         ping = selectors.ping_get(tenant_schema=request.user.tenant.schema_name, ping_id=ping_id)
         return Response(PingOutputSerializer(ping).data)
+
+
+# --- Attachments -------------------------------------------------------------------------------------
+
+class AttachmentListCreateApi(TenantApiView):
+    """Files for runs' messages: upload one (multipart), list them. The type is checked against the bytes."""
+
+    required_scopes = {"GET": "runs:read", "POST": "runs:write"}
+    parser_classes = [MultiPartParser]
+
+    class FilterSerializer(serializers.Serializer):
+        run_id = serializers.UUIDField(required=False, help_text="Only those a message of this run carried first.")
+
+    class InputSerializer(serializers.Serializer):
+        file = serializers.FileField(allow_empty_file=True, help_text=(
+            "The image (PNG, JPEG, GIF, WEBP) or audio (WAV, MP3, OGG/Opus, FLAC, WEBM). Its type is read from its "
+            "content and must match the part's Content-Type (or media_type) when one is given."))
+        media_type = serializers.CharField(max_length=100, required=False, default="", allow_blank=True,
+                                           help_text="The declared type; the file part's Content-Type when omitted.")
+
+    @extend_schema(operation_id="attachments_list", parameters=[FilterSerializer],
+                   responses=paginated(AttachmentOutputSerializer), tags=["attachments"])
+    def get(self, request: Request) -> Response:
+        filters = validated(self.FilterSerializer, request.query_params)
+        attachments = selectors.attachment_list(tenant_schema=request.user.tenant.schema_name, **filters)
+        return paginated_response(request=request, view=self, queryset=attachments,
+                                  serializer_class=AttachmentOutputSerializer)
+
+    @extend_schema(operation_id="attachments_upload", request={"multipart/form-data": InputSerializer},
+                   responses={201: AttachmentOutputSerializer}, tags=["attachments"])
+    def post(self, request: Request) -> Response:
+        # checked before the body is parsed, so a huge upload is refused without being stored first
+        services.attachment_request_check(content_length=int(request.META.get("CONTENT_LENGTH") or 0))
+        data = validated(self.InputSerializer, request.data)
+        upload = data["file"]
+        attachment = services.attachment_upload(
+            tenant=request.user.tenant, actor=request.user.actor, stream=upload, filename=upload.name or "",
+            declared_media_type=data["media_type"] or upload.content_type or "")
+        return Response(AttachmentOutputSerializer(attachment).data, status=status.HTTP_201_CREATED)
+
+
+class AttachmentDetailApi(TenantApiView):
+    required_scopes = {"GET": "runs:read", "DELETE": "runs:write"}
+
+    @extend_schema(operation_id="attachments_get", responses=AttachmentOutputSerializer, tags=["attachments"])
+    def get(self, request: Request, attachment_id: UUID) -> Response:
+        attachment = selectors.attachment_get(tenant_schema=request.user.tenant.schema_name,
+                                              attachment_id=attachment_id)
+        return Response(AttachmentOutputSerializer(attachment).data)
+
+    @extend_schema(operation_id="attachments_delete", responses={204: None}, tags=["attachments"])
+    def delete(self, request: Request, attachment_id: UUID) -> Response:
+        services.attachment_delete(tenant=request.user.tenant, attachment_id=attachment_id, actor=request.user.actor)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class _AnyAccept(BaseContentNegotiation):
+    """The bytes are served whatever the client accepts (an <img> asks for image/*); errors stay JSON."""
+
+    def select_parser(self, request: Request, parsers: list[Any]) -> Any:
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request: Request, renderers: list[Any], format_suffix: str | None = None) -> Any:
+        return renderers[0], renderers[0].media_type
+
+
+class AttachmentContentApi(TenantApiView):
+    """The file's bytes, with its media type."""
+
+    required_scopes = {"GET": "runs:read"}
+    content_negotiation_class = _AnyAccept
+
+    @extend_schema(operation_id="attachments_content", responses={
+        (200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY, description=(
+            "The bytes as uploaded; Content-Type is the attachment's media type."))}, tags=["attachments"])
+    def get(self, request: Request, attachment_id: UUID) -> FileResponse:
+        content = selectors.attachment_content(tenant_schema=request.user.tenant.schema_name,
+                                               attachment_id=attachment_id)
+        response = FileResponse(content.file, content_type=content.media_type, as_attachment=True,
+                                filename=content.download_name)
+        response["X-Content-Type-Options"] = "nosniff"
+        response["Cache-Control"] = "private, max-age=3600"
+        response["ETag"] = f'"{content.sha256}"'
+        return response
 
 
 # --- Agents ------------------------------------------------------------------------------------------
@@ -159,7 +265,10 @@ class RunListCreateApi(TenantApiView):
 
     class InputSerializer(serializers.Serializer):
         agent_id = serializers.UUIDField()
-        input = serializers.CharField(max_length=100_000, help_text="The user's message that starts the run.")
+        input = serializers.CharField(max_length=100_000, allow_blank=True,
+                                      help_text="The user's message that starts the run (may be empty when it "
+                                                "has attachments).")
+        attachments = _attachments_field()
         version = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None,
                                            help_text="The agent version to run; the latest when omitted.")
         values = serializers.DictField(required=False, default=dict,
@@ -170,6 +279,9 @@ class RunListCreateApi(TenantApiView):
         task_kind = serializers.SlugField(max_length=100, required=False, default="", allow_blank=True,
                                           help_text="What kind of task this is (e.g. refund-request): lessons the "
                                                     "agent learns are tagged with it.")
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            return _text_or_attachments(attrs, "input")
 
     @extend_schema(operation_id="runs_list", parameters=[FilterSerializer], responses=paginated(RunOutputSerializer),
                    tags=["runs"])
@@ -245,7 +357,12 @@ class RunMessageCreateApi(TenantApiView):
     required_scopes = {"POST": "runs:write"}
 
     class InputSerializer(serializers.Serializer):
-        text = serializers.CharField(max_length=100_000, help_text="The user's message.")
+        text = serializers.CharField(max_length=100_000, allow_blank=True,
+                                     help_text="The user's message (may be empty when it has attachments).")
+        attachments = _attachments_field()
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            return _text_or_attachments(attrs, "text")
 
     @extend_schema(operation_id="runs_messages_create", request=InputSerializer,
                    responses={202: RunOutputSerializer}, tags=["runs"])

@@ -98,7 +98,9 @@ def _control(scope: dict[str, Any], run_id: UUID, action: str, content: dict[str
             run = service[action](tenant=tenant, run_id=run_id, actor=actor, **kwargs)
             return {"run": {"id": str(run.id), "status": run.status}}
         if action == "message":
-            run = services.run_message_send(tenant=tenant, run_id=run_id, text=_text(content), actor=actor)
+            attachments = _attachment_ids(content)
+            run = services.run_message_send(tenant=tenant, run_id=run_id, text=_text(content, bool(attachments)),
+                                            actor=actor, attachments=attachments)
             return {"run": {"id": str(run.id), "status": run.status}}
         approval_id = _approval_of(tenant.schema_name, run_id, content.get("approval_id"))
         arguments = content.get("arguments") or {}
@@ -110,13 +112,24 @@ def _control(scope: dict[str, Any], run_id: UUID, action: str, content: dict[str
         return {"approval": {"id": str(approval.id), "status": approval.status}}
 
 
-def _text(content: dict[str, Any]) -> str:
-    text = content.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidInput("A 'message' needs 'text': the user's message, a non-empty string.")
+def _text(content: dict[str, Any], has_attachments: bool = False) -> str:
+    text = content.get("text", "" if has_attachments else None)
+    if not isinstance(text, str) or not (text.strip() or has_attachments):
+        raise InvalidInput("A 'message' needs 'text': the user's message, a non-empty string (or 'attachments').")
     if len(text) > 100_000:
         raise InvalidInput(f"'text' is {len(text)} characters; the limit is 100000.")
     return text
+
+
+def _attachment_ids(content: dict[str, Any]) -> list[UUID]:
+    """A message's ``attachments``: ids of uploaded files (POST /v1/attachments)."""
+    ids = content.get("attachments") or []
+    if not isinstance(ids, list) or len(ids) > 16:
+        raise InvalidInput("'attachments' is a list of at most 16 attachment ids (from POST /v1/attachments).")
+    try:
+        return [UUID(str(value)) for value in ids]
+    except ValueError:
+        raise InvalidInput("'attachments' holds ids of uploaded files (UUIDs, from POST /v1/attachments).") from None
 
 
 def _approval_of(tenant_schema: str, run_id: UUID, approval_id: Any) -> UUID:

@@ -78,3 +78,41 @@ class UnknownMcpServer(InvalidInput):
 
 class MemoryNotFound(NotFound):
     code = "memory_not_found"
+
+
+class AttachmentNotFound(NotFound):
+    code = "attachment_not_found"
+
+
+class AttachmentInvalid(InvalidInput):
+    """An upload without a file, or an empty one."""
+
+    code = "attachment_invalid"
+
+
+class AttachmentTooLarge(AppError):
+    code = "attachment_too_large"
+    http_status = 413
+    title = "Attachment too large"
+
+
+class AttachmentTypeUnsupported(AppError):
+    """A declared type we do not take, or bytes that are none of the types we take."""
+
+    code = "attachment_type_unsupported"
+    http_status = 415
+    title = "Unsupported attachment type"
+
+
+class AttachmentTypeMismatch(AppError):
+    """The bytes are of another type than the one declared."""
+
+    code = "attachment_type_mismatch"
+    http_status = 415
+    title = "Attachment type does not match its content"
+
+
+class AttachmentNotSupportedByModel(InvalidInput):
+    """A message carries a file a model of the agent's policy cannot be given (an image for a text-only model)."""
+
+    code = "attachment_not_supported_by_model"

@@ -36,8 +36,8 @@ from data_plane.runtime.adapters.checkpoints import CommitResult, Fenced, Loaded
 from data_plane.runtime.core import machine
 from data_plane.runtime.core.machine import CallModel, CallTool, Command, EffectFailed, StartSubRun, SubRunResult
 from data_plane.runtime.core.messages import Message, ToolResult, Usage
-from data_plane.runtime.core.ports import ChatModel, ModelReply, ProviderRejected, ProviderUnavailable, RetryNotice, \
-    ToolRunner, ToolUnavailable
+from data_plane.runtime.core.ports import ChatModel, MediaSource, ModelReply, ProviderRejected, ProviderUnavailable, \
+    RetryNotice, ToolRunner, ToolUnavailable, request_has_attachments
 from data_plane.runtime.core.spec import AgentSpec, spec_from_json
 from data_plane.runtime.core.state import RunState, Status
 from data_plane.runtime.loop import run_coroutine
@@ -110,7 +110,8 @@ class RunStepper:
                  owner: str | None = None, lease_seconds: float = 30.0, clock: Callable[[], float] = time.time,
                  tenant: Any = None, steps_per_task: int = 1,
                  on_stop: Callable[[UUID], None] | None = None,
-                 on_finished: Callable[[UUID, str, AgentSpec], None] | None = None) -> None:
+                 on_finished: Callable[[UUID, str, AgentSpec], None] | None = None,
+                 media: MediaSource | None = None) -> None:
         self.schema = tenant_schema
         self.chat_model = chat_model
         self.tool_runner_factory = tool_runner_factory
@@ -122,6 +123,7 @@ class RunStepper:
         self.steps_per_task = max(1, steps_per_task)
         self.on_stop = on_stop  # told when a run stops working (finished, paused, waiting): it can free resources
         self.on_finished = on_finished  # told, after commit, when a run completed or failed: it can learn from it
+        self.media = media  # the bytes behind messages' attachments, read at the model's edge
         self.q = f'"{tenant_schema}".'
 
     # --- the step ---------------------------------------------------------------------------------
@@ -299,8 +301,11 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         if isinstance(command, CallModel):
             deltas = _DeltaStream(schema=self.schema, run_id=run_id, after_seq=after_seq, node=command.node_id,
                                   name=f"{claim.version}.{command.node_id}")
+            # only a request with attachments needs the media (and ChatModels without media support keep working)
+            media = {"media": self.media} if request_has_attachments(command.request) else {}
             try:
-                reply = await self.chat_model.complete(command.request, on_delta=deltas.send, on_retry=deltas.restart)
+                reply = await self.chat_model.complete(command.request, on_delta=deltas.send, on_retry=deltas.restart,
+                                                       **media)
             except ProviderRejected as exc:
                 failed = EffectFailed(code="model_rejected", message=str(exc))
                 await asyncio.to_thread(record or self._journal_end, idempotency_key, failed, None, started)

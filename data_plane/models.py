@@ -82,6 +82,7 @@ class Run(models.Model):
     # recalled for that end user, and lessons learned are tagged with the task kind.
     end_user = models.CharField(max_length=200, blank=True, default="")
     task_kind = models.CharField(max_length=100, blank=True, default="")
+    input_attachments = models.JSONField(default=list, blank=True)  # [{id, media_type}] of the first message
     output = models.TextField(blank=True, default="")
     error = models.JSONField(null=True, blank=True)
     # Lineage: a sub-run's parent, and a fork's or replay's source checkpoint (its history precedes ours).
@@ -439,6 +440,29 @@ class RunFeedback(models.Model):
     lesson = models.ForeignKey(Memory, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_by = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+
+class Attachment(models.Model):
+    """A file (an image, an audio clip) uploaded for runs' messages. The bytes are in object storage under
+    ``storage_key``, which names the tenant's schema and this row, never anything the uploader chose;
+    messages reference the row by id and media type only."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    media_type = models.CharField(max_length=100)  # checked against the bytes: see runtime.core.media
+    size_bytes = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    storage_key = models.CharField(max_length=300, unique=True)
+    filename = models.CharField(max_length=255, blank=True, default="")  # as uploaded; shown, never used as a path
+    created_by = models.CharField(max_length=200)  # the actor, e.g. api_key:<id>
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # The run whose message first carried it (it may be reused by later messages and runs).
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="attachments")
+    # Audio given to a model that cannot take audio is transcribed once, by this model, and kept.
+    transcript = models.TextField(blank=True, default="")
+    transcript_model = models.CharField(max_length=200, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at"]

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 from uuid import UUID
 
 from django.db import connection
@@ -10,11 +11,13 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 
 from common.schemas import require_schema
+from data_plane.attachment_storage import BlobMissing, BlobStorage
+from data_plane.runtime.core.media import EXTENSIONS
 from common.timestamps import format_ts
-from data_plane.errors import AgentNotFound, ApprovalNotFound, CheckpointNotFound, McpServerNotFound, PingNotFound, \
-    RunNotFound
-from data_plane.models import Agent, AgentVersion, Approval, Checkpoint, McpServer, McpTool, Ping, Run, RunEvent, \
-    RunMessage, ToolPermission, ToolSettings
+from data_plane.errors import AgentNotFound, ApprovalNotFound, AttachmentNotFound, CheckpointNotFound, \
+    McpServerNotFound, PingNotFound, RunNotFound
+from data_plane.models import Agent, AgentVersion, Approval, Attachment, Checkpoint, McpServer, McpTool, Ping, Run, \
+    RunEvent, RunMessage, ToolPermission, ToolSettings
 from data_plane.runtime.adapters.checkpoints import PostgresCheckpointStore
 from data_plane.runtime.core.state import RunState
 
@@ -31,6 +34,63 @@ def ping_get(*, tenant_schema: str, ping_id: UUID) -> Ping:
         return Ping.objects.get(id=ping_id)
     except Ping.DoesNotExist:
         raise PingNotFound(f"Ping {ping_id} not found.") from None
+
+
+def attachment_list(*, tenant_schema: str, run_id: UUID | None = None) -> QuerySet[Attachment]:
+    """The tenant's attachments, newest first; with ``run_id``, those a message of that run carried first."""
+    require_schema(tenant_schema)
+    attachments = Attachment.objects.all()
+    return attachments.filter(run_id=run_id) if run_id is not None else attachments
+
+
+def attachment_get(*, tenant_schema: str, attachment_id: UUID, for_update: bool = False) -> Attachment:
+    """One attachment of the tenant. Raises AttachmentNotFound (also for another tenant's id)."""
+    require_schema(tenant_schema)
+    attachments = Attachment.objects.select_for_update() if for_update else Attachment.objects
+    try:
+        return attachments.get(id=attachment_id)
+    except Attachment.DoesNotExist:
+        raise AttachmentNotFound(f"Attachment {attachment_id} not found.") from None
+
+
+@dataclass(frozen=True)
+class AttachmentContent:
+    file: BinaryIO  # the caller closes it (a FileResponse does)
+    media_type: str
+    sha256: str
+    download_name: str  # the uploader's name with the extension of the real type, or the id
+
+
+def attachment_content(*, tenant_schema: str, attachment_id: UUID,
+                       storage: BlobStorage | None = None) -> AttachmentContent:
+    """An attachment's bytes, opened. Raises AttachmentNotFound (also when its object is missing)."""
+    attachment = attachment_get(tenant_schema=tenant_schema, attachment_id=attachment_id)
+    if storage is None:
+        from data_plane.runtime.wiring import attachment_storage
+
+        storage = attachment_storage()
+    try:
+        file = storage.open(attachment.storage_key)
+    except BlobMissing:
+        raise AttachmentNotFound(f"Attachment {attachment_id}'s content is missing from storage; upload it "
+                                 "again.") from None
+    stem = attachment.filename.rsplit(".", 1)[0] if attachment.filename else ""
+    return AttachmentContent(file=file, media_type=attachment.media_type, sha256=attachment.sha256,
+                             download_name=f"{stem or attachment.id}.{EXTENSIONS.get(attachment.media_type, 'bin')}")
+
+
+def attachment_list_by_ids(*, tenant_schema: str, attachment_ids: list[UUID]) -> list[Attachment]:
+    """The attachments with these ids, in the order given (each once). Raises AttachmentNotFound naming every
+    id that is not the tenant's."""
+    require_schema(tenant_schema)
+    wanted = list(dict.fromkeys(attachment_ids))
+    found = {attachment.id: attachment for attachment in Attachment.objects.filter(id__in=wanted)}
+    missing = [str(attachment_id) for attachment_id in wanted if attachment_id not in found]
+    if missing:
+        raise AttachmentNotFound(f"Attachment{'s' if len(missing) > 1 else ''} {', '.join(missing)} not found; "
+                                 "upload files with POST /v1/attachments and send the ids it returns.",
+                                 extra={"errors": {"attachments": [f"{i} not found" for i in missing]}})
+    return [found[attachment_id] for attachment_id in wanted]
 
 
 def agent_list(*, tenant_schema: str, include_archived: bool = False) -> QuerySet[Agent]:

@@ -25,6 +25,34 @@ def ping_data(ping: Ping) -> dict[str, Any]:
     return dict(PingOutputSerializer(ping).data)
 
 
+# --- Attachments -------------------------------------------------------------------------------------
+
+class AttachmentPartOutputSerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="The attachment's id (GET /v1/attachments/{id}).")
+    media_type = serializers.CharField()
+
+
+class AttachmentOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    media_type = serializers.CharField(help_text="Read from the file's content, e.g. image/png or audio/wav.")
+    kind = serializers.SerializerMethodField(help_text="image or audio.")
+    size_bytes = serializers.IntegerField()
+    sha256 = serializers.CharField(help_text="The SHA-256 of the content, in hex.")
+    filename = serializers.CharField(help_text="The name it was uploaded under (display only).")
+    created_by = serializers.CharField(help_text="The actor that uploaded it, e.g. api_key:<id>.")
+    created_at = serializers.DateTimeField()
+    run_id = serializers.UUIDField(allow_null=True, help_text="The run whose message first carried it.")
+    transcript = serializers.CharField(help_text="For audio given to a model that cannot take audio: what "
+                                                 "transcription heard (empty until then).")
+    content_url = serializers.SerializerMethodField(help_text="Where to GET the bytes.")
+
+    def get_kind(self, attachment: Any) -> str:
+        return str(attachment.media_type).split("/", 1)[0]
+
+    def get_content_url(self, attachment: Any) -> str:
+        return f"/v1/attachments/{attachment.id}/content"
+
+
 # --- Agents ------------------------------------------------------------------------------------------
 
 class AgentOutputSerializer(serializers.Serializer):
@@ -57,6 +85,7 @@ class RunOutputSerializer(serializers.Serializer):
     input = serializers.CharField()
     end_user = serializers.CharField(help_text="The end user the run serves ('' when none).")
     task_kind = serializers.CharField(help_text="The kind of task ('' when none).")
+    input_attachments = AttachmentPartOutputSerializer(many=True, help_text="The files the input carried.")
     output = serializers.CharField(help_text="The final answer, once completed.")
     error = serializers.JSONField(allow_null=True, help_text="{code, message} when the run failed.")
     agent_id = serializers.UUIDField(source="agent_version.agent_id")
@@ -101,6 +130,7 @@ class MessageOutputSerializer(serializers.Serializer):
     tool_calls = ToolCallOutputSerializer(many=True)
     tool_call_id = serializers.CharField(allow_null=True)
     name = serializers.CharField(allow_null=True)
+    attachments = AttachmentPartOutputSerializer(many=True, help_text="Files the message carries, after its text.")
 
 
 class PendingApprovalOutputSerializer(serializers.Serializer):

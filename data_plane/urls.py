@@ -5,6 +5,10 @@ from data_plane import apis, memory_apis, sse
 urlpatterns = [
     path("pings", apis.PingListCreateApi.as_view(), name="pings"),
     path("pings/<uuid:ping_id>", apis.PingDetailApi.as_view(), name="ping-detail"),
+    # attachments
+    path("attachments", apis.AttachmentListCreateApi.as_view(), name="attachments"),
+    path("attachments/<uuid:attachment_id>", apis.AttachmentDetailApi.as_view(), name="attachment-detail"),
+    path("attachments/<uuid:attachment_id>/content", apis.AttachmentContentApi.as_view(), name="attachment-content"),
     # agents
     path("agents", apis.AgentListCreateApi.as_view(), name="agents"),
     path("agents/<uuid:agent_id>", apis.AgentDetailApi.as_view(), name="agent-detail"),

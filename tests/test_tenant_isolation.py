@@ -6,12 +6,14 @@ isolation case fails ``test_every_tenant_endpoint_is_in_the_matrix``.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import URLPattern, URLResolver, get_resolver
 from django_tenants.utils import schema_context
 
@@ -19,8 +21,10 @@ from common.actors import Actor
 from conftest import ProvisionedForTest, bearer
 from control_plane.audit.models import AuditEvent
 from data_plane import services as data_plane_services
-from data_plane.models import Agent, Approval, Checkpoint, EffectRecord, McpServer, McpTool, Memory, \
+from data_plane.models import Agent, Approval, Attachment, Checkpoint, EffectRecord, McpServer, McpTool, Memory, \
     MemorySettings, Ping, Run, RunFeedback, ToolPermission, ToolSettings
+from data_plane.runtime.wiring import attachment_storage
+from data_plane.tests import media_files
 from tenants.api_views import TenantApiView
 from tenants.models import ApiKey
 from tenants.tests.factories import ApiKeyFactory
@@ -39,6 +43,7 @@ class TenantAData:
     server_id: str
     permission_id: str
     memory_id: str
+    attachment_id: str
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class Case:
     path: Callable[[TenantAData], str]
     body: dict | Callable[[TenantAData], dict] | None  # a callable when the body names tenant A's ids
     check: Callable[..., None]
+    is_multipart: bool = False  # the body is sent as multipart/form-data (a file upload), not JSON
 
 
 def _no_a_ids(field: str, a_ids: Callable[[TenantAData], set[str]]) -> Callable[..., None]:
@@ -155,6 +161,17 @@ def _memory_settings_of_b(response, a: TenantAData, b: ProvisionedForTest) -> No
     with schema_context(b.schema):
         assert MemorySettings.objects.filter(default_ttl_days=7).count() == 0
 
+
+def _attachment_created_in_b(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 201, response.content
+    with schema_context(b.schema):
+        assert Attachment.objects.filter(id=response.json()["id"]).exists()
+    assert response.json()["id"] != a.attachment_id
+
+
+def _b_upload(a: TenantAData) -> dict:
+    return {"file": SimpleUploadedFile("b.png", media_files.png(rgb=(0, 0, 255)), content_type="image/png")}
+
 CASES = [
     Case("v1/tenant", "get", lambda a: "/v1/tenant", None, _own_tenant),
     Case("v1/api-keys", "get", lambda a: "/v1/api-keys?limit=500", None, _no_a_ids("id", lambda a: {a.key_id})),
@@ -167,6 +184,17 @@ CASES = [
     Case("v1/pings/<uuid:ping_id>", "get", lambda a: f"/v1/pings/{a.ping_id}", None, _not_found),
     Case("v1/audit-events", "get", lambda a: "/v1/audit-events?limit=500", None,
          _no_a_ids("id", lambda a: set(a.audit_ids))),
+    # attachments
+    Case("v1/attachments", "get", lambda a: "/v1/attachments?limit=500", None,
+         _no_a_ids("id", lambda a: {a.attachment_id})),
+    Case("v1/attachments", "post", lambda a: "/v1/attachments", _b_upload, _attachment_created_in_b,
+         is_multipart=True),
+    Case("v1/attachments/<uuid:attachment_id>", "get", lambda a: f"/v1/attachments/{a.attachment_id}", None,
+         _not_found),
+    Case("v1/attachments/<uuid:attachment_id>", "delete", lambda a: f"/v1/attachments/{a.attachment_id}", None,
+         _not_found),
+    Case("v1/attachments/<uuid:attachment_id>/content", "get",
+         lambda a: f"/v1/attachments/{a.attachment_id}/content", None, _not_found),
     # agents
     Case("v1/agents", "get", lambda a: "/v1/agents?include_archived=true&limit=500", None,
          _no_a_ids("id", lambda a: {a.agent_id})),
@@ -307,13 +335,16 @@ def tenant_a_data(tenant_a) -> TenantAData:
             tenant=tenant_a.tenant, actor=actor,
             drafts=[data_plane_services.memory_draft(text=A_MEMORY, end_user="alice")])
         data_plane_services.memory_settings_update(tenant=tenant_a.tenant, actor=actor, default_ttl_days=7)
+        attachment = data_plane_services.attachment_upload(
+            tenant=tenant_a.tenant, actor=actor, stream=io.BytesIO(media_files.png()), filename="a.png",
+            declared_media_type="image/png")
         audit_ids = frozenset(str(i) for i in AuditEvent.objects.values_list("id", flat=True))
     assert audit_ids
     assert run.status == "waiting_approval"
     return TenantAData(key_id=str(key.id), ping_id=str(ping.id), audit_ids=audit_ids, agent_id=str(agent.id),
                        run_id=str(run.id), checkpoint_id=str(checkpoint.id), approval_id=str(approval.id),
                        server_id=str(server.id), permission_id=str(permission.id),
-                       memory_id=str(memory.memory.id))
+                       memory_id=str(memory.memory.id), attachment_id=str(attachment.id))
 
 
 def _tenant_a_state(a: TenantAData) -> tuple:
@@ -330,7 +361,17 @@ def _tenant_a_state(a: TenantAData) -> tuple:
         list(Memory.objects.values_list("id", "text", "updated_at", "merged_count")),
         list(RunFeedback.objects.values_list("id")),
         list(MemorySettings.objects.values_list("default_ttl_days", "embedding_model")),
+        [(row, _stored(key)) for *row, key in Attachment.objects.values_list("id", "run_id", "transcript",
+                                                                              "storage_key")],
     )
+
+
+def _stored(key: str) -> bytes | None:
+    try:
+        with attachment_storage().open(key) as file:
+            return file.read()
+    except LookupError:
+        return None
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.method.upper()} {c.route}")
@@ -341,7 +382,9 @@ def test_tenant_b_sees_nothing_of_tenant_a(client, tenant_a, tenant_b, tenant_a_
     # when
     kwargs = bearer(tenant_b.key)
     body = case.body(tenant_a_data) if callable(case.body) else case.body
-    if body is not None:
+    if case.is_multipart:
+        response = getattr(client, case.method)(case.path(tenant_a_data), body, **kwargs)
+    elif body is not None:
         response = getattr(client, case.method)(case.path(tenant_a_data), json.dumps(body),
                                                 content_type="application/json", **kwargs)
     else:

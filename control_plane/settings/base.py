@@ -195,6 +195,21 @@ MEMORY_HNSW_EF_SEARCH = env.integer("MEMORY_HNSW_EF_SEARCH", 80)
 MEMORY_HNSW_MAX_SCAN_TUPLES = env.integer("MEMORY_HNSW_MAX_SCAN_TUPLES", 20000)
 # A new memory this close (cosine distance) to one of the same scope is merged into it, not added.
 MEMORY_NEAR_DUPLICATE_DISTANCE = float(env.string("MEMORY_NEAR_DUPLICATE_DISTANCE", "0.08"))
+# --- Attachments: images and audio in runs' messages (docs/attachments.md) -----------------------
+# Where uploads are kept: "local" (a folder; an S3-compatible store would be another value here).
+ATTACHMENT_STORAGE = env.string("ATTACHMENT_STORAGE", "local")
+if ATTACHMENT_STORAGE != "local":
+    raise ImproperlyConfigured(f"ATTACHMENT_STORAGE={ATTACHMENT_STORAGE!r} is not supported; set it to 'local' "
+                               "(and ATTACHMENT_STORAGE_ROOT to a folder every web and worker process shares).")
+ATTACHMENT_STORAGE_ROOT = env.string("ATTACHMENT_STORAGE_ROOT", str(BASE_DIR / ".data" / "attachments"))
+ATTACHMENT_MAX_IMAGE_BYTES = env.integer("ATTACHMENT_MAX_IMAGE_BYTES", 10 * 1024 * 1024)
+ATTACHMENT_MAX_AUDIO_BYTES = env.integer("ATTACHMENT_MAX_AUDIO_BYTES", 25 * 1024 * 1024)
+# Models that take images / audio besides those litellm's model map knows (fnmatch patterns, comma-separated):
+# for local or self-hosted models, like the local model server's openai/<scenario>.
+LLM_IMAGE_MODELS = env.string_list("LLM_IMAGE_MODELS", [])
+LLM_AUDIO_MODELS = env.string_list("LLM_AUDIO_MODELS", [])
+# Audio for a model that cannot take it is transcribed with this model (through litellm); empty: refused.
+LLM_TRANSCRIPTION_MODEL = env.string("LLM_TRANSCRIPTION_MODEL", "openai/whisper-1")
 
 # --- REST framework and the OpenAPI schema ------------------------------------------------------
 REST_FRAMEWORK = {

@@ -31,3 +31,9 @@ MCP_STDIO_ALLOWED_COMMANDS = env.string_list("MCP_STDIO_ALLOWED_COMMANDS", [sys.
 # The tests' web servers for http_fetch listen on 127.0.0.1.
 HTTP_FETCH_ALLOW_PRIVATE_NETWORKS = env.boolean("HTTP_FETCH_ALLOW_PRIVATE_NETWORKS", True)
 MCP_ALLOW_PRIVATE_NETWORKS = env.boolean("MCP_ALLOW_PRIVATE_NETWORKS", True)
+
+# Uploads of tests (and of the workers they start) in a folder of their own.
+ATTACHMENT_STORAGE_ROOT = env.string("ATTACHMENT_STORAGE_ROOT", str(BASE_DIR / ".data" / "test-attachments"))
+# The local model server's scenarios named vision-* take images, omni-* images and audio.
+LLM_IMAGE_MODELS = env.string_list("LLM_IMAGE_MODELS", ["openai/vision-*", "openai/omni-*"])
+LLM_AUDIO_MODELS = env.string_list("LLM_AUDIO_MODELS", ["openai/omni-*"])

@@ -1,7 +1,8 @@
 """The scripted OpenAI-compatible model server (aiohttp): chat completions, streamed as OpenAI streams them.
 
-Routes: ``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /healthz``, and for tests
-``GET|POST /admin/scenarios``, ``GET|DELETE /admin/scenarios/{name}``, ``GET|DELETE /admin/stats``.
+Routes: ``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``POST /v1/audio/transcriptions``,
+``GET /v1/models``, ``GET /healthz``, and for tests ``GET|POST /admin/scenarios``,
+``GET|DELETE /admin/scenarios/{name}``, ``POST /admin/transcripts``, ``GET|DELETE /admin/stats``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from data_plane.model_server.scenarios import InjectedFailure, InvalidScenario, Plan, Scenario, ScenarioBook, \
-    UnknownScenario, builtin_book
+from data_plane.model_server.scenarios import InjectedFailure, InvalidRequest, InvalidScenario, Plan, Scenario, \
+    ScenarioBook, UnknownScenario, builtin_book
 
 WORDS_PER_CHUNK = 3
 ARGUMENT_FRAGMENT_CHARS = 16
@@ -42,12 +43,15 @@ def create_app(book: ScenarioBook | None = None) -> web.Application:
     app.router.add_post("/chat/completions", chat_completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/embeddings", embeddings)
+    app.router.add_post("/v1/audio/transcriptions", transcriptions)
+    app.router.add_post("/audio/transcriptions", transcriptions)
     app.router.add_get("/v1/models", models_list)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/admin/scenarios", scenarios_list)
     app.router.add_post("/admin/scenarios", scenario_register)
     app.router.add_get("/admin/scenarios/{name}", scenario_get)
     app.router.add_delete("/admin/scenarios/{name}", scenario_delete)
+    app.router.add_post("/admin/transcripts", transcript_register)
     app.router.add_get("/admin/stats", stats_get)
     app.router.add_delete("/admin/stats", stats_reset)
     app.router.add_get("/admin/first-text", first_text_list)
@@ -68,6 +72,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         plan = request.app[BOOK].plan(body)
     except UnknownScenario as exc:
         return openai_error(404, str(exc), param="model")
+    except InvalidRequest as exc:
+        return openai_error(400, str(exc), param="messages")
     model = str(body.get("model") or plan.scenario)
     failure = plan.failure
     if failure is not None and (failure.after_chunks is None or not body.get("stream")):
@@ -213,6 +219,28 @@ def hashed_embedding(text: str, dimensions: int) -> list[float]:
     return [x / norm for x in vector]
 
 
+async def transcriptions(request: web.Request) -> web.Response:
+    """OpenAI's transcription endpoint (multipart: ``file``, ``model``, ``response_format``): a deterministic
+    transcript of the file (see ``ScenarioBook.transcribe``)."""
+    if not request.content_type.startswith("multipart/"):
+        return openai_error(400, "Send the audio as multipart/form-data with a 'file' part.", param="file")
+    form = await request.post()
+    upload = form.get("file")
+    if not isinstance(upload, web.FileField):
+        return openai_error(400, "'file' is required: the audio to transcribe.", param="file")
+    audio = upload.file.read()
+    if not audio:
+        return openai_error(400, "The audio file is empty.", param="file")
+    text = request.app[BOOK].transcribe(audio)
+    response_format = str(form.get("response_format") or "json")
+    if response_format == "text":
+        return web.Response(text=text, content_type="text/plain")
+    if response_format == "verbose_json":
+        return web.json_response({"task": "transcribe", "language": "english", "duration": 0.0, "text": text,
+                                  "segments": []}, dumps=_dumps)
+    return web.json_response({"text": text}, dumps=_dumps)
+
+
 async def models_list(request: web.Request) -> web.Response:
     names = sorted(request.app[BOOK].scenarios)
     return web.json_response({"object": "list", "data": [
@@ -251,6 +279,20 @@ async def scenario_delete(request: web.Request) -> web.Response:
     if not request.app[BOOK].remove(name):
         return web.json_response({"error": {"message": f"no scenario {name!r}"}}, status=404)
     return web.Response(status=204)
+
+
+async def transcript_register(request: web.Request) -> web.Response:
+    """``{"sha256": hex digest of the audio, "text": ...}``: what transcribing that audio answers."""
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("sha256"), str) or not isinstance(body.get("text"), str) \
+            or not re.fullmatch(r"[0-9a-fA-F]{64}", body["sha256"]):
+        return web.json_response({"error": {"message": "send {\"sha256\": <64 hex digits>, \"text\": <string>}",
+                                            "type": "invalid_transcript"}}, status=400)
+    request.app[BOOK].register_transcript(body["sha256"], body["text"])
+    return web.json_response({"sha256": body["sha256"].lower()}, status=201)
 
 
 async def stats_get(request: web.Request) -> web.Response:

@@ -10,11 +10,20 @@ lesson, a memory or a marker such as ``[purpose:lesson]`` in its context). With 
 that ignores ``stream_options.include_usage``) and
 ``fail: {"status": 429, "times": 2, "message": ..., "code": ..., "after_chunks": N}`` (without ``times``
 the turn fails every time; with ``after_chunks`` the stream is cut after N chunks instead of answering
-with an error status). ``{{last_user}}`` and ``{{last_tool}}`` in content are replaced from the request.
+with an error status). ``{{last_user}}`` and ``{{last_tool}}`` in content are replaced from the request, and
+so are what the request's user messages carry besides text: ``{{images}}`` (how many ``image_url`` parts),
+``{{image_types}}`` (their media types, from their data URLs, comma-separated), ``{{audio}}`` (how many
+``input_audio`` parts) and ``{{audio_formats}}``. A part that is malformed (a data URL that is not base64, an
+``input_audio`` in a format the chat API does not take) is refused with a 400, as OpenAI refuses it.
+
+Transcription (``/v1/audio/transcriptions``) is deterministic: the text registered for the audio's SHA-256
+(``register_transcript``), else one derived from the audio's size and digest.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
@@ -38,6 +47,10 @@ class InvalidScenario(ValueError):
 
 class UnknownScenario(LookupError):
     """A request named a scenario (prefix, marker or ``user``) that is not registered."""
+
+
+class InvalidRequest(ValueError):
+    """A request the chat API refuses (a malformed content part): a 400."""
 
 
 @dataclass(frozen=True)
@@ -258,11 +271,82 @@ def prompt_characters(messages: Sequence[Mapping[str, Any]]) -> int:
     return total
 
 
-def render(template: str, messages: Sequence[Mapping[str, Any]]) -> str:
+INPUT_AUDIO_FORMATS = ("wav", "mp3")
+_DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class MediaSeen:
+    """The media parts of a request's user messages, as a model would receive them."""
+
+    image_types: tuple[str, ...] = ()  # per image part: its data URL's media type ("url" for a link)
+    audio_formats: tuple[str, ...] = ()  # per input_audio part: its format
+
+
+def media_parts(messages: Sequence[Mapping[str, Any]]) -> MediaSeen:
+    """Read and check the image and audio parts of the request's messages. Raises InvalidRequest."""
+    images: list[str] = []
+    audio: list[str] = []
+    for position, message in enumerate(messages):
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for index, part in enumerate(content):
+            where = f"messages[{position}].content[{index}]"
+            if not isinstance(part, dict):
+                raise InvalidRequest(f"{where} must be an object with a 'type'.")
+            if part.get("type") == "image_url":
+                images.append(_image_type(where, part.get("image_url")))
+            elif part.get("type") == "input_audio":
+                audio.append(_audio_format(where, part.get("input_audio")))
+    return MediaSeen(image_types=tuple(images), audio_formats=tuple(audio))
+
+
+def _image_type(where: str, image: object) -> str:
+    url = image.get("url") if isinstance(image, dict) else None
+    if not isinstance(url, str) or not url:
+        raise InvalidRequest(f"{where}.image_url.url is required.")
+    if url.startswith(("http://", "https://")):
+        return "url"
+    match = _DATA_URL.match(url)
+    if match is None or not match.group("type").startswith("image/"):
+        raise InvalidRequest(f"{where}.image_url.url must be an http(s) URL or a data:image/...;base64, URL.")
+    _decode(where, match.group("data"))
+    return match.group("type")
+
+
+def _audio_format(where: str, audio: object) -> str:
+    if not isinstance(audio, dict) or audio.get("format") not in INPUT_AUDIO_FORMATS:
+        raise InvalidRequest(f"{where}.input_audio.format must be one of {', '.join(INPUT_AUDIO_FORMATS)}.")
+    _decode(where, audio.get("data"))
+    return str(audio["format"])
+
+
+def _decode(where: str, data: object) -> bytes:
+    try:
+        decoded = base64.b64decode(data if isinstance(data, str) else "", validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if not decoded:
+        raise InvalidRequest(f"{where}: the data is not valid, non-empty base64.")
+    return decoded
+
+
+def render(template: str, messages: Sequence[Mapping[str, Any]], media: MediaSeen | None = None) -> str:
     if "{{" not in template:
         return template
+    media = media or MediaSeen()
     return (template.replace("{{last_user}}", last_text(messages, "user"))
-            .replace("{{last_tool}}", last_text(messages, "tool")))
+            .replace("{{last_tool}}", last_text(messages, "tool"))
+            .replace("{{images}}", str(len(media.image_types)))
+            .replace("{{image_types}}", ", ".join(media.image_types) or "none")
+            .replace("{{audio}}", str(len(media.audio_formats)))
+            .replace("{{audio_formats}}", ", ".join(media.audio_formats) or "none"))
+
+
+def derived_transcript(audio: bytes) -> str:
+    """The transcript of audio nobody scripted: its size and digest, so the same audio reads the same."""
+    return f"(audio of {len(audio)} bytes, sha256 {hashlib.sha256(audio).hexdigest()[:12]})"
 
 
 def requested_name(body: Mapping[str, Any], known: Mapping[str, Scenario]) -> str:
@@ -330,6 +414,8 @@ class ScenarioBook:
         self.requests: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
         self._failed: Counter[tuple[str, str]] = Counter()
+        self.transcripts: dict[str, str] = {}  # audio's sha256 -> its scripted transcript
+        self.transcriptions = 0
         for scenario in scenarios:
             self.register(scenario)
 
@@ -345,14 +431,25 @@ class ScenarioBook:
     def reset_stats(self) -> None:
         self.requests.clear()
         self.failures.clear()
+        self.transcriptions = 0
 
     def stats(self) -> dict[str, Any]:
         return {"requests_per_scenario": dict(self.requests), "failures_per_scenario": dict(self.failures),
-                "total_requests": sum(self.requests.values())}
+                "total_requests": sum(self.requests.values()), "transcriptions": self.transcriptions}
+
+    def register_transcript(self, sha256: str, text: str) -> None:
+        """Script what transcribing the audio with this SHA-256 (hex) answers."""
+        self.transcripts[sha256.lower()] = text
+
+    def transcribe(self, audio: bytes) -> str:
+        """The transcript of ``audio``: scripted for its digest, else derived from it. Counted."""
+        self.transcriptions += 1
+        return self.transcripts.get(hashlib.sha256(audio).hexdigest()) or derived_transcript(audio)
 
     def plan(self, body: Mapping[str, Any]) -> Plan:
-        """Choose the scenario and turn for a chat request and count it. Raises UnknownScenario."""
+        """Choose the scenario and turn for a chat request and count it. Raises UnknownScenario, InvalidRequest."""
         messages = [m for m in body.get("messages") or () if isinstance(m, dict)]
+        media = media_parts(messages)
         name = requested_name(body, self.scenarios)
         scenario = self.scenarios.get(name) or Scenario(name=name, turns=(Turn(content="You said: {{last_user}}"),),
                                                          repeat_last=True)
@@ -361,7 +458,7 @@ class ScenarioBook:
         conversation = conversation_key(messages)
         self.requests[name] += 1
         failure = self._failure_for(name, conversation, turn.fail)
-        content = render(turn.content or "", messages)
+        content = render(turn.content or "", messages, media)
         calls = tuple(PlannedToolCall(id=f"call_{index}_{i}_{conversation[:8]}", name=c.name,
                                       arguments=json.dumps(c.arguments, separators=(",", ":")))
                       for i, c in enumerate(turn.tool_calls))

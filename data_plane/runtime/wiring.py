@@ -11,7 +11,11 @@ from uuid import UUID
 
 from django.conf import settings
 
+from data_plane.attachment_storage import BlobStorage, LocalFolderStorage
 from data_plane.executor import RunStepper
+from data_plane.runtime.adapters.attachments import StoredMedia
+from data_plane.runtime.adapters.media import Capabilities
+from data_plane.runtime.core.media import AttachmentLimits
 from data_plane.runtime.core.ports import ChatModel
 from data_plane.runtime.core.spec import AgentSpec
 from data_plane.tools import ToolRouter, release_run
@@ -29,13 +33,37 @@ def chat_model() -> ChatModel:
     if settings.LLM_API_BASE == INPROCESS:
         from data_plane.runtime.adapters.scripted import ScriptedChatModel
 
-        return ScriptedChatModel(max_retries=settings.LLM_MAX_RETRIES)
+        return ScriptedChatModel(max_retries=settings.LLM_MAX_RETRIES, capabilities=capabilities())
     from data_plane.runtime.adapters.llm import LiteLLMChatModel, register_local_prices
 
     if settings.LLM_LOCAL_PRICES:
         register_local_prices(settings.LLM_LOCAL_PRICES)
     return LiteLLMChatModel(api_base=settings.LLM_API_BASE or None, api_key=settings.LLM_API_KEY or None,
-                            max_retries=settings.LLM_MAX_RETRIES)
+                            max_retries=settings.LLM_MAX_RETRIES, capabilities=capabilities())
+
+
+@cache
+def capabilities() -> Capabilities:
+    """Which media each model takes: the operator's patterns, then litellm's model map (none in process)."""
+    lookup = None
+    if settings.LLM_API_BASE != INPROCESS:
+        from data_plane.runtime.adapters.llm import litellm_capabilities
+
+        lookup = litellm_capabilities
+    return Capabilities(image_models=settings.LLM_IMAGE_MODELS, audio_models=settings.LLM_AUDIO_MODELS,
+                        transcription_model=settings.LLM_TRANSCRIPTION_MODEL, lookup=lookup)
+
+
+@cache
+def attachment_storage() -> BlobStorage:
+    """Where attachments' bytes are kept (ATTACHMENT_STORAGE; only the local folder for now)."""
+    return LocalFolderStorage(settings.ATTACHMENT_STORAGE_ROOT)
+
+
+def attachment_limits() -> AttachmentLimits:
+    """The largest image and audio attachment (ATTACHMENT_MAX_IMAGE_BYTES, ATTACHMENT_MAX_AUDIO_BYTES)."""
+    return AttachmentLimits(max_image_bytes=settings.ATTACHMENT_MAX_IMAGE_BYTES,
+                            max_audio_bytes=settings.ATTACHMENT_MAX_AUDIO_BYTES)
 
 
 def worker_identity() -> str:
@@ -61,4 +89,5 @@ def stepper_for(*, tenant: Any, dispatch: Callable[[UUID, int], None]) -> RunSte
         dispatch=dispatch, owner=worker_identity(), lease_seconds=settings.RUN_LEASE_SECONDS, tenant=tenant,
         steps_per_task=settings.RUN_STEPS_PER_TASK, on_stop=lambda run_id: release_run(schema, run_id),
         on_finished=partial(learn_later, schema),
+        media=StoredMedia(tenant_schema=schema, storage=attachment_storage()),
     )

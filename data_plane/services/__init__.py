@@ -12,6 +12,7 @@ from data_plane.services.memory import (
     memory_remember,
     memory_settings_update,
 )
+from data_plane.services.attachments import attachment_delete, attachment_request_check, attachment_upload
 from data_plane.services.pings import ping_answer, ping_create
 from data_plane.services.tools import (
     mcp_server_archive,
@@ -39,6 +40,7 @@ from data_plane.services.runs import (
 __all__ = [
     "MemoryDraft", "memories_expire", "memories_reembed", "memory_delete", "memory_draft", "memory_forget",
     "memory_remember", "memory_settings_update", "run_feedback_create", "run_learn",
+    "attachment_delete", "attachment_request_check", "attachment_upload",
     "mcp_server_archive", "mcp_server_refresh", "mcp_server_register", "tool_permission_delete",
     "tool_permission_set", "tool_settings_update",
     "agent_archive", "agent_create", "agent_update", "approval_decide", "checkpoints_prune", "ping_answer", "ping_create", "run_cancel",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -30,10 +30,11 @@ from data_plane.executor import RunStepper, StepOutcome, finished_event, numbere
 from data_plane.models import Approval, Checkpoint, Run, RunEvent
 from data_plane.runtime.adapters.checkpoints import PostgresCheckpointStore
 from data_plane.runtime.core import machine
-from data_plane.runtime.core.messages import Message
+from data_plane.runtime.core.messages import AttachmentPart, Message
 from data_plane.runtime.core.spec import AgentSpec, spec_from_json
 from data_plane.runtime.core.state import Decision, RunState
 from data_plane.selectors import agent_version_get, approval_get, checkpoint_get, run_get
+from data_plane.services.attachments import attachments_link, message_attachments
 
 ACTIVE = ("queued", "running", "paused", "waiting_approval")
 
@@ -82,12 +83,14 @@ def _append_event(run: Run, type_: str, data: dict[str, Any], tenant_schema: str
 
 
 def _create_run(*, tenant_schema: str, agent_version: Any, input: str, values: Mapping[str, Any] | None,
-                now: float, parent_run_id: UUID | None = None, parent_key: str = "", end_user: str = "",
-                task_kind: str = "") -> Run:
+                now: float, parent_run_id: UUID | None = None, parent_key: str = "",
+                attachments: tuple[AttachmentPart, ...] = (), end_user: str = "", task_kind: str = "") -> Run:
     spec = spec_from_json(agent_version.spec)
-    state, _ = machine.start(spec, input=input, now=now, values=values)
+    state, _ = machine.start(spec, input=input, now=now, values=values, attachments=attachments)
     run = Run.objects.create(agent_version=agent_version, input=input, parent_run_id=parent_run_id,
-                             parent_key=parent_key, status="queued", end_user=end_user, task_kind=task_kind)
+                             parent_key=parent_key, status="queued", end_user=end_user, task_kind=task_kind,
+                             input_attachments=[part.to_json() for part in attachments])
+    attachments_link(run_id=run.id, parts=attachments)
     status = _initial_status(state)
     _commit(tenant_schema, run_id=run.id, expected_version=0, checkpoint_id=uuid.uuid4(), parent_id=None, step=0,
             previous=None, state=state, run_status=status, release_lease=True,
@@ -100,20 +103,24 @@ def _create_run(*, tenant_schema: str, agent_version: Any, input: str, values: M
 
 
 def run_start(*, tenant, agent_id: UUID, input: str, actor: Actor, version: int | None = None,  # type: ignore[no-untyped-def]
-              values: Mapping[str, Any] | None = None, clock: Callable[[], float] = time.time, end_user: str = "",
-              task_kind: str = "") -> Run:
-    """Start a run of the agent's latest (or given) version with the user's input, for an end user (their
-    memories are recalled) and a kind of task (lessons are tagged with it). Raises AgentNotFound,
-    AgentArchived. The first step is dispatched after commit."""
+              values: Mapping[str, Any] | None = None, attachments: Sequence[UUID] = (),
+              clock: Callable[[], float] = time.time, end_user: str = "", task_kind: str = "") -> Run:
+    """Start a run of the agent's latest (or given) version with the user's input: its text and attached files
+    (uploaded before, by id); for an end user (their memories are recalled) and a kind of task (lessons are
+    tagged with it). Raises AgentNotFound, AgentArchived, AttachmentNotFound, AttachmentNotSupportedByModel.
+    The first step is dispatched after commit."""
     require_schema(tenant.schema_name)
     agent_version = agent_version_get(tenant_schema=tenant.schema_name, agent_id=agent_id, version=version)
     if agent_version.agent.is_archived:
         raise AgentArchived(f"Agent {agent_version.agent.name!r} is archived; it takes no new runs.")
+    parts = message_attachments(tenant_schema=tenant.schema_name, attachment_ids=attachments,
+                                spec=spec_from_json(agent_version.spec), agent_name=agent_version.agent.name)
     with transaction.atomic():
         run = _create_run(tenant_schema=tenant.schema_name, agent_version=agent_version, input=input, values=values,
-                          now=clock(), end_user=end_user, task_kind=task_kind)
+                          now=clock(), attachments=parts, end_user=end_user, task_kind=task_kind)
         audit_event_record(tenant=tenant, actor=actor, action="run.start", target_type="run", target_id=str(run.id),
-                           data={"agent": agent_version.agent.name, "version": agent_version.version})
+                           data={"agent": agent_version.agent.name, "version": agent_version.version,
+                                 **({"attachments": [part.id for part in parts]} if parts else {})})
     return run
 
 
@@ -222,10 +229,11 @@ def run_retry(*, tenant, run_id: UUID, actor: Actor) -> Run:  # type: ignore[no-
 
 
 def run_message_send(*, tenant, run_id: UUID, text: str, actor: Actor,  # type: ignore[no-untyped-def]
-                     clock: Callable[[], float] = time.time) -> Run:
-    """Continue a completed run's conversation with the user's next message: the same run takes another turn
-    from its head checkpoint (its subscribers keep following it). Raises IllegalTransition while the run is
-    still working or waiting, and for a failed (retry it) or cancelled run."""
+                     attachments: Sequence[UUID] = (), clock: Callable[[], float] = time.time) -> Run:
+    """Continue a completed run's conversation with the user's next message (its text and attached files): the
+    same run takes another turn from its head checkpoint (its subscribers keep following it). Raises
+    IllegalTransition while the run is still working or waiting, and for a failed (retry it) or cancelled run;
+    AttachmentNotFound, AttachmentNotSupportedByModel."""
     with transaction.atomic():
         run = run_get(tenant_schema=tenant.schema_name, run_id=run_id, for_update=True)
         if run.status != "completed":
@@ -233,21 +241,30 @@ def run_message_send(*, tenant, run_id: UUID, text: str, actor: Actor,  # type: 
                 run.status, " Wait for its run.finished event, or cancel it.")
             raise IllegalTransition(f"Run {run.id} is {run.status}; a message continues a completed run's "
                                     f"conversation.{hint}")
+        spec = spec_from_json(run.agent_version.spec)
+        parts = message_attachments(tenant_schema=tenant.schema_name, attachment_ids=attachments, spec=spec,
+                                    agent_name=run.agent_version.agent.name)
         head = _store(tenant.schema_name).load(run.head_id)
-        state = head.state.evolve(messages=head.state.messages + (Message(role="user", content=text),))
-        state = machine.reopen(state, spec_from_json(run.agent_version.spec), now=clock())
+        message = Message(role="user", content=text, attachments=parts)
+        state = head.state.evolve(messages=head.state.messages + (message,))
+        state = machine.reopen(state, spec, now=clock())
         status = _initial_status(state)
+        user_event: dict[str, Any] = {"message_seq": len(head.state.messages), "content": text}
+        if parts:
+            user_event["attachments"] = [part.to_json() for part in parts]
         _commit(tenant.schema_name, run_id=run.id, expected_version=run.version, checkpoint_id=uuid.uuid4(),
                 parent_id=head.id, step=head.step + 1, previous=head.state, state=state, run_status=status,
                 release_lease=True, events=[
-                    {"type": "message.user", "data": {"message_seq": len(head.state.messages), "content": text}},
+                    {"type": "message.user", "data": user_event},
                     {"type": "run.status", "data": {"status": status}}])
+        attachments_link(run_id=run.id, parts=parts)
         Run.objects.filter(id=run.id).update(finished_at=None, status_reason="", output="")
         record_pending_approval(run.id, state)
         if status == "queued":
             dispatcher(tenant.schema_name)(run.id, head.step + 1)
         audit_event_record(tenant=tenant, actor=actor, action="run.message", target_type="run",
-                           target_id=str(run.id), data={"characters": len(text)})
+                           target_id=str(run.id), data={"characters": len(text),
+                                                        **({"attachments": [p.id for p in parts]} if parts else {})})
     run.refresh_from_db()
     return run
 
@@ -331,7 +348,8 @@ def run_fork(*, tenant, run_id: UUID, checkpoint_id: UUID, actor: Actor,  # type
         state = machine.reopen(state, spec, now=clock())
     status = _initial_status(state)
     with transaction.atomic():
-        run = Run.objects.create(agent_version=source.agent_version, input=source.input, base_run=source,
+        run = Run.objects.create(agent_version=source.agent_version, input=source.input,
+                                 input_attachments=source.input_attachments, base_run=source,
                                  end_user=source.end_user, task_kind=source.task_kind,
                                  base_message_count=len(loaded.state.messages), base_step=checkpoint.step,
                                  source_checkpoint=checkpoint, reexecute=reexecute, status=status,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from data_plane.runtime.core.messages import Message, ToolCall, Usage
-from data_plane.runtime.core.ports import DeltaCallback, ModelReply, ModelRequest, ProviderUnavailable, RetryCallback
+from data_plane.runtime.core.ports import DeltaCallback, MediaSource, ModelReply, ModelRequest, ProviderUnavailable, \
+    RetryCallback
 
 
 def text(content: str) -> Message:
@@ -28,7 +29,7 @@ class FakeChatModel:
         self.requests: list[ModelRequest] = []
 
     async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None,
-                       on_retry: RetryCallback | None = None) -> ModelReply:
+                       on_retry: RetryCallback | None = None, media: MediaSource | None = None) -> ModelReply:
         self.requests.append(request)
         if self.fail_times > 0:
             self.fail_times -= 1

@@ -23,7 +23,7 @@ def post(client, path, body, key):
 
 
 def message(role: str, content: str) -> dict:
-    return {"role": role, "content": content, "tool_calls": [], "tool_call_id": None, "name": None}
+    return {"role": role, "content": content, "tool_calls": [], "tool_call_id": None, "name": None, "attachments": []}
 
 
 def started_run(client, key) -> tuple[dict, str]:

@@ -16,7 +16,8 @@ from data_plane.models import Run
 from tenants.tests.factories import ApiKeyFactory
 
 SPEC = {"instructions": "Be exact.", "models": ["openai/gpt-4o-mini"]}
-USER_MESSAGE = {"role": "user", "content": "What is 6*7?", "tool_calls": [], "tool_call_id": None, "name": None}
+USER_MESSAGE = {"role": "user", "content": "What is 6*7?", "tool_calls": [], "tool_call_id": None, "name": None,
+                "attachments": []}
 
 
 def post(client, path, body, key):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import httpx
 import pytest
 
 from data_plane.model_server import ServerHandle, start_in_thread
+from data_plane.tests import media_files
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +285,7 @@ def test_stats_count_requests_per_scenario_until_reset(http):
     assert http.delete("/admin/stats").status_code == 204
     # then
     assert http.get("/admin/stats").json() == {"requests_per_scenario": {}, "failures_per_scenario": {},
-                                               "total_requests": 0}
+                                               "total_requests": 0, "transcriptions": 0}
 
 
 def test_shipped_scenarios_are_registered(http):
@@ -333,3 +336,57 @@ def test_embeddings_are_deterministic_and_as_long_as_asked(http):
     assert [len(v) for v in vectors] == [384] * 3 and vectors[0] == vectors[1] and vectors[0] != vectors[2]
     assert abs(sum(x * x for x in vectors[0]) - 1) < 1e-9
     assert http.post("/v1/embeddings", json={"input": 3}).status_code == 400
+# --- media: image and audio parts, transcription ---------------------------------------------------------
+
+def _data_url(media_type: str, data: bytes) -> str:
+    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+
+
+def test_a_scenario_sees_the_image_and_audio_parts_it_was_given(http):
+    # given
+    content = [{"type": "text", "text": "What is this?"},
+               {"type": "image_url", "image_url": {"url": _data_url("image/png", media_files.png())}},
+               {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+               {"type": "input_audio", "input_audio": {"data": base64.b64encode(media_files.wav()).decode(),
+                                                                 "format": "wav"}}]
+    # when
+    response = chat(http, "describe-media", [{"role": "user", "content": content}])
+    # then
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == (
+        "Images: 2 (image/png, url). Audio clips: 1 (wav). Text: What is this?")
+
+
+@pytest.mark.parametrize(("part", "error"), [
+    ({"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}, "not valid, non-empty base64"),
+    ({"type": "image_url", "image_url": {"url": "data:text/html;base64,PGI+"}}, "must be an http(s) URL or a data:image"),
+    ({"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "ogg"}}, "format must be one of wav, mp3"),
+])
+def test_a_malformed_media_part_is_refused_as_openai_refuses_it(http, part, error):
+    response = chat(http, "describe-media", [{"role": "user", "content": [part]}])
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert error in response.json()["error"]["message"]
+
+
+def test_transcription_answers_the_scripted_text_or_one_derived_from_the_audio(http):
+    # given
+    scripted, unscripted = media_files.wav(milliseconds=10), media_files.wav(milliseconds=20)
+    assert http.post("/admin/transcripts", json={"sha256": hashlib.sha256(scripted).hexdigest(),
+                                                 "text": "hello world"}).status_code == 201
+    before = http.get("/admin/stats").json()["transcriptions"]
+
+    def transcribe(audio: bytes, **fields: str) -> httpx.Response:
+        return http.post("/v1/audio/transcriptions", files={"file": ("a.wav", audio, "audio/wav")},
+                         data={"model": "whisper-1", **fields})
+
+    # when
+    known, derived, as_text = transcribe(scripted), transcribe(unscripted), transcribe(scripted, response_format="text")
+    # then
+    assert known.json() == {"text": "hello world"}
+    assert derived.json() == {"text": f"(audio of {len(unscripted)} bytes, sha256 "
+                                      f"{hashlib.sha256(unscripted).hexdigest()[:12]})"}
+    assert as_text.text == "hello world"
+    assert http.get("/admin/stats").json()["transcriptions"] - before == 3
+    assert http.post("/v1/audio/transcriptions", data={"model": "whisper-1"}).status_code == 400
+    assert http.post("/admin/transcripts", json={"sha256": "nope", "text": "x"}).status_code == 400

@@ -9,6 +9,7 @@ text twice across attempts; ``on_retry`` (optional) is told before each retry so
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -23,9 +24,12 @@ import httpx
 import litellm
 import openai
 
+from data_plane.runtime.adapters.media import AttachmentRefused, Capabilities, ModelCapabilities, Transcriber, \
+    render_messages
 from data_plane.runtime.adapters.openai_format import openai_message, openai_tool
+from data_plane.runtime.core.media import EXTENSIONS
 from data_plane.runtime.core.messages import Message, ToolCall, Usage
-from data_plane.runtime.core.ports import DeltaCallback, ModelReply, ModelRequest, ProviderRejected, \
+from data_plane.runtime.core.ports import DeltaCallback, MediaSource, ModelReply, ModelRequest, ProviderRejected, \
     ProviderUnavailable, RetryCallback, RetryNotice
 
 logger = logging.getLogger(__name__)
@@ -61,9 +65,14 @@ class LiteLLMChatModel:
 
     def __init__(self, *, api_base: str | None = None, api_key: str | None = None, max_retries: int = 3,
                  backoff_base_seconds: float = 0.2, backoff_max_seconds: float = 5.0,
-                 rng: random.Random | None = None, sleep: Sleep = asyncio.sleep) -> None:
+                 rng: random.Random | None = None, sleep: Sleep = asyncio.sleep,
+                 capabilities: Capabilities | None = None) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.capabilities = capabilities if capabilities is not None else Capabilities(lookup=litellm_capabilities)
+        self.transcriber: Transcriber | None = LiteLLMTranscriber(
+            model=self.capabilities.transcription_model, api_base=api_base, api_key=api_key) \
+            if self.capabilities.transcription_model else None
         self.api_base = api_base
         self.api_key = api_key
         self.max_retries = max_retries
@@ -77,11 +86,13 @@ class LiteLLMChatModel:
         return self.rng.uniform(0.0, min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** retry))
 
     async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None,
-                       on_retry: RetryCallback | None = None) -> ModelReply:
+                       on_retry: RetryCallback | None = None, media: MediaSource | None = None) -> ModelReply:
         """Stream one reply, retrying transient failures per model, then the next model of ``request.models``.
 
-        Raises ProviderUnavailable when every model is exhausted, ProviderRejected at once on a terminal error.
-        Deltas may repeat across attempts: a retried stream starts over (``on_retry`` is called first).
+        Attachments are rendered for each model as it takes them (``adapters.media``), reading ``media``.
+        Raises ProviderUnavailable when every model is exhausted, ProviderRejected at once on a terminal error
+        (an attachment the model cannot take is one). Deltas may repeat across attempts: a retried stream
+        starts over (``on_retry`` is called first).
         """
         if not request.models:
             raise ProviderRejected("The model request names no models; give at least one in the agent's policy.")
@@ -90,6 +101,8 @@ class LiteLLMChatModel:
         attempts = 0
         failure = _Failure(is_transient=True, description="no attempt made")
         for position, model in enumerate(request.models):
+            if any(message.attachments for message in request.messages):
+                arguments = {**arguments, "messages": await self._messages_for(model, request, media)}
             for retry in range(self.max_retries + 1):
                 attempts += 1
                 stream = _Stream()
@@ -119,9 +132,17 @@ class LiteLLMChatModel:
                                   f"attempt{plural}; last error: {failure.description.rstrip('.')}. "
                                   "Retry later or add a fallback model.")
 
+    async def _messages_for(self, model: str, request: ModelRequest, media: MediaSource | None) -> list[dict[str, Any]]:
+        try:
+            return await render_messages(request.messages, model=model, capabilities=self.capabilities, media=media,
+                                         transcriber=self.transcriber)
+        except AttachmentRefused as exc:
+            raise ProviderRejected(f"Model {model} cannot be given this conversation: {exc}.") from None
+
     def _arguments(self, request: ModelRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
-            "messages": [openai_message(m) for m in request.messages], "stream": True,
+            "messages": [] if any(m.attachments for m in request.messages) else [
+                openai_message(m) for m in request.messages], "stream": True,
             "stream_options": {"include_usage": True}, "timeout": request.timeout_seconds,
             # the openai SDK would retry on its own (twice by default); the retries are ours
             "max_retries": 0, "api_base": self.api_base, "api_key": self.api_key}
@@ -161,6 +182,44 @@ class LiteLLMChatModel:
         finally:
             if not is_exhausted:  # cancelled, or the caller's callback raised: release the connection
                 await chunks.aclose()
+
+
+class LiteLLMTranscriber:
+    """Speech to text through ``litellm.atranscription`` (OpenAI's /audio/transcriptions and its likes)."""
+
+    def __init__(self, *, model: str, api_base: str | None = None, api_key: str | None = None,
+                 timeout_seconds: float = 120.0) -> None:
+        self.model = model
+        self.api_base = api_base
+        self.api_key = api_key
+        self.timeout_seconds = timeout_seconds
+
+    async def transcribe(self, audio: bytes, *, media_type: str) -> str:
+        """The text spoken in ``audio``. Raises ProviderUnavailable (transient) or ProviderRejected."""
+        name = f"audio.{EXTENSIONS.get(media_type, 'bin')}"
+        try:
+            response = await litellm.atranscription(model=self.model, file=(name, audio, media_type),
+                                                    api_base=self.api_base, api_key=self.api_key,
+                                                    timeout=self.timeout_seconds, max_retries=0)
+        except _PROVIDER_ERRORS as exc:
+            failure = _failure(exc)
+            if failure.is_transient:
+                raise ProviderUnavailable(f"Transcription model {self.model} is unavailable: "
+                                          f"{failure.description.rstrip('.')}. The step is retried later.") from None
+            raise ProviderRejected(f"Transcription model {self.model} rejected the audio: "
+                                   f"{failure.description.rstrip('.')}. Send the audio in another format, or the "
+                                   "text instead.") from None
+        return str(getattr(response, "text", "") or "")
+
+
+@functools.cache
+def litellm_capabilities(model: str) -> ModelCapabilities:
+    """What litellm's model map says ``model`` takes (nothing for a model it does not know)."""
+    try:
+        return ModelCapabilities(images=bool(litellm.supports_vision(model=model)),
+                                 audio=bool(litellm.supports_audio_input(model=model)))
+    except Exception:  # litellm raises several unrelated types for a model it does not know
+        return ModelCapabilities()
 
 
 @dataclass

@@ -8,7 +8,9 @@ injected failures), the same content chunks to ``on_delta``, the same tool call 
 
 The scenario is chosen as on the server: the provider prefix ``openai/`` is what litellm strips before it
 sends the model name, so ``openai/<scenario>`` selects ``<scenario>``; then a ``[scenario:x]`` system
-marker, then ``metadata["user"] = "scenario:x"``, then ``echo``. Scenario delays
+marker, then ``metadata["user"] = "scenario:x"``, then ``echo``. Attachments are rendered as the gateway renders
+them (``adapters.media``, with the ``capabilities`` given: patterns only, no litellm), and audio is transcribed
+by the book as the server's ``/v1/audio/transcriptions`` does. Scenario delays
 (``first_token_delay_ms``, ``chunk_delay_ms``) are slept; the built-in ones have none. A failing turn
 fails like the server's answer through the gateway: a transient status (408, 409, 429, 5xx) or a cut
 stream is retried (``max_retries`` per model, without backoff: nothing remote to spare), then the next
@@ -25,10 +27,12 @@ import time
 from typing import Any
 
 from data_plane.model_server.app import deltas
-from data_plane.model_server.scenarios import InjectedFailure, Plan, ScenarioBook, UnknownScenario, builtin_book
+from data_plane.model_server.scenarios import InjectedFailure, InvalidRequest, Plan, ScenarioBook, UnknownScenario, \
+    builtin_book
+from data_plane.runtime.adapters.media import AttachmentRefused, Capabilities, render_messages
 from data_plane.runtime.adapters.openai_format import openai_message, openai_tool
 from data_plane.runtime.core.messages import Message, ToolCall, Usage
-from data_plane.runtime.core.ports import DeltaCallback, ModelReply, ModelRequest, ProviderRejected, \
+from data_plane.runtime.core.ports import DeltaCallback, MediaSource, ModelReply, ModelRequest, ProviderRejected, \
     ProviderUnavailable, RetryCallback, RetryNotice
 
 # The provider prefix litellm removes from the model name before it calls an OpenAI-compatible server.
@@ -39,28 +43,38 @@ _TRANSIENT_STATUSES = frozenset({408, 409, 429})
 class ScriptedChatModel:
     """The ChatModel port on a ScenarioBook, in process. Safe to share between threads and event loops."""
 
-    def __init__(self, *, book: ScenarioBook | None = None, max_retries: int = 3) -> None:
+    def __init__(self, *, book: ScenarioBook | None = None, max_retries: int = 3,
+                 capabilities: Capabilities | None = None) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         self.book = book if book is not None else builtin_book()
         self.max_retries = max_retries
+        self.capabilities = capabilities if capabilities is not None else Capabilities()
+        self.transcriber = _BookTranscriber(self) if self.capabilities.transcription_model else None
         self._lock = threading.Lock()  # the book's failure counters and request counts
 
     async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None,
-                       on_retry: RetryCallback | None = None) -> ModelReply:
+                       on_retry: RetryCallback | None = None, media: MediaSource | None = None) -> ModelReply:
         if not request.models:
             raise ProviderRejected("The model request names no models; give at least one in the agent's policy.")
         started = time.perf_counter()
         attempts = 0
         description = "no attempt made"
         for position, model in enumerate(request.models):
-            body = request_body(model, request)
+            messages = None
+            if any(message.attachments for message in request.messages):
+                try:
+                    messages = await render_messages(request.messages, model=model, capabilities=self.capabilities,
+                                                     media=media, transcriber=self.transcriber)
+                except AttachmentRefused as exc:
+                    raise ProviderRejected(f"Model {model} cannot be given this conversation: {exc}.") from None
+            body = request_body(model, request, messages=messages)
             for retry in range(self.max_retries + 1):
                 attempts += 1
                 try:
                     with self._lock:
                         plan = self.book.plan(body)
-                except UnknownScenario as exc:  # the server answers 404, which the gateway does not retry
+                except (UnknownScenario, InvalidRequest) as exc:  # the server's 404 or 400: not retried
                     raise ProviderRejected(f"Model {model} rejected the request: {exc}. Fix the request or the "
                                            "agent's model policy; retrying will not help.") from None
                 failure = plan.failure
@@ -80,10 +94,25 @@ class ScriptedChatModel:
                                   f"attempt{plural}; last error: {description}. Retry later or add a fallback model.")
 
 
-def request_body(model: str, request: ModelRequest) -> dict[str, Any]:
-    """The chat completion body the model server would receive for ``request`` through the gateway."""
+class _BookTranscriber:
+    """Transcribes with the scenario book, as the model server's /v1/audio/transcriptions does."""
+
+    def __init__(self, chat_model: ScriptedChatModel) -> None:
+        self.chat_model = chat_model
+        self.model = chat_model.capabilities.transcription_model
+
+    async def transcribe(self, audio: bytes, *, media_type: str) -> str:
+        with self.chat_model._lock:
+            return self.chat_model.book.transcribe(audio)
+
+
+def request_body(model: str, request: ModelRequest, *, messages: list[dict[str, Any]] | None = None
+                 ) -> dict[str, Any]:
+    """The chat completion body the model server would receive for ``request`` through the gateway
+    (``messages``: the request's messages already rendered, when they carry attachments)."""
     body: dict[str, Any] = {"model": model.removeprefix(PROVIDER_PREFIX),
-                            "messages": [openai_message(m) for m in request.messages], "stream": True,
+                            "messages": messages if messages is not None else [
+                                openai_message(m) for m in request.messages], "stream": True,
                             "stream_options": {"include_usage": True}}
     if request.tools:
         body["tools"] = [openai_tool(t) for t in request.tools]

@@ -24,7 +24,7 @@ from data_plane.runtime.core.graph import (
     ToolNode,
     ToolsNode,
 )
-from data_plane.runtime.core.messages import Message, ToolCall, ToolResult
+from data_plane.runtime.core.messages import AttachmentPart, Message, ToolCall, ToolResult
 from data_plane.runtime.core.ports import ModelReply, ModelRequest
 from data_plane.runtime.core.spec import AgentSpec
 from data_plane.runtime.core.tool_selection import select_tools
@@ -109,10 +109,10 @@ class _Advance:
 
 # --- Entry points ---------------------------------------------------------------------------------
 
-def start(spec: AgentSpec, *, input: str, now: float, values: Mapping[str, Any] | None = None
-          ) -> tuple[RunState, list[Command]]:
-    """The state of a new run with the user's input, and its first effects."""
-    state = RunState(status=Status.RUNNING, messages=(Message(role="user", content=input),),
+def start(spec: AgentSpec, *, input: str, now: float, values: Mapping[str, Any] | None = None,
+          attachments: tuple[AttachmentPart, ...] = ()) -> tuple[RunState, list[Command]]:
+    """The state of a new run with the user's input (its text and attached files), and its first effects."""
+    state = RunState(status=Status.RUNNING, messages=(Message(role="user", content=input, attachments=attachments),),
                      values=dict(values or {}), frontier=(spec.workflow.entry,), started_at=now)
     state = _settle(state, spec)
     return state, pending_commands(state, spec)

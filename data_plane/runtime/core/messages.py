@@ -23,12 +23,34 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class AttachmentPart:
+    """A file a message carries (an image, an audio clip), by reference: the bytes stay in object storage and
+    are fetched at the model's edge, so checkpoints stay small."""
+
+    id: str
+    media_type: str
+
+    @property
+    def kind(self) -> str:
+        """``image`` or ``audio``: the first half of the media type."""
+        return self.media_type.split("/", 1)[0]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "media_type": self.media_type}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AttachmentPart:
+        return cls(id=data["id"], media_type=data["media_type"])
+
+
+@dataclass(frozen=True)
 class Message:
     role: Role
     content: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None  # the tool's name on a tool message; the agent's name on an assistant one
+    attachments: tuple[AttachmentPart, ...] = ()  # content parts after the text, on a user message
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"role": self.role, "content": self.content}
@@ -38,6 +60,8 @@ class Message:
             data["tool_call_id"] = self.tool_call_id
         if self.name is not None:
             data["name"] = self.name
+        if self.attachments:  # absent, not empty: messages without parts keep the format stored before parts
+            data["attachments"] = [part.to_json() for part in self.attachments]
         return data
 
     @classmethod
@@ -48,6 +72,7 @@ class Message:
             tool_calls=tuple(ToolCall.from_json(c) for c in data.get("tool_calls") or ()),
             tool_call_id=data.get("tool_call_id"),
             name=data.get("name"),
+            attachments=tuple(AttachmentPart.from_json(p) for p in data.get("attachments") or ()),
         )
 
 

@@ -38,6 +38,10 @@ class ModelRequest:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def request_has_attachments(request: ModelRequest) -> bool:
+    return any(message.attachments for message in request.messages)
+
+
 @dataclass(frozen=True)
 class ModelReply:
     message: Message
@@ -63,14 +67,31 @@ class RetryNotice:
 RetryCallback = Callable[[RetryNotice], Awaitable[None]]
 
 
+class MediaSource(Protocol):
+    """The bytes behind the attachment parts of one tenant's messages, and the transcripts made of them."""
+
+    async def read(self, attachment_id: str) -> bytes | None:
+        """The attachment's bytes; None when it was deleted since the message referenced it."""
+        ...
+
+    async def transcript(self, attachment_id: str, *, model: str) -> str | None:
+        """The transcript ``model`` made of this audio attachment before, if any."""
+        ...
+
+    async def remember_transcript(self, attachment_id: str, *, model: str, text: str) -> None:
+        """Keep a transcript, so the next model call of the conversation does not pay for it again."""
+        ...
+
+
 class ChatModel(Protocol):
     async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None,
-                       on_retry: RetryCallback | None = None) -> ModelReply:
+                       on_retry: RetryCallback | None = None, media: MediaSource | None = None) -> ModelReply:
         """Run the request (streaming when ``on_delta`` is given: each text fragment as it arrives).
 
         A retried attempt streams again from the start; ``on_retry`` is told first, so a consumer of the
-        deltas can drop the failed attempt's text. Raises ProviderUnavailable after retries and fallbacks are
-        exhausted, ProviderRejected at once.
+        deltas can drop the failed attempt's text. ``media`` reads the files the messages' attachment parts
+        name (given whenever they name any). Raises ProviderUnavailable after retries and fallbacks are
+        exhausted, ProviderRejected at once (also for an attachment the model cannot take).
         """
         ...
 

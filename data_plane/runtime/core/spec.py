@@ -118,6 +118,15 @@ class AgentSpec:
     def tool(self, name: str) -> ToolDefinition | None:
         return next((tool for tool in self.tools if tool.name == name), None)
 
+    def model_policy(self) -> tuple[str, ...]:
+        """Every model a run of this agent may call: the policy's (preferred, then fallbacks) and those its
+        graph's llm nodes name instead, in that order, each once."""
+        models = list(self.models)
+        for node in self.workflow.nodes.values():
+            if isinstance(node, LlmNode) and node.models:
+                models.extend(model for model in node.models if model not in models)
+        return tuple(models)
+
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "instructions": self.instructions, "models": list(self.models),
