@@ -12,7 +12,8 @@ from uuid import UUID
 from django.conf import settings
 
 from data_plane.executor import RunStepper
-from data_plane.runtime.core.ports import ChatModel
+from data_plane.runtime.core.context import EstimatedTokens
+from data_plane.runtime.core.ports import ChatModel, MemoryRecall, TokenCounter
 from data_plane.tools import ToolRouter, release_run
 
 
@@ -37,6 +38,22 @@ def chat_model() -> ChatModel:
                             max_retries=settings.LLM_MAX_RETRIES)
 
 
+@cache
+def token_counter() -> TokenCounter:
+    """How model calls' contexts are measured: litellm's tokenizer for the model; with LLM_API_BASE="inprocess"
+    the scripted scenarios' estimate (four characters a token), which needs no tokenizer."""
+    if settings.LLM_API_BASE == INPROCESS:
+        return EstimatedTokens()
+    from data_plane.runtime.adapters.llm import LiteLLMTokenCounter
+
+    return LiteLLMTokenCounter()
+
+
+def memory_recall() -> MemoryRecall | None:
+    """The long-term memory store that model calls recall from; None while none is wired (no memories)."""
+    return None
+
+
 def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -48,4 +65,5 @@ def stepper_for(*, tenant: Any, dispatch: Callable[[UUID, int], None]) -> RunSte
         tool_runner_factory=lambda run_id: ToolRouter(tenant_schema=schema, run_id=run_id, tenant=tenant),
         dispatch=dispatch, owner=worker_identity(), lease_seconds=settings.RUN_LEASE_SECONDS, tenant=tenant,
         steps_per_task=settings.RUN_STEPS_PER_TASK, on_stop=lambda run_id: release_run(schema, run_id),
+        token_counter=token_counter(), memory_recall=memory_recall(),
     )
