@@ -152,9 +152,8 @@ def fit(draft: ModelRequest, *, state: RunState, instructions: str, settings: Co
                       - settings.summary_max_tokens)
         upto = _cut(state.messages, start, costs, settings.min_recent_messages, room_after // 2)
         if upto is not None:
-            request = _summary_request(draft, state=state, start=start, upto=upto, settings=settings, limit=limit,
-                                       size=size)
-            return request if isinstance(request, Overflow) else SummaryNeeded(request=request, start=start, upto=upto)
+            return _summary_request(draft, state=state, start=start, upto=upto, settings=settings, limit=limit,
+                                    size=size)
         fitted = _fit_messages(tail, room, size, costs)
         if fitted is None:
             return Overflow(f"The last {len(tail)} messages do not fit in the {room} tokens the context budget of "
@@ -259,24 +258,32 @@ def _cut(messages: Sequence[Message], start: int, costs: Sequence[int], min_rece
 
 
 def _summary_request(draft: ModelRequest, *, state: RunState, start: int, upto: int, settings: ContextSettings,
-                     limit: int, size: _Sizer) -> ModelRequest | Overflow:
+                     limit: int, size: _Sizer) -> SummaryNeeded | Overflow:
     """The call folding the previous summary and ``messages[start:upto]`` into a new summary. Its own input
-    fits the model too: a message too long for it is truncated in the transcript."""
+    fits the model too: when the messages do not, fewer are summarised (the next summary takes the rest), and
+    a first message too long on its own is truncated in the transcript."""
     prompt = Message(role="system", content=SUMMARY_PROMPT.format(tokens=settings.summary_max_tokens))
     previous = state.summary.text if state.summary else "(none yet)"
     head = f"{PREVIOUS_SUMMARY}\n{previous}\n\n{NEW_MESSAGES}\n"
-    lines = [Message(role="user", content=_transcript_line(m)) for m in state.messages[start:upto]]
     room = (limit - max(settings.reserve_output_tokens, settings.summary_max_tokens) - size.empty
             - size.message(prompt) - size.message(Message(role="user", content=head)))
-    fitted = _fit_messages(lines, room, size, [size.message(line) for line in lines])
+    lines = [Message(role="user", content=_transcript_line(m)) for m in state.messages[start:upto]]
+    costs = [size.message(line) for line in lines]
+    cuts = [k for k in range(start + 1, upto + 1) if k == upto or state.messages[k].role != "tool"]
+    while len(cuts) > 1 and sum(costs[:upto - start]) > room:
+        cuts.pop()
+        upto = cuts[-1]
+    lines, costs = lines[:upto - start], costs[:upto - start]
+    fitted = _fit_messages(lines, room, size, costs)
     if fitted is None:
         return Overflow(f"Messages {start} to {upto - 1} cannot be summarised within the model's {limit} input "
                         "tokens. Raise context.max_input_tokens or lower context.summary_max_tokens.")
     transcript = "\n".join(line.content for line in fitted[0])
-    return ModelRequest(models=draft.models, messages=(prompt, Message(role="user", content=head + transcript)),
-                        max_output_tokens=settings.summary_max_tokens, timeout_seconds=draft.timeout_seconds,
-                        metadata={"node": draft.metadata.get("node"), "step": draft.metadata.get("step"),
-                                  "purpose": "summary", "summarises": [start, upto]})
+    request = ModelRequest(models=draft.models, messages=(prompt, Message(role="user", content=head + transcript)),
+                           max_output_tokens=settings.summary_max_tokens, timeout_seconds=draft.timeout_seconds,
+                           metadata={"node": draft.metadata.get("node"), "step": draft.metadata.get("step"),
+                                     "purpose": "summary", "summarises": [start, upto]})
+    return SummaryNeeded(request=request, start=start, upto=upto)
 
 
 def _transcript_line(message: Message) -> str:
