@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import logging
 import random
@@ -305,14 +306,16 @@ class LiteLLMTokenCounter:
 
     def __init__(self, *, cache_size: int = 8192) -> None:
         self.cache_size = cache_size
-        self._counts: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._counts: OrderedDict[tuple[str, bytes], int] = OrderedDict()
         self._lock = threading.Lock()
 
     def count(self, *, model: str, messages: Sequence[Message] = (), tools: Sequence[ToolDefinition] = ()) -> int:
         """Input tokens of a request to ``model`` with these messages and tool definitions."""
         wire_messages = [openai_message(m) for m in messages]
         wire_tools = [openai_tool(t) for t in tools]
-        key = (model, json.dumps([wire_messages, wire_tools], sort_keys=True, separators=(",", ":")))
+        # keyed by a digest: a kept count costs a few bytes however long its messages
+        key = (model, hashlib.sha256(json.dumps([wire_messages, wire_tools], sort_keys=True,
+                                                separators=(",", ":")).encode()).digest())
         with self._lock:
             cached = self._counts.get(key)
             if cached is not None:
