@@ -108,19 +108,21 @@ class RunStepper:
     """Executes steps of runs in one tenant schema. Ports are passed in: no settings are read here.
 
     ``token_counter`` measures each model call's context (default: an estimate of four characters a token);
-    ``memory_recall``, when given, is asked for each model call's relevant long-term memories, which go into
-    the call's system message within their share of the budget (core/context.py)."""
+    ``memory_recall_factory``, when given, makes a run's MemoryRecall (like ``tool_runner_factory``, from the
+    run's id, once a step), asked for each model call's relevant long-term memories, which go into the call's
+    system message within their share of the budget (core/context.py)."""
 
     def __init__(self, *, tenant_schema: str, chat_model: ChatModel,
                  tool_runner_factory: Callable[[str], ToolRunner], dispatch: Callable[[UUID, int], None],
                  owner: str | None = None, lease_seconds: float = 30.0, clock: Callable[[], float] = time.time,
                  tenant: Any = None, steps_per_task: int = 1,
                  on_stop: Callable[[UUID], None] | None = None, token_counter: TokenCounter | None = None,
-                 memory_recall: MemoryRecall | None = None) -> None:
+                 memory_recall_factory: Callable[[str], MemoryRecall] | None = None) -> None:
         self.schema = tenant_schema
         self.chat_model = chat_model
-        self.meter = Meter(counter=token_counter or EstimatedTokens(), recalls_memories=memory_recall is not None)
-        self.memory_recall = memory_recall
+        self.meter = Meter(counter=token_counter or EstimatedTokens(),
+                           recalls_memories=memory_recall_factory is not None)
+        self.memory_recall_factory = memory_recall_factory
         self.tool_runner_factory = tool_runner_factory
         self.dispatch = dispatch
         self.owner = owner or f"{uuid.uuid4().hex[:12]}"
@@ -252,9 +254,11 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         if not commands:
             return {}
         tools = self.tool_runner_factory(str(run_id))
+        memory = self.memory_recall_factory(str(run_id)) if self.memory_recall_factory is not None else None
         sent = {} if sent is None else sent
         work = asyncio.ensure_future(asyncio.gather(
-            *(self._effect(run_id, step, command, tools, claim, fresh, after_seq, sent) for command in commands),
+            *(self._effect(run_id, step, command, tools, claim, fresh, after_seq, sent, memory)
+              for command in commands),
             return_exceptions=True))
         while not work.done():
             done, _ = await asyncio.wait({work}, timeout=self.lease_seconds / 3)
@@ -276,8 +280,8 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         return results
 
     async def _effect(self, run_id: UUID, step: int, command: Command, tools: ToolRunner,
-                      claim: Claim, fresh: bool, after_seq: int,
-                      sent: dict[str, dict[str, Any]]) -> machine.EffectResult | None:
+                      claim: Claim, fresh: bool, after_seq: int, sent: dict[str, dict[str, Any]],
+                      memory: MemoryRecall | None = None) -> machine.EffectResult | None:
         if isinstance(command, StartSubRun):
             return await asyncio.to_thread(self._subrun, run_id, command)
         idempotency_key = f"{run_id}:{step}:{command.key}"
@@ -315,7 +319,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         if isinstance(command, CallModel):
             deltas = _DeltaStream(schema=self.schema, run_id=run_id, after_seq=after_seq, node=command.node_id,
                                   name=f"{claim.version}.{command.node_id}")
-            model_request = await self._with_memories(command.request, claim)
+            model_request = await self._with_memories(command.request, claim, memory)
             if "context" in model_request.metadata:
                 sent[command.key] = model_request.metadata["context"]
             try:
@@ -330,16 +334,16 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         await asyncio.to_thread(self._journal_end, idempotency_key, result, None, started)
         return result
 
-    async def _with_memories(self, request: ModelRequest, claim: Claim) -> ModelRequest:
+    async def _with_memories(self, request: ModelRequest, claim: Claim, memory: MemoryRecall | None) -> ModelRequest:
         """The request with the agent's relevant memories recalled into it, when a memory store is wired and
         the request keeps them room. A store that cannot answer leaves the call without them."""
-        if self.memory_recall is None or request.recall is None:
+        if memory is None or request.recall is None:
             return request
         agent = await asyncio.to_thread(self._agent_name, claim.agent_version_id)
         recall = request.recall
         try:
-            memories = await self.memory_recall.recall(query=recall.query, agent=agent, limit=recall.limit,
-                                                       max_tokens=recall.max_tokens)
+            memories = await memory.recall(query=recall.query, agent=agent, limit=recall.limit,
+                                           max_tokens=recall.max_tokens)
         except MemoryUnavailable as exc:
             logger.warning("Memories of agent %s unavailable; the model call goes ahead without them: %s", agent, exc)
             return context.with_memories(request, [], self.meter.counter)

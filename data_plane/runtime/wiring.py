@@ -49,8 +49,9 @@ def token_counter() -> TokenCounter:
     return LiteLLMTokenCounter()
 
 
-def memory_recall() -> MemoryRecall | None:
-    """The long-term memory store that model calls recall from; None while none is wired (no memories)."""
+def memory_recall_factory(tenant_schema: str) -> Callable[[str], MemoryRecall] | None:
+    """Makes a run's MemoryRecall (from its id) on the tenant's long-term memory store, which model calls
+    recall from; None while no store is wired (no memories)."""
     return None
 
 
@@ -65,5 +66,5 @@ def stepper_for(*, tenant: Any, dispatch: Callable[[UUID, int], None]) -> RunSte
         tool_runner_factory=lambda run_id: ToolRouter(tenant_schema=schema, run_id=run_id, tenant=tenant),
         dispatch=dispatch, owner=worker_identity(), lease_seconds=settings.RUN_LEASE_SECONDS, tenant=tenant,
         steps_per_task=settings.RUN_STEPS_PER_TASK, on_stop=lambda run_id: release_run(schema, run_id),
-        token_counter=token_counter(), memory_recall=memory_recall(),
+        token_counter=token_counter(), memory_recall_factory=memory_recall_factory(schema),
     )

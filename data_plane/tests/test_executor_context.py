@@ -150,7 +150,7 @@ def test_recalled_memories_reach_the_model_within_their_share(tenant):
         run = services.run_start(tenant=tenant.tenant, agent_id=agent_id, input="Which currency?", actor=TEST_ACTOR)
     model, memories = FakeChatModel(reply), Memories()
     # when
-    done = drive(tenant, run.id, stepper(tenant, model, memory_recall=memories))
+    done = drive(tenant, run.id, stepper(tenant, model, memory_recall_factory=lambda run_id: memories))
     # then: asked with the latest user message, for the agent, within a quarter of the budget (3000 - 1024 reserved)
     assert done.status == "completed"
     assert memories.asked == [{"query": "Which currency?", "agent": "remembering", "limit": 5, "max_tokens": 494}]
@@ -167,6 +167,6 @@ def test_a_memory_store_that_is_down_leaves_the_call_without_memories(tenant):
     with schema_context(tenant.schema):
         run = services.run_start(tenant=tenant.tenant, agent_id=agent_id, input="Which currency?", actor=TEST_ACTOR)
     model = FakeChatModel(reply)
-    done = drive(tenant, run.id, stepper(tenant, model, memory_recall=Memories(is_down=True)))
+    done = drive(tenant, run.id, stepper(tenant, model, memory_recall_factory=lambda run_id: Memories(is_down=True)))
     assert done.status == "completed"
     assert model.requests[0].messages[0].content == "Be brief."
