@@ -33,11 +33,13 @@ from control_plane.audit.services import audit_event_record
 from data_plane import streams
 from data_plane.models import Approval, EffectRecord, Run
 from data_plane.runtime.adapters.checkpoints import CommitResult, Fenced, LoadedCheckpoint, PostgresCheckpointStore
-from data_plane.runtime.core import machine
+from data_plane.runtime.core import context, machine
+from data_plane.runtime.core.context import SUMMARY_KEY, EstimatedTokens, Meter
 from data_plane.runtime.core.machine import CallModel, CallTool, Command, EffectFailed, StartSubRun, SubRunResult
 from data_plane.runtime.core.messages import Message, ToolResult, Usage
-from data_plane.runtime.core.ports import ChatModel, MediaSource, ModelReply, ProviderRejected, ProviderUnavailable, \
-    RetryNotice, ToolRunner, ToolUnavailable, request_has_attachments
+from data_plane.runtime.core.ports import ChatModel, MediaSource, MemoryRecall, MemoryUnavailable, ModelReply, \
+    ModelRequest, ProviderRejected, ProviderUnavailable, RetryNotice, TokenCounter, ToolRunner, ToolUnavailable, \
+    request_has_attachments
 from data_plane.runtime.core.spec import AgentSpec, spec_from_json
 from data_plane.runtime.core.state import RunState, Status
 from data_plane.runtime.loop import run_coroutine
@@ -89,6 +91,7 @@ class _Lru(OrderedDict):  # type: ignore[type-arg]
 # Agent versions and checkpoints never change once written, so a process may keep them: the next step of
 # a run on the same worker skips re-reading its whole conversation.
 _SPECS = _Lru(512)
+_AGENT_NAMES = _Lru(512)
 _STATES = _Lru(256)
 _CACHE_LOCK = threading.Lock()
 
@@ -103,7 +106,12 @@ def run_status_for(state: RunState) -> str:
 
 
 class RunStepper:
-    """Executes steps of runs in one tenant schema. Ports are passed in: no settings are read here."""
+    """Executes steps of runs in one tenant schema. Ports are passed in: no settings are read here.
+
+    ``token_counter`` measures each model call's context (default: an estimate of four characters a token);
+    ``memory_recall_factory``, when given, makes a run's MemoryRecall (like ``tool_runner_factory``, from the
+    run's id, once a step), asked for each model call's relevant long-term memories, which go into the call's
+    system message within their share of the budget (core/context.py)."""
 
     def __init__(self, *, tenant_schema: str, chat_model: ChatModel,
                  tool_runner_factory: Callable[[str], ToolRunner], dispatch: Callable[[UUID, int], None],
@@ -111,9 +119,13 @@ class RunStepper:
                  tenant: Any = None, steps_per_task: int = 1,
                  on_stop: Callable[[UUID], None] | None = None,
                  on_finished: Callable[[UUID, str, AgentSpec], None] | None = None,
-                 media: MediaSource | None = None) -> None:
+                 media: MediaSource | None = None, token_counter: TokenCounter | None = None,
+                 memory_recall_factory: Callable[[str], MemoryRecall] | None = None) -> None:
         self.schema = tenant_schema
         self.chat_model = chat_model
+        self.meter = Meter(counter=token_counter or EstimatedTokens(),
+                           recalls_memories=memory_recall_factory is not None)
+        self.memory_recall_factory = memory_recall_factory
         self.tool_runner_factory = tool_runner_factory
         self.dispatch = dispatch
         self.owner = owner or f"{uuid.uuid4().hex[:12]}"
@@ -144,12 +156,14 @@ class RunStepper:
             if loaded is None:
                 loaded = store.load(head_id)
             state = loaded.state
-            commands = machine.pending_commands(state, spec)
+            commands = machine.pending_commands(state, spec, self.meter)
+            sent: dict[str, dict[str, Any]] = {}  # model calls' context as sent (after recalled memories)
             try:
                 # Within one task, a step after the first cannot have anything recorded yet (this task is the
                 # run's only driver and created the step), unless the run replays a source branch.
                 fresh = head_id != claim.head_id and claim.base_run_id is None
-                results = run_coroutine(self._execute(run_id, loaded.step, commands, spec, claim, fresh, after_seq))
+                results = run_coroutine(self._execute(run_id, loaded.step, commands, spec, claim, fresh, after_seq,
+                                                      sent))
             except TransientStepError as exc:
                 self._release(run_id, claim.version, loaded.step)
                 logger.warning("Run %s step %s: transient failure, will retry: %s", run_id, loaded.step, exc)
@@ -157,9 +171,10 @@ class RunStepper:
             except Fenced:  # cancelled or taken over: this worker's resources for the run go
                 self._stopped(run_id)
                 return StepOutcome(kind="fenced", step=loaded.step)
-            new_state, _ = machine.step(state, machine.EffectsCompleted(results=results, now=self.clock()), spec=spec)
+            new_state, _ = machine.step(state, machine.EffectsCompleted(results=results, now=self.clock()), spec=spec,
+                                        meter=self.meter)
             outcome, committed = self._commit(run_id, claim, store, loaded.id, loaded.step, state, new_state,
-                                              commands, results, keep_going=budget > 0)
+                                              commands, results, keep_going=budget > 0, sent=sent)
             if committed is None:
                 if outcome.run_status in ("completed", "failed") and self.on_finished is not None:
                     self.on_finished(run_id, outcome.run_status, spec)
@@ -243,12 +258,16 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
     # --- effects ----------------------------------------------------------------------------------
 
     async def _execute(self, run_id: UUID, step: int, commands: list[Command], spec: AgentSpec,
-                       claim: Claim, fresh: bool = False, after_seq: int = 0) -> dict[str, machine.EffectResult]:
+                       claim: Claim, fresh: bool = False, after_seq: int = 0,
+                       sent: dict[str, dict[str, Any]] | None = None) -> dict[str, machine.EffectResult]:
         if not commands:
             return {}
         tools = self.tool_runner_factory(str(run_id))
+        memory = self.memory_recall_factory(str(run_id)) if self.memory_recall_factory is not None else None
+        sent = {} if sent is None else sent
         work = asyncio.ensure_future(asyncio.gather(
-            *(self._effect(run_id, step, command, tools, claim, fresh, after_seq) for command in commands),
+            *(self._effect(run_id, step, command, tools, claim, fresh, after_seq, sent, memory)
+              for command in commands),
             return_exceptions=True))
         while not work.done():
             done, _ = await asyncio.wait({work}, timeout=self.lease_seconds / 3)
@@ -270,15 +289,23 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         return results
 
     async def _effect(self, run_id: UUID, step: int, command: Command, tools: ToolRunner,
-                      claim: Claim, fresh: bool, after_seq: int) -> machine.EffectResult | None:
+                      claim: Claim, fresh: bool, after_seq: int, sent: dict[str, dict[str, Any]],
+                      memory: MemoryRecall | None = None) -> machine.EffectResult | None:
         if isinstance(command, StartSubRun):
             return await asyncio.to_thread(self._subrun, run_id, command)
         idempotency_key = f"{run_id}:{step}:{command.key}"
-        if isinstance(command, CallModel):
+        if isinstance(command, CallModel) and command.key == SUMMARY_KEY:
+            kind, name = EffectRecord.Kind.MODEL, command.request.models[0]
+            # the transcript is the run's messages again: the journal keeps its digest and what it covers
+            request = {"models": list(command.request.models), "node": command.node_id, "purpose": "summary",
+                       "summarises": command.request.metadata["summarises"],
+                       "digest": digest([m.to_json() for m in command.request.messages])}
+        elif isinstance(command, CallModel):
             kind, name = EffectRecord.Kind.MODEL, command.request.models[0]
             messages = command.request.messages
             # The conversation itself is in the run's messages; the journal keeps a bounded identity of the
             # request: a replay's identical request (same lineage position, same last messages) matches it.
+            # Recalled memories are added after this, so a replay of the same conversation reuses its answer.
             request = {"models": list(command.request.models), "node": command.node_id,
                        "message_count": len(messages), "tools": [t.name for t in command.request.tools],
                        "system": digest(messages[0].to_json()) if messages and messages[0].role == "system" else None,
@@ -301,10 +328,13 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         if isinstance(command, CallModel):
             deltas = _DeltaStream(schema=self.schema, run_id=run_id, after_seq=after_seq, node=command.node_id,
                                   name=f"{claim.version}.{command.node_id}")
+            model_request = await self._with_memories(command.request, claim, memory)
+            if "context" in model_request.metadata:
+                sent[command.key] = model_request.metadata["context"]
             # only a request with attachments needs the media (and ChatModels without media support keep working)
-            media = {"media": self.media} if request_has_attachments(command.request) else {}
+            media = {"media": self.media} if request_has_attachments(model_request) else {}
             try:
-                reply = await self.chat_model.complete(command.request, on_delta=deltas.send, on_retry=deltas.restart,
+                reply = await self.chat_model.complete(model_request, on_delta=deltas.send, on_retry=deltas.restart,
                                                        **media)
             except ProviderRejected as exc:
                 failed = EffectFailed(code="model_rejected", message=str(exc))
@@ -315,6 +345,35 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         result = await tools.call(command.call, idempotency_key=idempotency_key)
         await asyncio.to_thread(self._journal_end, idempotency_key, result, None, started)
         return result
+
+    async def _with_memories(self, request: ModelRequest, claim: Claim, memory: MemoryRecall | None) -> ModelRequest:
+        """The request with the agent's relevant memories recalled into it, when a memory store is wired and
+        the request keeps them room. A store that cannot answer leaves the call without them."""
+        if memory is None or request.recall is None:
+            return request
+        agent = await asyncio.to_thread(self._agent_name, claim.agent_version_id)
+        recall = request.recall
+        try:
+            memories = await memory.recall(query=recall.query, agent=agent, limit=recall.limit,
+                                           max_tokens=recall.max_tokens)
+        except MemoryUnavailable as exc:
+            logger.warning("Memories of agent %s unavailable; the model call goes ahead without them: %s", agent, exc)
+            return context.with_memories(request, [], self.meter.counter)
+        return context.with_memories(request, memories, self.meter.counter)
+
+    def _agent_name(self, agent_version_id: UUID) -> str:
+        key = (self.schema, agent_version_id)
+        with _CACHE_LOCK:
+            name = _AGENT_NAMES.get(key)
+        if name is None:
+            close_old_connections()
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT a.name FROM {self.q}data_plane_agentversion v JOIN {self.q}data_plane_agent a "
+                               "ON a.id = v.agent_id WHERE v.id = %s", [agent_version_id])
+                name = cursor.fetchone()[0]
+            with _CACHE_LOCK:
+                _AGENT_NAMES.remember(key, name)
+        return str(name)
 
     def _journal_begin(self, run_id: UUID, step: int, key: str, kind: str, name: str, idempotency_key: str,
                        effect_digest: str, request: dict[str, Any], claim: Claim,
@@ -426,8 +485,8 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
 
     def _commit(self, run_id: UUID, claim: Claim, store: PostgresCheckpointStore, parent_id: UUID, parent_step: int,
                 previous: RunState, state: RunState, commands: list[Command],
-                results: dict[str, machine.EffectResult], *, keep_going: bool
-                ) -> tuple[StepOutcome, tuple[int, UUID, int] | None]:
+                results: dict[str, machine.EffectResult], *, keep_going: bool,
+                sent: dict[str, dict[str, Any]] | None = None) -> tuple[StepOutcome, tuple[int, UUID, int] | None]:
         """Commit the step. Returns its outcome, and (new version, checkpoint, last event's seq) when this task
         goes on with the run's next step itself (it keeps the lease) instead of dispatching it."""
         step = parent_step + 1
@@ -435,7 +494,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         waiting_subrun = state.status == Status.WAITING_SUBRUN
         continues = keep_going and run_status == "running" and not waiting_subrun
         checkpoint_id = uuid.uuid4()
-        events = _step_events(commands, results, step, checkpoint_id, previous, state, run_status)
+        events = _step_events(commands, results, step, checkpoint_id, previous, state, run_status, sent or {})
         try:
             with transaction.atomic():
                 committed = store.commit(run_id=run_id, expected_version=claim.version, checkpoint_id=checkpoint_id,
@@ -594,11 +653,22 @@ def _decode_result(kind: str, data: dict[str, Any]) -> machine.EffectResult:
 
 
 def _step_events(commands: list[Command], results: dict[str, machine.EffectResult], step: int, checkpoint_id: UUID,
-                 previous: RunState, state: RunState, run_status: str) -> list[dict[str, Any]]:
+                 previous: RunState, state: RunState, run_status: str,
+                 sent: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     for command in commands:
         result = results.get(command.key)
-        if isinstance(command, CallModel) and isinstance(result, ModelReply):
+        if isinstance(command, CallModel) and command.key == SUMMARY_KEY and isinstance(result, ModelReply):
+            start, upto = command.request.metadata["summarises"]
+            events.append({"type": "context.summarised", "data": {
+                "node": command.node_id, "messages_summarised": upto, "newly_summarised": upto - start,
+                "summary_characters": len(state.summary.text) if state.summary else 0,
+                "usage": result.usage.to_json()}})
+            events.append({"type": "usage", "data": {
+                "node": command.node_id, "purpose": "summary", "call": result.usage.to_json(),
+                "run": {"input_tokens": state.input_tokens, "output_tokens": state.output_tokens,
+                        "cost_usd": state.cost_usd}}})
+        elif isinstance(command, CallModel) and isinstance(result, ModelReply):
             # The reply itself is in the checkpoint's messages (at message_seq); the event carries a preview,
             # so a step's bytes are not written twice.
             appended = state.messages[len(previous.messages):]
@@ -610,7 +680,9 @@ def _step_events(commands: list[Command], results: dict[str, machine.EffectResul
                 "usage": result.usage.to_json(),
                 **({"tools_selected": command.request.metadata["tools_selected"],
                     "tools_available": command.request.metadata["tools_available"]}
-                   if "tools_selected" in command.request.metadata else {})}})
+                   if "tools_selected" in command.request.metadata else {}),
+                **({"context": (sent or {}).get(command.key, command.request.metadata["context"])}
+                   if "context" in command.request.metadata else {})}})
             events.append({"type": "usage", "data": {
                 "node": command.node_id, "call": result.usage.to_json(),
                 "run": {"input_tokens": state.input_tokens, "output_tokens": state.output_tokens,

@@ -18,6 +18,12 @@ so are what the request's user messages carry besides text: ``{{images}}`` (how 
 
 Transcription (``/v1/audio/transcriptions``) is deterministic: the text registered for the audio's SHA-256
 (``register_transcript``), else one derived from the audio's size and digest.
+
+The runtime's summarising calls (a system message starting with ``[agentplane:summarise]``, see
+data_plane/runtime/core/context.py) are answered by the ``summary`` scenario, whatever the model name:
+a deterministic summary, one point per summarised message, within the request's ``max_tokens``. A request
+whose system message carries a summary counts the replies it summarises among its turns, so a scenario
+goes on where the summarised conversation was.
 """
 
 from __future__ import annotations
@@ -33,12 +39,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_plane.runtime.core.context import NEW_MESSAGES, SUMMARY_HEADING_PATTERN, SUMMARY_MARKER
+
 BUILTIN_DIR = Path(__file__).with_name("scenarios")
 DEFAULT_SCENARIO = "echo"
 SCENARIO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 SYSTEM_MARKER = re.compile(r"\[scenario:([A-Za-z0-9][A-Za-z0-9_.\-]*)\]")
 MODEL_PREFIX = "scripted/"
 USER_PREFIX = "scenario:"
+SUMMARY_SCENARIO = "summary"
+SUMMARY_POINT_CHARACTERS = 80
 
 
 class InvalidScenario(ValueError):
@@ -246,7 +256,31 @@ def last_text(messages: Sequence[Mapping[str, Any]], role: str) -> str:
 
 
 def turn_index(messages: Iterable[Mapping[str, Any]]) -> int:
-    return sum(1 for m in messages if m.get("role") == "assistant")
+    """The assistant messages of the conversation: those in the request, and those its summary stands for."""
+    count = 0
+    for message in messages:
+        if message.get("role") == "assistant":
+            count += 1
+        elif message.get("role") in ("system", "developer"):
+            summarised = SUMMARY_HEADING_PATTERN.search(message_text(message))
+            count += int(summarised.group(2)) if summarised else 0
+    return count
+
+
+def is_summary_request(messages: Sequence[Mapping[str, Any]]) -> bool:
+    return any(m.get("role") in ("system", "developer") and message_text(m).startswith(SUMMARY_MARKER)
+               for m in messages)
+
+
+def scripted_summary(messages: Sequence[Mapping[str, Any]], max_tokens: int | None) -> str:
+    """The summary scenario's answer: the previous summary's points, then one point per new message (its
+    first characters); beyond ``max_tokens`` the oldest points go first."""
+    previous, _, new = last_text(messages, "user").partition(NEW_MESSAGES)
+    points = [line for line in previous.splitlines() if line.startswith("- ")]
+    points += [f"- {line.strip()[:SUMMARY_POINT_CHARACTERS]}" for line in new.splitlines() if line.strip()]
+    while len(points) > 1 and max_tokens and estimate_tokens(len("\n".join(points))) > max_tokens:
+        points.pop(0)
+    return "\n".join(points) or "- (nothing to summarise)"
 
 
 def conversation_key(messages: Sequence[Mapping[str, Any]]) -> str:
@@ -450,6 +484,8 @@ class ScenarioBook:
         """Choose the scenario and turn for a chat request and count it. Raises UnknownScenario, InvalidRequest."""
         messages = [m for m in body.get("messages") or () if isinstance(m, dict)]
         media = media_parts(messages)
+        if is_summary_request(messages):
+            return self._summary_plan(body, messages)
         name = requested_name(body, self.scenarios)
         scenario = self.scenarios.get(name) or Scenario(name=name, turns=(Turn(content="You said: {{last_user}}"),),
                                                          repeat_last=True)
@@ -466,6 +502,14 @@ class ScenarioBook:
         return Plan(scenario=name, turn=turn, conversation=conversation, content=content, tool_calls=calls,
                     prompt_tokens=estimate_tokens(prompt_characters(messages)),
                     completion_tokens=estimate_tokens(output_characters), failure=failure)
+
+    def _summary_plan(self, body: Mapping[str, Any], messages: Sequence[Mapping[str, Any]]) -> Plan:
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        content = scripted_summary(messages, max_tokens if isinstance(max_tokens, int) else None)
+        self.requests[SUMMARY_SCENARIO] += 1
+        return Plan(scenario=SUMMARY_SCENARIO, turn=Turn(content=content), conversation=conversation_key(messages),
+                    content=content, tool_calls=(), prompt_tokens=estimate_tokens(prompt_characters(messages)),
+                    completion_tokens=estimate_tokens(len(content)))
 
     def _failure_for(self, name: str, conversation: str, fail: InjectedFailure | None) -> InjectedFailure | None:
         if fail is None:

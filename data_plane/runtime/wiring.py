@@ -16,7 +16,8 @@ from data_plane.executor import RunStepper
 from data_plane.runtime.adapters.attachments import StoredMedia
 from data_plane.runtime.adapters.media import Capabilities
 from data_plane.runtime.core.media import AttachmentLimits
-from data_plane.runtime.core.ports import ChatModel
+from data_plane.runtime.core.context import EstimatedTokens
+from data_plane.runtime.core.ports import ChatModel, MemoryRecall, TokenCounter
 from data_plane.runtime.core.spec import AgentSpec
 from data_plane.tools import ToolRouter, release_run
 
@@ -66,6 +67,25 @@ def attachment_limits() -> AttachmentLimits:
                             max_audio_bytes=settings.ATTACHMENT_MAX_AUDIO_BYTES)
 
 
+@cache
+def token_counter() -> TokenCounter:
+    """How model calls' contexts are measured: litellm's tokenizer for the model; with LLM_API_BASE="inprocess"
+    the scripted scenarios' estimate (four characters a token), which needs no tokenizer."""
+    if settings.LLM_API_BASE == INPROCESS:
+        return EstimatedTokens()
+    from data_plane.runtime.adapters.llm import LiteLLMTokenCounter
+
+    return LiteLLMTokenCounter()
+
+
+def memory_recall_factory(tenant_schema: str) -> Callable[[str], MemoryRecall] | None:
+    """Makes a run's MemoryRecall (from its id) on the tenant's long-term memory store, which model calls
+    recall from (when the run's agent recalls: its memory policy)."""
+    from data_plane.recall import TenantMemoryRecall
+
+    return lambda run_id: TenantMemoryRecall(tenant_schema=tenant_schema, run_id=run_id)
+
+
 def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -90,4 +110,5 @@ def stepper_for(*, tenant: Any, dispatch: Callable[[UUID, int], None]) -> RunSte
         steps_per_task=settings.RUN_STEPS_PER_TASK, on_stop=lambda run_id: release_run(schema, run_id),
         on_finished=partial(learn_later, schema),
         media=StoredMedia(tenant_schema=schema, storage=attachment_storage()),
+        token_counter=token_counter(), memory_recall_factory=memory_recall_factory(schema),
     )

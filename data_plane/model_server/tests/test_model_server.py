@@ -16,6 +16,7 @@ import pytest
 
 from data_plane.model_server import ServerHandle, start_in_thread
 from data_plane.tests import media_files
+from data_plane.runtime.core.context import SUMMARY_PROMPT
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +177,38 @@ def test_the_turn_is_the_number_of_assistant_messages_and_replays_get_the_same_a
     assert first["choices"] == replay["choices"] and first["id"] == replay["id"]
     assert first["choices"][0]["message"]["content"] == "one"
     assert beyond["choices"][0]["message"]["content"] == f"(scenario {name} has no more turns)"
+
+
+def test_a_summarising_request_gets_a_deterministic_summary_within_its_max_tokens(http):
+    # given: the runtime's summarising call (core/context.py), whatever the model name
+    transcript = ("Previous summary:\n- user: asked for the invoice total\n\nMessages to fold in:\n"
+                  "user: Add the March refunds please\nassistant: The total with the March refunds is 1,240 EUR.")
+    messages = [{"role": "system", "content": SUMMARY_PROMPT.format(tokens=30)},
+                {"role": "user", "content": transcript}]
+    before = requests_for(http, "summary")
+    # when
+    reply = chat(http, "plan-act-reflect", messages, max_tokens=40).json()
+    short = chat(http, "plan-act-reflect", messages, max_tokens=12).json()
+    # then: the previous points, then one per new message; the oldest go first beyond max_tokens
+    assert reply["choices"][0]["message"]["content"] == (
+        "- user: asked for the invoice total\n- user: Add the March refunds please\n"
+        "- assistant: The total with the March refunds is 1,240 EUR.")
+    assert short["choices"][0]["message"]["content"] == "- assistant: The total with the March refunds is 1,240 EUR."
+    assert requests_for(http, "summary") == before + 2
+
+
+def test_a_summarised_conversation_counts_the_replies_its_summary_stands_for(http):
+    # given: a conversation whose first two replies are in the summary
+    name = register(http, {"name": unique("turns"), "turns": [
+        {"content": "zero"}, {"content": "one"}, {"content": "two"}, {"content": "three"}]})
+    system = ("Be brief.\n\nSummary of the earlier conversation (its first 4 messages, 2 of them your replies):\n"
+              "- user: hi")
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "again"},
+                {"role": "assistant", "content": "two"}, {"role": "user", "content": "and again"}]
+    # when
+    reply = chat(http, name, messages).json()
+    # then: the turn is 2 summarised + 1 sent
+    assert reply["choices"][0]["message"]["content"] == "three"
 
 
 def test_repeat_last_plays_the_last_turn_again(http):

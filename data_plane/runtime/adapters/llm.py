@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import logging
 import random
 import re
+import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +31,7 @@ from data_plane.runtime.adapters.media import AttachmentRefused, Capabilities, M
     render_messages
 from data_plane.runtime.adapters.openai_format import openai_message, openai_tool
 from data_plane.runtime.core.media import EXTENSIONS
-from data_plane.runtime.core.messages import Message, ToolCall, Usage
+from data_plane.runtime.core.messages import Message, ToolCall, ToolDefinition, Usage
 from data_plane.runtime.core.ports import DeltaCallback, MediaSource, ModelReply, ModelRequest, ProviderRejected, \
     ProviderUnavailable, RetryCallback, RetryNotice
 
@@ -352,3 +355,47 @@ def register_local_prices(models: Iterable[str] | str, *, input_per_million: flo
         "input_cost_per_token": input_per_million / 1e6, "output_cost_per_token": output_per_million / 1e6,
         "cache_read_input_token_cost": cached_input_per_million / 1e6,
         "litellm_provider": name.split("/", 1)[0] if "/" in name else "openai", "mode": "chat"} for name in names})
+
+
+class LiteLLMTokenCounter:
+    """The TokenCounter port on litellm: each model's tokenizer (``litellm.token_counter``, OpenAI's message
+    and tool overheads included) and input limit (litellm's model map). The core counts a conversation one
+    message at a time, step after step, so counts are kept (a bounded cache; messages never change)."""
+
+    def __init__(self, *, cache_size: int = 8192) -> None:
+        self.cache_size = cache_size
+        self._counts: OrderedDict[tuple[str, bytes], int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def count(self, *, model: str, messages: Sequence[Message] = (), tools: Sequence[ToolDefinition] = ()) -> int:
+        """Input tokens of a request to ``model`` with these messages and tool definitions."""
+        wire_messages = [openai_message(m) for m in messages]
+        wire_tools = [openai_tool(t) for t in tools]
+        # keyed by a digest: a kept count costs a few bytes however long its messages
+        key = (model, hashlib.sha256(json.dumps([wire_messages, wire_tools], sort_keys=True,
+                                                separators=(",", ":")).encode()).digest())
+        with self._lock:
+            cached = self._counts.get(key)
+            if cached is not None:
+                self._counts.move_to_end(key)
+                return cached
+        counted = int(litellm.token_counter(model=model, messages=wire_messages, tools=wire_tools or None))
+        with self._lock:
+            self._counts[key] = counted
+            while len(self._counts) > self.cache_size:
+                self._counts.popitem(last=False)
+        return counted
+
+    def input_limit(self, model: str) -> int | None:
+        """``model``'s input limit from litellm's model map; None for a model the map does not know."""
+        return _input_limit(model)
+
+
+@functools.lru_cache(maxsize=256)
+def _input_limit(model: str) -> int | None:
+    try:
+        info = litellm.get_model_info(model)
+    except Exception:  # litellm raises several unrelated types for a model missing from its map
+        return None
+    limit = info.get("max_input_tokens") or info.get("max_tokens")
+    return int(limit) if limit else None

@@ -116,6 +116,8 @@ def request_body(model: str, request: ModelRequest, *, messages: list[dict[str, 
                             "stream_options": {"include_usage": True}}
     if request.tools:
         body["tools"] = [openai_tool(t) for t in request.tools]
+    if request.max_output_tokens is not None:
+        body["max_tokens"] = request.max_output_tokens
     user = request.metadata.get("user")
     if isinstance(user, str) and user:
         body["user"] = user

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from data_plane.runtime.core import context
+from data_plane.runtime.core.context import ESTIMATE, SUMMARY_KEY, Meter, Overflow, SummaryNeeded
 from data_plane.runtime.core.graph import (
     ApprovalNode,
     Condition,
@@ -110,22 +112,26 @@ class _Advance:
 # --- Entry points ---------------------------------------------------------------------------------
 
 def start(spec: AgentSpec, *, input: str, now: float, values: Mapping[str, Any] | None = None,
-          attachments: tuple[AttachmentPart, ...] = ()) -> tuple[RunState, list[Command]]:
+          attachments: tuple[AttachmentPart, ...] = (), meter: Meter = ESTIMATE) -> tuple[RunState, list[Command]]:
     """The state of a new run with the user's input (its text and attached files), and its first effects."""
     state = RunState(status=Status.RUNNING, messages=(Message(role="user", content=input, attachments=attachments),),
                      values=dict(values or {}), frontier=(spec.workflow.entry,), started_at=now)
     state = _settle(state, spec)
-    return state, pending_commands(state, spec)
+    return state, pending_commands(state, spec, meter)
 
 
-def step(state: RunState, event: Event, *, spec: AgentSpec) -> tuple[RunState, list[Command]]:
-    """Apply one event; return the next state and the effects to perform. Raises InvalidEvent."""
+def step(state: RunState, event: Event, *, spec: AgentSpec, meter: Meter = ESTIMATE
+         ) -> tuple[RunState, list[Command]]:
+    """Apply one event; return the next state and the effects to perform. Raises InvalidEvent.
+
+    ``meter`` measures model calls' contexts; it must be the one the effects were computed with."""
     if state.is_terminal:
         raise InvalidEvent(f"The run is {state.status}; it takes no more events.")
     match event:
         case EffectsCompleted(results=results, now=now):
-            state = _apply_results(state, spec, results)
-            state = state.evolve(steps=state.steps + 1)
+            state = _apply_results(state, spec, results, meter)
+            if set(results) != {SUMMARY_KEY}:  # summarising is bookkeeping, not a step of the agent
+                state = state.evolve(steps=state.steps + 1)
             state = _settle(state, spec)
             state = _check_limits(state, spec, now)
         case ApprovalDecided(decision=decision):
@@ -138,7 +144,7 @@ def step(state: RunState, event: Event, *, spec: AgentSpec) -> tuple[RunState, l
             state = state.evolve(status=Status.RUNNING, pending_approval=None,
                                  decisions={**state.decisions, pending.node_id: decision})
             state = _settle(state, spec)
-    return state, pending_commands(state, spec)
+    return state, pending_commands(state, spec, meter)
 
 
 def reopen(state: RunState, spec: AgentSpec, *, now: float) -> RunState:
@@ -156,22 +162,33 @@ def revive(state: RunState, spec: AgentSpec) -> RunState:
     return _settle(state.evolve(status=Status.RUNNING, error=None, pending_approval=None), spec)
 
 
-def pending_commands(state: RunState, spec: AgentSpec) -> list[Command]:
+def pending_commands(state: RunState, spec: AgentSpec, meter: Meter = ESTIMATE) -> list[Command]:
     """The effects the frontier waits on and has no result for yet. Deterministic: recomputing after a
     crash gives the same commands with the same keys."""
     if state.status not in (Status.RUNNING, Status.WAITING_SUBRUN):
         return []
-    return [command for command in _commands(state, spec) if command.key not in state.collected]
+    return [command for command in _plan(state, spec, meter)[0] if command.key not in state.collected]
 
 
-def _commands(state: RunState, spec: AgentSpec) -> list[Command]:
+def _plan(state: RunState, spec: AgentSpec, meter: Meter) -> tuple[list[Command], dict[str, str]]:
+    """The frontier's commands, and the LLM nodes held back: waiting for the conversation's summary (''),
+    or unable to fit their context (why)."""
     graph = spec.workflow
     commands: list[Command] = []
+    held: dict[str, str] = {}
     for node_id in state.frontier:
         node = graph.node(node_id)
         match node:
             case LlmNode():
-                commands.append(CallModel(key=node_id, node_id=node_id, request=_model_request(state, spec, node)))
+                fitted = _model_request(state, spec, node, meter)
+                if isinstance(fitted, Overflow):
+                    held[node_id] = fitted.message
+                elif isinstance(fitted, SummaryNeeded):
+                    held[node_id] = ""
+                    if all(command.key != SUMMARY_KEY for command in commands):
+                        commands.append(CallModel(key=SUMMARY_KEY, node_id=node_id, request=fitted.request))
+                else:
+                    commands.append(CallModel(key=node_id, node_id=node_id, request=fitted))
             case ToolNode():
                 call = ToolCall(id=f"{node_id}-{state.steps}", name=node.tool,
                                 arguments=_resolve_arguments(node.arguments, state.values))
@@ -189,15 +206,23 @@ def _commands(state: RunState, spec: AgentSpec) -> list[Command]:
             case SubAgentNode():
                 commands.append(StartSubRun(key=node_id, node_id=node_id, agent=node.agent,
                                             input=_template(node.input, state)))
-    return commands
+    return commands, held
 
 
 # --- Applying results -----------------------------------------------------------------------------
 
-def _apply_results(state: RunState, spec: AgentSpec, results: Mapping[str, EffectResult]) -> RunState:
+def _apply_results(state: RunState, spec: AgentSpec, results: Mapping[str, EffectResult], meter: Meter) -> RunState:
     graph = spec.workflow
-    expected = {command.key: command for command in _commands(state, spec)}
+    commands, held = _plan(state, spec, meter)
+    expected = {command.key: command for command in commands}
     collected = {**state.collected, **{k: _result_json(v) for k, v in results.items() if k in expected}}
+    summarised = collected.pop(SUMMARY_KEY, None)
+    if summarised is not None:
+        if summarised["type"] == "failed":
+            return state.evolve(status=Status.FAILED, error={"code": summarised["code"],
+                                                             "message": summarised["message"]})
+        state = _with_summary(state, spec, expected[SUMMARY_KEY], summarised, meter)
+        del expected[SUMMARY_KEY]
     frontier: list[str] = []
     messages = list(state.messages)
     values = dict(state.values)
@@ -208,6 +233,12 @@ def _apply_results(state: RunState, spec: AgentSpec, results: Mapping[str, Effec
 
     for node_id in state.frontier:
         node = graph.node(node_id)
+        if node_id in held:
+            if held[node_id]:
+                return state.evolve(status=Status.FAILED, error={"code": "context_overflow", "message": held[node_id]},
+                                    values=values)
+            frontier.append(node_id)  # its call goes ahead next, with the new summary
+            continue
         keys = [key for key, command in expected.items() if command.node_id == node_id]
         failed = next((collected[k] for k in keys if collected.get(k, {}).get("type") == "failed"), None)
         if failed is not None:
@@ -230,6 +261,18 @@ def _apply_results(state: RunState, spec: AgentSpec, results: Mapping[str, Effec
                         decisions=decisions, join_arrivals=joins, input_tokens=tokens_in, output_tokens=tokens_out,
                         cost_usd=cost, status=Status.WAITING_SUBRUN if only_subruns else Status.RUNNING,
                         waiting_on=tuple(waiting), collected=collected)
+
+
+def _with_summary(state: RunState, spec: AgentSpec, command: Command, reply: dict[str, Any], meter: Meter) -> RunState:
+    """The state with the summarising call's reply as its summary, and the call's usage counted."""
+    assert isinstance(command, CallModel)
+    upto = command.request.metadata["summarises"][1]
+    summary = context.summary_from_reply(Message.from_json(reply["message"]).content, upto=upto,
+                                         settings=spec.context, model=command.request.models[0], counter=meter.counter)
+    usage = reply["usage"]
+    return state.evolve(summary=summary, input_tokens=state.input_tokens + usage["input_tokens"],
+                        output_tokens=state.output_tokens + usage["output_tokens"],
+                        cost_usd=state.cost_usd + usage["cost_usd"])
 
 
 def _keys_of(frontier: list[str], expected: Mapping[str, Command]) -> set[str]:
@@ -432,18 +475,22 @@ def _holds(condition: Condition, state: RunState) -> bool:
 
 # --- Helpers -----------------------------------------------------------------------------------------
 
-def _model_request(state: RunState, spec: AgentSpec, node: LlmNode) -> ModelRequest:
-    system = "\n\n".join(part for part in (spec.instructions, node.instructions) if part)
+def _model_request(state: RunState, spec: AgentSpec, node: LlmNode, meter: Meter = ESTIMATE
+                   ) -> ModelRequest | SummaryNeeded | Overflow:
+    """The node's model call, its context fitted to the budget (core/context.py); or the summary it waits
+    for; or why it cannot fit."""
+    instructions = "\n\n".join(part for part in (spec.instructions, node.instructions) if part)
     available = spec.tools if node.tools is None else tuple(t for t in spec.tools if t.name in node.tools)
     offered = select_tools(available, state.messages, limit=spec.max_tools_per_call)
-    messages = ((Message(role="system", content=system),) if system else ()) + state.messages
     metadata: dict[str, Any] = {"node": node.id, "step": state.steps}
     if len(offered) < len(available):  # say which, so a run's record shows what the model could choose from
         metadata["tools_selected"] = [tool.name for tool in offered]
         metadata["tools_available"] = len(available)
-    return ModelRequest(models=node.models or spec.models, messages=messages, tools=offered,
-                        temperature=spec.temperature, timeout_seconds=spec.model_timeout_seconds,
-                        metadata=metadata)
+    draft = ModelRequest(models=node.models or spec.models, messages=(), tools=offered,
+                         temperature=spec.temperature, timeout_seconds=spec.model_timeout_seconds, metadata=metadata)
+    if meter.recalls_memories and not spec.memory.recall:  # room for memories only for agents that recall
+        meter = replace(meter, recalls_memories=False)
+    return context.fit(draft, state=state, instructions=instructions, settings=spec.context, meter=meter)
 
 
 def _last_tool_calls(state: RunState) -> tuple[ToolCall, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,9 +25,25 @@ class ToolUnavailable(Exception):
     """Transient failure to reach a tool (transport error, circuit open); the call may be retried."""
 
 
+class MemoryUnavailable(Exception):
+    """The long-term memory store could not answer; the model call goes ahead without recalled memories."""
+
+
+@dataclass(frozen=True)
+class RecallRequest:
+    """Memories to recall for one model call (see MemoryRecall): the query, how many, and their share of the
+    context budget. ``offset`` is where their section goes in the system message's content."""
+
+    query: str
+    limit: int
+    max_tokens: int
+    offset: int
+
+
 @dataclass(frozen=True)
 class ModelRequest:
-    """One LLM call. ``models`` is the policy's ordered list: the first, then fallbacks."""
+    """One LLM call. ``models`` is the policy's ordered list: the first, then fallbacks. ``recall``, when set,
+    asks the shell to add recalled memories to the system message before the call (core/context.py)."""
 
     models: tuple[str, ...]
     messages: tuple[Message, ...]
@@ -36,6 +52,7 @@ class ModelRequest:
     max_output_tokens: int | None = None
     timeout_seconds: float = 60.0
     metadata: dict[str, Any] = field(default_factory=dict)
+    recall: RecallRequest | None = None
 
 
 def request_has_attachments(request: ModelRequest) -> bool:
@@ -100,4 +117,24 @@ class ToolRunner(Protocol):
     async def call(self, call: ToolCall, *, idempotency_key: str) -> ToolResult:
         """Run one tool call. The same ``idempotency_key`` means the same call: a tool must not repeat
         its effect. A tool's own failure is a ToolResult with is_error; ToolUnavailable is transient."""
+        ...
+
+
+class TokenCounter(Protocol):
+    """Counts tokens as a model's tokenizer does. Deterministic: the same inputs always give the same count
+    (the core plans a run's context with it, and a resumed step must plan the same)."""
+
+    def count(self, *, model: str, messages: Sequence[Message] = (), tools: Sequence[ToolDefinition] = ()) -> int:
+        """Input tokens of a request to ``model`` with these messages and tool definitions."""
+        ...
+
+    def input_limit(self, model: str) -> int | None:
+        """The most input tokens ``model`` accepts; None when unknown."""
+        ...
+
+
+class MemoryRecall(Protocol):
+    async def recall(self, *, query: str, agent: str, limit: int, max_tokens: int) -> list[str]:
+        """Up to ``limit`` of ``agent``'s long-term memories relevant to ``query``, most relevant first, about
+        ``max_tokens`` in all (the caller trims them to that). Read-only. Raises MemoryUnavailable."""
         ...

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +97,37 @@ def _memory_policy(raw: Any, error: Any) -> MemoryPolicy:
 
 
 @dataclass(frozen=True)
+class ContextSettings:
+    """How each LLM call's context is fitted into a token budget (core/context.py): the budget is
+    ``max_input_tokens`` minus ``reserve_output_tokens``; older turns are folded into a summary of at most
+    ``summary_max_tokens``, never the last ``min_recent_messages``; recalled memories get at most
+    ``memory_max_tokens`` (and never more than a quarter of the budget)."""
+
+    max_input_tokens: int | None = None  # None: the model's input limit when known, else DEFAULT_MAX_INPUT_TOKENS
+    reserve_output_tokens: int = 1024
+    pinned_facts: tuple[str, ...] = ()
+    summary_max_tokens: int = 512
+    min_recent_messages: int = 4
+    memory_max_tokens: int = 1024
+    memory_limit: int = 5
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_input_tokens": self.max_input_tokens, "reserve_output_tokens": self.reserve_output_tokens,
+                "pinned_facts": list(self.pinned_facts), "summary_max_tokens": self.summary_max_tokens,
+                "min_recent_messages": self.min_recent_messages, "memory_max_tokens": self.memory_max_tokens,
+                "memory_limit": self.memory_limit}
+
+
+DEFAULT_MAX_INPUT_TOKENS = 8000
+# Bounds of the context settings: (smallest, largest) whole numbers accepted.
+_CONTEXT_BOUNDS = {"max_input_tokens": (256, 10_000_000), "reserve_output_tokens": (0, 1_000_000),
+                   "summary_max_tokens": (16, 16_384), "min_recent_messages": (1, 1_000),
+                   "memory_max_tokens": (0, 1_000_000), "memory_limit": (0, 100)}
+MAX_PINNED_FACTS = 50
+MAX_PINNED_FACT_CHARACTERS = 1_000
+
+
+@dataclass(frozen=True)
 class AgentSpec:
     instructions: str
     models: tuple[str, ...]
@@ -110,6 +141,7 @@ class AgentSpec:
     mcp_servers: tuple[str, ...] = ()  # the tenant's MCP servers whose tools are among ``tools`` (as <server>__<tool>)
     max_tools_per_call: int = 24  # above this many tools, each LLM call is offered the most relevant ones
     memory: MemoryPolicy = field(default_factory=MemoryPolicy)
+    context: ContextSettings = field(default_factory=ContextSettings)
 
     @property
     def workflow(self) -> Graph:
@@ -146,6 +178,8 @@ class AgentSpec:
         data["max_tools_per_call"] = self.max_tools_per_call
         if self.memory.enabled:
             data["memory"] = self.memory.to_json()
+        if self.context != ContextSettings():  # absent means the defaults: agents stored before it read the same
+            data["context"] = self.context.to_json()
         return data
 
 
@@ -236,13 +270,14 @@ def spec_from_json(data: Any, *, known_agents: set[str] | None = None) -> AgentS
         error("mcp_servers", "mcp_servers is a list of the tenant's MCP server names.")
         mcp_servers = []
     memory = _memory_policy(data.get("memory"), error)
+    context = _context_from_json(data.get("context"), error)
     spec = AgentSpec(instructions=instructions if isinstance(instructions, str) else "", models=tuple(models),
                      tools=tuple(tools), graph=graph, limits=limits, agent_tools=dict(agent_tools),
                      handoffs=delegations["handoffs"],
                      temperature=data.get("temperature"),
                      model_timeout_seconds=float(data.get("model_timeout_seconds", 60.0)),
                      mcp_servers=tuple(dict.fromkeys(mcp_servers)), max_tools_per_call=max_tools,
-                     memory=memory)
+                     memory=memory, context=context)
     if graph is not None or data.get("graph") is None:
         try:  # validated even when other fields are wrong, so every problem is reported at once
             validate(spec.workflow, tools=spec.tools, agents=known_agents,
@@ -252,3 +287,51 @@ def spec_from_json(data: Any, *, known_agents: set[str] | None = None) -> AgentS
     if errors:
         raise GraphInvalid(errors)
     return spec
+
+
+def _context_from_json(raw: Any, error: Callable[[str, str], None]) -> ContextSettings:
+    """The ``context`` section; each problem goes to ``error`` (path, message) and its default is kept."""
+    if raw is None:
+        return ContextSettings()
+    if not isinstance(raw, dict):
+        error("context", "context must be an object with max_input_tokens, reserve_output_tokens, pinned_facts, "
+                         "summary_max_tokens, min_recent_messages, memory_max_tokens and memory_limit.")
+        return ContextSettings()
+    defaults = ContextSettings()
+    for unknown in sorted(set(raw) - set(defaults.to_json())):
+        error(f"context.{unknown}", f"Unknown context setting {unknown!r}; the settings are "
+                                    f"{', '.join(defaults.to_json())}.")
+    numbers: dict[str, int | None] = {}
+    for name, (low, high) in _CONTEXT_BOUNDS.items():
+        value = raw.get(name, getattr(defaults, name))
+        if value is None and name == "max_input_tokens":
+            numbers[name] = None
+        elif isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            numbers[name] = value
+        else:
+            hint = " or null (the model's input limit)" if name == "max_input_tokens" else ""
+            error(f"context.{name}", f"{name} is a whole number from {low} to {high}{hint}; got {value!r}.")
+            numbers[name] = getattr(defaults, name)
+    facts = raw.get("pinned_facts") or []
+    if not isinstance(facts, list) or not all(isinstance(f, str) and f.strip() for f in facts):
+        error("context.pinned_facts", "pinned_facts is a list of short non-empty texts, included in every call.")
+        facts = []
+    elif len(facts) > MAX_PINNED_FACTS:
+        error("context.pinned_facts", f"pinned_facts holds at most {MAX_PINNED_FACTS} facts; got {len(facts)}.")
+    for index, fact in enumerate(facts):
+        if len(fact) > MAX_PINNED_FACT_CHARACTERS:
+            error(f"context.pinned_facts.{index}", f"A pinned fact has at most {MAX_PINNED_FACT_CHARACTERS} "
+                                                   f"characters; this one has {len(fact)}. Keep pinned facts short.")
+    settings = ContextSettings(pinned_facts=tuple(f.strip() for f in facts), **numbers)  # type: ignore[arg-type]
+    limit = settings.max_input_tokens
+    if limit is not None:
+        budget = limit - settings.reserve_output_tokens
+        if budget < 128:
+            error("context.reserve_output_tokens", f"max_input_tokens ({limit}) minus reserve_output_tokens "
+                                                   f"({settings.reserve_output_tokens}) leaves {budget} tokens for "
+                                                   "the input; leave at least 128.")
+        elif settings.summary_max_tokens > budget // 2:
+            error("context.summary_max_tokens", f"summary_max_tokens ({settings.summary_max_tokens}) is at most half "
+                                                f"the input budget ({budget} tokens); lower it or raise "
+                                                "max_input_tokens.")
+    return settings

@@ -55,6 +55,22 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class Summary:
+    """The running summary of a conversation's oldest messages: ``messages[:message_count]`` are folded into
+    ``text`` (at most the agent's summary_max_tokens), and model calls send the messages after them."""
+
+    text: str
+    message_count: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "message_count": self.message_count}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Summary:
+        return cls(text=data["text"], message_count=data["message_count"])
+
+
+@dataclass(frozen=True)
 class RunState:
     status: str
     messages: tuple[Message, ...]
@@ -73,6 +89,7 @@ class RunState:
     output_tokens: int = 0
     output: str | None = None
     error: Mapping[str, str] | None = None
+    summary: Summary | None = None
 
     def evolve(self, **changes: Any) -> RunState:
         return replace(self, **changes)
@@ -91,12 +108,14 @@ class RunState:
             "waiting_on": list(self.waiting_on), "collected": dict(self.collected), "approvals_asked": self.approvals_asked, "cost_usd": self.cost_usd, "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens, "output": self.output,
             "error": dict(self.error) if self.error else None, "message_count": len(self.messages),
+            "summary": self.summary.to_json() if self.summary else None,
         }
 
     @classmethod
     def from_parts(cls, *, control: dict[str, Any], messages: tuple[Message, ...],
                    values: Mapping[str, Any]) -> RunState:
         approval = control.get("pending_approval")
+        summary = control.get("summary")
         return cls(
             status=control["status"], messages=messages, values=dict(values), frontier=tuple(control["frontier"]),
             steps=control["steps"], started_at=control["started_at"], join_arrivals=control["join_arrivals"],
@@ -106,4 +125,5 @@ class RunState:
             approvals_asked=control.get("approvals_asked", 0), cost_usd=control["cost_usd"],
             input_tokens=control["input_tokens"], output_tokens=control["output_tokens"],
             output=control["output"], error=control["error"],
+            summary=Summary.from_json(summary) if summary else None,
         )

@@ -180,3 +180,25 @@ def test_wiring_plays_the_scenarios_in_process_when_llm_api_base_is_inprocess(se
         assert isinstance(wiring.chat_model(), ScriptedChatModel)
     finally:
         wiring.chat_model.cache_clear()
+
+
+@pytest.mark.asyncio
+async def test_a_summarising_request_is_answered_like_the_server_within_its_max_output_tokens(scripted, gateway):
+    # given: the runtime's summarising call for the start of a conversation (core/context.py)
+    from data_plane.runtime.core import context
+    from data_plane.runtime.core.spec import ContextSettings
+    from data_plane.runtime.core.state import RunState, Status
+
+    messages = tuple(Message(role="user" if n % 2 == 0 else "assistant", content=f"Point {n}: " + "tax rules " * 60)
+                     for n in range(8))
+    state = RunState(status=Status.RUNNING, messages=messages, values={}, frontier=("chat",))
+    settings = ContextSettings(max_input_tokens=1000, reserve_output_tokens=100, summary_max_tokens=40,
+                               min_recent_messages=2)
+    plan = context.fit(ModelRequest(models=("openai/plan-act-reflect",), messages=(), metadata={"node": "chat"}),
+                       state=state, instructions="Be exact.", settings=settings, meter=context.ESTIMATE)
+    assert isinstance(plan, context.SummaryNeeded)
+    # when
+    summary, _ = await same_answer(scripted, gateway, plan.request)
+    # then: one point per summarised message, the oldest dropped to stay within 40 tokens (about 160 characters)
+    points = [f"- {m.role}: {' '.join(m.content.split())}"[:82] for m in messages[:plan.upto]]
+    assert summary.message.content == "\n".join(points[-1:]) and len(summary.message.content) <= 160
