@@ -66,12 +66,17 @@ class TenantMemoryRecall:
             embedder = embedder_for(self.tenant_schema)
             vector = _query_vector(embedder, query)
             common: dict[str, Any] = {"tenant_schema": self.tenant_schema, "query": query, "embedder": embedder,
-                                      "vector": vector, "agent": agent or scope.agent,
-                                      "min_similarity": scope.policy.recall_min_similarity}
-            lessons = memory_search(**common, k=scope.policy.lessons_k, kinds=[Memory.Kind.LESSON],
-                                    tags=[scope.task_kind] if scope.task_kind else ()) if scope.policy.lessons_k else []
+                                      "vector": vector, "agent": agent or scope.agent}
+            threshold = scope.policy.recall_min_similarity
+            lessons = []
+            if scope.policy.lessons_k:
+                # Lessons of the run's task kind apply to it by definition (the closest first); without a
+                # kind, only those close enough in meaning.
+                lessons = memory_search(**common, k=scope.policy.lessons_k, kinds=[Memory.Kind.LESSON],
+                                        tags=[scope.task_kind] if scope.task_kind else (),
+                                        min_similarity=None if scope.task_kind else threshold)
             facts = memory_search(**common, k=min(limit, scope.policy.recall_k), end_user=scope.end_user,
-                                  kinds=[Memory.Kind.FACT, Memory.Kind.NOTE])
+                                  kinds=[Memory.Kind.FACT, Memory.Kind.NOTE], min_similarity=threshold)
         return ([f"Lesson from an earlier run: {hit.text}" for hit in lessons]
                 + [hit.text for hit in facts])
 
