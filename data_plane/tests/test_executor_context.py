@@ -52,7 +52,8 @@ def stepper(tenant, model, **ports) -> RunStepper:
 def agent(tenant, name: str, context: dict) -> uuid.UUID:
     with schema_context(tenant.schema):
         return services.agent_create(tenant=tenant.tenant, name=name, description="", actor=TEST_ACTOR, spec={
-            "instructions": "Be brief.", "models": ["openai/x"], "graph": CHAT, "context": context}).id
+            "instructions": "Be brief.", "models": ["openai/x"], "graph": CHAT, "context": context,
+            "memory": {"recall": True}}).id
 
 
 def drive(tenant, run_id, steps: RunStepper) -> Run:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -30,6 +30,7 @@ import openai
 from data_plane.runtime.adapters.media import AttachmentRefused, Capabilities, ModelCapabilities, Transcriber, \
     render_messages
 from data_plane.runtime.adapters.openai_format import openai_message, openai_tool
+from data_plane.runtime.core.context import attachment_tokens
 from data_plane.runtime.core.media import EXTENSIONS
 from data_plane.runtime.core.messages import Message, ToolCall, ToolDefinition, Usage
 from data_plane.runtime.core.ports import DeltaCallback, MediaSource, ModelReply, ModelRequest, ProviderRejected, \
@@ -368,11 +369,13 @@ class LiteLLMTokenCounter:
         self._lock = threading.Lock()
 
     def count(self, *, model: str, messages: Sequence[Message] = (), tools: Sequence[ToolDefinition] = ()) -> int:
-        """Input tokens of a request to ``model`` with these messages and tool definitions."""
-        wire_messages = [openai_message(m) for m in messages]
+        """Input tokens of a request to ``model`` with these messages and tool definitions (an attachment
+        counted by the core's estimate for its kind: its bytes are not read to count)."""
+        wire_messages = [openai_message(replace(m, attachments=()) if m.attachments else m) for m in messages]
         wire_tools = [openai_tool(t) for t in tools]
         # keyed by a digest: a kept count costs a few bytes however long its messages
-        key = (model, hashlib.sha256(json.dumps([wire_messages, wire_tools], sort_keys=True,
+        attached = [[part.media_type for part in m.attachments] for m in messages]
+        key = (model, hashlib.sha256(json.dumps([wire_messages, wire_tools, attached], sort_keys=True,
                                                 separators=(",", ":")).encode()).digest())
         with self._lock:
             cached = self._counts.get(key)
@@ -380,6 +383,7 @@ class LiteLLMTokenCounter:
                 self._counts.move_to_end(key)
                 return cached
         counted = int(litellm.token_counter(model=model, messages=wire_messages, tools=wire_tools or None))
+        counted += attachment_tokens(messages)
         with self._lock:
             self._counts[key] = counted
             while len(self._counts) > self.cache_size:

@@ -53,6 +53,16 @@ MEMORY_SHARE = 4  # recalled memories take at most a quarter of the budget
 _SUMMARY_SLACK = 8  # a message's own overhead: a summary this much over its size is not cut
 
 
+# What an attachment costs in a model's context, estimated (the bytes are not read to count): an image as
+# OpenAI prices a high-detail 1024x1024 one, an audio clip as about a minute of speech or its transcript.
+IMAGE_TOKENS = 765
+AUDIO_TOKENS = 1000
+
+
+def attachment_tokens(messages: Sequence[Message]) -> int:
+    return sum(IMAGE_TOKENS if part.kind == "image" else AUDIO_TOKENS for m in messages for part in m.attachments)
+
+
 class EstimatedTokens:
     """A TokenCounter without a tokenizer: about four characters a token plus each message's overhead (the
     scripted model server's estimate). For tests and offline runs; production counts with litellm."""
@@ -61,7 +71,7 @@ class EstimatedTokens:
         characters = sum(len(m.content) + sum(len(c.name) + len(json.dumps(c.arguments)) for c in m.tool_calls)
                          for m in messages)
         characters += sum(len(json.dumps(tool.to_json())) for tool in tools)
-        return 3 + 4 * len(messages) + (characters + 3) // 4
+        return 3 + 4 * len(messages) + (characters + 3) // 4 + attachment_tokens(messages)
 
     def input_limit(self, model: str) -> int | None:
         return None

@@ -74,3 +74,16 @@ def test_a_context_is_fitted_with_litellms_counts():
     assert isinstance(plan, ModelRequest)
     assert plan.metadata["context"]["tokens"] == counter.count(model="openai/gpt-4o-mini", messages=plan.messages)
     assert plan.metadata["context"]["tokens"] <= 1300
+
+
+def test_an_attachment_counts_as_its_kinds_estimate_without_its_bytes():
+    from data_plane.runtime.core.messages import AttachmentPart
+
+    counter = LiteLLMTokenCounter()
+    text = Message(role="user", content="What is on this picture, and what is said here?")
+    with_files = Message(role="user", content=text.content, attachments=(
+        AttachmentPart(id="a1", media_type="image/png"), AttachmentPart(id="a2", media_type="audio/wav")))
+    plain = counter.count(model="openai/gpt-4o-mini", messages=(text,))
+    assert counter.count(model="openai/gpt-4o-mini", messages=(with_files,)) == \
+        plain + context.IMAGE_TOKENS + context.AUDIO_TOKENS
+    assert counter.count(model="openai/gpt-4o-mini", messages=(text,)) == plain  # not confused with it in the cache
