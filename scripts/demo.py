@@ -35,7 +35,7 @@ DEMO_SLUG = "demo"
 OTHER_SLUG = "demo-neighbour"
 DEMO_SCOPES = ["tenant:read", "keys:read", "keys:write", "audit:read", "pings:read", "pings:write", "tools:read",
                "tools:write", "agents:read",
-               "agents:write", "runs:read", "runs:write", "approvals:write"]
+               "agents:write", "runs:read", "runs:write", "approvals:write", "memories:read", "memories:write"]
 AGENT_NAME = "vat-assistant"
 # The local model server plays this conversation (turn n answers the request holding n assistant messages).
 SCENARIO = {"name": "vat-assistant", "turns": [
@@ -187,6 +187,68 @@ def ensure_clock_agent(http: httpx.Client, key: str, model_url: str) -> dict:
     return {**response.json(), "tools": server["tools"]}
 
 
+CONCIERGE_SCENARIO = {"name": "concierge", "turns": [{"content": "I booked you a seat on the 9:00 train. DONE"}],
+                      "repeat_last": True, "branches": [
+    {"if_system_contains": "[purpose:lesson]", "turns": [{"content": (
+        "Travellers expect the return trip too: when a request names an outward journey, offer to book the "
+        "return one in the same answer.")}]},
+    {"if_system_contains": "Dana prefers window seats", "turns": [{"content": (
+        "Booked the 9:00 train to Porto: window seat 14A and a vegetarian meal, as you prefer. DONE")}]}]}
+CONCIERGE_SPEC = {"instructions": "You book trains for the tenant's customers.", "models": ["openai/concierge"],
+                  "memory": {"recall": True, "reflect": True, "reflect_below": 0.5},
+                  "graph": {"entry": "answer", "nodes": [{"id": "answer", "kind": "llm", "next": "end"},
+                                                         {"id": "end", "kind": "end"}]}}
+
+
+def ensure_concierge(http: httpx.Client, key: str, model_url: str) -> dict:
+    auth = {"Authorization": f"Bearer {key}"}
+    httpx.post(f"{model_url}/admin/scenarios", json=CONCIERGE_SCENARIO, timeout=10).raise_for_status()
+    agents = http.get("/v1/agents", params={"limit": 500}, headers=auth).json()["results"]
+    existing = next((a for a in agents if a["name"] == "concierge"), None)
+    if existing is None:
+        response = http.post("/v1/agents", headers=auth, json={"name": "concierge", "spec": CONCIERGE_SPEC,
+                                                               "description": "Books trains, remembers travellers"})
+    else:
+        response = http.patch(f"/v1/agents/{existing['id']}", headers=auth, json={"spec": CONCIERGE_SPEC})
+    response.raise_for_status()
+    return response.json()
+
+
+def show_memory(http: httpx.Client, key: str, model_url: str, client: Client) -> None:
+    """Facts about an end user, searched and recalled into a run's context; a lesson learned from feedback."""
+    auth = {"Authorization": f"Bearer {key}"}
+    written = http.post("/v1/memories/batch", headers=auth, json={"memories": [
+        {"text": "Dana prefers window seats on trains.", "end_user": "dana", "tags": ["travel"]},
+        {"text": "Dana is vegetarian.", "end_user": "dana"},
+        {"text": "Eve always wants an aisle seat.", "end_user": "eve"}]})
+    written.raise_for_status()
+    say("remembered: " + "; ".join(f"{m['text']!r} ({'merged into an existing one' if m['merged'] else 'new'})"
+                                   for m in written.json()["memories"]))
+    found = http.post("/v1/memories/search", headers=auth,
+                      json={"query": "Where does she like to sit?", "end_user": "dana", "k": 3}).json()["results"]
+    say("search 'Where does she like to sit?' for dana (meaning + words; never eve's): " + "; ".join(
+        f"{hit['text']!r} (similarity {hit['similarity']:.2f})" for hit in found))
+    agent = ensure_concierge(http, key, model_url)
+    started = http.post("/v1/runs", headers=auth, json={
+        "agent_id": agent["id"], "input": "Book me the morning train to Porto.", "end_user": "dana",
+        "task_kind": "train-booking"})
+    started.raise_for_status()
+    run = follow_run(client, started.json()["id"], "memory")
+    say(f"the agent answered dana from what it recalled: {run['output']!r}")
+    feedback = http.post(f"/v1/runs/{run['id']}/feedback", headers=auth,
+                         json={"score": 0.3, "comment": "It did not offer the return trip."})
+    feedback.raise_for_status()
+    say(f"feedback 0.3 -> the agent writes a lesson: {feedback.json()['lesson_requested']}")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        lessons = http.get("/v1/memories", headers=auth, params={"kind": "lesson", "agent": "concierge"}).json()
+        if lessons["results"]:
+            say(f"lesson for its next train-booking runs: {lessons['results'][0]['text']!r}")
+            return
+        time.sleep(0.2)
+    raise SystemExit("no lesson was written; see .data/demo-logs/worker.log")
+
+
 def follow_run(client: Client, run_id: str, label: str, approve_text: str | None = None) -> dict:
     """Follow the run over its websocket (the SDK): print its events as they are committed, count the
     tokens streamed before each reply, approve what it asks over the same socket; return the finished run."""
@@ -215,7 +277,9 @@ def describe(event: dict) -> str:
     match event["type"]:
         case "model.reply":
             calls = ", ".join(f"{c['name']}({json.dumps(c['arguments'])})" for c in data["tool_calls"])
-            return f"model ({data['node']}): " + (f"calls {calls}" if calls else repr(data["message"]["content"][:90]))
+            recalled = (data.get("context") or {}).get("memories")
+            return (f"model ({data['node']}): " + (f"calls {calls}" if calls else repr(data["message"]["content"][:90]))
+                    + (f" [context held {recalled} recalled memories]" if recalled else ""))
         case "tool.started":
             return f"tool {data['call']['name']}({json.dumps(data['call']['arguments'])}) starts"
         case "usage":
@@ -328,6 +392,9 @@ def main() -> None:
             stats = http.get("/v1/tools/stats", headers=auth).json()
             say("tool stats: " + ", ".join(f"{row['tool']} {row['calls']} calls, {row['success_rate']:.0%} ok, "
                                            f"p50 {row['latency_p50_ms']:.1f} ms" for row in stats))
+
+            step("long-term memory: facts about an end user recalled into the agent's context; a lesson from feedback")
+            show_memory(http, key, model_url, client)
 
             step("time travel: fork the run from a middle checkpoint, with a new instruction")
             checkpoints = http.get(f"/v1/runs/{run['id']}/checkpoints", params={"limit": 500},

@@ -1,0 +1,25 @@
+"""Keys that held every scope there was (tenants' admin keys) get the memory scopes added since."""
+
+from django.db import migrations
+
+BEFORE = {"tenant:read", "keys:read", "keys:write", "audit:read", "pings:read", "pings:write", "agents:read",
+          "agents:write", "runs:read", "runs:write", "approvals:write", "tools:read", "tools:write"}
+ADDED = ["memories:read", "memories:write"]
+
+
+def grant(apps, schema_editor):
+    ApiKey = apps.get_model("tenants", "ApiKey")
+    for key in ApiKey.objects.filter(scopes__contains=sorted(BEFORE)):
+        key.scopes = list(dict.fromkeys([*key.scopes, *ADDED]))
+        key.save(update_fields=["scopes"])
+
+
+class Migration(migrations.Migration):
+
+    dependencies = [
+        ("tenants", "0002_vector_extension"),
+    ]
+
+    operations = [
+        migrations.RunPython(grant, migrations.RunPython.noop),
+    ]
