@@ -193,6 +193,8 @@ STREAM_KEY_PREFIX = env.string("STREAM_KEY_PREFIX", "agentplane")
 # may visit before it gives up: recall against latency, measured by bench/memory_bench.py.
 MEMORY_HNSW_EF_SEARCH = env.integer("MEMORY_HNSW_EF_SEARCH", 80)
 MEMORY_HNSW_MAX_SCAN_TUPLES = env.integer("MEMORY_HNSW_MAX_SCAN_TUPLES", 20000)
+# The Celery queue of learning from finished runs (facts, lessons; empty: the default queue).
+LEARN_QUEUE = env.string("LEARN_QUEUE", "")
 # A new memory this close (cosine distance) to one of the same scope is merged into it, not added.
 MEMORY_NEAR_DUPLICATE_DISTANCE = float(env.string("MEMORY_NEAR_DUPLICATE_DISTANCE", "0.08"))
 # --- Attachments: images and audio in runs' messages (docs/attachments.md) -----------------------

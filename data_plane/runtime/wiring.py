@@ -98,7 +98,8 @@ def learn_later(tenant_schema: str, run_id: UUID, status: str, spec: AgentSpec) 
 
         from data_plane import tasks
 
-        transaction.on_commit(partial(tasks.run_learn_task.delay, tenant_schema=tenant_schema, run_id=str(run_id)))
+        transaction.on_commit(partial(tasks.run_learn_task.apply_async, queue=settings.LEARN_QUEUE or None,
+                                      kwargs={"tenant_schema": tenant_schema, "run_id": str(run_id)}))
 
 
 def stepper_for(*, tenant: Any, dispatch: Callable[[UUID, int], None]) -> RunStepper:

@@ -9,15 +9,19 @@ repeat: a run's facts, and the lesson for one feedback (or for the failure), are
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 
@@ -81,8 +85,9 @@ def run_feedback_create(*, tenant: Any, run_id: UUID, score: float, comment: str
                            data={"feedback_id": str(feedback.id), "score": score, "source": source,
                                  "lesson_requested": learns})
         if learns:
-            transaction.on_commit(partial(tasks.run_learn_task.delay, tenant_schema=tenant.schema_name,
-                                          run_id=str(run_id), feedback_id=str(feedback.id)))
+            transaction.on_commit(partial(tasks.run_learn_task.apply_async, queue=settings.LEARN_QUEUE or None,
+                                          kwargs={"tenant_schema": tenant.schema_name, "run_id": str(run_id),
+                                                  "feedback_id": str(feedback.id)}))
     return feedback, learns
 
 
@@ -98,15 +103,36 @@ def run_learn(*, tenant: Any, run_id: UUID, chat_model: ChatModel, feedback_id: 
     store = PostgresCheckpointStore(schema=tenant.schema_name, connection=connection)
     state = store.load(run.head_id).state
     facts: list[UUID] = []
-    if policy.extract and run.status == "completed" and not Memory.objects.filter(
-            source_run_id=run.id, source=Memory.Source.EXTRACTION).exists():
-        facts = _extract(tenant, run, spec, state.messages, chat_model)
+    if policy.extract and run.status == "completed":
+        with _claim(f"{run.id}:extraction") as mine:
+            if mine and not Memory.objects.filter(source_run_id=run.id, source=Memory.Source.EXTRACTION).exists():
+                facts = _extract(tenant, run, spec, state.messages, chat_model)
     lesson = None
     if policy.reflect:
         why = _why_wrong(tenant, run, spec, state.values, feedback_id)
         if why is not None:
-            lesson = _reflect(tenant, run, spec, state.messages, why, chat_model)
+            with _claim(f"{run.id}:{why[0]}") as mine:
+                if mine:
+                    lesson = _reflect(tenant, run, spec, state.messages, why, chat_model)
     return Learned(facts=facts, lesson=lesson)
+
+
+@contextmanager
+def _claim(what: str) -> Iterator[bool]:
+    """Whether this worker may learn ``what`` now: a session-level advisory lock, held without a transaction
+    (the model call may take a while) and released at the end, or by Postgres if the worker dies. False
+    when another worker is learning the same thing (two deliveries of one task at once)."""
+    key = int.from_bytes(hashlib.blake2b(f"learn|{connection.schema_name}|{what}".encode(), digest_size=8).digest(),
+                         "big", signed=True)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        mine = bool(cursor.fetchone()[0])
+    try:
+        yield mine
+    finally:
+        if mine:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
 
 
 def _why_wrong(tenant: Any, run: Run, spec: AgentSpec, values: Any, feedback_id: UUID | None

@@ -3,11 +3,13 @@ fails or is scored low (by a user or the agent's evaluator), each once, and reca
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 
 import pytest
 import redis
+from django.db import connections
 from django_tenants.utils import schema_context
 
 from conftest import TEST_ACTOR, bearer, destroy_tenant, provision_for_test
@@ -37,11 +39,14 @@ def reply(request):
 
 @pytest.fixture
 def tenant(committed, settings):
+    # This test drives steps and learning itself: what the services dispatch goes to queues no worker consumes
+    # (a worker started by other tests in the session would take them otherwise).
     settings.RUN_STEP_QUEUE = f"agentplane-unconsumed-{uuid.uuid4().hex[:8]}"
+    settings.LEARN_QUEUE = f"agentplane-unconsumed-{uuid.uuid4().hex[:8]}"
     provisioned = provision_for_test("learn")
     yield provisioned
     destroy_tenant(provisioned.tenant)
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(settings.RUN_STEP_QUEUE)
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(settings.RUN_STEP_QUEUE, settings.LEARN_QUEUE)
 
 
 def finished_run(tenant, *, memory: dict, graph: dict | None = None, values: dict | None = None) -> Run:
@@ -159,3 +164,26 @@ def test_later_runs_recall_the_lesson_and_their_end_users_facts_only(tenant):
     # then
     assert recalled[0] == f"Lesson from an earlier run: {LESSON}"
     assert set(recalled[1:]) == set(FACTS)
+
+
+def test_a_delivery_skips_what_another_is_learning_at_the_same_time(tenant):
+    # given: a run scored low by its evaluator, and another session (another worker) learning its lesson now
+    run = finished_run(tenant, memory={"reflect": True}, values={"score": 0})
+    with schema_context(tenant.schema):
+        assert learn(tenant, run).lesson is not None  # takes the claim, writes, releases it
+        feedback = RunFeedback.objects.get(run_id=run.id)
+        Memory.objects.filter(kind="lesson").delete()
+    other = connections.create_connection("default")
+    key = int.from_bytes(hashlib.blake2b(f"learn|{tenant.schema}|{run.id}:feedback:{feedback.id}".encode(),
+                                         digest_size=8).digest(), "big", signed=True)
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [key])
+        # when
+        learned = learn(tenant, run)
+        # then: no second model call, no second lesson
+        assert learned.lesson is None
+        with schema_context(tenant.schema):
+            assert not Memory.objects.filter(kind="lesson").exists()
+    finally:
+        other.close()
