@@ -9,7 +9,9 @@ that could not be measured is left out, never guessed; the script then exits non
 Knobs (environment): BENCH_STEPS (300) steps per write/step figure, BENCH_LONG_STEPS (500) the length of
 the read/bytes conversation, BENCH_READS (50) reads of its last state, BENCH_TURNS (200) sequential turns
 through the API and Celery, BENCH_TURN_BURST (2000) runs started at once for turns_per_second,
-BENCH_STREAM_SAMPLES (30) runs followed by one subscriber and BENCH_STREAM_CROWD_SAMPLES (3) by 200.
+BENCH_STREAM_SAMPLES (30) runs followed by one subscriber and BENCH_STREAM_CROWD_SAMPLES (3) by 200,
+BENCH_MEMORY_ROWS (100000) memories searched, BENCH_FULL=1 also the 1M memory figures. BENCH_ONLY: a
+comma-separated list of sections to run (checkpoint, step, turn, stream, mcp, memory); all by default.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from django_tenants.utils import schema_context  # noqa: E402
 from langgraph.checkpoint.postgres import PostgresSaver  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 
-from bench import checkpoint_bench, mcp_bench, step_bench, stream_bench, turn_bench  # noqa: E402
+from bench import checkpoint_bench, mcp_bench, memory_bench, step_bench, stream_bench, turn_bench  # noqa: E402
 from common.actors import Actor  # noqa: E402
 from data_plane import services  # noqa: E402
 from tenants import services as tenant_services  # noqa: E402
@@ -62,6 +64,13 @@ TURN_BURST = int(os.environ.get("BENCH_TURN_BURST", "2000"))
 STREAM_SAMPLES = int(os.environ.get("BENCH_STREAM_SAMPLES", "30"))
 STREAM_CROWD_SAMPLES = int(os.environ.get("BENCH_STREAM_CROWD_SAMPLES", "3"))
 MCP_CALLS = int(os.environ.get("BENCH_MCP_CALLS", "300"))
+FULL = os.environ.get("BENCH_FULL") == "1"
+SECTIONS = ("checkpoint", "step", "turn", "stream", "mcp", "memory")
+ONLY = {name.strip() for name in os.environ.get("BENCH_ONLY", "").split(",") if name.strip()} or set(SECTIONS)
+if ONLY - set(SECTIONS):
+    sys.exit(f"BENCH_ONLY names unknown sections: {', '.join(sorted(ONLY - set(SECTIONS)))}; "
+             f"known: {', '.join(SECTIONS)}")
+SELECTED_ALL = ONLY == set(SECTIONS)
 WARMUP = 20
 
 # (figure, target as BENCH.md states it, check or None). Figures not listed are diagnostics.
@@ -87,6 +96,14 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, float]], bool] | None]] = [
     ("ttft_added_p99_ms", "< 20", lambda f: f["ttft_added_p99_ms"] < 20),
     ("ttft_added_p99_ms_200_subscribers", "< 50", lambda f: f["ttft_added_p99_ms_200_subscribers"] < 50),
     ("mcp_call_overhead_p50_ms", "< 5", lambda f: f["mcp_call_overhead_p50_ms"] < 5),
+    ("memory_search_p50_ms_100k", "p99 below", None),
+    ("memory_search_p99_ms_100k", "< 10", lambda f: f["memory_search_p99_ms_100k"] < 10),
+    ("memory_recall_at_10_100k", ">= 0.95", lambda f: f["memory_recall_at_10_100k"] >= 0.95),
+    ("memory_search_floor_p99_ms_100k", "baseline", None),
+    ("memory_search_ratio_100k", "<= 3", lambda f: f["memory_search_ratio_100k"] <= 3),
+    *([("memory_search_p99_ms_1m", "< 10", lambda f: f["memory_search_p99_ms_1m"] < 10),
+       ("memory_recall_at_10_1m", ">= 0.95", lambda f: f["memory_recall_at_10_1m"] >= 0.95)] if FULL else []),
+    ("embed_per_second", "measured", None),
 ]
 DIAGNOSTICS = {
     "insert_floor_django_p50_ms": "the floor's INSERT through Django's connection in atomic()",
@@ -109,6 +126,7 @@ DIAGNOSTICS = {
     "agent_start_ws_p99_ms": "",
     "mcp_call_overhead_p99_ms": "",
     "mcp_sdk_call_p50_ms": "the SDK's bare client calling the same tool on its own session (baseline)",
+    **memory_bench.DIAGNOSTICS,
 }
 
 
@@ -171,7 +189,9 @@ def derive(figures: dict[str, float]) -> None:
     ratios = {"checkpoint_write_ratio": ("checkpoint_write_p50_ms", "insert_floor_p50_ms"),
               "checkpoint_bytes_ratio": ("checkpoint_bytes_step500", "checkpoint_bytes_step10"),
               "langgraph_bytes_ratio": ("langgraph_bytes_step500", "langgraph_bytes_step10"),
-              "checkpoint_write_vs_langgraph_put": ("checkpoint_write_p50_ms", "langgraph_put_p50_ms")}
+              "checkpoint_write_vs_langgraph_put": ("checkpoint_write_p50_ms", "langgraph_put_p50_ms"),
+              "memory_search_ratio_100k": ("memory_search_p99_ms_100k", "memory_search_floor_p99_ms_100k"),
+              "memory_search_ratio_1m": ("memory_search_p99_ms_1m", "memory_search_floor_p99_ms_1m")}
     for name, (numerator, denominator) in ratios.items():
         if numerator in figures and figures.get(denominator):
             figures[name] = figures[numerator] / figures[denominator]
@@ -186,7 +206,8 @@ def report(figures: dict[str, float]) -> list[str]:
     rows, missed = [], []
     for name, target, check in TARGETS:
         if name not in figures:
-            rows.append((name, "not measured", target))
+            if SELECTED_ALL:  # with BENCH_ONLY, the sections not run measure nothing
+                rows.append((name, "not measured", target))
             continue
         verdict = ""
         if check is not None:
@@ -201,6 +222,8 @@ def report(figures: dict[str, float]) -> list[str]:
         rows.append((name, show(figures[name]), target + verdict))
     rows.extend((name, show(figures[name]), f"diagnostic{': ' + note if note else ''}")
                 for name, note in DIAGNOSTICS.items() if name in figures)
+    listed = {name for name, _, _ in TARGETS} | set(DIAGNOSTICS)
+    rows.extend((name, show(value), "diagnostic") for name, value in figures.items() if name not in listed)
     widths = [max(len(row[i]) for row in [("name", "value", "target"), *rows]) for i in range(3)]
     for index, row in enumerate([("name", "value", "target"), *rows]):
         print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -216,7 +239,9 @@ def main() -> int:
     failures: list[str] = []
     started = time.monotonic()
 
-    def section(name: str, measure: Callable[[], dict[str, float]]) -> None:
+    def section(key: str, name: str, measure: Callable[[], dict[str, float]]) -> None:
+        if key not in ONLY:
+            return
         print(f"... {name}", flush=True)
         section_started = time.monotonic()
         try:
@@ -236,7 +261,8 @@ def main() -> int:
         langgraph_connection = psycopg.connect(settings.DATABASE_URL, autocommit=True, prepare_threshold=0,
                                                row_factory=dict_row, options=f"-c search_path={schema}")
         saver = PostgresSaver(langgraph_connection)  # type: ignore[arg-type]
-        saver.setup()
+        if ONLY & {"checkpoint", "step"}:
+            saver.setup()
         with schema_context(schema):
             agent = services.agent_create(tenant=tenant, name="bench-conversation", description="Checkpoint benchmark",
                                           spec={**step_bench.AGENT_SPEC}, actor=ACTOR)
@@ -245,24 +271,28 @@ def main() -> int:
             with schema_context(schema):
                 return services.run_start(tenant=tenant, agent_id=agent.id, input="Hello", actor=ACTOR)
 
-        section("checkpoint writes, the INSERT floor and LangGraph puts", lambda: checkpoint_bench.bench_write(
-            schema=schema, start_run=start_run, database_url=settings.DATABASE_URL, saver=saver, steps=STEPS,
-            warmup=WARMUP))
-        section(f"a {LONG_STEPS}-step conversation: bytes per step and reading it back",
+        section("checkpoint", "checkpoint writes, the INSERT floor and LangGraph puts",
+                lambda: checkpoint_bench.bench_write(
+                    schema=schema, start_run=start_run, database_url=settings.DATABASE_URL, saver=saver,
+                    steps=STEPS, warmup=WARMUP))
+        section("checkpoint", f"a {LONG_STEPS}-step conversation: bytes per step and reading it back",
                 lambda: checkpoint_bench.bench_long_conversation(
                     schema=schema, start_run=start_run, saver=saver, lg_connection=langgraph_connection,
                     steps=LONG_STEPS, reads=READS))
-        section("step overhead of our runtime", lambda: step_bench.bench_ours(
+        section("step", "step overhead of our runtime", lambda: step_bench.bench_ours(
             tenant=tenant, actor=ACTOR, steps=STEPS, warmup=WARMUP))
-        section("LangGraph running the same graph", lambda: step_bench.bench_langgraph(
+        section("step", "LangGraph running the same graph", lambda: step_bench.bench_langgraph(
             saver=saver, steps=STEPS, warmup=WARMUP))
-        section(f"turns through the API and {turn_bench.WORKERS} Celery workers (zero-latency model)",
+        section("turn", f"turns through the API and {turn_bench.WORKERS} Celery workers (zero-latency model)",
                 lambda: turn_bench.bench_turns(tenant=tenant, actor=ACTOR, samples=TURNS, burst=TURN_BURST))
-        section("streaming: model server, Daphne and a worker; time to first token added, with 1 and 200 "
+        section("stream", "streaming: model server, Daphne and a worker; time to first token added, with 1 and 200 "
                 "subscribers", lambda: stream_bench.bench_streaming(key=admin_key, samples=STREAM_SAMPLES,
                                                                     crowd_samples=STREAM_CROWD_SAMPLES))
-        section("a tool call through MCP (streamable HTTP, a local server)",
+        section("mcp", "a tool call through MCP (streamable HTTP, a local server)",
                 lambda: mcp_bench.bench_mcp(calls=MCP_CALLS))
+        section("memory", f"long-term memory: embedding, ingest, search at {memory_bench.ROWS} memories"
+                f"{' and 1M' if FULL else ''}",
+                lambda: memory_bench.bench_memory(tenant=tenant, actor=ACTOR, full=FULL))
         derive(figures)
         about = machine()
     finally:
@@ -274,12 +304,14 @@ def main() -> int:
 
     results = {**{name: round(value, 4) for name, value in figures.items()}, "machine": about,
                "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    # A partial run (BENCH_ONLY) writes beside latest.json, never over the full run's figures.
+    written = RESULTS if SELECTED_ALL else RESULTS.with_name(f"latest-{'-'.join(sorted(ONLY))}.json")
+    written.parent.mkdir(parents=True, exist_ok=True)
+    written.write_text(json.dumps(results, indent=2) + "\n")
     print()
     missed = report(figures)
     print(f"\n{about['cores']} cores, {about['memory_gb']} GB, Postgres {about['postgres']}, "
-          f"Python {about['python']}; {time.monotonic() - started:.0f} s; wrote {RESULTS.relative_to(REPO)}")
+          f"Python {about['python']}; {time.monotonic() - started:.0f} s; wrote {written.relative_to(REPO)}")
     if missed:
         print("targets missed: " + ", ".join(missed))
     if failures:
