@@ -191,7 +191,7 @@ STREAM_KEY_PREFIX = env.string("STREAM_KEY_PREFIX", "agentplane")
 # --- Long-term memory ----------------------------------------------------------------------------------
 # HNSW search breadth (pgvector's hnsw.ef_search) and how many index tuples a filtered (iterative) scan
 # may visit before it gives up: recall against latency, measured by bench/memory_bench.py.
-MEMORY_HNSW_EF_SEARCH = env.integer("MEMORY_HNSW_EF_SEARCH", 80)
+MEMORY_HNSW_EF_SEARCH = env.integer("MEMORY_HNSW_EF_SEARCH", 160)
 MEMORY_HNSW_MAX_SCAN_TUPLES = env.integer("MEMORY_HNSW_MAX_SCAN_TUPLES", 20000)
 # The Celery queue of learning from finished runs (facts, lessons; empty: the default queue).
 LEARN_QUEUE = env.string("LEARN_QUEUE", "")
