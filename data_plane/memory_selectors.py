@@ -5,15 +5,19 @@ Search runs two ranked scans in one statement and fuses them:
   WHERE clause. pgvector's iterative scan (``hnsw.iterative_scan = relaxed_order``) keeps walking the
   graph until enough rows pass the filters, so a filtered query still returns k rows; the rows come
   back in nearly exact order and are re-ranked by their exact distance.
-- by words: Postgres full text (``websearch_to_tsquery`` with every word optional) on the generated
-  ``search_vector`` (GIN), with the same filters, ranked by ``ts_rank_cd``. A very common word matches
-  many rows; at most ``LEXICAL_CANDIDATES`` of them are ranked, so its cost stays bounded.
+- by words: Postgres full text on the generated ``search_vector`` (GIN), with the same filters, ranked by
+  ``ts_rank_cd``. Every word of the query is optional, except the tenant's common ones: a lexeme that
+  ANALYZE found in more than ``COMMON_WORD_FREQUENCY`` of the rows (``pg_stats.most_common_elems``)
+  tells little and would match a large part of the table, so it is left out (the meaning leg still sees
+  it). At most ``LEXICAL_CANDIDATES`` matches are ranked, so the cost stays bounded.
 Reciprocal-rank fusion (k = 60, as in Cormack et al.) then orders the union.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,8 +34,14 @@ from data_plane.errors import MemoryNotFound
 from data_plane.models import Memory, MemorySettings
 from data_plane.runtime.adapters.embeddings import LOCAL_MODEL_ID, Embedder, ProviderEmbedder, local_embedder
 
+_CACHE_LOCK = threading.Lock()
+_COMMON: dict[str, tuple[float, list[str]]] = {}
+_EMBEDDERS: dict[str, tuple[float, Embedder]] = {}
+EMBEDDER_SECONDS = 10.0
 RRF_K = 60
-LEXICAL_CANDIDATES = 2000
+LEXICAL_CANDIDATES = 200
+COMMON_WORD_FREQUENCY = 0.005
+STATS_SECONDS = 300.0  # how long a schema's common words and embedding settings are kept in this process
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 
 
@@ -63,7 +73,26 @@ def memory_settings_get(*, tenant_schema: str) -> MemorySettings:
 
 
 def embedder_for(tenant_schema: str) -> Embedder:
-    """The embedding model the tenant chose: the local one unless a provider model is configured."""
+    """The embedding model the tenant chose: the local one unless a provider model is configured. Kept for a
+    few seconds per schema (a search should not read the settings each time); a change here is seen at once."""
+    now = time.monotonic()
+    with _CACHE_LOCK:
+        kept = _EMBEDDERS.get(tenant_schema)
+    if kept is not None and now - kept[0] < EMBEDDER_SECONDS:
+        return kept[1]
+    embedder = _embedder(tenant_schema)
+    with _CACHE_LOCK:
+        _EMBEDDERS[tenant_schema] = (now, embedder)
+    return embedder
+
+
+def embedder_forget(tenant_schema: str) -> None:
+    """The tenant's settings changed: the next search reads them again (other processes within seconds)."""
+    with _CACHE_LOCK:
+        _EMBEDDERS.pop(tenant_schema, None)
+
+
+def _embedder(tenant_schema: str) -> Embedder:
     chosen = memory_settings_get(tenant_schema=tenant_schema)
     if chosen.embedding_model == LOCAL_MODEL_ID:
         return local_embedder()
@@ -128,14 +157,18 @@ semantic AS MATERIALIZED (
   WHERE embedding_model = %(model)s AND {where}
   ORDER BY embedding <=> %(q)s::vector LIMIT %(n)s),
 semantic_ranked AS (SELECT id, distance, row_number() OVER (ORDER BY distance, id) AS rank FROM semantic)""")
-    words = " or ".join(dict.fromkeys(w.lower() for w in _WORD.findall(query)))[:2000]
+    words = " ".join(dict.fromkeys(w.lower() for w in _WORD.findall(query)))[:2000]
     if mode in ("hybrid", "lexical") and words:
-        params.update(words=words, n=candidates, cap=LEXICAL_CANDIDATES)
+        params.update(words=words, n=candidates, cap=LEXICAL_CANDIDATES, common=common_words(tenant_schema))
+        # The query's lexemes but the common ones, each optional; none left: the leg finds nothing.
         legs.append(f"""
+tsq AS MATERIALIZED (
+  SELECT to_tsquery('simple', coalesce(string_agg(quote_literal(lexeme), ' | '), '')) AS q
+  FROM unnest(to_tsvector('english', %(words)s)) WHERE lexeme <> ALL(%(common)s::text[])),
 matching AS MATERIALIZED (
-  SELECT id, ts_rank_cd(search_vector, tsq) AS score
-  FROM (SELECT id, search_vector FROM data_plane_memory, websearch_to_tsquery('english', %(words)s) tsq
-        WHERE search_vector @@ tsq AND {where} LIMIT %(cap)s) m, websearch_to_tsquery('english', %(words)s) tsq),
+  SELECT id, ts_rank_cd(search_vector, tsq.q) AS score
+  FROM (SELECT id, search_vector FROM data_plane_memory, tsq
+        WHERE search_vector @@ tsq.q AND {where} LIMIT %(cap)s) m, tsq),
 lexical_ranked AS (SELECT id, row_number() OVER (ORDER BY score DESC, id) AS rank
                    FROM (SELECT id, score FROM matching ORDER BY score DESC, id LIMIT %(n)s) top)""")
     if not legs:
@@ -184,6 +217,27 @@ def memory_search_exact(*, tenant_schema: str, vector: Sequence[float], model_id
         cursor.execute(f"SELECT id FROM data_plane_memory WHERE embedding_model = %(model)s AND {where} "
                        f"ORDER BY embedding <=> %(q)s::vector, id LIMIT %(k)s", params)
         return [row[0] for row in cursor.fetchall()]
+
+
+def common_words(tenant_schema: str) -> list[str]:
+    """The lexemes in more than COMMON_WORD_FREQUENCY of the tenant's memories, as ANALYZE last counted them
+    (none before the table was first analysed: it is small then). Kept for a few minutes per schema."""
+    now = time.monotonic()
+    with _CACHE_LOCK:
+        kept = _COMMON.get(tenant_schema)
+    if kept is not None and now - kept[0] < STATS_SECONDS:
+        return kept[1]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT most_common_elems::text::text[], most_common_elem_freqs FROM pg_stats "
+                       "WHERE schemaname = %s AND tablename = 'data_plane_memory' AND attname = 'search_vector'",
+                       [tenant_schema])
+        row = cursor.fetchone()
+    common: list[str] = []
+    if row is not None and row[0] is not None:
+        common = [lexeme for lexeme, frequency in zip(row[0], row[1]) if frequency > COMMON_WORD_FREQUENCY]
+    with _CACHE_LOCK:
+        _COMMON[tenant_schema] = (now, common)
+    return common
 
 
 def _tune(cursor: Any) -> None:

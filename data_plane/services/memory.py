@@ -27,7 +27,7 @@ from control_plane.audit.services import audit_event_record
 from data_plane.errors import MemoryNotFound
 from data_plane.models import Memory, MemorySettings
 from data_plane.runtime.adapters.embeddings import LOCAL_MODEL_ID, Embedder
-from data_plane.memory_selectors import _vector_literal, embedder_for, memory_settings_get
+from data_plane.memory_selectors import _vector_literal, embedder_for, embedder_forget, memory_settings_get
 
 MAX_TEXT_CHARS = 8000
 MAX_TAGS = 20
@@ -242,6 +242,8 @@ def memory_settings_update(*, tenant: Any, actor: Actor, embedding_model: str | 
             current.default_ttl_days = default_ttl_days  # type: ignore[assignment]
         current.updated_by = str(actor)
         current.save()
+        embedder_forget(tenant.schema_name)  # now, and once committed (a search meanwhile may read the old row)
+        transaction.on_commit(lambda: embedder_forget(tenant.schema_name))
         audit_event_record(tenant=tenant, actor=actor, action="memory_settings.update",
                            target_type="memory_settings", target_id="1",
                            data={"before": before, "after": {"embedding_model": current.embedding_model,

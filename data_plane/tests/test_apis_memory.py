@@ -224,3 +224,27 @@ def _actor():
     from common.actors import Actor
 
     return Actor(kind="system", id="test")
+
+
+def test_words_most_memories_share_are_left_out_of_the_word_search(client, tenant_a):
+    # given: 300 memories that all say "customer", one that also names a rare code; statistics gathered
+    from django.db import connection
+
+    from data_plane import memory_selectors
+
+    texts = [{"text": f"The customer number {i} called about delivery slot {i % 9}."} for i in range(299)]
+    texts.append({"text": "The customer with code QX-551 asked for a refund."})
+    for start in range(0, len(texts), 100):
+        assert post(client, "/v1/memories/batch", {"memories": texts[start:start + 100]}, tenant_a.key).status_code == 200
+    with schema_context(tenant_a.schema), connection.cursor() as cursor:
+        cursor.execute("ANALYZE data_plane_memory")
+    memory_selectors._COMMON.pop(tenant_a.schema, None)
+    # when
+    with schema_context(tenant_a.schema):
+        common = memory_selectors.common_words(tenant_a.schema)
+    hits = search(client, tenant_a.key, "customer QX-551", mode="lexical", k=50)
+    only_common = search(client, tenant_a.key, "the customer called", mode="lexical", k=50)
+    # then: "custom" (the stem) matches every row and ranks nothing; the rare code decides
+    assert "custom" in common and "qx" not in common
+    assert [hit["text"] for hit in hits] == ["The customer with code QX-551 asked for a refund."]
+    assert only_common == []
