@@ -7,9 +7,9 @@ Search runs two ranked scans in one statement and fuses them:
   back in nearly exact order and are re-ranked by their exact distance.
 - by words: Postgres full text on the generated ``search_vector`` (GIN), with the same filters, ranked by
   ``ts_rank_cd``. Every word of the query is optional, except the tenant's common ones: a lexeme that
-  ANALYZE found in more than ``COMMON_WORD_FREQUENCY`` of the rows (``pg_stats.most_common_elems``)
-  tells little and would match a large part of the table, so it is left out (the meaning leg still sees
-  it). At most ``LEXICAL_CANDIDATES`` matches are ranked, so the cost stays bounded.
+  ANALYZE found in more than ``COMMON_WORD_FREQUENCY`` of the rows and in more than ``COMMON_WORD_ROWS``
+  rows (``pg_stats.most_common_elems``, ``pg_class.reltuples``) tells little and would match a large part
+  of the table, so it is left out (the meaning leg still sees it). At most ``LEXICAL_CANDIDATES`` matches are ranked, so the cost stays bounded.
 Reciprocal-rank fusion (k = 60, as in Cormack et al.) then orders the union.
 """
 
@@ -40,7 +40,8 @@ _EMBEDDERS: dict[str, tuple[float, Embedder]] = {}
 EMBEDDER_SECONDS = 10.0
 RRF_K = 60
 LEXICAL_CANDIDATES = 200
-COMMON_WORD_FREQUENCY = 0.005
+COMMON_WORD_FREQUENCY = 0.002
+COMMON_WORD_ROWS = 50
 STATS_SECONDS = 300.0  # how long a schema's common words and embedding settings are kept in this process
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 
@@ -220,21 +221,25 @@ def memory_search_exact(*, tenant_schema: str, vector: Sequence[float], model_id
 
 
 def common_words(tenant_schema: str) -> list[str]:
-    """The lexemes in more than COMMON_WORD_FREQUENCY of the tenant's memories, as ANALYZE last counted them
-    (none before the table was first analysed: it is small then). Kept for a few minutes per schema."""
+    """The lexemes in more than COMMON_WORD_FREQUENCY of the tenant's memories and more than COMMON_WORD_ROWS
+    of them, as ANALYZE last counted (none before the table was first analysed: it is small then). Kept for a
+    few minutes per schema."""
     now = time.monotonic()
     with _CACHE_LOCK:
         kept = _COMMON.get(tenant_schema)
     if kept is not None and now - kept[0] < STATS_SECONDS:
         return kept[1]
     with connection.cursor() as cursor:
-        cursor.execute("SELECT most_common_elems::text::text[], most_common_elem_freqs FROM pg_stats "
-                       "WHERE schemaname = %s AND tablename = 'data_plane_memory' AND attname = 'search_vector'",
+        cursor.execute("SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs, c.reltuples "
+                       "FROM pg_stats s JOIN pg_namespace n ON n.nspname = s.schemaname "
+                       "JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = s.tablename "
+                       "WHERE s.schemaname = %s AND s.tablename = 'data_plane_memory' AND s.attname = 'search_vector'",
                        [tenant_schema])
         row = cursor.fetchone()
     common: list[str] = []
     if row is not None and row[0] is not None:
-        common = [lexeme for lexeme, frequency in zip(row[0], row[1]) if frequency > COMMON_WORD_FREQUENCY]
+        threshold = max(COMMON_WORD_FREQUENCY, COMMON_WORD_ROWS / max(float(row[2] or 0), 1.0))
+        common = [lexeme for lexeme, frequency in zip(row[0], row[1]) if frequency > threshold]
     with _CACHE_LOCK:
         _COMMON[tenant_schema] = (now, common)
     return common

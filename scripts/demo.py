@@ -139,18 +139,21 @@ def tenant_key(http: httpx.Client, operator: str, slug: str, name: str) -> str:
     return key
 
 
-def ensure_agent(http: httpx.Client, key: str) -> dict:
-    """Create the demo agent, or give the existing one a new version of the same spec."""
+def upsert_agent(http: httpx.Client, key: str, name: str, spec: dict, description: str) -> dict:
+    """Create the agent, or give the existing one a new version of the spec."""
     auth = {"Authorization": f"Bearer {key}"}
     agents = http.get("/v1/agents", params={"limit": 500}, headers=auth).json()["results"]
-    existing = next((a for a in agents if a["name"] == AGENT_NAME), None)
+    existing = next((a for a in agents if a["name"] == name), None)
     if existing is None:
-        response = http.post("/v1/agents", headers=auth, json={
-            "name": AGENT_NAME, "description": "Computes VAT and files a note", "spec": AGENT_SPEC})
+        response = http.post("/v1/agents", headers=auth, json={"name": name, "description": description, "spec": spec})
     else:
-        response = http.patch(f"/v1/agents/{existing['id']}", headers=auth, json={"spec": AGENT_SPEC})
+        response = http.patch(f"/v1/agents/{existing['id']}", headers=auth, json={"spec": spec})
     response.raise_for_status()
     return response.json()
+
+
+def ensure_agent(http: httpx.Client, key: str) -> dict:
+    return upsert_agent(http, key, AGENT_NAME, AGENT_SPEC, "Computes VAT and files a note")
 
 
 CLOCK_SCENARIO = {"name": "world-clock", "turns": [
@@ -176,15 +179,8 @@ def ensure_clock_agent(http: httpx.Client, key: str, model_url: str) -> dict:
         server = registered.json()
     spec = {"instructions": "Answer time questions with the clock's tools.", "models": ["openai/world-clock"],
             "mcp_servers": ["clock"]}
-    agents = http.get("/v1/agents", params={"limit": 500}, headers=auth).json()["results"]
-    existing = next((a for a in agents if a["name"] == "world-clock"), None)
-    if existing is None:
-        response = http.post("/v1/agents", headers=auth, json={"name": "world-clock", "spec": spec,
-                                                               "description": "Converts times with an MCP tool"})
-    else:
-        response = http.patch(f"/v1/agents/{existing['id']}", headers=auth, json={"spec": spec})
-    response.raise_for_status()
-    return {**response.json(), "tools": server["tools"]}
+    agent = upsert_agent(http, key, "world-clock", spec, "Converts times with an MCP tool")
+    return {**agent, "tools": server["tools"]}
 
 
 CONCIERGE_SCENARIO = {"name": "concierge", "turns": [{"content": "I booked you a seat on the 9:00 train. DONE"}],
@@ -201,17 +197,8 @@ CONCIERGE_SPEC = {"instructions": "You book trains for the tenant's customers.",
 
 
 def ensure_concierge(http: httpx.Client, key: str, model_url: str) -> dict:
-    auth = {"Authorization": f"Bearer {key}"}
     httpx.post(f"{model_url}/admin/scenarios", json=CONCIERGE_SCENARIO, timeout=10).raise_for_status()
-    agents = http.get("/v1/agents", params={"limit": 500}, headers=auth).json()["results"]
-    existing = next((a for a in agents if a["name"] == "concierge"), None)
-    if existing is None:
-        response = http.post("/v1/agents", headers=auth, json={"name": "concierge", "spec": CONCIERGE_SPEC,
-                                                               "description": "Books trains, remembers travellers"})
-    else:
-        response = http.patch(f"/v1/agents/{existing['id']}", headers=auth, json={"spec": CONCIERGE_SPEC})
-    response.raise_for_status()
-    return response.json()
+    return upsert_agent(http, key, "concierge", CONCIERGE_SPEC, "Books trains, remembers travellers")
 
 
 def show_memory(http: httpx.Client, key: str, model_url: str, client: Client) -> None:
