@@ -91,11 +91,35 @@ class Client:
         return self.request("POST", "/v1/agents", json={"name": name, "spec": spec, "description": description})
 
     def start_run(self, *, agent_id: str, input: str, values: dict[str, Any] | None = None,
-                  version: int | None = None) -> dict[str, Any]:
+                  version: int | None = None, end_user: str = "", task_kind: str = "",
+                  attachments: list[str] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"agent_id": agent_id, "input": input, "values": values or {}}
         if version is not None:
             body["version"] = version
+        for name, value in (("end_user", end_user), ("task_kind", task_kind), ("attachments", attachments)):
+            if value:
+                body[name] = value
         return self.request("POST", "/v1/runs", json=body)
+
+    def give_feedback(self, run_id: str, *, score: float, comment: str = "") -> dict[str, Any]:
+        """Score a finished run from 0 to 1; a low score makes an agent that reflects learn a lesson."""
+        return self.request("POST", f"/v1/runs/{run_id}/feedback", json={"score": score, "comment": comment})
+
+    # --- Long-term memory ------------------------------------------------------------------------------
+
+    def remember(self, text: str, **fields: Any) -> dict[str, Any]:
+        """Write one memory (fields: kind, agent, end_user, tags, metadata, ttl_seconds); a near-duplicate
+        updates the existing one (the answer says ``merged``)."""
+        return self.request("POST", "/v1/memories", json={"text": text, **fields})
+
+    def search_memories(self, query: str, **filters: Any) -> list[dict[str, Any]]:
+        """Hybrid search (filters: k, agent, end_user, kinds, tags, mode, min_similarity)."""
+        return self.request("POST", "/v1/memories/search", json={"query": query, **filters})["results"]
+
+    def forget(self, *, end_user: str | None = None, agent: str | None = None, everything: bool = False) -> int:
+        """Delete every memory of an end user (or an agent, or all); returns how many."""
+        body = {k: v for k, v in (("end_user", end_user), ("agent", agent)) if v}
+        return self.request("POST", "/v1/memories/forget", json={**body, "everything": everything})["deleted"]
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/runs/{run_id}")

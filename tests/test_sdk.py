@@ -72,3 +72,17 @@ def test_the_sdk_raises_a_clear_error_for_what_the_key_may_not_do(daphne_url, te
         client.start_run(agent_id=str(uuid.uuid4()), input="")
     assert invalid.value.status == 400 and invalid.value.code == "invalid"
     client.close()
+
+
+def test_the_sdk_remembers_searches_and_forgets(daphne_url, tenant):
+    client = Client(daphne_url, api_key=tenant.key)
+    written = client.remember("Dana takes her coffee black.", end_user="dana", tags=["drinks"])
+    again = client.remember("Dana takes her coffee black", end_user="dana")
+    assert written["merged"] is False and again["merged"] is True and again["id"] == written["id"]
+    found = client.search_memories("How does Dana like her coffee?", end_user="dana", k=3)
+    assert [hit["id"] for hit in found] == [written["id"]]
+    assert client.forget(end_user="dana") == 1 and client.search_memories("coffee", end_user="dana") == []
+    with pytest.raises(AgentplaneError) as bad:
+        client.remember("")
+    assert (bad.value.status, bad.value.code) == (400, "invalid")
+    client.close()
