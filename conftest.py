@@ -48,17 +48,38 @@ def destroy_tenant(tenant: Tenant) -> None:
     tenant_services.tenant_purge(tenant=tenant)
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(request, django_test_environment, django_db_blocker, django_db_keepdb, django_db_createdb,
+                    django_db_modify_db_settings) -> Iterator[None]:
+    """The test database, always. pytest-django's own creates it only when a collected test is marked for the
+    database; a session of tests that only commit (the ``committed`` fixture: end-to-end tests with real
+    workers) would otherwise run against the developer's database."""
+    from django.test.utils import setup_databases, teardown_databases
+
+    keep = django_db_keepdb and not django_db_createdb
+    with django_db_blocker.unblock():
+        created = setup_databases(verbosity=request.config.option.verbose, interactive=False, aliases={"default"},
+                                  serialized_aliases=set(), keepdb=keep)
+    yield
+    if not django_db_keepdb:
+        with django_db_blocker.unblock():
+            teardown_databases(created, verbosity=request.config.option.verbose)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _io_loop_closed_before_the_test_database_goes(django_db_setup, django_db_blocker) -> Iterator[None]:
     """The runtime's IO-loop threads hold database connections; end them before the test database is dropped."""
+    test_database = connection.settings_dict["NAME"]
+    assert test_database.startswith("test_"), f"tests must not run on {test_database!r}"
     yield
     from data_plane.runtime.loop import shutdown
 
     shutdown()
-    # what those threads leave open (their connections close when collected) must not block the drop
+    # what those threads leave open (their connections close when collected) must not block the drop; never
+    # anyone else's (a developer's server or benchmark on the same Postgres)
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+                       "WHERE datname = %s AND pid <> pg_backend_pid()", [test_database])
 
 
 @pytest.fixture(scope="session")
