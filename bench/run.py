@@ -10,6 +10,8 @@ Knobs (environment): BENCH_STEPS (300) steps per write/step figure, BENCH_LONG_S
 the read/bytes conversation, BENCH_READS (50) reads of its last state, BENCH_TURNS (200) sequential turns
 through the API and Celery, BENCH_TURN_BURST (2000) runs started at once for turns_per_second,
 BENCH_STREAM_SAMPLES (30) runs followed by one subscriber and BENCH_STREAM_CROWD_SAMPLES (3) by 200.
+BENCH_ONLY (all) runs only the named sections, comma-separated: checkpoint, step, turn, stream, mcp
+(the results file then holds only their figures).
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ TURN_BURST = int(os.environ.get("BENCH_TURN_BURST", "2000"))
 STREAM_SAMPLES = int(os.environ.get("BENCH_STREAM_SAMPLES", "30"))
 STREAM_CROWD_SAMPLES = int(os.environ.get("BENCH_STREAM_CROWD_SAMPLES", "3"))
 MCP_CALLS = int(os.environ.get("BENCH_MCP_CALLS", "300"))
+SECTIONS = ("checkpoint", "step", "turn", "stream", "mcp")
+ONLY = {name.strip() for name in os.environ.get("BENCH_ONLY", "").split(",") if name.strip()}
+if ONLY - set(SECTIONS):
+    sys.exit(f"BENCH_ONLY names unknown sections {sorted(ONLY - set(SECTIONS))}; choose from {', '.join(SECTIONS)}")
 WARMUP = 20
 
 # (figure, target as BENCH.md states it, check or None). Figures not listed are diagnostics.
@@ -216,7 +222,9 @@ def main() -> int:
     failures: list[str] = []
     started = time.monotonic()
 
-    def section(name: str, measure: Callable[[], dict[str, float]]) -> None:
+    def section(name: str, measure: Callable[[], dict[str, float]], *, kind: str) -> None:
+        if ONLY and kind not in ONLY:
+            return
         print(f"... {name}", flush=True)
         section_started = time.monotonic()
         try:
@@ -247,22 +255,24 @@ def main() -> int:
 
         section("checkpoint writes, the INSERT floor and LangGraph puts", lambda: checkpoint_bench.bench_write(
             schema=schema, start_run=start_run, database_url=settings.DATABASE_URL, saver=saver, steps=STEPS,
-            warmup=WARMUP))
+            warmup=WARMUP), kind="checkpoint")
         section(f"a {LONG_STEPS}-step conversation: bytes per step and reading it back",
                 lambda: checkpoint_bench.bench_long_conversation(
                     schema=schema, start_run=start_run, saver=saver, lg_connection=langgraph_connection,
-                    steps=LONG_STEPS, reads=READS))
+                    steps=LONG_STEPS, reads=READS), kind="checkpoint")
         section("step overhead of our runtime", lambda: step_bench.bench_ours(
-            tenant=tenant, actor=ACTOR, steps=STEPS, warmup=WARMUP))
+            tenant=tenant, actor=ACTOR, steps=STEPS, warmup=WARMUP), kind="step")
         section("LangGraph running the same graph", lambda: step_bench.bench_langgraph(
-            saver=saver, steps=STEPS, warmup=WARMUP))
+            saver=saver, steps=STEPS, warmup=WARMUP), kind="step")
         section(f"turns through the API and {turn_bench.WORKERS} Celery workers (zero-latency model)",
-                lambda: turn_bench.bench_turns(tenant=tenant, actor=ACTOR, samples=TURNS, burst=TURN_BURST))
+                lambda: turn_bench.bench_turns(tenant=tenant, actor=ACTOR, samples=TURNS, burst=TURN_BURST),
+                kind="turn")
         section("streaming: model server, Daphne and a worker; time to first token added, with 1 and 200 "
                 "subscribers", lambda: stream_bench.bench_streaming(key=admin_key, samples=STREAM_SAMPLES,
-                                                                    crowd_samples=STREAM_CROWD_SAMPLES))
+                                                                    crowd_samples=STREAM_CROWD_SAMPLES),
+                kind="stream")
         section("a tool call through MCP (streamable HTTP, a local server)",
-                lambda: mcp_bench.bench_mcp(calls=MCP_CALLS))
+                lambda: mcp_bench.bench_mcp(calls=MCP_CALLS), kind="mcp")
         derive(figures)
         about = machine()
     finally:
