@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from collections import OrderedDict
 from functools import partial
@@ -495,14 +496,18 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         continues = keep_going and run_status == "running" and not waiting_subrun
         checkpoint_id = uuid.uuid4()
         events = _step_events(commands, results, step, checkpoint_id, previous, state, run_status, sent or {})
+        joined = state.pending_approval is not None or (self.tenant is not None and (
+            run_status != "running" or any(isinstance(c, CallTool) for c in commands)))
+        # The commit is one statement. When no other row joins it (an approval, audit events), it is its own
+        # transaction (autocommit): as atomic and as durable, without the BEGIN and COMMIT round trips.
+        alone = not joined and not connection.in_atomic_block and connection.get_autocommit()
         try:
-            with transaction.atomic():
+            with nullcontext() if alone else transaction.atomic():
                 committed = store.commit(run_id=run_id, expected_version=claim.version, checkpoint_id=checkpoint_id,
                                          parent_id=parent_id, step=step, previous=previous, state=state,
                                          run_status=run_status, reason=(state.error or {}).get("message", ""),
                                          events=events, release_lease=not continues, lease_seconds=self.lease_seconds)
-                if state.pending_approval is not None or (self.tenant is not None and (
-                        run_status != "running" or any(isinstance(c, CallTool) for c in commands))):
+                if joined:
                     with in_schema(self.schema):
                         record_pending_approval(run_id, state)
                         if self.tenant is not None:
