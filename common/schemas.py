@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 from django.db import connection
+from django_tenants.utils import schema_context
 
 
 class WrongSchema(RuntimeError):
@@ -14,3 +17,11 @@ def require_schema(tenant_schema: str) -> None:
     current = getattr(connection, "schema_name", None)
     if current != tenant_schema:
         raise WrongSchema(f"Expected the connection in schema {tenant_schema!r}, found {current!r}.")
+
+
+def in_schema(tenant_schema: str) -> AbstractContextManager[object]:
+    """Enter ``tenant_schema`` for the block, unless the connection is already in it: entering and leaving a
+    schema each make the next query re-send ``SET search_path`` (a round trip), even into the same one."""
+    if getattr(connection, "schema_name", None) == tenant_schema:
+        return nullcontext()
+    return schema_context(tenant_schema)

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from collections import OrderedDict
 from functools import partial
@@ -25,9 +26,9 @@ from typing import Any
 from uuid import UUID
 
 from django.db import close_old_connections, connection, transaction
-from django_tenants.utils import schema_context
 
 from common.actors import Actor
+from common.schemas import in_schema
 from common.timestamps import format_ts
 from control_plane.audit.services import audit_event_record
 from data_plane import streams
@@ -196,7 +197,7 @@ class RunStepper:
 
     def fail(self, run_id: UUID, *, code: str, message: str) -> None:
         """Fail a run whose steps keep failing transiently, from its head checkpoint (fenced)."""
-        with schema_context(self.schema):
+        with in_schema(self.schema):
             run = Run.objects.get(id=run_id)
         if run.status in TERMINAL:
             return
@@ -211,7 +212,7 @@ class RunStepper:
                                      parent_id=loaded.id, step=loaded.step + 1, previous=loaded.state, state=failed,
                                      run_status="failed", reason=message, release_lease=True, events=events)
             transaction.on_commit(partial(self._publish, run_id, events, committed))
-        with schema_context(self.schema):
+        with in_schema(self.schema):
             self._after_terminal(run)
         if self.on_finished is not None:
             self.on_finished(run_id, "failed", self._spec(run.agent_version_id))
@@ -470,7 +471,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         from data_plane import services  # the run services create runs; they import this module's users
 
         close_old_connections()
-        with schema_context(self.schema):
+        with in_schema(self.schema):
             child = Run.objects.filter(parent_run_id=run_id, parent_key=command.key).first()
             if child is None:
                 child = services.run_create_child(tenant_schema=self.schema, parent_run_id=run_id,
@@ -495,15 +496,19 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         continues = keep_going and run_status == "running" and not waiting_subrun
         checkpoint_id = uuid.uuid4()
         events = _step_events(commands, results, step, checkpoint_id, previous, state, run_status, sent or {})
+        joined = state.pending_approval is not None or (self.tenant is not None and (
+            run_status != "running" or any(isinstance(c, CallTool) for c in commands)))
+        # The commit is one statement. When no other row joins it (an approval, audit events), it is its own
+        # transaction (autocommit): as atomic and as durable, without the BEGIN and COMMIT round trips.
+        alone = not joined and not connection.in_atomic_block and connection.get_autocommit()
         try:
-            with transaction.atomic():
+            with nullcontext() if alone else transaction.atomic():
                 committed = store.commit(run_id=run_id, expected_version=claim.version, checkpoint_id=checkpoint_id,
                                          parent_id=parent_id, step=step, previous=previous, state=state,
                                          run_status=run_status, reason=(state.error or {}).get("message", ""),
                                          events=events, release_lease=not continues, lease_seconds=self.lease_seconds)
-                if state.pending_approval is not None or (self.tenant is not None and (
-                        run_status != "running" or any(isinstance(c, CallTool) for c in commands))):
-                    with schema_context(self.schema):
+                if joined:
+                    with in_schema(self.schema):
                         record_pending_approval(run_id, state)
                         if self.tenant is not None:
                             for command in commands:
@@ -538,7 +543,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
             self.dispatch(run_id, step)
         elif run_status in TERMINAL:
             if claim.parent_run_id is not None:
-                with schema_context(self.schema):
+                with in_schema(self.schema):
                     self._after_terminal(Run.objects.get(id=run_id))
         return StepOutcome(kind="advanced", step=step, run_status=run_status), None
 

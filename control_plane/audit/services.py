@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
+from django.db import connection
 from django_tenants.utils import tenant_context
 
 from common.actors import Actor
@@ -13,7 +15,10 @@ def audit_event_record(
     data: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Append one event to ``tenant``'s audit log, in its schema whatever schema is current. Never secrets."""
-    with tenant_context(tenant):
+    # Already in the tenant's schema (a run's step, a tenant's request): switching anyway would re-send
+    # SET search_path on the way in and again on the way out.
+    switch = nullcontext() if connection.schema_name == tenant.schema_name else tenant_context(tenant)
+    with switch:
         return AuditEvent.objects.create(
             actor_kind=actor.kind, actor_id=actor.id, action=action, target_type=target_type,
             target_id=str(target_id), data=data or {},

@@ -113,8 +113,9 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
         """Commit ``state`` as the run's next checkpoint. Raises Fenced when the version moved on.
 
         Releasing the lease hands the run to whichever task is dispatched for this step next; keeping it
-        extends it by ``lease_seconds`` (the writer goes on with the next step itself). Must run inside a
-        transaction (the caller's), so related rows can join the same commit.
+        extends it by ``lease_seconds`` (the writer goes on with the next step itself). Runs in the caller's
+        transaction when there is one, so related rows can join the same commit; in autocommit, the one
+        statement is a transaction of its own (all of it or nothing, durable when acknowledged).
         """
         old_count = len(previous.messages) if previous else 0
         appended = state.messages[old_count:]

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
-from data_plane.runtime.core.messages import Message, ToolDefinition
+from data_plane.runtime.core.messages import Message, ToolCall, ToolDefinition
 from data_plane.runtime.core.ports import ModelRequest, RecallRequest, TokenCounter
 from data_plane.runtime.core.spec import DEFAULT_MAX_INPUT_TOKENS, ContextSettings
 from data_plane.runtime.core.state import RunState, Summary
+
+T = TypeVar("T")
 
 # The key of the summarising model call among a step's commands (no graph node's key starts with "@").
 SUMMARY_KEY = "@context-summary"
@@ -63,18 +66,61 @@ def attachment_tokens(messages: Sequence[Message]) -> int:
     return sum(IMAGE_TOKENS if part.kind == "image" else AUDIO_TOKENS for m in messages for part in m.attachments)
 
 
+class KeptSizes:
+    """Sizes already measured, kept by the identity of what was measured (messages are immutable): a run's
+    conversation is measured again at every step, and its messages stay the same objects from one step to
+    the next, so each is measured once. Bounded (a table is emptied when full). A kept size holds its
+    object, so an identity cannot be reused while it is kept. Dictionary operations are atomic, so threads
+    may share one. Only for objects that live on anyway (a conversation's messages, their tool calls): a
+    temporary one kept here would be held until the table empties."""
+
+    def __init__(self, limit: int = 8192) -> None:
+        self.limit = limit
+        self._tables: dict[str, tuple[dict[int, object], dict[int, int]]] = {}
+
+    def sizes(self, objects: Sequence[T], tag: str, measure: Callable[[T], int]) -> list[int]:
+        """``measure`` of each object (``tag`` names the measure), kept from an earlier call when there is one."""
+        table = self._tables.get(tag)
+        if table is None:
+            table = self._tables.setdefault(tag, ({}, {}))
+        kept, sizes = table
+        out = []
+        for item in objects:
+            key = id(item)
+            if kept.get(key) is item:
+                out.append(sizes[key])
+                continue
+            size = measure(item)
+            if len(kept) >= self.limit:
+                kept.clear()
+                sizes.clear()
+            sizes[key] = size
+            kept[key] = item
+            out.append(size)
+        return out
+
+
 class EstimatedTokens:
     """A TokenCounter without a tokenizer: about four characters a token plus each message's overhead (the
     scripted model server's estimate). For tests and offline runs; production counts with litellm."""
 
+    def __init__(self) -> None:
+        self._calls = KeptSizes()  # a tool call's JSON length, kept: messages share them, even when copied
+
     def count(self, *, model: str, messages: Sequence[Message] = (), tools: Sequence[ToolDefinition] = ()) -> int:
-        characters = sum(len(m.content) + sum(len(c.name) + len(json.dumps(c.arguments)) for c in m.tool_calls)
-                         for m in messages)
+        characters = sum(len(m.content) for m in messages)
+        for message in messages:
+            if message.tool_calls:
+                characters += sum(self._calls.sizes(message.tool_calls, "call", _call_characters))
         characters += sum(len(json.dumps(tool.to_json())) for tool in tools)
         return 3 + 4 * len(messages) + (characters + 3) // 4 + attachment_tokens(messages)
 
     def input_limit(self, model: str) -> int | None:
         return None
+
+
+def _call_characters(call: ToolCall) -> int:
+    return len(call.name) + len(json.dumps(call.arguments))
 
 
 @dataclass(frozen=True)
@@ -84,6 +130,8 @@ class Meter:
 
     counter: TokenCounter
     recalls_memories: bool = False
+    # each message's and tool set's tokens, measured once (the counter is deterministic)
+    sizes: KeptSizes = field(default_factory=KeptSizes, compare=False, repr=False)
 
 
 ESTIMATE = Meter(counter=EstimatedTokens())
@@ -108,12 +156,18 @@ class Overflow:
 class _Sizer:
     """Token costs for one model: a request's fixed part, one message, a set of tool definitions."""
 
-    def __init__(self, counter: TokenCounter, model: str) -> None:
-        self.counter, self.model = counter, model
+    def __init__(self, counter: TokenCounter, model: str, kept: KeptSizes | None = None) -> None:
+        self.counter, self.model, self.kept = counter, model, kept
         self.empty = counter.count(model=model)
 
     def message(self, message: Message) -> int:
         return self.counter.count(model=self.model, messages=(message,)) - self.empty
+
+    def conversation(self, messages: Sequence[Message]) -> list[int]:
+        """Each message's tokens: a run's messages, measured once each (the counter is deterministic)."""
+        if self.kept is None:
+            return [self.message(m) for m in messages]
+        return self.kept.sizes(messages, self.model, self.message)
 
     def tools(self, tools: Sequence[ToolDefinition]) -> int:
         return self.counter.count(model=self.model, tools=tools) - self.empty if tools else 0
@@ -134,7 +188,7 @@ def fit(draft: ModelRequest, *, state: RunState, instructions: str, settings: Co
         meter: Meter) -> ModelRequest | SummaryNeeded | Overflow:
     """``draft`` (models, tools, options) with its messages assembled within the budget; or the summary the
     conversation needs first; or why it cannot fit. Deterministic for a deterministic counter."""
-    size = _Sizer(meter.counter, draft.models[0])
+    size = _Sizer(meter.counter, draft.models[0], meter.sizes)
     limit = input_limit(settings, draft.models, meter.counter)
     budget = limit - settings.reserve_output_tokens
     base = _join(instructions, _pinned_section(settings.pinned_facts))
@@ -153,7 +207,7 @@ def fit(draft: ModelRequest, *, state: RunState, instructions: str, settings: Co
     system = _join(base, _summary_section(summary, state.messages))
     room = budget - fixed - memory - (size.system(system) - size.system(base))
     tail = state.messages[start:]
-    costs = [size.message(m) for m in tail]
+    costs = size.conversation(tail)
     truncated = 0
     if sum(costs) > room:
         # what a new summary of at most summary_max_tokens would leave for the messages after it
