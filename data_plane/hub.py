@@ -54,6 +54,9 @@ class _Room:
         self.pump: asyncio.Task[None] | None = None
 
 
+CLOSE_SECONDS = 5.0
+
+
 class Hub:
     """The rooms of one event loop (one process's Daphne loop; each test's own loop)."""
 
@@ -92,11 +95,18 @@ class Hub:
         if room.subscribers or self.rooms.get(room.group) is not room:
             return
         del self.rooms[room.group]
+        # Bounded: a receive that does not end on cancellation, or a Redis that does not answer, must not hold
+        # up a closing stream (the group's membership expires with the channel layer's group_expiry anyway).
         if room.pump is not None:
             room.pump.cancel()
-            await asyncio.gather(room.pump, return_exceptions=True)
+            _, pending = await asyncio.wait({room.pump}, timeout=CLOSE_SECONDS)
+            if pending:
+                logger.warning("The receiver of %s did not stop within %s s", room.group, CLOSE_SECONDS)
         if room.channel is not None:
-            await self.layer.group_discard(room.group, room.channel)
+            try:
+                await asyncio.wait_for(self.layer.group_discard(room.group, room.channel), CLOSE_SECONDS)
+            except Exception as exc:  # best effort (a timeout, a Redis error): the stream closes either way
+                logger.warning("Leaving %s failed (%s); its membership will expire", room.group, exc)
 
     async def _pump(self, room: _Room) -> None:
         assert room.channel is not None
