@@ -49,7 +49,7 @@ from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
 
 from bench.measure import percentile
-from data_plane.memory_selectors import _vector_literal, memory_search, memory_search_exact
+from data_plane.memory_selectors import _vector_literal, memory_search, memory_search_exact, table_stats_forget
 from data_plane.runtime.adapters.embeddings import LOCAL_MODEL_ID, local_embedder
 from data_plane.services.memory import MemoryDraft, memory_remember
 
@@ -326,6 +326,7 @@ def bulk_load(*, schema: str, data: DataSet, count: int, seed: int, end_users: i
         conn.execute(definition)
         index_seconds = time.perf_counter() - started
         conn.execute("ANALYZE data_plane_memory")
+        table_stats_forget(schema)  # the search reads the new row count and common words at once
         size = conn.execute("SELECT pg_relation_size('memory_embedding_hnsw'), pg_total_relation_size("
                             "'data_plane_memory'), count(*) FROM data_plane_memory").fetchone()
     return {"copy_rows_per_second": count / copy_seconds, "index_build_s": index_seconds,

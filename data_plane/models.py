@@ -395,7 +395,7 @@ class Memory(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [
-            HnswIndex(name="memory_embedding_hnsw", fields=["embedding"], m=16, ef_construction=64,
+            HnswIndex(name="memory_embedding_hnsw", fields=["embedding"], m=24, ef_construction=128,
                       opclasses=["vector_cosine_ops"]),
             GinIndex(name="memory_search_vector_gin", fields=["search_vector"]),
             GinIndex(name="memory_tags_gin", fields=["tags"]),

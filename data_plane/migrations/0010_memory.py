@@ -62,7 +62,7 @@ class Migration(migrations.Migration):
             ],
             options={
                 'ordering': ['-created_at'],
-                'indexes': [pgvector.django.indexes.HnswIndex(ef_construction=64, fields=['embedding'], m=16, name='memory_embedding_hnsw', opclasses=['vector_cosine_ops']), django.contrib.postgres.indexes.GinIndex(fields=['search_vector'], name='memory_search_vector_gin'), django.contrib.postgres.indexes.GinIndex(fields=['tags'], name='memory_tags_gin'), models.Index(fields=['agent', 'end_user', 'kind'], name='memory_scope'), models.Index(fields=['end_user'], name='memory_end_user'), models.Index(condition=models.Q(('expires_at__isnull', False)), fields=['expires_at'], name='memory_expires_at'), models.Index(condition=models.Q(('source_run_id__isnull', False)), fields=['source_run_id'], name='memory_source_run')],
+                'indexes': [pgvector.django.indexes.HnswIndex(ef_construction=128, fields=["embedding"], m=24, name='memory_embedding_hnsw', opclasses=['vector_cosine_ops']), django.contrib.postgres.indexes.GinIndex(fields=['search_vector'], name='memory_search_vector_gin'), django.contrib.postgres.indexes.GinIndex(fields=['tags'], name='memory_tags_gin'), models.Index(fields=['agent', 'end_user', 'kind'], name='memory_scope'), models.Index(fields=['end_user'], name='memory_end_user'), models.Index(condition=models.Q(('expires_at__isnull', False)), fields=['expires_at'], name='memory_expires_at'), models.Index(condition=models.Q(('source_run_id__isnull', False)), fields=['source_run_id'], name='memory_source_run')],
             },
         ),
         migrations.CreateModel(

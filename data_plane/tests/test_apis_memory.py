@@ -238,7 +238,7 @@ def test_words_most_memories_share_are_left_out_of_the_word_search(client, tenan
         assert post(client, "/v1/memories/batch", {"memories": texts[start:start + 100]}, tenant_a.key).status_code == 200
     with schema_context(tenant_a.schema), connection.cursor() as cursor:
         cursor.execute("ANALYZE data_plane_memory")
-    memory_selectors._COMMON.pop(tenant_a.schema, None)
+    memory_selectors.table_stats_forget(tenant_a.schema)
     # when
     with schema_context(tenant_a.schema):
         common = memory_selectors.common_words(tenant_a.schema)
@@ -248,3 +248,10 @@ def test_words_most_memories_share_are_left_out_of_the_word_search(client, tenan
     assert "custom" in common and "qx" not in common
     assert [hit["text"] for hit in hits] == ["The customer with code QX-551 asked for a refund."]
     assert only_common == []
+
+
+def test_the_search_breadth_grows_with_the_tenants_memories(settings):
+    from data_plane.memory_selectors import ef_search_for
+
+    settings.MEMORY_HNSW_EF_SEARCH = 160
+    assert [ef_search_for(rows) for rows in (0, 50_000, 100_000, 1_000_000, 10_000_000)] == [160, 160, 160, 320, 480]
