@@ -212,8 +212,9 @@ def show_memory(http: httpx.Client, key: str, model_url: str, client: Client) ->
     say("remembered: " + "; ".join(f"{m['text']!r} ({'merged into an existing one' if m['merged'] else 'new'})"
                                    for m in written.json()["memories"]))
     found = http.post("/v1/memories/search", headers=auth,
-                      json={"query": "Where does she like to sit?", "end_user": "dana", "k": 3}).json()["results"]
-    say("search 'Where does she like to sit?' for dana (meaning + words; never eve's): " + "; ".join(
+                      json={"query": "Where does she like to sit?", "end_user": "dana", "kinds": ["fact"],
+                            "k": 2}).json()["results"]
+    say("search facts 'Where does she like to sit?' for dana (meaning + words; never eve's): " + "; ".join(
         f"{hit['text']!r} (similarity {hit['similarity']:.2f})" for hit in found))
     agent = ensure_concierge(http, key, model_url)
     started = http.post("/v1/runs", headers=auth, json={
