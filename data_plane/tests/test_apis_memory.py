@@ -4,6 +4,7 @@ model; the provider-embedding case goes through litellm to our model server's /v
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import timedelta
 
@@ -169,6 +170,7 @@ def test_an_end_user_is_forgotten_completely_and_deletion_is_audited(client, ten
         assert Memory.objects.count() == len(library) - 2
         forgot = AuditEvent.objects.get(action="memory.forget")
         assert forgot.data["deleted"] == 2 and "alice" not in json.dumps(forgot.data)
+        assert forgot.data["end_user"] and forgot.data["end_user"] != hashlib.sha256(b"alice").hexdigest()[:16]
     # and one memory is deleted by id
     assert client.delete(f"/v1/memories/{library['order']}", **bearer(tenant_a.key)).status_code == 204
     assert client.get(f"/v1/memories/{library['order']}", **bearer(tenant_a.key)).status_code == 404
