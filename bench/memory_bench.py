@@ -49,7 +49,7 @@ from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
 
 from bench.measure import percentile
-from data_plane.memory_selectors import _vector_literal, memory_search, memory_search_exact, table_stats_forget
+from data_plane.memory_selectors import vector_literal, memory_search, memory_search_exact, table_stats_forget
 from data_plane.runtime.adapters.embeddings import LOCAL_MODEL_ID, local_embedder
 from data_plane.services.memory import MemoryDraft, memory_remember
 
@@ -358,7 +358,7 @@ def _floor(vector: np.ndarray) -> list[Any]:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(settings.MEMORY_HNSW_EF_SEARCH)])
         cursor.execute("SELECT id FROM data_plane_memory ORDER BY embedding <=> %s::vector LIMIT 10",
-                       [_vector_literal(vector)])
+                       [vector_literal(vector)])
         return [row[0] for row in cursor.fetchall()]
 
 

@@ -92,7 +92,6 @@ class _Lru(OrderedDict):  # type: ignore[type-arg]
 # Agent versions and checkpoints never change once written, so a process may keep them: the next step of
 # a run on the same worker skips re-reading its whole conversation.
 _SPECS = _Lru(512)
-_AGENT_NAMES = _Lru(512)
 _STATES = _Lru(256)
 _CACHE_LOCK = threading.Lock()
 
@@ -329,7 +328,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         if isinstance(command, CallModel):
             deltas = _DeltaStream(schema=self.schema, run_id=run_id, after_seq=after_seq, node=command.node_id,
                                   name=f"{claim.version}.{command.node_id}")
-            model_request = await self._with_memories(command.request, claim, memory)
+            model_request = await self._with_memories(command.request, run_id, memory)
             if "context" in model_request.metadata:
                 sent[command.key] = model_request.metadata["context"]
             # only a request with attachments needs the media (and ChatModels without media support keep working)
@@ -347,34 +346,19 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         await asyncio.to_thread(self._journal_end, idempotency_key, result, None, started)
         return result
 
-    async def _with_memories(self, request: ModelRequest, claim: Claim, memory: MemoryRecall | None) -> ModelRequest:
+    async def _with_memories(self, request: ModelRequest, run_id: UUID, memory: MemoryRecall | None) -> ModelRequest:
         """The request with the agent's relevant memories recalled into it, when a memory store is wired and
         the request keeps them room. A store that cannot answer leaves the call without them."""
         if memory is None or request.recall is None:
             return request
-        agent = await asyncio.to_thread(self._agent_name, claim.agent_version_id)
         recall = request.recall
         try:
-            memories = await memory.recall(query=recall.query, agent=agent, limit=recall.limit,
-                                           max_tokens=recall.max_tokens)
+            memories = await memory.recall(query=recall.query, limit=recall.limit, max_tokens=recall.max_tokens)
         except MemoryUnavailable as exc:
-            logger.warning("Memories of agent %s unavailable; the model call goes ahead without them: %s", agent, exc)
+            logger.warning("Memories of run %s unavailable; the model call goes ahead without them: %s",
+                           run_id, exc)
             return context.with_memories(request, [], self.meter.counter)
         return context.with_memories(request, memories, self.meter.counter)
-
-    def _agent_name(self, agent_version_id: UUID) -> str:
-        key = (self.schema, agent_version_id)
-        with _CACHE_LOCK:
-            name = _AGENT_NAMES.get(key)
-        if name is None:
-            close_old_connections()
-            with connection.cursor() as cursor:
-                cursor.execute(f"SELECT a.name FROM {self.q}data_plane_agentversion v JOIN {self.q}data_plane_agent a "
-                               "ON a.id = v.agent_id WHERE v.id = %s", [agent_version_id])
-                name = cursor.fetchone()[0]
-            with _CACHE_LOCK:
-                _AGENT_NAMES.remember(key, name)
-        return str(name)
 
     def _journal_begin(self, run_id: UUID, step: int, key: str, kind: str, name: str, idempotency_key: str,
                        effect_digest: str, request: dict[str, Any], claim: Claim,

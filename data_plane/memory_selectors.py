@@ -16,6 +16,7 @@ Reciprocal-rank fusion (k = 60, as in Cormack et al.) then orders the union.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import threading
@@ -29,6 +30,7 @@ from uuid import UUID
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from common.crypto import SecretBox
 from common.schemas import require_schema
@@ -117,7 +119,7 @@ def memory_get(*, tenant_schema: str, memory_id: UUID) -> Memory:
 def memory_list(*, tenant_schema: str, agent: str | None = None, end_user: str | None = None,
                 kind: str | None = None, tags: Sequence[str] = (), source_run_id: UUID | None = None) -> QuerySet[Memory]:
     require_schema(tenant_schema)
-    memories = Memory.objects.defer("embedding").filter(Q(expires_at__isnull=True) | Q(expires_at__gt=_now()))
+    memories = Memory.objects.defer("embedding").filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
     if agent is not None:
         memories = memories.filter(agent=agent)
     if end_user is not None:
@@ -153,7 +155,7 @@ def memory_search(*, tenant_schema: str, query: str, k: int = 10, agent: str | N
     if mode in ("hybrid", "semantic"):
         if vector is None:
             vector = embedder.embed([query])[0]
-        params.update(q=_vector_literal(vector), model=embedder.model_id, n=candidates)
+        params.update(q=vector_literal(vector), model=embedder.model_id, n=candidates)
         legs.append(f"""
 semantic AS MATERIALIZED (
   SELECT id, embedding <=> %(q)s::vector AS distance FROM data_plane_memory
@@ -215,7 +217,7 @@ def memory_search_exact(*, tenant_schema: str, vector: Sequence[float], model_id
     """The exact k nearest by meaning (a sequential scan, no index): the truth recall is measured against."""
     require_schema(tenant_schema)
     where, params = _filters(agent=agent, end_user=end_user, kinds=kinds, tags=tags)
-    params.update(q=_vector_literal(vector), model=model_id, k=k)
+    params.update(q=vector_literal(vector), model=model_id, k=k)
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_indexscan = off")
         cursor.execute("SET LOCAL enable_bitmapscan = off")
@@ -303,17 +305,10 @@ def _filters(*, agent: str | None, end_user: str | None, kinds: Sequence[str], t
     return " AND ".join(clauses), params
 
 
-def _vector_literal(vector: Sequence[float]) -> str:
+def vector_literal(vector: Sequence[float]) -> str:
+    """A vector as pgvector's text input, at float32 precision."""
     return "[" + ",".join(f"{x:.7g}" for x in vector) + "]"
 
 
 def _loads(value: Any) -> dict[str, Any]:
-    import json
-
     return json.loads(value) if isinstance(value, (str, bytes)) else dict(value or {})
-
-
-def _now() -> datetime:
-    from django.utils import timezone
-
-    return timezone.now()

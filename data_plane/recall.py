@@ -42,12 +42,12 @@ class TenantMemoryRecall:
         self.tenant_schema, self.run_id = tenant_schema, str(run_id)
         self._scope: RunScope | None = None
 
-    async def recall(self, *, query: str, agent: str, limit: int, max_tokens: int) -> list[str]:
+    async def recall(self, *, query: str, limit: int, max_tokens: int) -> list[str]:
         if not query.strip():
             return []
-        return await asyncio.to_thread(self._recall, query, agent, limit)
+        return await asyncio.to_thread(self._recall, query, limit)
 
-    def _recall(self, query: str, agent: str, limit: int) -> list[str]:
+    def _recall(self, query: str, limit: int) -> list[str]:
         from data_plane.runtime.core.spec import spec_from_json
 
         close_old_connections()
@@ -66,7 +66,7 @@ class TenantMemoryRecall:
             embedder = embedder_for(self.tenant_schema)
             vector = _query_vector(embedder, query)
             common: dict[str, Any] = {"tenant_schema": self.tenant_schema, "query": query, "embedder": embedder,
-                                      "vector": vector, "agent": agent or scope.agent}
+                                      "vector": vector, "agent": scope.agent}
             threshold = scope.policy.recall_min_similarity
             lessons = []
             if scope.policy.lessons_k:

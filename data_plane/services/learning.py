@@ -9,7 +9,6 @@ repeat: a run's facts, and the lesson for one feedback (or for the failure), are
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -27,6 +26,7 @@ from django.db.models import F
 
 from common.actors import Actor
 from common.errors import InvalidInput
+from common.locks import advisory_key
 from common.schemas import require_schema
 from control_plane.audit.services import audit_event_record
 from data_plane import tasks
@@ -122,8 +122,7 @@ def _claim(what: str) -> Iterator[bool]:
     """Whether this worker may learn ``what`` now: a session-level advisory lock, held without a transaction
     (the model call may take a while) and released at the end, or by Postgres if the worker dies. False
     when another worker is learning the same thing (two deliveries of one task at once)."""
-    key = int.from_bytes(hashlib.blake2b(f"learn|{connection.schema_name}|{what}".encode(), digest_size=8).digest(),
-                         "big", signed=True)
+    key = advisory_key("learn", connection.schema_name, what)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
         mine = bool(cursor.fetchone()[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,12 +24,13 @@ from django.utils import timezone
 from common.actors import Actor
 from common.crypto import SecretBox
 from common.errors import InvalidInput
+from common.locks import advisory_key
 from common.schemas import require_schema
 from control_plane.audit.services import audit_event_record
 from data_plane.errors import MemoryNotFound
 from data_plane.models import Memory, MemorySettings
 from data_plane.runtime.adapters.embeddings import LOCAL_MODEL_ID, Embedder
-from data_plane.memory_selectors import _vector_literal, embedder_for, embedder_forget, memory_settings_get
+from data_plane.memory_selectors import embedder_for, embedder_forget, memory_settings_get, vector_literal
 
 MAX_TEXT_CHARS = 8000
 MAX_TAGS = 20
@@ -140,8 +142,7 @@ def memory_remember(*, tenant: Any, drafts: Sequence[MemoryDraft], actor: Actor,
 
 
 def _lock_scope(draft: MemoryDraft) -> None:
-    key = int.from_bytes(hashlib.blake2b(f"memory|{draft.agent}|{draft.end_user}|{draft.kind}".encode(),
-                                         digest_size=8).digest(), "big", signed=True)
+    key = advisory_key("memory", connection.schema_name, draft.agent, draft.end_user, draft.kind)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
 
@@ -157,8 +158,8 @@ def _near_duplicate(draft: MemoryDraft, vector: list[float], model_id: str) -> M
             "WHERE agent = %s AND end_user = %s AND kind = %s AND embedding_model = %s "
             "AND (expires_at IS NULL OR expires_at > now()) AND embedding <=> %s::vector <= %s "
             "ORDER BY embedding <=> %s::vector LIMIT 5",
-            [draft.agent, draft.end_user, draft.kind, model_id, _vector_literal(vector), limit,
-             _vector_literal(vector)])
+            [draft.agent, draft.end_user, draft.kind, model_id, vector_literal(vector), limit,
+             vector_literal(vector)])
         rows = cursor.fetchall()
     mine = _codes(draft.text)
     for memory_id, text in rows:
@@ -270,8 +271,6 @@ def memories_reembed(*, tenant: Any, batch: int = 256) -> int:
 
 
 def _json_bytes(value: Any) -> bytes:
-    import json
-
     return json.dumps(value, separators=(",", ":"), default=str).encode()
 
 

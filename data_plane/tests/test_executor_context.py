@@ -137,8 +137,8 @@ class Memories:
         self.is_down = is_down
         self.asked: list[dict] = []
 
-    async def recall(self, *, query: str, agent: str, limit: int, max_tokens: int) -> list[str]:
-        self.asked.append({"query": query, "agent": agent, "limit": limit, "max_tokens": max_tokens})
+    async def recall(self, *, query: str, limit: int, max_tokens: int) -> list[str]:
+        self.asked.append({"query": query, "limit": limit, "max_tokens": max_tokens})
         if self.is_down:
             raise MemoryUnavailable("the vector store is restarting")
         return ["The customer prefers invoices in EUR.", "Their fiscal year starts in April."]
@@ -152,9 +152,9 @@ def test_recalled_memories_reach_the_model_within_their_share(tenant):
     model, memories = FakeChatModel(reply), Memories()
     # when
     done = drive(tenant, run.id, stepper(tenant, model, memory_recall_factory=lambda run_id: memories))
-    # then: asked with the latest user message, for the agent, within a quarter of the budget (3000 - 1024 reserved)
+    # then: asked with the latest user message, within a quarter of the budget (3000 - 1024 reserved)
     assert done.status == "completed"
-    assert memories.asked == [{"query": "Which currency?", "agent": "remembering", "limit": 5, "max_tokens": 494}]
+    assert memories.asked == [{"query": "Which currency?", "limit": 5, "max_tokens": 494}]
     assert model.requests[0].messages[0].content == (
         "Be brief.\n\nPinned facts:\n- Company: ACME.\n\nRelevant memories:\n"
         "- The customer prefers invoices in EUR.\n- Their fiscal year starts in April.")

@@ -3,7 +3,6 @@ fails or is scored low (by a user or the agent's evaluator), each once, and reca
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 
@@ -12,6 +11,7 @@ import redis
 from django.db import connections
 from django_tenants.utils import schema_context
 
+from common.locks import advisory_key
 from conftest import TEST_ACTOR, bearer, destroy_tenant, provision_for_test
 from control_plane.audit.models import AuditEvent
 from data_plane import services
@@ -159,8 +159,8 @@ def test_later_runs_recall_the_lesson_and_their_end_users_facts_only(tenant):
             text="Eve lives in Porto and prefers dollars.", end_user="eve")])
     recall = TenantMemoryRecall(tenant_schema=tenant.schema, run_id=run.id)
     # when
-    recalled = run_coroutine(recall.recall(query="How much is 250 USD in euros for me in Porto?",
-                                           agent=run.agent_version.agent.name, limit=5, max_tokens=500))
+    recalled = run_coroutine(recall.recall(query="How much is 250 USD in euros for me in Porto?", limit=5,
+                                           max_tokens=500))
     # then
     assert recalled[0] == f"Lesson from an earlier run: {LESSON}"
     assert set(recalled[1:]) == set(FACTS)
@@ -174,8 +174,7 @@ def test_a_delivery_skips_what_another_is_learning_at_the_same_time(tenant):
         feedback = RunFeedback.objects.get(run_id=run.id)
         Memory.objects.filter(kind="lesson").delete()
     other = connections.create_connection("default")
-    key = int.from_bytes(hashlib.blake2b(f"learn|{tenant.schema}|{run.id}:feedback:{feedback.id}".encode(),
-                                         digest_size=8).digest(), "big", signed=True)
+    key = advisory_key("learn", tenant.schema, f"{run.id}:feedback:{feedback.id}")
     try:
         with other.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_lock(%s)", [key])

@@ -134,7 +134,8 @@ class TokenCounter(Protocol):
 
 
 class MemoryRecall(Protocol):
-    async def recall(self, *, query: str, agent: str, limit: int, max_tokens: int) -> list[str]:
-        """Up to ``limit`` of ``agent``'s long-term memories relevant to ``query``, most relevant first, about
-        ``max_tokens`` in all (the caller trims them to that). Read-only. Raises MemoryUnavailable."""
+    async def recall(self, *, query: str, limit: int, max_tokens: int) -> list[str]:
+        """Up to ``limit`` of the run's agent's long-term memories relevant to ``query`` (a recall is made per
+        run, so it knows the agent and the end user), most relevant first, about ``max_tokens`` in all (the
+        caller trims them to that). Read-only. Raises MemoryUnavailable."""
         ...
