@@ -11,7 +11,7 @@ the read/bytes conversation, BENCH_READS (50) reads of its last state, BENCH_TUR
 through the API and Celery, BENCH_TURN_BURST (2000) runs started at once for turns_per_second,
 BENCH_STREAM_SAMPLES (30) runs followed by one subscriber and BENCH_STREAM_CROWD_SAMPLES (3) by 200,
 BENCH_MEMORY_ROWS (100000) memories searched, BENCH_FULL=1 also the 1M memory figures. BENCH_ONLY: a
-comma-separated list of sections to run (checkpoint, step, turn, stream, mcp, memory); all by default.
+comma-separated list of sections to run (checkpoint, step, turn, stream, mcp, memory, guard); all by default.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ from django_tenants.utils import schema_context  # noqa: E402
 from langgraph.checkpoint.postgres import PostgresSaver  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 
-from bench import checkpoint_bench, mcp_bench, memory_bench, step_bench, stream_bench, turn_bench  # noqa: E402
+from bench import checkpoint_bench, guard_bench, mcp_bench, memory_bench, step_bench, stream_bench, \
+    turn_bench  # noqa: E402
 from common.actors import Actor  # noqa: E402
 from data_plane import services  # noqa: E402
 from tenants import services as tenant_services  # noqa: E402
@@ -65,7 +66,7 @@ STREAM_SAMPLES = int(os.environ.get("BENCH_STREAM_SAMPLES", "30"))
 STREAM_CROWD_SAMPLES = int(os.environ.get("BENCH_STREAM_CROWD_SAMPLES", "3"))
 MCP_CALLS = int(os.environ.get("BENCH_MCP_CALLS", "300"))
 FULL = os.environ.get("BENCH_FULL") == "1"
-SECTIONS = ("checkpoint", "step", "turn", "stream", "mcp", "memory")
+SECTIONS = ("checkpoint", "step", "turn", "stream", "mcp", "memory", "guard")
 ONLY = {name.strip() for name in os.environ.get("BENCH_ONLY", "").split(",") if name.strip()} or set(SECTIONS)
 if ONLY - set(SECTIONS):
     sys.exit(f"BENCH_ONLY names unknown sections: {', '.join(sorted(ONLY - set(SECTIONS)))}; "
@@ -104,6 +105,12 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, float]], bool] | None]] = [
     *([("memory_search_p99_ms_1m", "< 10", lambda f: f["memory_search_p99_ms_1m"] < 10),
        ("memory_recall_at_10_1m", ">= 0.95", lambda f: f["memory_recall_at_10_1m"] >= 0.95)] if FULL else []),
     ("embed_per_second", "measured", None),
+    ("guard_detection_rate", ">= 0.95", lambda f: f["guard_detection_rate"] >= 0.95),
+    ("guard_false_positive_rate", "<= 0.02", lambda f: f["guard_false_positive_rate"] <= 0.02),
+    ("guard_input_p99_ms", "< 10", lambda f: f["guard_input_p99_ms"] < 10),
+    ("guard_check_injection_p99_ms", "< 10", lambda f: f["guard_check_injection_p99_ms"] < 10),
+    ("guard_check_pii_p99_ms", "< 10", lambda f: f["guard_check_pii_p99_ms"] < 10),
+    ("guard_check_secrets_p99_ms", "< 10", lambda f: f["guard_check_secrets_p99_ms"] < 10),
 ]
 DIAGNOSTICS = {
     "insert_floor_django_p50_ms": "the floor's INSERT through Django's connection in atomic()",
@@ -127,6 +134,7 @@ DIAGNOSTICS = {
     "mcp_call_overhead_p99_ms": "",
     "mcp_sdk_call_p50_ms": "the SDK's bare client calling the same tool on its own session (baseline)",
     **memory_bench.DIAGNOSTICS,
+    **guard_bench.DIAGNOSTICS,
 }
 
 
@@ -293,6 +301,8 @@ def main() -> int:
         section("memory", f"long-term memory: embedding, ingest, search at {memory_bench.ROWS} memories"
                 f"{' and 1M' if FULL else ''}",
                 lambda: memory_bench.bench_memory(tenant=tenant, actor=ACTOR, full=FULL))
+        section("guard", "guardrails: held-out detection and false positives, the input pipeline's latency",
+                guard_bench.bench_guardrails)
         derive(figures)
         about = machine()
     finally:

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from collections import OrderedDict
@@ -32,6 +32,7 @@ from common.schemas import in_schema
 from common.timestamps import format_ts
 from control_plane.audit.services import audit_event_record
 from data_plane import streams
+from data_plane.guarding import OutputBlocked, RunGuard
 from data_plane.models import Approval, EffectRecord, Run
 from data_plane.runtime.adapters.checkpoints import CommitResult, Fenced, LoadedCheckpoint, PostgresCheckpointStore
 from data_plane.runtime.core import context, machine
@@ -44,6 +45,7 @@ from data_plane.runtime.core.ports import ChatModel, MediaSource, MemoryRecall, 
 from data_plane.runtime.core.spec import AgentSpec, spec_from_json
 from data_plane.runtime.core.state import RunState, Status
 from data_plane.runtime.loop import run_coroutine
+from guardrails.selectors import Outcome, Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class _Lru(OrderedDict):  # type: ignore[type-arg]
 # a run on the same worker skips re-reading its whole conversation.
 _SPECS = _Lru(512)
 _STATES = _Lru(256)
+_AGENT_NAMES = _Lru(512)
 _CACHE_LOCK = threading.Lock()
 
 
@@ -120,7 +123,8 @@ class RunStepper:
                  on_stop: Callable[[UUID], None] | None = None,
                  on_finished: Callable[[UUID, str, AgentSpec], None] | None = None,
                  media: MediaSource | None = None, token_counter: TokenCounter | None = None,
-                 memory_recall_factory: Callable[[str], MemoryRecall] | None = None) -> None:
+                 memory_recall_factory: Callable[[str], MemoryRecall] | None = None,
+                 guard_for: Callable[[str], Pipeline | None] | None = None) -> None:
         self.schema = tenant_schema
         self.chat_model = chat_model
         self.meter = Meter(counter=token_counter or EstimatedTokens(),
@@ -136,6 +140,7 @@ class RunStepper:
         self.on_stop = on_stop  # told when a run stops working (finished, paused, waiting): it can free resources
         self.on_finished = on_finished  # told, after commit, when a run completed or failed: it can learn from it
         self.media = media  # the bytes behind messages' attachments, read at the model's edge
+        self.guard_for = guard_for  # an agent's guardrails (by the agent's name), applied at the run's edges
         self.q = f'"{tenant_schema}".'
 
     # --- the step ---------------------------------------------------------------------------------
@@ -158,12 +163,13 @@ class RunStepper:
             state = loaded.state
             commands = machine.pending_commands(state, spec, self.meter)
             sent: dict[str, dict[str, Any]] = {}  # model calls' context as sent (after recalled memories)
+            guard = self._guard(run_id, claim.agent_version_id, loaded.step + 1)
             try:
                 # Within one task, a step after the first cannot have anything recorded yet (this task is the
                 # run's only driver and created the step), unless the run replays a source branch.
                 fresh = head_id != claim.head_id and claim.base_run_id is None
                 results = run_coroutine(self._execute(run_id, loaded.step, commands, spec, claim, fresh, after_seq,
-                                                      sent))
+                                                      sent, guard))
             except TransientStepError as exc:
                 self._release(run_id, claim.version, loaded.step)
                 logger.warning("Run %s step %s: transient failure, will retry: %s", run_id, loaded.step, exc)
@@ -173,14 +179,41 @@ class RunStepper:
                 return StepOutcome(kind="fenced", step=loaded.step)
             new_state, _ = machine.step(state, machine.EffectsCompleted(results=results, now=self.clock()), spec=spec,
                                         meter=self.meter)
+            if guard is not None and new_state.status == Status.COMPLETED:
+                final = run_coroutine(asyncio.to_thread(guard.final, new_state.output or ""))
+                if final is not None and final.blocked:
+                    new_state = new_state.evolve(status=Status.FAILED, output=None, error={
+                        "code": "guardrail_blocked", "message": f"The guardrails refused the answer: "
+                                                                f"{final.explanation()}"})
             outcome, committed = self._commit(run_id, claim, store, loaded.id, loaded.step, state, new_state,
-                                              commands, results, keep_going=budget > 0, sent=sent)
+                                              commands, results, keep_going=budget > 0, sent=sent,
+                                              extra_events=guard.events if guard is not None else ())
             if committed is None:
                 if outcome.run_status in ("completed", "failed") and self.on_finished is not None:
                     self.on_finished(run_id, outcome.run_status, spec)
                 return outcome
             claim = replace(claim, version=committed[0])
             head_id, after_seq = committed[1], committed[2]
+
+    def _guard(self, run_id: UUID, agent_version_id: UUID, step: int) -> RunGuard | None:
+        """The step's guardrails: the run's agent's pipeline (None when no guardrails are wired)."""
+        if self.guard_for is None:
+            return None
+        key = (self.schema, agent_version_id)
+        with _CACHE_LOCK:
+            agent = _AGENT_NAMES.get(key)
+        if agent is None:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT a.name FROM {self.q}data_plane_agentversion v JOIN {self.q}data_plane_agent a "
+                               f"ON a.id = v.agent_id WHERE v.id = %s", [agent_version_id])
+                agent = cursor.fetchone()[0]
+            with _CACHE_LOCK:
+                _AGENT_NAMES.remember(key, agent)
+        pipeline = self.guard_for(agent)
+        if pipeline is None:
+            return None
+        return RunGuard(pipeline=pipeline, tenant=self.tenant, schema=self.schema, agent=agent, run_id=run_id,
+                        step=step)
 
     def _spec(self, agent_version_id: UUID) -> AgentSpec:
         key = (self.schema, agent_version_id)
@@ -259,14 +292,15 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
 
     async def _execute(self, run_id: UUID, step: int, commands: list[Command], spec: AgentSpec,
                        claim: Claim, fresh: bool = False, after_seq: int = 0,
-                       sent: dict[str, dict[str, Any]] | None = None) -> dict[str, machine.EffectResult]:
+                       sent: dict[str, dict[str, Any]] | None = None,
+                       guard: RunGuard | None = None) -> dict[str, machine.EffectResult]:
         if not commands:
             return {}
         tools = self.tool_runner_factory(str(run_id))
         memory = self.memory_recall_factory(str(run_id)) if self.memory_recall_factory is not None else None
         sent = {} if sent is None else sent
         work = asyncio.ensure_future(asyncio.gather(
-            *(self._effect(run_id, step, command, tools, claim, fresh, after_seq, sent, memory)
+            *(self._effect(run_id, step, command, tools, claim, fresh, after_seq, sent, memory, guard)
               for command in commands),
             return_exceptions=True))
         while not work.done():
@@ -290,7 +324,8 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
 
     async def _effect(self, run_id: UUID, step: int, command: Command, tools: ToolRunner,
                       claim: Claim, fresh: bool, after_seq: int, sent: dict[str, dict[str, Any]],
-                      memory: MemoryRecall | None = None) -> machine.EffectResult | None:
+                      memory: MemoryRecall | None = None, guard: RunGuard | None = None
+                      ) -> machine.EffectResult | None:
         if isinstance(command, StartSubRun):
             return await asyncio.to_thread(self._subrun, run_id, command)
         idempotency_key = f"{run_id}:{step}:{command.key}"
@@ -326,8 +361,9 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
             if fresh and kind == EffectRecord.Kind.MODEL else None
         started = time.perf_counter()
         if isinstance(command, CallModel):
+            guarded = guard if command.key != SUMMARY_KEY else None  # a summary is bookkeeping, not an answer
             deltas = _DeltaStream(schema=self.schema, run_id=run_id, after_seq=after_seq, node=command.node_id,
-                                  name=f"{claim.version}.{command.node_id}")
+                                  name=f"{claim.version}.{command.node_id}", guard=guarded)
             model_request = await self._with_memories(command.request, run_id, memory)
             if "context" in model_request.metadata:
                 sent[command.key] = model_request.metadata["context"]
@@ -336,13 +372,26 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
             try:
                 reply = await self.chat_model.complete(model_request, on_delta=deltas.send, on_retry=deltas.restart,
                                                        **media)
+                if guarded is not None:
+                    reply = await guarded.reply(reply, await deltas.finish(), node=command.node_id)
             except ProviderRejected as exc:
                 failed = EffectFailed(code="model_rejected", message=str(exc))
                 await asyncio.to_thread(record or self._journal_end, idempotency_key, failed, None, started)
                 return failed
+            except OutputBlocked as blocked:
+                assert guarded is not None
+                await guarded.stopped(blocked, node=command.node_id)
+                failed = EffectFailed(code="guardrail_blocked",
+                                      message=f"The guardrails stopped the model's answer: {blocked}")
+                await asyncio.to_thread(record or self._journal_end, idempotency_key, failed, None, started)
+                return failed
             await asyncio.to_thread(record or self._journal_end, idempotency_key, reply, reply.usage, started)
             return reply
-        result = await tools.call(command.call, idempotency_key=idempotency_key)
+        call, refused = (command.call, None) if guard is None else await guard.before_call(command.call,
+                                                                                            node=command.node_id)
+        result = refused or await tools.call(call, idempotency_key=idempotency_key)
+        if guard is not None and refused is None:
+            result = await guard.after_call(call, result, node=command.node_id)
         await asyncio.to_thread(self._journal_end, idempotency_key, result, None, started)
         return result
 
@@ -471,7 +520,8 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
     def _commit(self, run_id: UUID, claim: Claim, store: PostgresCheckpointStore, parent_id: UUID, parent_step: int,
                 previous: RunState, state: RunState, commands: list[Command],
                 results: dict[str, machine.EffectResult], *, keep_going: bool,
-                sent: dict[str, dict[str, Any]] | None = None) -> tuple[StepOutcome, tuple[int, UUID, int] | None]:
+                sent: dict[str, dict[str, Any]] | None = None, extra_events: Sequence[dict[str, Any]] = ()
+                ) -> tuple[StepOutcome, tuple[int, UUID, int] | None]:
         """Commit the step. Returns its outcome, and (new version, checkpoint, last event's seq) when this task
         goes on with the run's next step itself (it keeps the lease) instead of dispatching it."""
         step = parent_step + 1
@@ -479,7 +529,8 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         waiting_subrun = state.status == Status.WAITING_SUBRUN
         continues = keep_going and run_status == "running" and not waiting_subrun
         checkpoint_id = uuid.uuid4()
-        events = _step_events(commands, results, step, checkpoint_id, previous, state, run_status, sent or {})
+        events = _step_events(commands, results, step, checkpoint_id, previous, state, run_status, sent or {},
+                              extra_events)
         joined = state.pending_approval is not None or (self.tenant is not None and (
             run_status != "running" or any(isinstance(c, CallTool) for c in commands)))
         # The commit is one statement. When no other row joins it (an approval, audit events), it is its own
@@ -568,16 +619,41 @@ class _DeltaStream:
     """Publishes one model call's token deltas; a retried attempt streams again under a new name, so a
     subscriber drops the failed attempt's text."""
 
-    def __init__(self, *, schema: str, run_id: UUID, after_seq: int, node: str, name: str) -> None:
+    def __init__(self, *, schema: str, run_id: UUID, after_seq: int, node: str, name: str,
+                 guard: RunGuard | None = None) -> None:
         self.schema, self.run_id, self.after_seq, self.node, self.name = schema, run_id, after_seq, node, name
         self.attempt = 1
+        self.guard = guard
+        self.stream_guard = guard.stream() if guard is not None else None
 
     async def send(self, text: str) -> None:
+        """Publish a fragment; with guardrails, what the output rail lets through (redacted, held back a few
+        characters), and stop the stream (OutputBlocked) when it finds a violation."""
+        if self.stream_guard is not None:
+            text, blocked = self.stream_guard.feed(text)
+            if blocked is not None:
+                raise OutputBlocked(blocked)
+        if text:
+            await self._publish(text)
+
+    async def finish(self) -> Outcome | None:
+        """The end of the stream: publish what was held back; the output rail's outcome on the whole text."""
+        if self.stream_guard is None:
+            return None
+        rest, outcome = self.stream_guard.finish()
+        if outcome.blocked:
+            raise OutputBlocked(outcome)
+        if rest:
+            await self._publish(rest)
+        return outcome
+
+    async def _publish(self, text: str) -> None:
         await streams.delta_publish(tenant_schema=self.schema, run_id=self.run_id, after_seq=self.after_seq,
                                     node=self.node, text=text, stream=f"{self.name}.{self.attempt}")
 
     async def restart(self, notice: RetryNotice) -> None:
         self.attempt += 1
+        self.stream_guard = self.guard.stream() if self.guard is not None else None
 
 
 def numbered_events(events: list[dict[str, Any]], committed: CommitResult,
@@ -624,7 +700,8 @@ def _encode_result(result: Any) -> dict[str, Any]:
     match result:
         case ModelReply():
             return {"message": result.message.to_json(), "usage": result.usage.to_json(),
-                    "finish_reason": result.finish_reason}
+                    "finish_reason": result.finish_reason,
+                    **({"held_calls": list(result.held_calls)} if result.held_calls else {})}
         case ToolResult():
             return result.to_json()
         case EffectFailed():
@@ -637,14 +714,16 @@ def _decode_result(kind: str, data: dict[str, Any]) -> machine.EffectResult:
         return EffectFailed(**data["failed"])
     if kind == EffectRecord.Kind.MODEL:
         return ModelReply(message=Message.from_json(data["message"]), usage=Usage.from_json(data["usage"]),
-                          finish_reason=data.get("finish_reason", "stop"))
+                          finish_reason=data.get("finish_reason", "stop"),
+                          held_calls=tuple(data.get("held_calls", ())))
     return ToolResult.from_json(data)
 
 
 def _step_events(commands: list[Command], results: dict[str, machine.EffectResult], step: int, checkpoint_id: UUID,
                  previous: RunState, state: RunState, run_status: str,
-                 sent: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
+                 sent: dict[str, dict[str, Any]] | None = None,
+                 extra_events: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = list(extra_events)  # the step's guardrail decisions come first
     for command in commands:
         result = results.get(command.key)
         if isinstance(command, CallModel) and command.key == SUMMARY_KEY and isinstance(result, ModelReply):

@@ -18,6 +18,8 @@ SCOPES: dict[str, str] = {
     "tools:write": "Register, refresh and archive MCP servers; set and remove tool permissions.",
     "memories:read": "Search, list and read the tenant's long-term memories, and read the memory settings.",
     "memories:write": "Write and delete memories, forget an end user or an agent, and change the memory settings.",
+    "guardrails:read": "Read guardrail policies and flags, and dry-run a text against a policy.",
+    "guardrails:write": "Set and remove guardrail policies (the tenant's and agents'), and review flags.",
 }
 
 ALL_SCOPES: tuple[str, ...] = tuple(SCOPES)

@@ -25,6 +25,8 @@ from data_plane.models import Agent, Approval, Attachment, Checkpoint, EffectRec
     MemorySettings, Ping, Run, RunFeedback, ToolPermission, ToolSettings
 from data_plane.runtime.wiring import attachment_storage
 from data_plane.tests import media_files
+from guardrails import services as guardrail_services
+from guardrails.models import GuardrailFlag, GuardrailPolicy
 from tenants.api_views import TenantApiView
 from tenants.models import ApiKey
 from tenants.tests.factories import ApiKeyFactory
@@ -44,6 +46,7 @@ class TenantAData:
     permission_id: str
     memory_id: str
     attachment_id: str
+    flag_id: str
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,29 @@ def _attachment_created_in_b(response, a: TenantAData, b: ProvisionedForTest) ->
 def _b_upload(a: TenantAData) -> dict:
     return {"file": SimpleUploadedFile("b.png", media_files.png(rgb=(0, 0, 255)), content_type="image/png")}
 
+def _no_b_policies(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 200 and response.json()["results"] == []
+
+
+def _policy_set_in_b_only(agent: str) -> Callable[..., None]:
+    def check(response, a: TenantAData, b: ProvisionedForTest) -> None:
+        assert response.status_code == 200 and response.json()["revision"] == 1  # not A's layer, revised
+        with schema_context(b.schema):
+            assert GuardrailPolicy.objects.filter(agent=agent).count() == 1
+    return check
+
+
+def _defaults_only(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 200
+    assert response.json()["policy"]["actions"]["input"].get("pii", "off") == "off"  # A's pii rule is not B's
+
+
+def _dry_run_under_defaults(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 200
+    pii = next(d for d in response.json()["points"]["input"]["decisions"] if d["check"] == "pii")
+    assert pii["action"] == "allow"  # A's agent redacts pii; B's policy (the defaults) does not
+
+
 CASES = [
     Case("v1/tenant", "get", lambda a: "/v1/tenant", None, _own_tenant),
     Case("v1/api-keys", "get", lambda a: "/v1/api-keys?limit=500", None, _no_a_ids("id", lambda a: {a.key_id})),
@@ -277,6 +303,25 @@ CASES = [
          _memory_settings_of_b),
     Case("v1/memories/<uuid:memory_id>", "get", lambda a: f"/v1/memories/{a.memory_id}", None, _not_found),
     Case("v1/memories/<uuid:memory_id>", "delete", lambda a: f"/v1/memories/{a.memory_id}", None, _not_found),
+    # guardrails: A's policies (tenant-wide and its agent's) and flags are not B's
+    Case("v1/guardrails/policies", "get", lambda a: "/v1/guardrails/policies", None, _no_b_policies),
+    Case("v1/guardrails/policies/tenant", "get", lambda a: "/v1/guardrails/policies/tenant", None, _not_found),
+    Case("v1/guardrails/policies/tenant", "put", lambda a: "/v1/guardrails/policies/tenant",
+         {"config": {"actions": {"input": {"pii": "flag"}}}}, _policy_set_in_b_only("")),
+    Case("v1/guardrails/policies/tenant", "delete", lambda a: "/v1/guardrails/policies/tenant", None, _not_found),
+    Case("v1/guardrails/policies/agents/<slug:agent>", "get", lambda a: f"/v1/guardrails/policies/agents/{A_AGENT_NAME}",
+         None, _not_found),
+    Case("v1/guardrails/policies/agents/<slug:agent>", "put", lambda a: f"/v1/guardrails/policies/agents/{A_AGENT_NAME}",
+         {"config": {"actions": {"output": {"pii": "flag"}}}}, _policy_set_in_b_only(A_AGENT_NAME)),
+    Case("v1/guardrails/policies/agents/<slug:agent>", "delete",
+         lambda a: f"/v1/guardrails/policies/agents/{A_AGENT_NAME}", None, _not_found),
+    Case("v1/guardrails/policies/effective", "get", lambda a: f"/v1/guardrails/policies/effective?agent={A_AGENT_NAME}",
+         None, _defaults_only),
+    Case("v1/guardrails/dry-run", "post", lambda a: "/v1/guardrails/dry-run",
+         {"text": "mail ada@example.com", "agent": A_AGENT_NAME, "points": ["input"]}, _dry_run_under_defaults),
+    Case("v1/guardrails/flags", "get", lambda a: "/v1/guardrails/flags", None, _no_a_ids("id", lambda a: {a.flag_id})),
+    Case("v1/guardrails/flags/<uuid:flag_id>/review", "post", lambda a: f"/v1/guardrails/flags/{a.flag_id}/review",
+         {"status": "dismissed"}, _not_found),
     # approvals
     Case("v1/approvals", "get", lambda a: "/v1/approvals?limit=500", None, _no_a_ids("id", lambda a: {a.approval_id})),
     Case("v1/approvals/<uuid:approval_id>", "get", lambda a: f"/v1/approvals/{a.approval_id}", None, _not_found),
@@ -338,13 +383,19 @@ def tenant_a_data(tenant_a) -> TenantAData:
         attachment = data_plane_services.attachment_upload(
             tenant=tenant_a.tenant, actor=actor, stream=io.BytesIO(media_files.png()), filename="a.png",
             declared_media_type="image/png")
+        guardrail_services.policy_put(tenant=tenant_a.tenant, agent="", actor=actor,
+                                      config={"actions": {"input": {"pii": "flag"}}})
+        guardrail_services.policy_put(tenant=tenant_a.tenant, agent=A_AGENT_NAME, actor=actor,
+                                      config={"actions": {"input": {"pii": "redact"}}})
+        flag = GuardrailFlag.objects.create(agent=A_AGENT_NAME, point="input", check_name="pii", score=1.0,
+                                            reasons=["pii.email"], message="An email address.")
         audit_ids = frozenset(str(i) for i in AuditEvent.objects.values_list("id", flat=True))
     assert audit_ids
     assert run.status == "waiting_approval"
     return TenantAData(key_id=str(key.id), ping_id=str(ping.id), audit_ids=audit_ids, agent_id=str(agent.id),
                        run_id=str(run.id), checkpoint_id=str(checkpoint.id), approval_id=str(approval.id),
                        server_id=str(server.id), permission_id=str(permission.id),
-                       memory_id=str(memory.memory.id), attachment_id=str(attachment.id))
+                       memory_id=str(memory.memory.id), attachment_id=str(attachment.id), flag_id=str(flag.id))
 
 
 def _tenant_a_state(a: TenantAData) -> tuple:
@@ -361,6 +412,8 @@ def _tenant_a_state(a: TenantAData) -> tuple:
         list(Memory.objects.values_list("id", "text", "updated_at", "merged_count")),
         list(RunFeedback.objects.values_list("id")),
         list(MemorySettings.objects.values_list("default_ttl_days", "embedding_model")),
+        list(GuardrailPolicy.objects.values_list("id", "agent", "config", "revision")),
+        list(GuardrailFlag.objects.values_list("id", "status", "reviewed_at")),
         [(row, _stored(key)) for *row, key in Attachment.objects.values_list("id", "run_id", "transcript",
                                                                               "storage_key")],
     )

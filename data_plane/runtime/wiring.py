@@ -112,4 +112,14 @@ def stepper_for(*, tenant: Any, dispatch: Callable[[UUID, int], None]) -> RunSte
         on_finished=partial(learn_later, schema),
         media=StoredMedia(tenant_schema=schema, storage=attachment_storage()),
         token_counter=token_counter(), memory_recall_factory=memory_recall_factory(schema),
+        guard_for=partial(guard_for, schema),
     )
+
+
+def guard_for(tenant_schema: str, agent: str) -> Any:
+    """The agent's guardrail pipeline (its effective policy), read in the tenant's schema."""
+    from common.schemas import in_schema
+    from guardrails.selectors import pipeline_for
+
+    with in_schema(tenant_schema):
+        return pipeline_for(tenant_schema=tenant_schema, agent=agent)

@@ -35,6 +35,7 @@ from data_plane.runtime.core.spec import AgentSpec, spec_from_json
 from data_plane.runtime.core.state import Decision, RunState
 from data_plane.selectors import agent_version_get, approval_get, checkpoint_get, run_get
 from data_plane.services.attachments import attachments_link, message_attachments
+from guardrails import services as guardrail_services
 
 ACTIVE = ("queued", "running", "paused", "waiting_approval")
 
@@ -84,7 +85,8 @@ def _append_event(run: Run, type_: str, data: dict[str, Any], tenant_schema: str
 
 def _create_run(*, tenant_schema: str, agent_version: Any, input: str, values: Mapping[str, Any] | None,
                 now: float, parent_run_id: UUID | None = None, parent_key: str = "",
-                attachments: tuple[AttachmentPart, ...] = (), end_user: str = "", task_kind: str = "") -> Run:
+                attachments: tuple[AttachmentPart, ...] = (), end_user: str = "", task_kind: str = "",
+                guard_events: Sequence[dict[str, Any]] = ()) -> Run:
     spec = spec_from_json(agent_version.spec)
     state, _ = machine.start(spec, input=input, now=now, values=values, attachments=attachments)
     run = Run.objects.create(agent_version=agent_version, input=input, parent_run_id=parent_run_id,
@@ -94,7 +96,7 @@ def _create_run(*, tenant_schema: str, agent_version: Any, input: str, values: M
     status = _initial_status(state)
     _commit(tenant_schema, run_id=run.id, expected_version=0, checkpoint_id=uuid.uuid4(), parent_id=None, step=0,
             previous=None, state=state, run_status=status, release_lease=True,
-            events=[{"type": "run.status", "data": {"status": status}}])
+            events=[*guard_events, {"type": "run.status", "data": {"status": status}}])
     record_pending_approval(run.id, state)
     if status == "queued":
         dispatcher(tenant_schema)(run.id, 0)
@@ -107,7 +109,8 @@ def run_start(*, tenant, agent_id: UUID, input: str, actor: Actor, version: int 
               clock: Callable[[], float] = time.time, end_user: str = "", task_kind: str = "") -> Run:
     """Start a run of the agent's latest (or given) version with the user's input: its text and attached files
     (uploaded before, by id); for an end user (their memories are recalled) and a kind of task (lessons are
-    tagged with it). Raises AgentNotFound, AgentArchived, AttachmentNotFound, AttachmentNotSupportedByModel.
+    tagged with it). The input passes the agent's input guardrails first (redacted where they redact).
+    Raises AgentNotFound, AgentArchived, AttachmentNotFound, AttachmentNotSupportedByModel, GuardrailBlocked.
     The first step is dispatched after commit."""
     require_schema(tenant.schema_name)
     agent_version = agent_version_get(tenant_schema=tenant.schema_name, agent_id=agent_id, version=version)
@@ -115,9 +118,14 @@ def run_start(*, tenant, agent_id: UUID, input: str, actor: Actor, version: int 
         raise AgentArchived(f"Agent {agent_version.agent.name!r} is archived; it takes no new runs.")
     parts = message_attachments(tenant_schema=tenant.schema_name, attachment_ids=attachments,
                                 spec=spec_from_json(agent_version.spec), agent_name=agent_version.agent.name)
+    agent_name = agent_version.agent.name
+    guarded = guardrail_services.text_guard(tenant=tenant, agent=agent_name, point="input", text=input, actor=actor)
     with transaction.atomic():
-        run = _create_run(tenant_schema=tenant.schema_name, agent_version=agent_version, input=input, values=values,
-                          now=clock(), attachments=parts, end_user=end_user, task_kind=task_kind)
+        run = _create_run(tenant_schema=tenant.schema_name, agent_version=agent_version, input=guarded.text,
+                          values=values, now=clock(), attachments=parts, end_user=end_user, task_kind=task_kind,
+                          guard_events=guardrail_services.decision_events(guarded))
+        guardrail_services.decisions_record(tenant=tenant, agent=agent_name, outcome=guarded, run_id=run.id,
+                                            actor=actor)
         audit_event_record(tenant=tenant, actor=actor, action="run.start", target_type="run", target_id=str(run.id),
                            data={"agent": agent_version.agent.name, "version": agent_version.version,
                                  **({"attachments": [part.id for part in parts]} if parts else {})})
@@ -233,7 +241,11 @@ def run_message_send(*, tenant, run_id: UUID, text: str, actor: Actor,  # type: 
     """Continue a completed run's conversation with the user's next message (its text and attached files): the
     same run takes another turn from its head checkpoint (its subscribers keep following it). Raises
     IllegalTransition while the run is still working or waiting, and for a failed (retry it) or cancelled run;
-    AttachmentNotFound, AttachmentNotSupportedByModel."""
+    AttachmentNotFound, AttachmentNotSupportedByModel, GuardrailBlocked (the agent's input guardrails)."""
+    agent_name = run_get(tenant_schema=tenant.schema_name, run_id=run_id).agent_version.agent.name
+    guarded = guardrail_services.text_guard(tenant=tenant, agent=agent_name, point="input", text=text, actor=actor,
+                                            run_id=run_id)  # outside the transaction: a refusal stays recorded
+    text = guarded.text
     with transaction.atomic():
         run = run_get(tenant_schema=tenant.schema_name, run_id=run_id, for_update=True)
         if run.status != "completed":
@@ -244,6 +256,8 @@ def run_message_send(*, tenant, run_id: UUID, text: str, actor: Actor,  # type: 
         spec = spec_from_json(run.agent_version.spec)
         parts = message_attachments(tenant_schema=tenant.schema_name, attachment_ids=attachments, spec=spec,
                                     agent_name=run.agent_version.agent.name)
+        guardrail_services.decisions_record(tenant=tenant, agent=agent_name, outcome=guarded, run_id=run.id,
+                                            actor=actor)
         head = _store(tenant.schema_name).load(run.head_id)
         message = Message(role="user", content=text, attachments=parts)
         state = head.state.evolve(messages=head.state.messages + (message,))
@@ -255,6 +269,7 @@ def run_message_send(*, tenant, run_id: UUID, text: str, actor: Actor,  # type: 
         _commit(tenant.schema_name, run_id=run.id, expected_version=run.version, checkpoint_id=uuid.uuid4(),
                 parent_id=head.id, step=head.step + 1, previous=head.state, state=state, run_status=status,
                 release_lease=True, events=[
+                    *guardrail_services.decision_events(guarded),
                     {"type": "message.user", "data": user_event},
                     {"type": "run.status", "data": {"status": status}}])
         attachments_link(run_id=run.id, parts=parts)

@@ -107,6 +107,7 @@ class _Advance:
     values: Mapping[str, Any] = field(default_factory=dict)
     goto: str | None = None
     usage: tuple[int, int, float] = (0, 0, 0.0)
+    held_calls: tuple[str, ...] | None = None  # a reply's tool calls held for approval (None: not a reply)
 
 
 # --- Entry points ---------------------------------------------------------------------------------
@@ -230,6 +231,7 @@ def _apply_results(state: RunState, spec: AgentSpec, results: Mapping[str, Effec
     joins = dict(state.join_arrivals)
     tokens_in, tokens_out, cost = state.input_tokens, state.output_tokens, state.cost_usd
     waiting: list[str] = []
+    held_calls: tuple[str, ...] | None = None
 
     for node_id in state.frontier:
         node = graph.node(node_id)
@@ -253,6 +255,8 @@ def _apply_results(state: RunState, spec: AgentSpec, results: Mapping[str, Effec
         values.update(advance.values)
         tokens_in, tokens_out, cost = tokens_in + advance.usage[0], tokens_out + advance.usage[1], cost + advance.usage[2]
         decisions.pop(node_id, None)
+        if advance.held_calls is not None:
+            held_calls = (held_calls or ()) + advance.held_calls
         frontier.extend(_arrive(graph, advance.goto, joins))
 
     outstanding = [key for key in expected if key not in collected and key in _keys_of(frontier, expected)]
@@ -260,7 +264,8 @@ def _apply_results(state: RunState, spec: AgentSpec, results: Mapping[str, Effec
     return state.evolve(messages=tuple(messages), values=values, frontier=tuple(dict.fromkeys(frontier)),
                         decisions=decisions, join_arrivals=joins, input_tokens=tokens_in, output_tokens=tokens_out,
                         cost_usd=cost, status=Status.WAITING_SUBRUN if only_subruns else Status.RUNNING,
-                        waiting_on=tuple(waiting), collected=collected)
+                        waiting_on=tuple(waiting), collected=collected,
+                        held_calls=state.held_calls if held_calls is None else held_calls)
 
 
 def _with_summary(state: RunState, spec: AgentSpec, command: Command, reply: dict[str, Any], meter: Meter) -> RunState:
@@ -288,7 +293,8 @@ def _complete_node(node: Node, state: RunState, spec: AgentSpec, results: dict[s
             usage = reply["usage"]
             values = {node.output_key: message.content} if node.output_key else {}
             return _Advance(messages=(message,), values=values, goto=node.next,
-                            usage=(usage["input_tokens"], usage["output_tokens"], usage["cost_usd"]))
+                            usage=(usage["input_tokens"], usage["output_tokens"], usage["cost_usd"]),
+                            held_calls=tuple(reply.get("held_calls", ())))
         case ToolNode():
             result = ToolResult.from_json(results[node.id]["result"])
             values = {node.output_key: result.structured if result.structured is not None else result.content} \
@@ -332,7 +338,8 @@ def _tool_message(call: ToolCall, result: dict[str, Any]) -> Message:
 def _result_json(result: EffectResult) -> dict[str, Any]:
     match result:
         case ModelReply():
-            return {"type": "model", "message": result.message.to_json(), "usage": result.usage.to_json()}
+            return {"type": "model", "message": result.message.to_json(), "usage": result.usage.to_json(),
+                    **({"held_calls": list(result.held_calls)} if result.held_calls else {})}
         case ToolResult():
             return {"type": "tool", "result": result.to_json()}
         case SubRunResult():
@@ -402,8 +409,7 @@ def _settle(state: RunState, spec: AgentSpec) -> RunState:
             case ToolsNode() if node_id not in decisions and _gated_calls(state, spec):
                 pending = pending or _still_pending(state, node_id) or PendingApproval(
                     id=f"{state.approvals_asked + 1}:{node_id}", node_id=node_id, kind="tool_calls",
-                    prompt="These tool calls need approval: " + ", ".join(c.name for c in _gated_calls(state, spec)),
-                    calls=tuple(_gated_calls(state, spec)))
+                    prompt=_approval_prompt(state, spec), calls=tuple(_gated_calls(state, spec)))
                 settled.append(node_id)
             case _:
                 settled.append(node_id)
@@ -500,8 +506,17 @@ def _last_tool_calls(state: RunState) -> tuple[ToolCall, ...]:
     return ()
 
 
+def _approval_prompt(state: RunState, spec: AgentSpec) -> str:
+    calls = _gated_calls(state, spec)
+    prompt = "These tool calls need approval: " + ", ".join(call.name for call in calls)
+    held = [call.name for call in calls if call.id in state.held_calls]
+    return prompt + (f" (held by the guardrails: {', '.join(held)})" if held else "")
+
+
 def _gated_calls(state: RunState, spec: AgentSpec) -> list[ToolCall]:
-    return [call for call in _last_tool_calls(state) if (tool := spec.tool(call.name)) and tool.requires_approval]
+    """The last reply's calls a human must approve first: their tool requires it, or the guardrails held them."""
+    return [call for call in _last_tool_calls(state)
+            if call.id in state.held_calls or ((tool := spec.tool(call.name)) and tool.requires_approval)]
 
 
 def _calls_to_run(state: RunState, spec: AgentSpec, node_id: str, decision: Decision | None) -> list[ToolCall]:

@@ -64,6 +64,7 @@ class ModelReply:
     message: Message
     usage: Usage
     finish_reason: str = "stop"
+    held_calls: tuple[str, ...] = ()  # ids of tool calls the guardrails hold for a human's approval
 
 
 DeltaCallback = Callable[[str], Awaitable[None]]

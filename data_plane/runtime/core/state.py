@@ -90,6 +90,7 @@ class RunState:
     output: str | None = None
     error: Mapping[str, str] | None = None
     summary: Summary | None = None
+    held_calls: tuple[str, ...] = ()  # the last reply's tool calls held by the guardrails for a human's approval
 
     def evolve(self, **changes: Any) -> RunState:
         return replace(self, **changes)
@@ -109,6 +110,7 @@ class RunState:
             "output_tokens": self.output_tokens, "output": self.output,
             "error": dict(self.error) if self.error else None, "message_count": len(self.messages),
             "summary": self.summary.to_json() if self.summary else None,
+            **({"held_calls": list(self.held_calls)} if self.held_calls else {}),
         }
 
     @classmethod
@@ -126,4 +128,5 @@ class RunState:
             input_tokens=control["input_tokens"], output_tokens=control["output_tokens"],
             output=control["output"], error=control["error"],
             summary=Summary.from_json(summary) if summary else None,
+            held_calls=tuple(control.get("held_calls", ())),
         )
