@@ -13,8 +13,8 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from guardrails.checks.base import Check, Point, Span, Verdict, redact
@@ -198,6 +198,10 @@ class Pipeline:
 
     def checks_at(self, point: str) -> tuple[str, ...]:
         return self.policy.checks_at(point)
+
+    def with_output_schema(self, schema: Mapping[str, Any]) -> Pipeline:
+        """This pipeline judging answers against ``schema`` (an agent's own) instead of the policy's."""
+        return Pipeline(replace(self.policy, output_schema=schema), clock=self.clock)
 
     def run(self, text: str, point: Point, *, only: tuple[str, ...] | None = None, every: bool = False) -> Outcome:
         """Every check of ``point`` (or only those named) on ``text``; with ``every``, the checks the policy

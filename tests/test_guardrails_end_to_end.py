@@ -159,3 +159,24 @@ def test_a_tool_call_carrying_a_secret_waits_for_approval_then_runs(worker_proce
         assert AuditEvent.objects.filter(action="tool.call", data__tool="note_append").count() == 1
         held = AuditEvent.objects.get(action="guardrail.decision", data__point="tool_arguments")
         assert held.data["action"] == "require_approval" and held.data["check"] == "secrets"
+
+
+def test_an_answer_that_breaks_the_agents_output_schema_fails_the_run(worker_process, model_server, tenant):
+    # given: two agents declaring the same output schema, one answering to it and one not
+    schema = {"type": "object", "required": ["total"], "properties": {"total": {"type": "number"}}}
+    chat = {"entry": "chat", "nodes": [{"id": "chat", "kind": "llm", "next": "end"}, {"id": "end", "kind": "end"}]}
+    good = start(tenant, name="json-good", spec={"instructions": "Answer in JSON.", "graph": chat,
+                                                 "output_schema": schema,
+                                                 "models": [register(model_server, [{"content": '{"total": 12.5}'}])]})
+    bad = start(tenant, name="json-bad", spec={"instructions": "Answer in JSON.", "graph": chat,
+                                               "output_schema": schema,
+                                               "models": [register(model_server, [{"content": '{"total": "a lot"}'}])]})
+    # when
+    done = wait_for(lambda: settled(tenant.schema, good.id), timeout=90, what="the good run")
+    failed = wait_for(lambda: settled(tenant.schema, bad.id), timeout=90, what="the bad run")
+    # then
+    assert (done.status, done.output) == ("completed", '{"total": 12.5}'), done.error
+    assert failed.status == "failed" and failed.error["code"] == "guardrail_blocked"
+    assert "output_schema at total" in failed.error["message"]
+    decision = next(data for kind, data in events(tenant.schema, bad.id) if kind == "guardrail.decision")
+    assert (decision["check"], decision["action"], decision["reasons"]) == ("schema", "block", ["schema.invalid"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jsonschema
+
 from typing import Any
 from uuid import UUID
 
@@ -53,7 +55,14 @@ def _validated_spec(spec: Any, *, own_name: str, agent_id: UUID | None = None) -
     known = set(Agent.objects.filter(is_archived=False).values_list("name", flat=True)) | {own_name}
     spec = _with_catalogue_tools(spec, agent_id=agent_id)
     try:
-        return spec_from_json(spec, known_agents=known).to_json()
+        parsed = spec_from_json(spec, known_agents=known)
+        if parsed.output_schema is not None:
+            try:
+                jsonschema.Draft202012Validator.check_schema(dict(parsed.output_schema))
+            except jsonschema.SchemaError as exc:
+                raise GraphInvalid([{"path": "output_schema", "code": "invalid",
+                                     "message": f"Not a valid JSON schema: {exc.message}"}]) from None
+        return parsed.to_json()
     except GraphInvalid as invalid:
         raise AgentSpecInvalid(
             "The agent spec is invalid: " + " | ".join(f"{e['path']}: {e['message']}" for e in invalid.errors),

@@ -142,6 +142,7 @@ class AgentSpec:
     max_tools_per_call: int = 24  # above this many tools, each LLM call is offered the most relevant ones
     memory: MemoryPolicy = field(default_factory=MemoryPolicy)
     context: ContextSettings = field(default_factory=ContextSettings)
+    output_schema: Mapping[str, Any] | None = None  # a JSON schema the final answer must satisfy (the guardrails)
 
     @property
     def workflow(self) -> Graph:
@@ -180,6 +181,8 @@ class AgentSpec:
             data["memory"] = self.memory.to_json()
         if self.context != ContextSettings():  # absent means the defaults: agents stored before it read the same
             data["context"] = self.context.to_json()
+        if self.output_schema is not None:
+            data["output_schema"] = dict(self.output_schema)
         return data
 
 
@@ -271,13 +274,17 @@ def spec_from_json(data: Any, *, known_agents: set[str] | None = None) -> AgentS
         mcp_servers = []
     memory = _memory_policy(data.get("memory"), error)
     context = _context_from_json(data.get("context"), error)
+    output_schema = data.get("output_schema")
+    if output_schema is not None and not isinstance(output_schema, dict):
+        error("output_schema", "output_schema is a JSON schema object the agent's final answer must satisfy.")
+        output_schema = None
     spec = AgentSpec(instructions=instructions if isinstance(instructions, str) else "", models=tuple(models),
                      tools=tuple(tools), graph=graph, limits=limits, agent_tools=dict(agent_tools),
                      handoffs=delegations["handoffs"],
                      temperature=data.get("temperature"),
                      model_timeout_seconds=float(data.get("model_timeout_seconds", 60.0)),
                      mcp_servers=tuple(dict.fromkeys(mcp_servers)), max_tools_per_call=max_tools,
-                     memory=memory, context=context)
+                     memory=memory, context=context, output_schema=output_schema)
     if graph is not None or data.get("graph") is None:
         try:  # validated even when other fields are wrong, so every problem is reported at once
             validate(spec.workflow, tools=spec.tools, agents=known_agents,
