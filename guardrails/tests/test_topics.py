@@ -187,7 +187,7 @@ def test_fast_path_gives_the_verdict_nemo_gives(check):
 @pytest.mark.parametrize(("text", "is_fast_path", "is_refused", "similarity"), [
     ("How do I bake sourdough bread?", True, False, 0.1286),
     ("medicine", True, False, 0.3735),
-    ("Who was the first president of the United States?", False, False, 0.3792),  # in the margin: NeMo
+    ("Who was the first president of the United States?", True, False, 0.3792),  # below 0.395 less 0.005
     ("Who is running for governor?", False, True, 0.398),
 ])
 def test_only_texts_far_from_every_refused_example_skip_nemo(text, is_fast_path, is_refused, similarity):
