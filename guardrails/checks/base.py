@@ -7,7 +7,7 @@ can redact it. The pipeline (guardrails/pipeline.py) times each check and turns 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -53,6 +53,22 @@ class Check(Protocol):
     def evaluate(self, text: str, *, point: Point) -> Verdict:
         """The verdict on ``text`` seen at ``point`` (some checks weigh points differently)."""
         ...
+
+
+def without_overlaps(spans: Sequence[Span], priority: Mapping[str, int]) -> list[Span]:
+    """One finding per stretch of text: of overlapping spans, the kind ranked first in ``priority`` (lower is
+    better), then the longer."""
+    kept: list[Span] = []
+    kept_rank = (0, 0)
+    for start, rank, negative_length, _, span in sorted(
+            (span.start, priority[span.kind], span.start - span.end, index, span) for index, span in enumerate(spans)):
+        if kept and start < kept[-1].end:
+            if (rank, negative_length) < kept_rank:
+                kept[-1], kept_rank = span, (rank, negative_length)
+            continue
+        kept.append(span)
+        kept_rank = (rank, negative_length)
+    return kept
 
 
 def redact(text: str, spans: Sequence[Span]) -> str:

@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
-from guardrails.checks.base import Point, Span, Verdict
+from guardrails.checks.base import Point, Span, Verdict, without_overlaps
 
 PII_KINDS = ("email", "phone", "payment_card", "national_id", "iban", "ip_address")
 
@@ -364,17 +364,7 @@ _MIN_DIGITS = {"email": 0, "phone": 9, "payment_card": 13, "national_id": 6, "ib
 
 def _without_overlaps(spans: list[Span]) -> list[Span]:
     """One finding per stretch of text: of overlapping ones, the better-validated kind, then the longer."""
-    kept: list[Span] = []
-    kept_rank = (0, 0)
-    for start, priority, negative_length, _, span in sorted(
-            (span.start, _PRIORITY[span.kind], span.start - span.end, index, span) for index, span in enumerate(spans)):
-        if kept and start < kept[-1].end:
-            if (priority, negative_length) < kept_rank:
-                kept[-1], kept_rank = span, (priority, negative_length)
-            continue
-        kept.append(span)
-        kept_rank = (priority, negative_length)
-    return kept
+    return without_overlaps(spans, _PRIORITY)
 
 
 class PiiCheck:

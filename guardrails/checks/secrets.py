@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from guardrails.checks.base import Point, Span, Verdict
+from guardrails.checks.base import Point, Span, Verdict, without_overlaps
 
 SECRET_KINDS = (
     "private_key", "aws_access_key", "aws_secret_key", "github_token", "gitlab_token", "slack_token",
@@ -199,17 +199,7 @@ _FINDERS: tuple[Callable[[str], Iterator[tuple[int, int, str]]], ...] = (
 
 def _without_overlaps(spans: list[Span]) -> list[Span]:
     """One finding per stretch of text: of overlapping ones, the more specific kind, then the longer."""
-    kept: list[Span] = []
-    kept_rank = (0, 0)
-    for start, priority, negative_length, _, span in sorted(
-            (span.start, _PRIORITY[span.kind], span.start - span.end, index, span) for index, span in enumerate(spans)):
-        if kept and start < kept[-1].end:
-            if (priority, negative_length) < kept_rank:
-                kept[-1], kept_rank = span, (priority, negative_length)
-            continue
-        kept.append(span)
-        kept_rank = (priority, negative_length)
-    return kept
+    return without_overlaps(spans, _PRIORITY)
 
 
 class SecretsCheck:
