@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -260,13 +261,19 @@ class Pipeline:
                                latency_ms=(self.clock() - started) * 1000)
 
 
+# Where a finding that spans several words may start: a digit (cards, phones, IBANs, addresses), a sign of an
+# address, an assignment or a URL, or a word that names a credential.
+_MAY_START_A_FINDING = re.compile(r"[0-9@=:/+(]|(?i:pass|secret|token|api|key|bearer|auth|cred|priv)")
+
+
 class StreamGuard:
     """The output rail on a stream of text fragments, as they arrive: what it passes on is redacted, and a
     violation stops the stream instead of being found after the answer is complete.
 
-    Fragments are held back until they are ``hold`` characters behind the newest one, the last word (a key or
-    an address may still be growing) and an unfinished PEM block whole, and never cut in the middle of a
-    finding: a finding split across fragments is redacted before any of it is passed on.
+    The last word is held back (a key or an address may still be growing), and so is an unfinished PEM block,
+    and, within the last ``hold`` characters, everything from where a finding spanning words could start (a
+    digit, an ``@``, ``=`` or ``:``, a word naming a credential); a cut never falls inside a finding. So a
+    finding split across fragments is redacted before any of it is passed on, and plain prose flows at once.
     The checks that say where their findings are (redacting ones) run on every fragment over the text not
     yet passed on; the others (injection, topic) run on each new sentence or ``every`` characters, and on
     the whole text at the end."""
@@ -282,7 +289,6 @@ class StreamGuard:
         self.sent = 0  # characters of ``text`` passed on (as redacted)
         self.judged = 0  # characters of ``text`` the slow checks have seen
         self.outcome: Outcome | None = None  # the blocking outcome, once blocked
-        self.redactions: list[Decision] = []
 
     def feed(self, fragment: str) -> tuple[str, Outcome | None]:
         """What to pass on now (redacted), and the outcome that blocks the stream, if this fragment did."""
@@ -321,11 +327,17 @@ class StreamGuard:
         if outcome.blocked:
             self.outcome = outcome
             return "", outcome
-        cut = len(pending) if final else max(0, len(pending) - self.hold)
-        if not final:  # a token (an address, a key) may still be growing: hold the last one back whole, and an
-            # unfinished PEM block from its BEGIN line
-            cut = min(cut, max(pending.rfind(" "), pending.rfind("\n"), pending.rfind("\t")) + 1)
-            begin = pending.rfind("-----BEGIN")
+        cut = len(pending)
+        if not final:
+            # A token (an address, a key) may still be growing: hold the last one back whole. Findings that
+            # span words (a card or a phone number with spaces, "password = ...") start at a digit, a sign or a
+            # key word: hold back from the first of those within the last ``hold`` characters. Plain prose flows.
+            cut = max(pending.rfind(" "), pending.rfind("\n"), pending.rfind("\t")) + 1
+            window = max(0, cut - self.hold)
+            suspicious = _MAY_START_A_FINDING.search(pending, window, cut)
+            if suspicious is not None:
+                cut = suspicious.start()
+            begin = pending.rfind("-----BEGIN")  # an unfinished PEM block, from its BEGIN line
             if begin != -1 and "-----END" not in pending[begin:]:
                 cut = min(cut, begin)
         spans = [span for d in outcome.decisions if d.action == "redact" for span in d.verdict.spans]
@@ -334,7 +346,5 @@ class StreamGuard:
                 cut = span.start
         cut = max(cut, 0)
         released = [span for span in spans if span.end <= cut]
-        if released:
-            self.redactions.extend(d for d in outcome.decisions if d.action == "redact")
         self.sent += cut
         return redact(pending[:cut], released), None

@@ -112,3 +112,16 @@ def test_a_violation_stops_the_stream_before_the_rest_is_passed_on():
     assert stopped is not None and stopped.blocked and stopped.reasons
     assert SECRET[:8] not in "".join(passed) and "rest of the instructions" not in "".join(passed)
     assert guard.feed("more")[1] is stopped
+
+
+def test_plain_prose_flows_at_once_and_only_what_could_start_a_finding_waits():
+    # given: PII and secrets redacted at output
+    guard = StreamGuard(Pipeline(merged(validate_policy(EMAIL_POLICY))), hold=64)
+    # when: prose, word by word
+    out = [guard.feed(word)[0] for word in ["The ", "weather ", "is ", "lovely ", "today"]]
+    # then: each word passes as soon as the next begins; the last waits (it may still grow)
+    assert out == ["The ", "weather ", "is ", "lovely ", ""]
+    # and a number waits until it cannot be part of a finding any more
+    assert guard.feed(", call 415 ")[0] == "today, call "
+    assert guard.feed("555 0100 ")[0] == ""
+    assert guard.finish()[0] == "415 555 0100 "
