@@ -180,8 +180,7 @@ class RunStepper:
             new_state, _ = machine.step(state, machine.EffectsCompleted(results=results, now=self.clock()), spec=spec,
                                         meter=self.meter)
             if guard is not None and new_state.status == Status.COMPLETED:
-                final = run_coroutine(asyncio.to_thread(guard.final, new_state.output or "",
-                                                        schema=spec.output_schema))
+                final = guard.final(new_state.output or "", schema=spec.output_schema)
                 if final is not None and final.blocked:
                     new_state = new_state.evolve(status=Status.FAILED, output=None, error={
                         "code": "guardrail_blocked", "message": f"The guardrails refused the answer: "

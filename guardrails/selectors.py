@@ -10,7 +10,7 @@ from uuid import UUID
 
 from django.db.models import QuerySet
 
-from common.schemas import require_schema
+from common.schemas import in_schema, require_schema
 from guardrails.errors import GuardrailFlagNotFound, GuardrailPolicyNotFound
 from guardrails.models import GuardrailFlag, GuardrailPolicy
 from guardrails.pipeline import Outcome, Pipeline, StreamGuard
@@ -51,7 +51,8 @@ def pipeline_for(*, tenant_schema: str, agent: str, clock: Callable[[], float] =
         cached = _CACHE.get(key)
     if cached is not None and now - cached[0] < POLICY_CACHE_SECONDS:
         return cached[1]
-    pipeline = Pipeline(effective_policy(tenant_schema=tenant_schema, agent=agent))
+    with in_schema(tenant_schema):  # a worker's step reads with qualified names, outside the tenant's schema
+        pipeline = Pipeline(effective_policy(tenant_schema=tenant_schema, agent=agent))
     with _LOCK:
         if len(_CACHE) > 4096:
             _CACHE.clear()

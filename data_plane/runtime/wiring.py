@@ -117,9 +117,7 @@ def stepper_for(*, tenant: Any, dispatch: Callable[[UUID, int], None]) -> RunSte
 
 
 def guard_for(tenant_schema: str, agent: str) -> Any:
-    """The agent's guardrail pipeline (its effective policy), read in the tenant's schema."""
-    from common.schemas import in_schema
+    """The agent's guardrail pipeline (its effective policy, cached a moment per process)."""
     from guardrails.selectors import pipeline_for
 
-    with in_schema(tenant_schema):
-        return pipeline_for(tenant_schema=tenant_schema, agent=agent)
+    return pipeline_for(tenant_schema=tenant_schema, agent=agent)
