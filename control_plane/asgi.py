@@ -14,7 +14,10 @@ from data_plane.mcp_server import PATH as MCP_PATH, McpEndpoint  # noqa: E402
 from data_plane.routing import websocket_urlpatterns  # noqa: E402
 from tenants.asgi import ApiKeyAuthMiddleware  # noqa: E402
 
+from guardrails.services import guardrails_warm_up_in_background  # noqa: E402
+
 mcp_endpoint = McpEndpoint()
+guardrails_warm_up_in_background()  # the API's first run start checks its input with the classifier
 
 
 async def http(scope, receive, send):  # type: ignore[no-untyped-def]

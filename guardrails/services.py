@@ -6,6 +6,8 @@ score, reasons and action, never the text or what was found in it; a flag is als
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 from uuid import UUID
 
@@ -19,10 +21,27 @@ from guardrails import selectors
 from guardrails.checks.base import POINTS, Point
 from guardrails.errors import GuardrailBlocked, GuardrailPolicyInvalid
 from guardrails.models import GuardrailFlag, GuardrailPolicy
-from guardrails.pipeline import Outcome, Pipeline
+from guardrails.pipeline import Outcome, Pipeline, check_for
 from guardrails.policy import PolicyInvalid, merged, validate_policy
 
 GUARDRAILS = Actor(kind="system", id="guardrails", label="Guardrails")
+logger = logging.getLogger(__name__)
+
+
+def guardrails_warm_up_in_background() -> threading.Thread:
+    """Load the injection classifier and the embedding model in a daemon thread, so that a process's first
+    guarded text does not pay for it (about a second). Call it after any fork, never before one."""
+
+    def warm_up() -> None:
+        try:
+            check = check_for("injection", merged())
+            check.warm_up()  # type: ignore[attr-defined]
+        except Exception:  # a process that cannot load the model finds out on its first guarded text
+            logger.warning("Could not warm up the guardrails", exc_info=True)
+
+    thread = threading.Thread(target=warm_up, name="guardrails-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def _topic_problems(colang: str, yaml: str) -> list[dict[str, str]]:
