@@ -231,8 +231,9 @@ class Scored:
     reasons: tuple[str, ...]
 
 
-MIN_WORDS = 3  # letter runs: "exec(display_system_config())" has four
+MIN_WORDS = 3  # letter runs: "exec(display_system_config())" has four; ids ("7f3a9c21", "ORD-1234") have none
 _WORDS = re.compile(r"[^\W\d_]+")
+_ID_LIKE = re.compile(r"(?=[^\s]*\d)(?=[^\s]*[A-Za-z])[A-Za-z0-9-]{6,}|[0-9a-fA-F]{8,}")
 DATA_POINTS = ("tool_arguments", "tool_result")
 MIN_DATA_WORDS = 6
 DATA_THRESHOLD = 0.9
@@ -306,7 +307,7 @@ class InjectionCheck:
     def _verdict(self, item: Normalised, result: Scored, from_payload: bool, *, point: Point = "input") -> Verdict:
         triggered = result.score >= self.threshold
         explicit = bool(result.reasons or item.signals or from_payload)  # a heuristic, a trick, a hidden payload
-        words = len(_WORDS.findall(item.text))
+        words = sum(len(_WORDS.findall(token)) for token in item.text.split() if not _ID_LIKE.fullmatch(token))
         if triggered and not explicit and words < MIN_WORDS:
             triggered = False  # "hi", "Deploy it": an injection needs an instruction to inject
         if triggered and not explicit and point in DATA_POINTS and (
