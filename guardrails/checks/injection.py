@@ -239,6 +239,10 @@ MIN_DATA_WORDS = 6
 DATA_THRESHOLD = 0.9
 
 
+def _word_count(text: str) -> int:
+    return sum(len(_WORDS.findall(token)) for token in text.split() if not _ID_LIKE.fullmatch(token))
+
+
 class InjectionCheck:
     """Flags prompt injections and jailbreaks, in the text or in a payload encoded inside it. Thread-safe."""
 
@@ -282,19 +286,25 @@ class InjectionCheck:
         normalised = [normalise(text) for text in texts]
         candidates = [(index, item.text, False) for index, item in enumerate(normalised)]
         candidates += [(index, payload, True) for index, item in enumerate(normalised) for payload in item.decoded]
-        scored = self.score_normalised([candidate for _, candidate, _ in candidates])
+        # a short plain text is decided by the rule in _verdict whatever stage 2 would say: it is not embedded
+        short = {index for index, item in enumerate(normalised)
+                 if not item.signals and not item.decoded and _word_count(item.text) < MIN_WORDS}
+        scored = self.score_normalised([candidate for _, candidate, _ in candidates],
+                                       embed=[index not in short for index, _, _ in candidates])
         best: dict[int, tuple[Scored, bool]] = {}
         for (index, _, from_payload), result in zip(candidates, scored, strict=True):
             if index not in best or result.score > best[index][0].score:
                 best[index] = (result, from_payload)
         return [self._verdict(normalised[index], *best[index], point=point) for index in range(len(texts))]
 
-    def score_normalised(self, texts: Sequence[str]) -> list[Scored]:
-        """Scores of already normalised texts: stage 1 for all, stage 2 for the uncertain ones."""
+    def score_normalised(self, texts: Sequence[str], *, embed: Sequence[bool] | None = None) -> list[Scored]:
+        """Scores of already normalised texts: stage 1 for all, stage 2 for the uncertain ones (of those
+        ``embed`` allows; all by default)."""
         model = self.model
         reasons = [heuristic_reasons(text) for text in texts]
         logits = [model.stage1_logit(text, found) for text, found in zip(texts, reasons, strict=True)]
-        uncertain = [index for index, logit in enumerate(logits) if model.is_uncertain(logit)]
+        uncertain = [index for index, logit in enumerate(logits)
+                     if model.is_uncertain(logit) and (embed is None or embed[index])]
         final = list(logits)
         if uncertain:
             vectors = self._embedder()([embedding_input(texts[index], model.settings) for index in uncertain])
@@ -307,7 +317,7 @@ class InjectionCheck:
     def _verdict(self, item: Normalised, result: Scored, from_payload: bool, *, point: Point = "input") -> Verdict:
         triggered = result.score >= self.threshold
         explicit = bool(result.reasons or item.signals or from_payload)  # a heuristic, a trick, a hidden payload
-        words = sum(len(_WORDS.findall(token)) for token in item.text.split() if not _ID_LIKE.fullmatch(token))
+        words = _word_count(item.text)
         if triggered and not explicit and words < MIN_WORDS:
             triggered = False  # "hi", "Deploy it": an injection needs an instruction to inject
         if triggered and not explicit and point in DATA_POINTS and (
