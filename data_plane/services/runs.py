@@ -242,17 +242,15 @@ def run_message_send(*, tenant, run_id: UUID, text: str, actor: Actor,  # type: 
     same run takes another turn from its head checkpoint (its subscribers keep following it). Raises
     IllegalTransition while the run is still working or waiting, and for a failed (retry it) or cancelled run;
     AttachmentNotFound, AttachmentNotSupportedByModel, GuardrailBlocked (the agent's input guardrails)."""
-    agent_name = run_get(tenant_schema=tenant.schema_name, run_id=run_id).agent_version.agent.name
+    current = run_get(tenant_schema=tenant.schema_name, run_id=run_id)
+    _require_completed(current)  # a run that takes no message answers 409, whatever the message says
+    agent_name = current.agent_version.agent.name
     guarded = guardrail_services.text_guard(tenant=tenant, agent=agent_name, point="input", text=text, actor=actor,
                                             run_id=run_id)  # outside the transaction: a refusal stays recorded
     text = guarded.text
     with transaction.atomic():
         run = run_get(tenant_schema=tenant.schema_name, run_id=run_id, for_update=True)
-        if run.status != "completed":
-            hint = {"failed": " Retry it first.", "cancelled": " Start a new run."}.get(
-                run.status, " Wait for its run.finished event, or cancel it.")
-            raise IllegalTransition(f"Run {run.id} is {run.status}; a message continues a completed run's "
-                                    f"conversation.{hint}")
+        _require_completed(run)  # again, under the lock: it may have changed since
         spec = spec_from_json(run.agent_version.spec)
         parts = message_attachments(tenant_schema=tenant.schema_name, attachment_ids=attachments, spec=spec,
                                     agent_name=run.agent_version.agent.name)
@@ -282,6 +280,14 @@ def run_message_send(*, tenant, run_id: UUID, text: str, actor: Actor,  # type: 
                                                         **({"attachments": [p.id for p in parts]} if parts else {})})
     run.refresh_from_db()
     return run
+
+
+def _require_completed(run: Run) -> None:
+    if run.status != "completed":
+        hint = {"failed": " Retry it first.", "cancelled": " Start a new run."}.get(
+            run.status, " Wait for its run.finished event, or cancel it.")
+        raise IllegalTransition(f"Run {run.id} is {run.status}; a message continues a completed run's "
+                                f"conversation.{hint}")
 
 
 def approval_decide(*, tenant, approval_id: UUID, approved: bool, actor: Actor,  # type: ignore[no-untyped-def]

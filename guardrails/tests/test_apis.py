@@ -171,3 +171,18 @@ def test_the_guardrail_scopes_are_enforced(client, tenant_a):
     # then
     assert read.status_code == 200 and write.status_code == 403
     assert "guardrails:write" in write.json()["detail"]
+
+
+def test_a_message_to_a_run_that_takes_none_is_409_before_any_check(client, tenant_a):
+    # given: a run still queued (no worker here)
+    with schema_context(tenant_a.schema):
+        agent = data_plane_services.agent_create(tenant=tenant_a.tenant, name="helper", description="", spec=SPEC,
+                                                 actor=TEST_ACTOR)
+    run = post(client, "/v1/runs", {"agent_id": str(agent.id), "input": "What is our refund policy?"},
+               tenant_a.key).json()
+    # when: the message would be refused by the guardrails
+    response = post(client, f"/v1/runs/{run['id']}/messages", {"text": INJECTION}, tenant_a.key)
+    # then: the run's state is what the caller must fix first, and nothing was judged
+    assert response.status_code == 409 and response.json()["code"] == "illegal_transition", response.json()
+    with schema_context(tenant_a.schema):
+        assert not AuditEvent.objects.filter(action="guardrail.decision").exists()
