@@ -63,7 +63,7 @@ def bench_guardrails() -> dict[str, float]:
         check = check_for(name, every_local.policy)
         figures[f"guard_check_{name}_p99_ms"] = percentile(
             _timed(lambda text, check=check: check.evaluate(text, point="input"), texts), 99)
-    from data_plane.runtime.adapters.embeddings import LocalEmbedder
+    from common.local_embeddings import LocalEmbedder
 
     embedder = LocalEmbedder(threads=1)
     embedder.embed(texts[:20])

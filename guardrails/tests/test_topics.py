@@ -294,7 +294,7 @@ def test_nemo_embeddings_are_those_of_the_local_embedder():
     # given
     from nemoguardrails.embeddings.providers import init_embedding_model
 
-    from data_plane.runtime.adapters.embeddings import LocalEmbedder
+    from common.local_embeddings import LocalEmbedder
 
     texts = ["Who should I vote for?", "hello", "How much ibuprofen can I give my child?",
              "A long text about guardrails. " * 80]

@@ -343,7 +343,7 @@ def split_report(check: InjectionCheck, examples: Sequence[Example]) -> dict[str
 
 def train(*, log: Callable[[str], None] = print) -> tuple[InjectionModel, dict[str, object]]:
     """Fit the model and compute its provenance; writes nothing."""
-    from data_plane.runtime.adapters.embeddings import LocalEmbedder
+    from common.local_embeddings import LocalEmbedder
 
     started = time.perf_counter()
     settings = FeatureSettings()
