@@ -123,26 +123,35 @@ def test_the_input_rail_refuses_an_injection_with_a_422_and_records_it_without_t
 
 
 def test_the_input_rail_redacts_and_flags_and_the_run_keeps_only_the_redacted_text(client, tenant_a):
-    # given: emails are redacted, payment cards flagged for review
+    # given: the agent's layer redacts emails; the tenant's layer only flags secrets (the default redacts them)
     put(client, "/v1/guardrails/policies/agents/helper", {"config": {
         "actions": {"input": {"pii": "redact"}}, "pii": {"kinds": ["email"]}}}, tenant_a.key)
-    put(client, "/v1/guardrails/policies/tenant", {"config": {"actions": {"tool_arguments": {"pii": "flag"}}}},
+    put(client, "/v1/guardrails/policies/tenant", {"config": {"actions": {"input": {"secrets": "flag"}}}},
         tenant_a.key)
     with schema_context(tenant_a.schema):
         agent = data_plane_services.agent_create(tenant=tenant_a.tenant, name="helper", description="", spec=SPEC,
                                                  actor=TEST_ACTOR)
+    secret = "Xq7!vR2#pLm9zT4w"
     # when
-    response = post(client, "/v1/runs", {"agent_id": str(agent.id),
-                                         "input": "Please email the invoice to ada@example.com today."}, tenant_a.key)
-    # then
+    response = post(client, "/v1/runs", {"agent_id": str(agent.id), "input": (
+        f"Please email the invoice to ada@example.com today; the portal password={secret}")}, tenant_a.key)
+    # then: the email is redacted, the secret (only flagged) goes on and waits for a reviewer
     assert response.status_code == 202, response.json()
     with schema_context(tenant_a.schema):
         run = Run.objects.get(id=response.json()["id"])
-        assert run.input == "Please email the invoice to [REDACTED:EMAIL] today."
-        events = {e.type: e.data for e in RunEvent.objects.filter(run=run)}
-        assert events["guardrail.decision"]["check"] == "pii" and events["guardrail.decision"]["action"] == "redact"
-        assert "example.com" not in json.dumps(list(RunEvent.objects.filter(run=run).values_list("data", flat=True)))
-        assert AuditEvent.objects.get(action="guardrail.decision").target_id == str(run.id)
+        assert run.input == f"Please email the invoice to [REDACTED:EMAIL] today; the portal password={secret}"
+        decisions = [e.data for e in RunEvent.objects.filter(run=run, type="guardrail.decision")]
+        assert sorted((d["check"], d["action"]) for d in decisions) == [("pii", "redact"), ("secrets", "flag")]
+        recorded = json.dumps(list(RunEvent.objects.filter(run=run).exclude(type="message.user")
+                                   .values_list("data", flat=True)))
+        assert "example.com" not in recorded and secret not in recorded
+        audited = AuditEvent.objects.filter(action="guardrail.decision")
+        assert {a.target_id for a in audited} == {str(run.id)} and secret not in json.dumps(list(
+            audited.values_list("data", flat=True)))
+        flag = GuardrailFlag.objects.get()
+        assert (flag.run_id, flag.agent, flag.point, flag.check_name, flag.status) == (
+            run.id, "helper", "input", "secrets", "open")
+        assert flag.reasons == ["secrets.generic_secret"] and secret not in flag.message
 
 
 def test_flags_are_listed_and_reviewed(client, tenant_a):
