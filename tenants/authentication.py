@@ -23,16 +23,21 @@ from tenants.models import ApiKey, OperatorKey, Tenant
 
 @dataclass(frozen=True)
 class TenantPrincipal:
-    """The caller of a tenant endpoint: one API key of one tenant."""
+    """The caller of a tenant endpoint, in one tenant, with the scopes it holds there.
+
+    ``actor`` says who: an API key (kind api_key), a portal user (user), an OAuth client acting for itself
+    (oauth_client). Every permission check reads ``scopes`` only, whatever the kind of credential.
+    """
 
     tenant: Tenant
-    key_id: str
+    actor: Actor
     scopes: frozenset[str] = field(default_factory=frozenset)
     is_authenticated: bool = True
 
     @property
-    def actor(self) -> Actor:
-        return Actor(kind="api_key", id=self.key_id)
+    def key_id(self) -> str | None:
+        """The API key's id when the caller is an API key, else None."""
+        return self.actor.id if self.actor.kind == "api_key" else None
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,8 @@ class ApiKeyAuthentication(BaseAuthentication):
             raise CredentialTenantMismatch("This key belongs to a different tenant than this hostname.")
         connection.set_tenant(key.tenant)
         request._request.tenant = key.tenant
-        principal = TenantPrincipal(tenant=key.tenant, key_id=str(key.id), scopes=frozenset(key.scopes))
+        principal = TenantPrincipal(tenant=key.tenant, actor=Actor(kind="api_key", id=str(key.id)),
+                                    scopes=frozenset(key.scopes))
         return principal, key
 
     def authenticate_header(self, request: Request) -> str:

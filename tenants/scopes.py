@@ -20,6 +20,10 @@ SCOPES: dict[str, str] = {
     "memories:write": "Write and delete memories, forget an end user or an agent, and change the memory settings.",
     "guardrails:read": "Read guardrail policies and flags, and dry-run a text against a policy.",
     "guardrails:write": "Set and remove guardrail policies (the tenant's and agents'), and review flags.",
+    "members:read": "List the tenant's portal users, their roles and pending invitations.",
+    "members:write": "Invite portal users, change their roles and remove them (never above the caller's own role).",
+    "oauth:read": "List the tenant's OAuth 2.0 client applications (never their secrets).",
+    "oauth:write": "Register, change and delete OAuth 2.0 client applications, within the caller's own scopes.",
 }
 
 ALL_SCOPES: tuple[str, ...] = tuple(SCOPES)

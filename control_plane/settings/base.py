@@ -50,6 +50,7 @@ ALLOWED_HOSTS = env.string_list("ALLOWED_HOSTS", ["*"])
 SHARED_APPS = [
     "django_tenants",
     "tenants",  # tenant registry, domains, the API-key index, operator keys
+    "control_plane.identity",  # portal users' memberships in tenants, with their roles
     "billing",
     "django.contrib.contenttypes",
     "django.contrib.auth",
