@@ -51,6 +51,7 @@ SHARED_APPS = [
     "django_tenants",
     "tenants",  # tenant registry, domains, the API-key index, operator keys
     "billing",
+    "control_plane.audit_anchor",  # each tenant's audit chain head, outside the tenant's schema
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.staticfiles",
