@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-from datetime import timedelta
 
 import pytest
 from django.db import connection
-from django.utils import timezone
 from django_tenants.utils import schema_context
 
 from common.actors import Actor

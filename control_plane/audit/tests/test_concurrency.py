@@ -14,7 +14,7 @@ from django.test import AsyncClient
 from django_tenants.utils import schema_context
 
 from common.actors import Actor
-from conftest import bearer, destroy_tenant, provision_for_test
+from conftest import destroy_tenant, provision_for_test
 from control_plane.audit import chain
 from control_plane.audit.models import AuditEvent
 from control_plane.audit.selectors import audit_chain_verify
@@ -142,3 +142,24 @@ async def test_the_export_streams_under_asgi(committed_tenant):
     events = [chain.parse_json(line) for line in b"".join(chunks).decode().splitlines()]
     assert len(events) >= 1100
     assert chain.verify_chain(events, anchor=None, expect_anchor=False).ok
+
+
+def test_deleting_a_tenant_drops_its_chain_and_keeps_its_anchor_until_purged(committed):
+    # given
+    from control_plane.audit_anchor.models import AuditChainAnchor
+    from tenants import services as tenant_services
+
+    provisioned = provision_for_test("gone")
+    schema = provisioned.schema
+    head = AuditChainAnchor.objects.get(schema_name=schema)
+    try:
+        # when the tenant is deleted: its schema (and chain) is dropped despite the triggers
+        tenant_services.tenant_delete(tenant=provisioned.tenant, actor=ACTOR)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", [schema])
+            assert cursor.fetchone()[0] == 0
+        # then the anchor stays as the chain's last head
+        assert AuditChainAnchor.objects.get(schema_name=schema).head_seq >= head.head_seq
+    finally:
+        destroy_tenant(provisioned.tenant)
+    assert not AuditChainAnchor.objects.filter(schema_name=schema).exists()
