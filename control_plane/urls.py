@@ -2,13 +2,15 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from control_plane import health
-from control_plane.audit.apis import AuditEventListApi
+from control_plane.audit.apis import AuditChainVerifyApi, AuditEventExportApi, AuditEventListApi
 
 api_v1 = [
     path("", include("tenants.urls")),
     path("", include("data_plane.urls")),
     path("", include("guardrails.urls")),
     path("audit-events", AuditEventListApi.as_view(), name="audit-events"),
+    path("audit-events/verify", AuditChainVerifyApi.as_view(), name="audit-events-verify"),
+    path("audit-events/export", AuditEventExportApi.as_view(), name="audit-events-export"),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi-schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi-schema"), name="api-docs"),
     path("redoc", SpectacularRedocView.as_view(url_name="openapi-schema"), name="api-redoc"),

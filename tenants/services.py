@@ -19,7 +19,7 @@ from django_tenants.utils import schema_exists
 from common.actors import Actor
 from common.errors import InvalidInput
 from common.keys import KeyHasher, parse_key
-from control_plane.audit.services import audit_event_record
+from control_plane.audit.services import audit_chain_anchor_forget, audit_event_record
 from tenants import scopes as scope_registry
 from tenants.errors import (
     ApiKeyAlreadyRevoked,
@@ -152,6 +152,7 @@ def tenant_purge(*, tenant: Tenant) -> None:
     connection.set_schema_to_public()
     with connection.cursor() as cursor:
         cursor.execute(f'DROP SCHEMA IF EXISTS "{tenant.schema_name}" CASCADE')
+    audit_chain_anchor_forget(tenant_schema=tenant.schema_name)
     TenantLifecycleEvent.objects.filter(tenant=tenant).delete()
     Domain.objects.filter(tenant=tenant).delete()
     ApiKey.objects.filter(tenant=tenant).delete()

@@ -100,6 +100,20 @@ def _not_found_and_no_run_in_b(response, a: TenantAData, b: ProvisionedForTest) 
         assert not Run.objects.exists()
 
 
+def _verified_b_chain_only(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 200 and response.json()["ok"] is True
+    with schema_context(b.schema):
+        assert response.json()["checked"] == AuditEvent.objects.count()
+        assert response.json()["head_hash"] == AuditEvent.objects.latest("seq").hash
+
+
+def _exported_nothing_of_a(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 200
+    exported = b"".join(response.streaming_content).decode()
+    assert not [audit_id for audit_id in a.audit_ids if audit_id in exported]
+    assert a.run_id not in exported
+
+
 A_AGENT_NAME = "a-gated"
 A_SPEC = {"instructions": "", "models": ["openai/gpt-4o-mini"], "graph": {"entry": "gate", "nodes": [
     {"id": "gate", "kind": "approval", "prompt": "ok?", "next": "end"}, {"id": "end", "kind": "end"}]}}
@@ -210,6 +224,11 @@ CASES = [
     Case("v1/pings/<uuid:ping_id>", "get", lambda a: f"/v1/pings/{a.ping_id}", None, _not_found),
     Case("v1/audit-events", "get", lambda a: "/v1/audit-events?limit=500", None,
          _no_a_ids("id", lambda a: set(a.audit_ids))),
+    Case("v1/audit-events/verify", "get", lambda a: "/v1/audit-events/verify", None, _verified_b_chain_only),
+    Case("v1/audit-events/export", "get", lambda a: f"/v1/audit-events/export?format=jsonl&target_id={a.run_id}",
+         None, _exported_nothing_of_a),
+    Case("v1/audit-events/export", "get", lambda a: "/v1/audit-events/export?format=csv", None,
+         _exported_nothing_of_a),
     # attachments
     Case("v1/attachments", "get", lambda a: "/v1/attachments?limit=500", None,
          _no_a_ids("id", lambda a: {a.attachment_id})),

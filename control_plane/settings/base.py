@@ -52,6 +52,7 @@ SHARED_APPS = [
     "tenants",  # tenant registry, domains, the API-key index, operator keys
     "control_plane.identity",  # portal users' memberships in tenants, with their roles
     "billing",
+    "control_plane.audit_anchor",  # each tenant's audit chain head, outside the tenant's schema
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.staticfiles",
