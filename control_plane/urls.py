@@ -8,6 +8,7 @@ api_v1 = [
     path("", include("tenants.urls")),
     path("", include("data_plane.urls")),
     path("", include("guardrails.urls")),
+    path("", include("control_plane.identity.urls")),  # /v1/auth/..., /v1/members, /v1/invitations
     path("audit-events", AuditEventListApi.as_view(), name="audit-events"),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi-schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi-schema"), name="api-docs"),
@@ -18,6 +19,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("v1/", include(api_v1)),
+    path("accounts/", include("control_plane.identity.web_urls")),  # portal sign-in pages (LOGIN_URL)
 ]
 
 handler400 = "common.problems.handler400"
