@@ -352,7 +352,7 @@ def invitation_create(*, tenant: Tenant, email: str, role: str, actor: Actor,
         Invitation.objects.filter(id__in=replaced).update(revoked_at=now)
         invitation = Invitation.objects.create(
             tenant=tenant, email=email, role=role, token_hash=selectors.invitation_token_hash(token),
-            invited_by=str(actor), expires_at=now + INVITATION_TTL)
+            invited_by=str(actor), created_at=now, expires_at=now + INVITATION_TTL)
         audit_event_record(tenant=tenant, actor=actor, action="invitation.create", target_type="invitation",
                            target_id=str(invitation.id),
                            data={"email": email, "role": role, "replaced": [str(i) for i in replaced]})
