@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 INVITATION_TTL = timedelta(days=7)
 RECOVERY_CODE_COUNT = 10
 TOTP_ISSUER = "Agentplane"
+RECOVERY_CODE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 
 def normalize_email(email: str) -> str:
@@ -163,7 +164,7 @@ def _recovery_code_hash(code: str) -> str:
 
 
 def _new_recovery_code() -> str:
-    raw = pyotp.random_base32(length=16)  # 80 random bits
+    raw = "".join(secrets.choice(RECOVERY_CODE_ALPHABET) for _ in range(16))  # 80 random bits
     return "-".join(raw[i:i + 4] for i in range(0, 16, 4))
 
 
