@@ -288,6 +288,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": "/v1",
+    "ENUM_NAME_OVERRIDES": {"MemberRoleEnum": "tenants.roles.ROLES"},
 }
 
 STATIC_URL = "/static/"

@@ -116,3 +116,20 @@ def test_a_bearer_credential_takes_precedence_over_the_session(client, tenant_a,
     # then the key decides, and a bad bearer never falls back to the session
     assert with_key.status_code == 200 and with_key.json()["id"] == str(tenant_b.tenant.id)
     assert with_bad_bearer.status_code == 401
+
+
+def test_a_portal_user_is_told_stream_tokens_need_an_api_key(client, tenant_a):
+    # given a run in A and a developer of A, signed in
+    from data_plane import services as data_plane_services
+
+    actor = Actor(kind="system", id="t")
+    with schema_context(tenant_a.schema):
+        agent = data_plane_services.agent_create(tenant=tenant_a.tenant, name="streamed", description="", actor=actor,
+                                                 spec={"instructions": "", "models": ["openai/gpt-4o-mini"]})
+        run = data_plane_services.run_start(tenant=tenant_a.tenant, agent_id=agent.id, input="hi", actor=actor)
+    _signed_in(client, MembershipFactory(tenant=tenant_a.tenant, role=roles.DEVELOPER))
+    # when
+    response = client.post(f"/v1/runs/{run.id}/stream-token", "{}", content_type="application/json",
+                           **_header(tenant_a.tenant.slug))
+    # then
+    assert (response.status_code, response.json()["code"]) == (403, "stream_token_needs_api_key")
