@@ -18,7 +18,7 @@ from control_plane.audit.models import AuditEvent
 from control_plane.identity import services
 from control_plane.identity.errors import LastOwner
 from control_plane.identity.models import Invitation, Membership
-from control_plane.identity.tests.factories import PASSWORD, MembershipFactory, UserFactory
+from control_plane.identity.tests.factories import PASSWORD, MembershipFactory
 from tenants import roles
 
 NEW_PASSWORD = "invited person passphrase 7"
