@@ -8,6 +8,7 @@ api_v1 = [
     path("", include("tenants.urls")),
     path("", include("data_plane.urls")),
     path("", include("guardrails.urls")),
+    path("", include("control_plane.identity.urls")),  # /v1/auth/..., /v1/members, /v1/invitations
     path("audit-events", AuditEventListApi.as_view(), name="audit-events"),
     path("audit-events/verify", AuditChainVerifyApi.as_view(), name="audit-events-verify"),
     path("audit-events/export", AuditEventExportApi.as_view(), name="audit-events-export"),
@@ -20,6 +21,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("v1/", include(api_v1)),
+    path("accounts/", include("control_plane.identity.web_urls")),  # portal sign-in pages (LOGIN_URL)
 ]
 
 handler400 = "common.problems.handler400"

@@ -14,6 +14,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from common.errors import PermissionDenied
 from common.pagination import paginated, paginated_response
 from common.validation import validated
 from data_plane import selectors, services
@@ -412,6 +413,10 @@ class RunFeedbackApi(TenantApiView):
                         status=status.HTTP_201_CREATED)
 
 
+class StreamTokenNeedsApiKey(PermissionDenied):
+    code = "stream_token_needs_api_key"
+
+
 class RunStreamTokenApi(TenantApiView):
     """A short-lived token to stream this run where no header can be sent (a browser's WebSocket or
     EventSource): pass it as ``?access_token=``. It carries at most this key's streaming scopes."""
@@ -436,6 +441,9 @@ class RunStreamTokenApi(TenantApiView):
     def post(self, request: Request, run_id: UUID) -> Response:
         data = validated(self.InputSerializer, request.data)
         run = selectors.run_get(tenant_schema=request.user.tenant.schema_name, run_id=run_id)
+        if request.user.key_id is None:  # a stream token is bound to its key: revoking the key ends the token
+            raise StreamTokenNeedsApiKey("Stream tokens are issued to API keys only (a token ends with its key); "
+                                         "call this with an API key that has runs:read.")
         issued = tenant_services.stream_token_issue(key=request.auth, run_id=str(run.id), actor=request.user.actor,
                                                     scopes=data.get("scopes"), ttl_seconds=data["ttl_seconds"])
         body = {"token": issued.token, "expires_at": issued.expires_at, "scopes": list(issued.scopes),

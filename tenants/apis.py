@@ -118,9 +118,16 @@ class ApiKeyRevokeApi(TenantApiView):
 
 # --- Platform operator ---------------------------------------------------------------------------
 
+class OwnerInvitationOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    email = serializers.EmailField()
+    expires_at = serializers.DateTimeField()
+
+
 class ProvisionedTenantOutputSerializer(serializers.Serializer):
     tenant = TenantOutputSerializer()
     admin_key = IssuedApiKeyOutputSerializer()
+    owner_invitation = OwnerInvitationOutputSerializer(allow_null=True, help_text="Sent by email to owner_email.")
 
 
 class PlatformTenantListCreateApi(OperatorApiView):
@@ -129,6 +136,8 @@ class PlatformTenantListCreateApi(OperatorApiView):
         slug = serializers.CharField(max_length=48, help_text="3-48 of a-z, 0-9 and '-', starting with a letter.")
         sla_tier = serializers.ChoiceField(choices=Tenant.SlaTier.choices, default=Tenant.SlaTier.STANDARD)
         domains = serializers.ListField(child=serializers.CharField(max_length=253), required=False, default=list)
+        owner_email = serializers.EmailField(required=False, allow_null=True, default=None,
+                                             help_text="Email the tenant's first owner an invitation to the portal.")
 
     class FilterSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=Tenant.Status.choices, required=False)
@@ -146,7 +155,9 @@ class PlatformTenantListCreateApi(OperatorApiView):
     def post(self, request: Request) -> Response:
         data = validated(self.InputSerializer, request.data)
         provisioned = services.tenant_provision(actor=request.user.actor, **data)
-        body = {"tenant": TenantOutputSerializer(provisioned.tenant).data, "admin_key": _issued(provisioned.admin_key)}
+        invitation = provisioned.owner_invitation
+        body = {"tenant": TenantOutputSerializer(provisioned.tenant).data, "admin_key": _issued(provisioned.admin_key),
+                "owner_invitation": OwnerInvitationOutputSerializer(invitation.invitation).data if invitation else None}
         return Response(body, status=status.HTTP_201_CREATED)
 
 

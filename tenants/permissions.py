@@ -16,7 +16,8 @@ class HasRequiredScope(BasePermission):
     def has_permission(self, request: Request, view: Any) -> bool:
         principal = request.user
         if not isinstance(principal, TenantPrincipal):
-            raise NotAuthenticated("Send a tenant API key as 'Authorization: Bearer <key>'.")
+            raise NotAuthenticated("Send a tenant API key as 'Authorization: Bearer <key>', or sign in as a "
+                                   "portal user and name the tenant with the X-Agentplane-Tenant header.")
         method = "GET" if request.method == "HEAD" else request.method
         required = getattr(view, "required_scopes", {}).get(method)
         if required is None:
@@ -24,6 +25,9 @@ class HasRequiredScope(BasePermission):
                 return True  # OPTIONS is metadata only; a method without a handler gets DRF's 405
             raise MissingScope(f"{request.method} is not allowed on this endpoint.")
         if required not in principal.scopes:
+            if principal.actor.kind == "user":
+                raise MissingScope(f"Your role in tenant {principal.tenant.slug!r} lacks the scope {required!r}; "
+                                   "ask an owner or admin for a role that has it.")
             raise MissingScope(f"This key lacks the scope {required!r}; create a key that has it.")
         return True
 

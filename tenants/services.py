@@ -20,6 +20,8 @@ from common.actors import Actor
 from common.errors import InvalidInput
 from common.keys import KeyHasher, parse_key
 from control_plane.audit.services import audit_chain_anchor_forget, audit_event_record
+from control_plane.identity import services as identity_services
+from tenants import roles
 from tenants import scopes as scope_registry
 from tenants.errors import (
     ApiKeyAlreadyRevoked,
@@ -62,6 +64,7 @@ class IssuedKey:
 class ProvisionedTenant:
     tenant: Tenant
     admin_key: IssuedKey
+    owner_invitation: identity_services.IssuedInvitation | None = None
 
 
 def schema_name_for(slug: str) -> str:
@@ -97,9 +100,10 @@ def _record_lifecycle(*, tenant: Tenant, action: str, from_status: str, reason: 
 
 
 def tenant_provision(
-    *, name: str, slug: str, sla_tier: str, domains: list[str], actor: Actor
+    *, name: str, slug: str, sla_tier: str, domains: list[str], actor: Actor, owner_email: str | None = None
 ) -> ProvisionedTenant:
-    """Create the tenant, its schema (migrated) and an admin API key with every scope.
+    """Create the tenant, its schema (migrated) and an admin API key with every scope; with ``owner_email``,
+    also email its first owner an invitation to the portal.
 
     Raises InvalidInput, TenantSlugTaken, DomainTaken, ProvisioningFailed. Not idempotent: a second call
     with the same slug raises TenantSlugTaken. On failure nothing is left behind.
@@ -140,7 +144,11 @@ def tenant_provision(
         tenant=tenant, name="admin (created at provisioning)", scopes=list(scope_registry.ALL_SCOPES),
         expires_at=None, actor=actor, granting_scopes=None,
     )
-    return ProvisionedTenant(tenant=tenant, admin_key=admin_key)
+    owner_invitation = None
+    if owner_email:
+        owner_invitation = identity_services.invitation_create(tenant=tenant, email=owner_email, role=roles.OWNER,
+                                                               actor=actor, granter_role=None)
+    return ProvisionedTenant(tenant=tenant, admin_key=admin_key, owner_invitation=owner_invitation)
 
 
 def tenant_purge(*, tenant: Tenant) -> None:

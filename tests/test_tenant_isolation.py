@@ -15,11 +15,16 @@ from dataclasses import dataclass
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.db import connection
+from django.test import Client
 from django_tenants.utils import schema_context
 
 from common.actors import Actor
 from conftest import ProvisionedForTest, bearer
 from control_plane.audit.models import AuditEvent
+from control_plane.identity import services as identity_services
+from control_plane.identity.models import Invitation, Membership
+from control_plane.identity.tests.factories import MembershipFactory
 from data_plane import services as data_plane_services
 from data_plane.models import Agent, Approval, Attachment, Checkpoint, EffectRecord, McpServer, McpTool, Memory, \
     MemorySettings, Ping, Run, RunFeedback, ToolPermission, ToolSettings
@@ -47,6 +52,8 @@ class TenantAData:
     memory_id: str
     attachment_id: str
     flag_id: str
+    member_id: str = ""
+    invitation_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,7 @@ def _exported_nothing_of_a(response, a: TenantAData, b: ProvisionedForTest) -> N
 
 
 A_AGENT_NAME = "a-gated"
+A_INVITEE = "a-invitee@example.com"
 A_SPEC = {"instructions": "", "models": ["openai/gpt-4o-mini"], "graph": {"entry": "gate", "nodes": [
     {"id": "gate", "kind": "approval", "prompt": "ok?", "next": "end"}, {"id": "end", "kind": "end"}]}}
 
@@ -346,7 +354,24 @@ CASES = [
     Case("v1/approvals/<uuid:approval_id>", "get", lambda a: f"/v1/approvals/{a.approval_id}", None, _not_found),
     Case("v1/approvals/<uuid:approval_id>/decide", "post", lambda a: f"/v1/approvals/{a.approval_id}/decide",
          {"approved": True}, _not_found),
+    # portal members and invitations (public schema, filtered by tenant)
+    Case("v1/members", "get", lambda a: "/v1/members?limit=500", None, _no_a_ids("id", lambda a: {a.member_id})),
+    Case("v1/members/<uuid:membership_id>", "patch", lambda a: f"/v1/members/{a.member_id}", {"role": "viewer"},
+         _not_found),
+    Case("v1/members/<uuid:membership_id>", "delete", lambda a: f"/v1/members/{a.member_id}", None, _not_found),
+    Case("v1/invitations", "get", lambda a: "/v1/invitations?limit=500", None,
+         _no_a_ids("id", lambda a: {a.invitation_id})),
+    Case("v1/invitations", "post", lambda a: "/v1/invitations", {"email": A_INVITEE, "role": "viewer"},
+         lambda response, a, b: _invitation_created_in_b(response, a, b)),
+    Case("v1/invitations/<uuid:invitation_id>", "delete", lambda a: f"/v1/invitations/{a.invitation_id}", None,
+         _not_found),
 ]
+
+
+def _invitation_created_in_b(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 201, response.content
+    assert Invitation.objects.get(id=response.json()["id"]).tenant_id == b.tenant.id
+    assert Invitation.objects.get(id=a.invitation_id).revoked_at is None  # A's invitation to the same email stays
 
 
 def _tenant_routes() -> set[tuple[str, str]]:
@@ -408,13 +433,17 @@ def tenant_a_data(tenant_a) -> TenantAData:
                                       config={"actions": {"input": {"pii": "redact"}}})
         flag = GuardrailFlag.objects.create(agent=A_AGENT_NAME, point="input", check_name="pii", score=1.0,
                                             reasons=["pii.email"], message="An email address.")
+        member = MembershipFactory(tenant=tenant_a.tenant, role="owner")
+        invitation = identity_services.invitation_create(tenant=tenant_a.tenant, email=A_INVITEE, role="viewer",
+                                                         actor=actor, granter_role=None).invitation
         audit_ids = frozenset(str(i) for i in AuditEvent.objects.values_list("id", flat=True))
     assert audit_ids
     assert run.status == "waiting_approval"
     return TenantAData(key_id=str(key.id), ping_id=str(ping.id), audit_ids=audit_ids, agent_id=str(agent.id),
                        run_id=str(run.id), checkpoint_id=str(checkpoint.id), approval_id=str(approval.id),
                        server_id=str(server.id), permission_id=str(permission.id),
-                       memory_id=str(memory.memory.id), attachment_id=str(attachment.id), flag_id=str(flag.id))
+                       memory_id=str(memory.memory.id), attachment_id=str(attachment.id), flag_id=str(flag.id),
+                       member_id=str(member.id), invitation_id=str(invitation.id))
 
 
 def _tenant_a_state(a: TenantAData) -> tuple:
@@ -435,6 +464,9 @@ def _tenant_a_state(a: TenantAData) -> tuple:
         list(GuardrailFlag.objects.values_list("id", "status", "reviewed_at")),
         [(row, _stored(key)) for *row, key in Attachment.objects.values_list("id", "run_id", "transcript",
                                                                               "storage_key")],
+        list(Membership.objects.filter(tenant__schema_name=connection.schema_name).values_list("id", "role")),
+        list(Invitation.objects.filter(tenant__schema_name=connection.schema_name)
+             .values_list("id", "email", "role", "revoked_at", "accepted_at")),
     )
 
 
@@ -470,3 +502,26 @@ def test_tenant_b_sees_nothing_of_tenant_a(client, tenant_a, tenant_b, tenant_a_
         assert Ping.objects.filter(id=tenant_a_data.ping_id).exists()
         assert _tenant_a_state(tenant_a_data) == a_before
         assert Run.objects.count() == 1 and Agent.objects.count() == 1
+
+
+def test_a_signed_in_member_of_b_sees_nothing_of_a_and_cannot_enter_a(tenant_a, tenant_b, tenant_a_data):
+    # given an admin of B, signed in
+    b_admin = MembershipFactory(tenant=tenant_b.tenant, role="admin")
+    client = Client()
+    client.force_login(b_admin.user)
+    as_b = {"HTTP_X_AGENTPLANE_TENANT": tenant_b.tenant.slug}
+    as_a = {"HTTP_X_AGENTPLANE_TENANT": tenant_a.tenant.slug}
+    # when / then: in B, none of A's members or invitations
+    members = client.get("/v1/members", **as_b).json()["results"]
+    assert [member["id"] for member in members] == [str(b_admin.id)]
+    assert client.get("/v1/invitations", **as_b).json()["results"] == []
+    assert client.patch(f"/v1/members/{tenant_a_data.member_id}", json.dumps({"role": "viewer"}),
+                        content_type="application/json", **as_b).status_code == 404
+    assert client.delete(f"/v1/invitations/{tenant_a_data.invitation_id}", **as_b).status_code == 404
+    # naming A in the header is refused, whatever the endpoint
+    for method, path in (("get", "/v1/members"), ("get", "/v1/runs"),
+                         ("delete", f"/v1/members/{tenant_a_data.member_id}")):
+        response = getattr(client, method)(path, **as_a)
+        assert (response.status_code, response.json()["code"]) == (403, "not_a_member"), path
+    assert Membership.objects.get(id=tenant_a_data.member_id).role == "owner"
+    assert Invitation.objects.get(id=tenant_a_data.invitation_id).revoked_at is None

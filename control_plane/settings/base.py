@@ -55,6 +55,7 @@ SHARED_APPS = [
     "control_plane.audit_anchor",  # each tenant's audit chain head, outside the tenant's schema
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    "django.contrib.sessions",  # portal users' sign-in (control_plane.identity)
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
@@ -78,6 +79,11 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Portal users' sessions (lazy: a request with an API key never loads one); the API's views are exempt
+    # from the CSRF middleware, and a session on the API is checked by identity.authentication instead.
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -215,6 +221,48 @@ LLM_AUDIO_MODELS = env.string_list("LLM_AUDIO_MODELS", [])
 # Audio for a model that cannot take it is transcribed with this model (through litellm); empty: refused.
 LLM_TRANSCRIPTION_MODEL = env.string("LLM_TRANSCRIPTION_MODEL", "openai/whisper-1")
 
+# --- Portal users: passwords, sessions, sign-in limits, invitations (docs/security-identity.md) ---------
+# Argon2id first: new and changed passwords use it; older hashes still verify and are upgraded at sign-in.
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+     "OPTIONS": {"min_length": env.integer("PASSWORD_MIN_LENGTH", 12)}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = env.string("LOGIN_REDIRECT_URL", "/accounts/signed-in/")
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+SESSION_COOKIE_AGE = env.integer("SESSION_COOKIE_AGE", 12 * 3600)
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+# Secure cookies (sent over TLS only): on by default in production, settable for any environment.
+SESSION_COOKIE_SECURE = env.boolean("SESSION_COOKIE_SECURE", AGENTPLANE_ENV == "production")
+CSRF_COOKIE_SECURE = env.boolean("CSRF_COOKIE_SECURE", AGENTPLANE_ENV == "production")
+CSRF_TRUSTED_ORIGINS = env.string_list("CSRF_TRUSTED_ORIGINS", [])
+# Failed sign-ins per email and per client address within the window, then 429 with Retry-After.
+LOGIN_MAX_FAILURES_PER_EMAIL = env.integer("LOGIN_MAX_FAILURES_PER_EMAIL", 5)
+LOGIN_MAX_FAILURES_PER_ADDRESS = env.integer("LOGIN_MAX_FAILURES_PER_ADDRESS", 50)
+LOGIN_FAILURE_WINDOW_SECONDS = env.integer("LOGIN_FAILURE_WINDOW_SECONDS", 15 * 60)
+LOGIN_RATE_LIMIT_REDIS_URL = env.string("LOGIN_RATE_LIMIT_REDIS_URL", REDIS_URL)
+LOGIN_RATE_LIMIT_PREFIX = env.string("LOGIN_RATE_LIMIT_PREFIX", "agentplane:login-failures")
+# Invitations are emailed with a link to this page (+ ?token=...).
+INVITATION_ACCEPT_URL = env.string("INVITATION_ACCEPT_URL", "http://localhost:8000/accounts/invitations/accept/")
+EMAIL_BACKEND = env.string("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env.string("DEFAULT_FROM_EMAIL", "Agentplane <no-reply@agentplane.dev>")
+EMAIL_HOST = env.string("EMAIL_HOST", "localhost")
+EMAIL_PORT = env.integer("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env.string("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env.string("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env.boolean("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env.integer("EMAIL_TIMEOUT", 10)
+
 # --- REST framework and the OpenAPI schema ------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
@@ -241,6 +289,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": "/v1",
+    "ENUM_NAME_OVERRIDES": {"MemberRoleEnum": "tenants.roles.ROLES"},
 }
 
 STATIC_URL = "/static/"

@@ -23,7 +23,11 @@ CHANNEL_LAYERS = {
 }
 CELERY_TASK_DEFAULT_QUEUE = f"agentplane-test-{CHECKOUT_ID}"
 STREAM_KEY_PREFIX = f"agentplane-test-{CHECKOUT_ID}"
-PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast; a test proves base's is Argon2id
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+# Sign-in failure counters in a Redis database and under a prefix of their own.
+LOGIN_RATE_LIMIT_REDIS_URL = env.string("LOGIN_RATE_LIMIT_REDIS_URL", redis_url_with_db(REDIS_URL, 12))
+LOGIN_RATE_LIMIT_PREFIX = f"agentplane-test-{CHECKOUT_ID}:login-failures"
 DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
 
 # The tests' local MCP servers run with this interpreter.
