@@ -64,8 +64,10 @@ def test_a_removed_member_is_refused_at_the_next_request(client, tenant_a):
 def test_a_suspended_tenant_refuses_its_members(client, tenant_a):
     membership = MembershipFactory(tenant=tenant_a.tenant, role=roles.OWNER)
     _signed_in(client, membership)
-    tenant_services.tenant_suspend(tenant=tenant_a.tenant, reason="unpaid", actor=Actor(kind="system", id="t"))
-    response = client.get("/v1/tenant", **_header(tenant_a.tenant.slug))
+    # (a copy of the row: the session-wide tenant object must stay active for the tests after this one)
+    tenant = type(tenant_a.tenant).objects.get(pk=tenant_a.tenant.pk)
+    tenant_services.tenant_suspend(tenant=tenant, reason="unpaid", actor=Actor(kind="system", id="t"))
+    response = client.get("/v1/tenant", **_header(tenant.slug))
     assert (response.status_code, response.json()["code"]) == (403, "tenant_suspended")
 
 
