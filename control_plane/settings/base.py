@@ -36,6 +36,24 @@ if AGENTPLANE_ENV == "production" and not _secrets_key:
                                "in base64 (python -c 'import os,base64;print(base64.b64encode(os.urandom(32)))').")
 SECRETS_KEY = (base64.b64decode(_secrets_key) if _secrets_key
                else hashlib.sha256(b"agentplane secrets v1:" + SECRET_KEY.encode()).digest())
+# Envelope encryption (docs/security-encryption.md): master keys wrap each tenant's data keys.
+# MASTER_KEYS="id1:<base64 32 bytes>,id2:<base64 32 bytes>", MASTER_KEY_CURRENT=id2 (new wraps use it; the
+# others only unwrap until `manage.py keys_rotate_master` has rewrapped everything). Unset locally: one master
+# key "dev" derived like SECRETS_KEY, which production refuses.
+_master_keys = env.string("MASTER_KEYS", "")
+if AGENTPLANE_ENV == "production" and not _master_keys:
+    raise ImproperlyConfigured("AGENTPLANE_ENV=production but MASTER_KEYS is unset; set it to <id>:<base64 of 32 "
+                               "random bytes> (comma-separated for several) and MASTER_KEY_CURRENT to one id.")
+MASTER_KEYS = _master_keys or "dev:" + base64.b64encode(
+    hashlib.sha256(b"agentplane master key dev:" + SECRET_KEY.encode()).digest()).decode()
+MASTER_KEY_CURRENT = env.string("MASTER_KEY_CURRENT", "" if _master_keys else "dev")
+if _master_keys and not MASTER_KEY_CURRENT:
+    raise ImproperlyConfigured("MASTER_KEYS is set but MASTER_KEY_CURRENT is unset; set it to the id of the master "
+                               "key new data keys are wrapped with.")
+# How long a process keeps a tenant's unwrapped data keys and encryption policy (seconds; at most
+# ENCRYPTION_CACHE_TENANTS tenants). A rotation waits this long before retiring a key version.
+ENCRYPTION_CACHE_SECONDS = float(env.string("ENCRYPTION_CACHE_SECONDS", "60"))
+ENCRYPTION_CACHE_TENANTS = env.integer("ENCRYPTION_CACHE_TENANTS", 1024)
 # Local MCP servers (stdio) run on the workers: a registration's command line must start with one of these
 # (comma-separated; an entry may fix arguments: "/opt/venv/bin/python -m mcp_server_time" allows that server,
 # not the interpreter). Empty: tenants can register remote (HTTP) servers only.
@@ -51,6 +69,7 @@ SHARED_APPS = [
     "django_tenants",
     "tenants",  # tenant registry, domains, the API-key index, operator keys
     "billing",
+    "encryption",  # tenants' data keys (wrapped) and encryption policy
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.staticfiles",
