@@ -8,6 +8,7 @@ api_v1 = [
     path("", include("tenants.urls")),
     path("", include("data_plane.urls")),
     path("", include("guardrails.urls")),
+    path("", include("encryption.urls")),
     path("audit-events", AuditEventListApi.as_view(), name="audit-events"),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi-schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi-schema"), name="api-docs"),

@@ -202,6 +202,19 @@ def tenant_cipher_forget(*, tenant_schema: str | None = None) -> None:
             _cache().pop(tenant_schema, None)
 
 
+def secret_seal(*, tenant_schema: str, value: Any, bound_to: str) -> str:
+    """Seal a tenant's secret (a JSON value: a webhook signing secret, a provider key, credentials) for storage
+    in one place, which ``bound_to`` names (for example ``f"webhook-endpoint:{tenant_schema}:{endpoint_id}"``):
+    the result opens only there, for that tenant. Store it in a text column and register that column with
+    ``sealed_location_register`` so key rotation re-seals it."""
+    return tenant_cipher(tenant_schema=tenant_schema).seal(value, bound_to=bound_to)
+
+
+def secret_open(*, tenant_schema: str, sealed: str, bound_to: str) -> Any:
+    """The secret ``secret_seal`` sealed for ``bound_to``. Raises SecretUnreadable (moved, tampered, retired)."""
+    return tenant_cipher(tenant_schema=tenant_schema).open(sealed, bound_to=bound_to)
+
+
 def tenant_payload_encryption_set(*, tenant: Any, encrypts_payloads: bool, actor: Actor) -> TenantKeyring:
     """Turn the encryption of the tenant's checkpoint and memory payloads on or off, for new writes (what is
     stored stays as it is and reads back either way). Audited. Idempotent."""
