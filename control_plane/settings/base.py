@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from common.crypto import master_keys_parse
 from control_plane.settings import env
 
 BASE_DIR = env.BASE_DIR
@@ -28,8 +29,8 @@ if AGENTPLANE_ENV == "production" and _DEV_SECRET in (SECRET_KEY, API_KEY_PEPPER
     raise ImproperlyConfigured(
         "AGENTPLANE_ENV=production but SECRET_KEY or API_KEY_PEPPER is unset; set both to long random values."
     )
-# The key that seals secrets at rest (MCP servers' credentials): 32 bytes, base64. Derived from SECRET_KEY
-# when unset, which production refuses.
+# The key of v1 sealed values (before envelope keys; still opened, see MASTER_KEYS below): 32 bytes, base64.
+# Derived from SECRET_KEY when unset, which production refuses.
 _secrets_key = env.string("SECRETS_KEY", "")
 if AGENTPLANE_ENV == "production" and not _secrets_key:
     raise ImproperlyConfigured("AGENTPLANE_ENV=production but SECRETS_KEY is unset; set it to 32 random bytes "
@@ -47,9 +48,13 @@ if AGENTPLANE_ENV == "production" and not _master_keys:
 MASTER_KEYS = _master_keys or "dev:" + base64.b64encode(
     hashlib.sha256(b"agentplane master key dev:" + SECRET_KEY.encode()).digest()).decode()
 MASTER_KEY_CURRENT = env.string("MASTER_KEY_CURRENT", "" if _master_keys else "dev")
-if _master_keys and not MASTER_KEY_CURRENT:
-    raise ImproperlyConfigured("MASTER_KEYS is set but MASTER_KEY_CURRENT is unset; set it to the id of the master "
-                               "key new data keys are wrapped with.")
+try:
+    _master_key_ids = master_keys_parse(MASTER_KEYS)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"{exc} Fix MASTER_KEYS.") from None
+if MASTER_KEY_CURRENT not in _master_key_ids:
+    raise ImproperlyConfigured(f"MASTER_KEY_CURRENT={MASTER_KEY_CURRENT!r} is not an id of MASTER_KEYS "
+                               f"({', '.join(_master_key_ids)}); set it to the id new data keys are wrapped with.")
 # How long a process keeps a tenant's unwrapped data keys and encryption policy (seconds; at most
 # ENCRYPTION_CACHE_TENANTS tenants). A rotation waits this long before retiring a key version.
 ENCRYPTION_CACHE_SECONDS = float(env.string("ENCRYPTION_CACHE_SECONDS", "60"))
