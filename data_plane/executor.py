@@ -45,6 +45,7 @@ from data_plane.runtime.core.ports import ChatModel, MediaSource, MemoryRecall, 
 from data_plane.runtime.core.spec import AgentSpec, spec_from_json
 from data_plane.runtime.core.state import RunState, Status
 from data_plane.runtime.loop import run_coroutine
+from data_plane.sealing import checkpoint_store
 from guardrails.selectors import Outcome, Pipeline
 
 logger = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class RunStepper:
         claim = self._claim(run_id, expected_step)
         if isinstance(claim, StepOutcome):
             return claim
-        store = PostgresCheckpointStore(schema=self.schema, connection=connection)
+        store = checkpoint_store(self.schema)
         spec = self._spec(claim.agent_version_id)
         head_id, budget, after_seq = claim.head_id, self.steps_per_task, claim.event_seq
         while True:
@@ -233,7 +234,7 @@ class RunStepper:
             run = Run.objects.get(id=run_id)
         if run.status in TERMINAL:
             return
-        store = PostgresCheckpointStore(schema=self.schema, connection=connection)
+        store = checkpoint_store(self.schema)
         loaded = store.load(run.head_id)
         failed = loaded.state.evolve(status=Status.FAILED, error={"code": code, "message": message})
         events = [{"type": "error", "data": dict(failed.error or {})},

@@ -32,11 +32,11 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from common.crypto import SecretBox
 from common.schemas import require_schema
 from data_plane.errors import MemoryNotFound
 from data_plane.models import Memory, MemorySettings
 from data_plane.runtime.adapters.embeddings import LOCAL_MODEL_ID, Embedder, ProviderEmbedder, local_embedder
+from data_plane.sealing import cipher_for, memory_settings_bound_to, memory_text_bound_to
 
 _CACHE_LOCK = threading.Lock()
 _STATS: dict[str, tuple[float, TableStats]] = {}
@@ -101,8 +101,8 @@ def _embedder(tenant_schema: str) -> Embedder:
     chosen = memory_settings_get(tenant_schema=tenant_schema)
     if chosen.embedding_model == LOCAL_MODEL_ID:
         return local_embedder()
-    api_key = (SecretBox(settings.SECRETS_KEY).open(chosen.embedding_api_key_encrypted,
-                                                   bound_to=f"{tenant_schema}:memory")
+    api_key = (cipher_for(tenant_schema).open(chosen.embedding_api_key_encrypted,
+                                              bound_to=memory_settings_bound_to(tenant_schema))
                if chosen.embedding_api_key_encrypted else None)
     return ProviderEmbedder(model=chosen.embedding_model, api_base=chosen.embedding_api_base or None, api_key=api_key)
 
@@ -197,14 +197,15 @@ lexical_ranked AS (SELECT id, row_number() OVER (ORDER BY score DESC, id) AS ran
     sql = f"""WITH {",".join(legs)}, {fused},
 top AS MATERIALIZED (SELECT * FROM fused f {extra} ORDER BY f.score DESC, f.distance NULLS LAST, f.id LIMIT %(k)s)
 SELECT m.id, m.text, m.kind, m.agent, m.end_user, m.tags, m.metadata, m.source, m.source_run_id, m.embedding_model,
-       m.created_at, m.updated_at, m.expires_at, t.score, t.distance, t.srank, t.lrank
+       m.created_at, m.updated_at, m.expires_at, t.score, t.distance, t.srank, t.lrank, m.sealed_text
 FROM top t JOIN data_plane_memory m ON m.id = t.id
 ORDER BY t.score DESC, t.distance NULLS LAST, m.id"""
     with transaction.atomic(), connection.cursor() as cursor:
         _tune(cursor, tenant_schema)
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    return [MemoryHit(id=r[0], text=r[1], kind=r[2], agent=r[3], end_user=r[4], tags=list(r[5]),
+    cipher = cipher_for(tenant_schema) if any(r[17] for r in rows) else None
+    return [MemoryHit(id=r[0], text=_text(cipher, tenant_schema, r[0], r[1], r[17]), kind=r[2], agent=r[3], end_user=r[4], tags=list(r[5]),
                       metadata=r[6] if isinstance(r[6], dict) else _loads(r[6]), source=r[7], source_run_id=r[8],
                       embedding_model=r[9], created_at=r[10], updated_at=r[11], expires_at=r[12], score=float(r[13]),
                       similarity=None if r[14] is None else 1.0 - float(r[14]),
@@ -308,6 +309,12 @@ def _filters(*, agent: str | None, end_user: str | None, kinds: Sequence[str], t
 def vector_literal(vector: Sequence[float]) -> str:
     """A vector as pgvector's text input, at float32 precision."""
     return "[" + ",".join(f"{x:.7g}" for x in vector) + "]"
+
+
+def _text(cipher: Any, tenant_schema: str, memory_id: UUID, text: str, sealed_text: str) -> str:
+    if not sealed_text:
+        return text
+    return cipher.open_text(sealed_text, bound_to=memory_text_bound_to(tenant_schema, memory_id))
 
 
 def _loads(value: Any) -> dict[str, Any]:

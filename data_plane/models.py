@@ -4,7 +4,7 @@ import uuid
 
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
-from django.contrib.postgres.search import SearchVector, SearchVectorField
+from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from pgvector.django import HnswIndex, VectorField
 
@@ -168,6 +168,7 @@ class RunValue(models.Model):
     step = models.PositiveIntegerField()
     key = models.CharField(max_length=200)
     value = models.JSONField(null=True)
+    sealed_value = models.TextField(null=True)  # the value sealed (then ``value`` is NULL): see data_plane.sealing
 
     class Meta:
         indexes = [models.Index(fields=["run", "key", "step"])]
@@ -360,6 +361,11 @@ class Memory(models.Model):
     vector), with the metadata filters applied inside the index scans. ``agent`` empty: every agent's;
     ``end_user`` empty: nobody's in particular. Every vector has 384 dimensions; ``embedding_model`` says
     which model made it, and only vectors of one model are compared.
+
+    A tenant whose policy encrypts payloads keeps the text sealed in ``sealed_text`` (``text`` is then ''); it is
+    opened as the row is loaded. ``search_vector`` is kept by a trigger from ``text`` for plain rows, and
+    written by the service from the plain text for sealed ones (docs/security-encryption.md says what that keeps
+    readable).
     """
 
     class Kind(models.TextChoices):
@@ -384,8 +390,8 @@ class Memory(models.Model):
     source_run_id = models.UUIDField(null=True, blank=True)
     embedding = VectorField(dimensions=384)
     embedding_model = models.CharField(max_length=200)
-    search_vector = models.GeneratedField(expression=SearchVector("text", config="english"),
-                                          output_field=SearchVectorField(), db_persist=True)
+    sealed_text = models.TextField(blank=True, default="")
+    search_vector = SearchVectorField(null=True, editable=False)
     merged_count = models.PositiveIntegerField(default=0)  # near-duplicates folded into this one
     created_by = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -405,6 +411,21 @@ class Memory(models.Model):
             models.Index(name="memory_source_run", fields=["source_run_id"],
                          condition=models.Q(source_run_id__isnull=False)),
         ]
+
+    @classmethod
+    def from_db(cls, db: str | None, field_names: list[str], values: list[object]) -> Memory:
+        # A sealed memory reads as plain text wherever it is loaded (a selector, the API, re-embedding); the
+        # tenant is the connection's schema, the binding the row's id.
+        instance = super().from_db(db, field_names, values)
+        sealed = instance.__dict__.get("sealed_text")
+        if sealed:
+            from django.db import connection
+
+            from data_plane.sealing import memory_text_open
+
+            instance.text = memory_text_open(tenant_schema=connection.schema_name, memory_id=instance.id,
+                                             sealed_text=sealed)
+        return instance
 
 
 class MemorySettings(models.Model):

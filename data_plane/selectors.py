@@ -18,7 +18,7 @@ from data_plane.errors import AgentNotFound, ApprovalNotFound, AttachmentNotFoun
     McpServerNotFound, PingNotFound, RunNotFound
 from data_plane.models import Agent, AgentVersion, Approval, Attachment, Checkpoint, McpServer, McpTool, Ping, Run, \
     RunEvent, RunMessage, ToolPermission, ToolSettings
-from data_plane.runtime.adapters.checkpoints import PostgresCheckpointStore
+from data_plane.sealing import checkpoint_store, run_message_open
 from data_plane.runtime.core.state import RunState
 
 
@@ -169,7 +169,7 @@ def checkpoint_get(*, tenant_schema: str, run_id: UUID, checkpoint_id: UUID) -> 
 def checkpoint_state(*, tenant_schema: str, run_id: UUID, checkpoint_id: UUID) -> RunState:
     """The full state at a checkpoint, rebuilt from its lineage. Raises CheckpointNotFound."""
     checkpoint = checkpoint_get(tenant_schema=tenant_schema, run_id=run_id, checkpoint_id=checkpoint_id)
-    return PostgresCheckpointStore(schema=tenant_schema, connection=connection).load(checkpoint.id).state
+    return checkpoint_store(tenant_schema).load(checkpoint.id).state
 
 
 def approval_list(*, tenant_schema: str, status: str | None = None, run_id: UUID | None = None
@@ -214,7 +214,11 @@ def event_payload(event: RunEvent) -> dict[str, Any]:
     data = event.data
     message_json = getattr(event, "message_json", None)
     if message_json and event.type == "model.reply":
-        data = {**data, "message": json.loads(message_json)}
+        message = json.loads(message_json)
+        if isinstance(message, str):  # sealed (the tenant encrypts payloads); the connection is in its schema
+            message = json.loads(run_message_open(tenant_schema=connection.schema_name, run_id=event.run_id,
+                                                  seq=event.message_position, sealed=message))
+        data = {**data, "message": message}
     return {"seq": event.seq, "type": event.type, "data": data, "ts": format_ts(event.created_at)}
 
 

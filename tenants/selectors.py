@@ -47,3 +47,11 @@ def api_key_get(*, tenant: Tenant, key_id: UUID) -> ApiKey:
         return ApiKey.objects.get(tenant=tenant, id=key_id)
     except ApiKey.DoesNotExist:
         raise ApiKeyNotFound(f"API key {key_id} not found.") from None
+
+
+def tenant_get_by_schema(*, tenant_schema: str) -> Tenant:
+    """The tenant owning ``tenant_schema``, in any status. Raises TenantNotFound."""
+    tenant = Tenant.objects.filter(schema_name=tenant_schema).first()
+    if tenant is None:
+        raise TenantNotFound(f"No tenant owns schema {tenant_schema!r}.")
+    return tenant

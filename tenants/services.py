@@ -21,6 +21,7 @@ from common.errors import InvalidInput
 from common.keys import KeyHasher, parse_key
 from control_plane.audit.services import audit_chain_anchor_forget, audit_event_record
 from control_plane.identity import services as identity_services
+from encryption import services as encryption_services
 from tenants import roles
 from tenants import scopes as scope_registry
 from tenants.errors import (
@@ -140,6 +141,7 @@ def tenant_provision(
 
     audit_event_record(tenant=tenant, actor=actor, action="tenant.provision", target_type="tenant",
                        target_id=str(tenant.id), data={"slug": slug, "sla_tier": sla_tier})
+    encryption_services.tenant_keyring_ensure(tenant=tenant)  # its data key; payloads encrypted per its tier
     admin_key = api_key_create(
         tenant=tenant, name="admin (created at provisioning)", scopes=list(scope_registry.ALL_SCOPES),
         expires_at=None, actor=actor, granting_scopes=None,

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from common.crypto import master_keys_parse
 from control_plane.settings import env
 
 BASE_DIR = env.BASE_DIR
@@ -28,14 +29,36 @@ if AGENTPLANE_ENV == "production" and _DEV_SECRET in (SECRET_KEY, API_KEY_PEPPER
     raise ImproperlyConfigured(
         "AGENTPLANE_ENV=production but SECRET_KEY or API_KEY_PEPPER is unset; set both to long random values."
     )
-# The key that seals secrets at rest (MCP servers' credentials): 32 bytes, base64. Derived from SECRET_KEY
-# when unset, which production refuses.
+# The key of v1 sealed values (before envelope keys; still opened, see MASTER_KEYS below): 32 bytes, base64.
+# Derived from SECRET_KEY when unset, which production refuses.
 _secrets_key = env.string("SECRETS_KEY", "")
 if AGENTPLANE_ENV == "production" and not _secrets_key:
     raise ImproperlyConfigured("AGENTPLANE_ENV=production but SECRETS_KEY is unset; set it to 32 random bytes "
                                "in base64 (python -c 'import os,base64;print(base64.b64encode(os.urandom(32)))').")
 SECRETS_KEY = (base64.b64decode(_secrets_key) if _secrets_key
                else hashlib.sha256(b"agentplane secrets v1:" + SECRET_KEY.encode()).digest())
+# Envelope encryption (docs/security-encryption.md): master keys wrap each tenant's data keys.
+# MASTER_KEYS="id1:<base64 32 bytes>,id2:<base64 32 bytes>", MASTER_KEY_CURRENT=id2 (new wraps use it; the
+# others only unwrap until `manage.py keys_rotate_master` has rewrapped everything). Unset locally: one master
+# key "dev" derived like SECRETS_KEY, which production refuses.
+_master_keys = env.string("MASTER_KEYS", "")
+if AGENTPLANE_ENV == "production" and not _master_keys:
+    raise ImproperlyConfigured("AGENTPLANE_ENV=production but MASTER_KEYS is unset; set it to <id>:<base64 of 32 "
+                               "random bytes> (comma-separated for several) and MASTER_KEY_CURRENT to one id.")
+MASTER_KEYS = _master_keys or "dev:" + base64.b64encode(
+    hashlib.sha256(b"agentplane master key dev:" + SECRET_KEY.encode()).digest()).decode()
+MASTER_KEY_CURRENT = env.string("MASTER_KEY_CURRENT", "" if _master_keys else "dev")
+try:
+    _master_key_ids = master_keys_parse(MASTER_KEYS)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"{exc} Fix MASTER_KEYS.") from None
+if MASTER_KEY_CURRENT not in _master_key_ids:
+    raise ImproperlyConfigured(f"MASTER_KEY_CURRENT={MASTER_KEY_CURRENT!r} is not an id of MASTER_KEYS "
+                               f"({', '.join(_master_key_ids)}); set it to the id new data keys are wrapped with.")
+# How long a process keeps a tenant's unwrapped data keys and encryption policy (seconds; at most
+# ENCRYPTION_CACHE_TENANTS tenants). A rotation waits this long before retiring a key version.
+ENCRYPTION_CACHE_SECONDS = float(env.string("ENCRYPTION_CACHE_SECONDS", "60"))
+ENCRYPTION_CACHE_TENANTS = env.integer("ENCRYPTION_CACHE_TENANTS", 1024)
 # Local MCP servers (stdio) run on the workers: a registration's command line must start with one of these
 # (comma-separated; an entry may fix arguments: "/opt/venv/bin/python -m mcp_server_time" allows that server,
 # not the interpreter). Empty: tenants can register remote (HTTP) servers only.
@@ -53,6 +76,7 @@ SHARED_APPS = [
     "control_plane.identity",  # portal users' memberships in tenants, with their roles
     "billing",
     "control_plane.audit_anchor",  # each tenant's audit chain head, outside the tenant's schema
+    "encryption",  # tenants' data keys (wrapped) and encryption policy
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.sessions",  # portal users' sign-in (control_plane.identity)

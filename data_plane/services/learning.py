@@ -32,7 +32,7 @@ from control_plane.audit.services import audit_event_record
 from data_plane import tasks
 from data_plane.errors import IllegalTransition
 from data_plane.models import Memory, Run, RunFeedback
-from data_plane.runtime.adapters.checkpoints import PostgresCheckpointStore
+from data_plane.sealing import checkpoint_store
 from data_plane.runtime.core.messages import Message
 from data_plane.runtime.core.ports import ChatModel, ModelRequest, ProviderError
 from data_plane.runtime.core.spec import AgentSpec, spec_from_json
@@ -100,7 +100,7 @@ def run_learn(*, tenant: Any, run_id: UUID, chat_model: ChatModel, feedback_id: 
     policy = spec.memory
     if run.status not in TERMINAL or not (policy.extract or policy.reflect):
         return Learned(facts=[], lesson=None)
-    store = PostgresCheckpointStore(schema=tenant.schema_name, connection=connection)
+    store = checkpoint_store(tenant.schema_name)
     state = store.load(run.head_id).state
     facts: list[UUID] = []
     if policy.extract and run.status == "completed":

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,11 +19,12 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
+from django.contrib.postgres.search import SearchVector
 from django.db import connection, transaction
+from django.db.models import Value
 from django.utils import timezone
 
 from common.actors import Actor
-from common.crypto import SecretBox
 from common.errors import InvalidInput
 from common.locks import advisory_key
 from common.schemas import require_schema
@@ -31,6 +33,7 @@ from data_plane.errors import MemoryNotFound
 from data_plane.models import Memory, MemorySettings
 from data_plane.runtime.adapters.embeddings import LOCAL_MODEL_ID, Embedder
 from data_plane.memory_selectors import embedder_for, embedder_forget, memory_settings_get, vector_literal
+from data_plane.sealing import cipher_for, memory_settings_bound_to, memory_text_bound_to
 
 MAX_TEXT_CHARS = 8000
 MAX_TAGS = 20
@@ -107,6 +110,8 @@ def memory_remember(*, tenant: Any, drafts: Sequence[MemoryDraft], actor: Actor,
     embedder = embedder or embedder_for(tenant.schema_name)
     vectors = embedder.embed([draft.text for draft in drafts])
     default_ttl = memory_settings_get(tenant_schema=tenant.schema_name).default_ttl_days
+    cipher = cipher_for(tenant.schema_name)
+    sealing = cipher.encrypts_payloads
     out: list[Remembered] = []
     for draft, vector in zip(drafts, vectors):
         expires_at = draft.expires_at
@@ -114,9 +119,13 @@ def memory_remember(*, tenant: Any, drafts: Sequence[MemoryDraft], actor: Actor,
             expires_at = timezone.now() + timedelta(days=default_ttl)
         with transaction.atomic():
             _lock_scope(draft)
-            existing = _near_duplicate(draft, vector, embedder.model_id)
+            existing = _near_duplicate(tenant.schema_name, draft, vector, embedder.model_id)
             if existing is not None:
-                existing.text, existing.embedding = draft.text, vector
+                existing.embedding = vector
+                existing.text, existing.sealed_text, search_vector = _stored_text(cipher, sealing, tenant.schema_name,
+                                                                                  existing.id, draft.text)
+                if search_vector is not None:
+                    existing.search_vector = search_vector
                 existing.tags = list(dict.fromkeys([*existing.tags, *draft.tags]))
                 existing.metadata = {**existing.metadata, **(draft.metadata or {})}
                 existing.merged_count += 1
@@ -124,13 +133,18 @@ def memory_remember(*, tenant: Any, drafts: Sequence[MemoryDraft], actor: Actor,
                     existing.expires_at = None if expires_at is None else max(existing.expires_at, expires_at)
                 existing.source_run_id = source_run_id or existing.source_run_id
                 existing.save()
+                existing.text = draft.text
                 memory, merged = existing, True
             else:
+                memory_id = uuid.uuid4()
+                text, sealed_text, search_vector = _stored_text(cipher, sealing, tenant.schema_name, memory_id,
+                                                                draft.text)
                 memory = Memory.objects.create(
-                    text=draft.text, kind=draft.kind, agent=draft.agent, end_user=draft.end_user,
+                    id=memory_id, text=text, sealed_text=sealed_text, search_vector=search_vector, kind=draft.kind, agent=draft.agent, end_user=draft.end_user,
                     tags=list(draft.tags), metadata=dict(draft.metadata or {}), source=source,
                     source_run_id=source_run_id, embedding=vector, embedding_model=embedder.model_id,
                     created_by=str(actor), expires_at=expires_at)
+                memory.text = draft.text
                 merged = False
             audit_event_record(tenant=tenant, actor=actor, action="memory.merge" if merged else "memory.create",
                                target_type="memory", target_id=str(memory.id),
@@ -141,20 +155,30 @@ def memory_remember(*, tenant: Any, drafts: Sequence[MemoryDraft], actor: Actor,
     return out
 
 
+def _stored_text(cipher: Any, sealing: bool, tenant_schema: str, memory_id: UUID, text: str
+                 ) -> tuple[str, str, SearchVector | None]:
+    """(text, sealed_text, search_vector) as stored: plain (the trigger derives the vector), or sealed with the
+    vector computed here from the plain text, which the database never sees."""
+    if not sealing:
+        return text, "", None
+    sealed = cipher.seal_text(text, bound_to=memory_text_bound_to(tenant_schema, memory_id))
+    return "", sealed, SearchVector(Value(text), config="english")
+
+
 def _lock_scope(draft: MemoryDraft) -> None:
     key = advisory_key("memory", connection.schema_name, draft.agent, draft.end_user, draft.kind)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
 
 
-def _near_duplicate(draft: MemoryDraft, vector: list[float], model_id: str) -> Memory | None:
+def _near_duplicate(tenant_schema: str, draft: MemoryDraft, vector: list[float], model_id: str) -> Memory | None:
     """The memory of the same scope that says nearly the same: close in meaning and with the same numbers
     and codes (embeddings barely tell "invoice 3" from "invoice 4"; those are different facts)."""
     limit = settings.MEMORY_NEAR_DUPLICATE_DISTANCE
     with connection.cursor() as cursor:
         # Exact within the scope (the scope index narrows it).
         cursor.execute(
-            "SELECT id, text FROM data_plane_memory "
+            "SELECT id, text, sealed_text FROM data_plane_memory "
             "WHERE agent = %s AND end_user = %s AND kind = %s AND embedding_model = %s "
             "AND (expires_at IS NULL OR expires_at > now()) AND embedding <=> %s::vector <= %s "
             "ORDER BY embedding <=> %s::vector LIMIT 5",
@@ -162,7 +186,10 @@ def _near_duplicate(draft: MemoryDraft, vector: list[float], model_id: str) -> M
              vector_literal(vector)])
         rows = cursor.fetchall()
     mine = _codes(draft.text)
-    for memory_id, text in rows:
+    for memory_id, text, sealed_text in rows:
+        if sealed_text:
+            text = cipher_for(tenant_schema).open_text(sealed_text,
+                                                       bound_to=memory_text_bound_to(tenant_schema, memory_id))
         if _codes(text) == mine:
             return Memory.objects.select_for_update().get(id=memory_id)
     return None
@@ -238,7 +265,8 @@ def memory_settings_update(*, tenant: Any, actor: Actor, embedding_model: str | 
             current.embedding_api_base = embedding_api_base
         if embedding_api_key is not None:
             current.embedding_api_key_encrypted = (
-                SecretBox(settings.SECRETS_KEY).seal(embedding_api_key, bound_to=f"{tenant.schema_name}:memory")
+                cipher_for(tenant.schema_name).seal(embedding_api_key,
+                                                    bound_to=memory_settings_bound_to(tenant.schema_name))
                 if embedding_api_key else "")
         if default_ttl_days is not ...:
             current.default_ttl_days = default_ttl_days  # type: ignore[assignment]
@@ -260,7 +288,7 @@ def memories_reembed(*, tenant: Any, batch: int = 256) -> int:
     embedder = embedder_for(tenant.schema_name)
     done = 0
     while True:
-        stale = list(Memory.objects.exclude(embedding_model=embedder.model_id).only("id", "text")[:batch])
+        stale = list(Memory.objects.exclude(embedding_model=embedder.model_id).only("id", "text", "sealed_text")[:batch])
         if not stale:
             return done
         vectors = embedder.embed([memory.text for memory in stale])

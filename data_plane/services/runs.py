@@ -16,7 +16,7 @@ from uuid import UUID
 
 import jsonschema
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from common.actors import Actor
@@ -29,6 +29,7 @@ from data_plane.executor import RunStepper, StepOutcome, finished_event, numbere
     run_status_for
 from data_plane.models import Approval, Checkpoint, Run, RunEvent
 from data_plane.runtime.adapters.checkpoints import PostgresCheckpointStore
+from data_plane.sealing import checkpoint_store
 from data_plane.runtime.core import machine
 from data_plane.runtime.core.messages import AttachmentPart, Message
 from data_plane.runtime.core.spec import AgentSpec, spec_from_json
@@ -41,7 +42,7 @@ ACTIVE = ("queued", "running", "paused", "waiting_approval")
 
 
 def _store(tenant_schema: str) -> PostgresCheckpointStore:
-    return PostgresCheckpointStore(schema=tenant_schema, connection=connection)
+    return checkpoint_store(tenant_schema)
 
 
 def dispatcher(tenant_schema: str) -> Callable[[UUID, int], None]:

@@ -16,7 +16,6 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from common.actors import Actor
-from common.crypto import SecretBox
 from common.errors import InvalidInput
 from common.network import private_address
 from common.schemas import require_schema
@@ -25,6 +24,7 @@ from data_plane.errors import McpServerNameTaken, McpServerNotFound, McpServerUn
 from data_plane.models import Agent, McpServer, McpTool, ToolPermission, ToolSettings
 from data_plane.runtime.adapters.mcp import McpUnreachable, RemoteTool, ServerConfig, discover
 from data_plane.runtime.loop import run_coroutine
+from data_plane.sealing import cipher_for, mcp_server_bound_to
 from data_plane.selectors import agent_get
 
 SERVER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
@@ -33,17 +33,13 @@ HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,100}$")
 
 
-def _box() -> SecretBox:
-    return SecretBox(settings.SECRETS_KEY)
-
-
 def _bound_to(tenant_schema: str, server_id: UUID | str) -> str:
-    return f"mcp-server:{tenant_schema}:{server_id}"
+    return mcp_server_bound_to(tenant_schema, server_id)
 
 
 def server_config(*, tenant_schema: str, server: McpServer) -> ServerConfig:
     """The server's connection settings with its credentials unsealed (in memory only)."""
-    secrets = _box().open(server.sealed_secrets, bound_to=_bound_to(tenant_schema, server.id)) \
+    secrets = cipher_for(tenant_schema).open(server.sealed_secrets, bound_to=_bound_to(tenant_schema, server.id)) \
         if server.sealed_secrets else {}
     return ServerConfig(id=str(server.id), name=server.name, transport=server.transport, url=server.url,
                         command=server.command, args=tuple(server.args), headers=secrets.get("headers", {}),
@@ -118,8 +114,8 @@ def mcp_server_register(*, tenant, name: str, transport: str, actor: Actor, url:
                        timeout_seconds=timeout_seconds,
                        secret_names={"headers": sorted(headers), "env": sorted(env)})
     if headers or env:
-        server.sealed_secrets = _box().seal({"headers": headers, "env": env},
-                                            bound_to=_bound_to(tenant.schema_name, server.id))
+        server.sealed_secrets = cipher_for(tenant.schema_name).seal(
+            {"headers": headers, "env": env}, bound_to=_bound_to(tenant.schema_name, server.id))
     tools = _discover(tenant.schema_name, server)  # before anything is written: an unreachable server is not kept
     try:
         with transaction.atomic():

@@ -209,7 +209,7 @@ def test_provider_embeddings_go_through_litellm_and_the_key_is_sealed(client, te
         assert response.json()["has_embedding_api_key"] is True and "sk-provider" not in response.content.decode()
         with schema_context(tenant_a.schema):
             sealed = MemorySettings.objects.get(id=1).embedding_api_key_encrypted
-            assert sealed.startswith("v1:") and "sk-provider" not in sealed
+            assert sealed.startswith("v2:1:") and "sk-provider" not in sealed
         # when
         written = remember(client, tenant_a.key, "The warehouse in Porto ships on Tuesdays.")
         hits = search(client, tenant_a.key, "when does the Porto warehouse ship", mode="semantic")

@@ -41,7 +41,7 @@ def test_registering_a_local_server_lists_its_tools_and_seals_its_credentials(cl
     assert "s3cr3t" not in json.dumps(server)
     with schema_context(tenant_a.schema):
         stored = McpServer.objects.get(id=server["id"])
-        assert stored.sealed_secrets.startswith("v1:") and "s3cr3t" not in stored.sealed_secrets
+        assert stored.sealed_secrets.startswith("v2:1:") and "s3cr3t" not in stored.sealed_secrets
         add = McpTool.objects.get(name="toolbox__add")
         assert (add.remote_name, add.input_schema["required"]) == ("add", ["a", "b"])
         audited = AuditEvent.objects.get(action="mcp_server.register")

@@ -54,7 +54,7 @@ def test_provision_creates_a_migrated_schema_and_an_admin_key(db):
     assert list(TenantLifecycleEvent.objects.filter(tenant=tenant).values_list("action", flat=True)) == ["provision"]
     with schema_context(tenant.schema_name):
         assert list(AuditEvent.objects.order_by("occurred_at").values_list("action", flat=True)) == [
-            "tenant.provision", "api_key.create"]
+            "tenant.provision", "encryption.keyring_create", "api_key.create"]
 
 
 @pytest.mark.parametrize("slug", ["ab", "1abc", "Abc", "abc-", "a_bc", "public", "x" * 49])

@@ -4,6 +4,13 @@ behind a transaction-pooling PgBouncer where a session's search_path cannot be t
 A commit is one statement: the fenced update of the run (refused unless the caller holds the version it
 read), the checkpoint row, the appended messages, the changed values and the step's events. Bytes
 written per step are what the step changed, whatever the length of the conversation.
+
+Given a cipher that ``encrypts_payloads`` (the tenant's policy), the store seals each appended message, each
+changed value and the checkpoint's control (all but ``message_count``, which the reads' SQL needs), every one
+bound to its tenant and its place (run, sequence number, step, key, checkpoint): a sealed message is stored as
+a JSON string (plain ones are JSON objects), a sealed value in ``sealed_value`` (``value`` NULL), a sealed
+control as ``{"message_count": n, "sealed": "v2:…"}``. Reads open whatever is sealed, so a tenant's history
+reads back whole across a change of its policy.
 """
 
 from __future__ import annotations
@@ -13,13 +20,39 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from data_plane.runtime.core.messages import Message
 from data_plane.runtime.core.state import RunState
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class PayloadCipher(Protocol):
+    """Seals and opens a tenant's payloads (encryption.services.TenantCipher implements it)."""
+
+    encrypts_payloads: bool
+
+    def seal_text(self, text: str, *, bound_to: str) -> str: ...
+
+    def open_text(self, sealed: str, *, bound_to: str) -> str: ...
+
+
+class PayloadSealed(Exception):
+    """A sealed payload, and this store was given no cipher to open it."""
+
+
+def message_bound_to(schema: str, run_id: Any, seq: int) -> str:
+    return f"run-message:{schema}:{run_id}:{seq}"
+
+
+def value_bound_to(schema: str, run_id: Any, step: int, key: str) -> str:
+    return f"run-value:{schema}:{run_id}:{step}:{key}"
+
+
+def control_bound_to(schema: str, checkpoint_id: Any) -> str:
+    return f"checkpoint:{schema}:{checkpoint_id}"
 
 
 class Fenced(Exception):
@@ -51,11 +84,12 @@ def _dumps(value: Any) -> str:
 
 
 class PostgresCheckpointStore:
-    def __init__(self, *, schema: str, connection: Any) -> None:
+    def __init__(self, *, schema: str, connection: Any, cipher: PayloadCipher | None = None) -> None:
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"Not a schema name: {schema!r}")
         self.schema = schema
         self.connection = connection
+        self.cipher = cipher
         q = f'"{schema}".'
         self._commit_sql = f"""
 WITH fence AS (
@@ -79,8 +113,10 @@ WITH fence AS (
   SELECT %(run_id)s, %(first_seq)s + m.ord - 1, %(step)s, m.value::text
   FROM fence, json_array_elements(%(messages)s::json) WITH ORDINALITY AS m(value, ord)
 ), run_values AS (
-  INSERT INTO {q}data_plane_runvalue (run_id, step, key, value)
-  SELECT %(run_id)s, %(step)s, v.key, v.value FROM fence, jsonb_each(%(values)s::jsonb) AS v
+  INSERT INTO {q}data_plane_runvalue (run_id, step, key, value, sealed_value)
+  SELECT %(run_id)s, %(step)s, v.key, CASE WHEN %(sealed)s THEN NULL ELSE v.value END,
+         CASE WHEN %(sealed)s THEN v.value #>> '{{}}' END
+  FROM fence, jsonb_each(%(values)s::jsonb) AS v
 ), events AS (
   INSERT INTO {q}data_plane_runevent (run_id, seq, type, data, created_at)
   SELECT %(run_id)s, fence.base_seq + e.ord, e.value->>'type', e.value->'data', now()
@@ -89,7 +125,9 @@ WITH fence AS (
 SELECT version, pause_requested, base_seq, now() FROM fence"""
         messages_of = (f"SELECT string_agg(m.message, ',' ORDER BY m.seq) FROM {q}data_plane_runmessage m "
                        "WHERE m.run_id = {run} AND m.seq >= {first} AND m.seq < {upto}")
-        values_of = (f"SELECT json_object_agg(v.key, v.value)::text FROM (SELECT DISTINCT ON (key) key, value "
+        # Each value as [value, step, sealed value]: a sealed one is opened in Python, bound to its step.
+        values_of = (f"SELECT json_object_agg(v.key, json_build_array(v.value, v.step, v.sealed_value))::text "
+                     f"FROM (SELECT DISTINCT ON (key) key, value, step, sealed_value "
                      f"FROM {q}data_plane_runvalue WHERE run_id = {{run}} AND step <= {{step}} "
                      "ORDER BY key, step DESC) v")
         # One round trip for a run's own checkpoint: the row, its run's lineage, and the run's messages
@@ -122,6 +160,17 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
         if changed_values is None:
             old_values = previous.values if previous else {}
             changed_values = {k: v for k, v in state.values.items() if k not in old_values or old_values[k] != v}
+        control = state.control_json()
+        messages = [m.to_json() for m in appended]
+        values = dict(changed_values)
+        cipher = self.cipher if self.cipher is not None and self.cipher.encrypts_payloads else None
+        if cipher is not None:
+            messages = [cipher.seal_text(_dumps(m), bound_to=message_bound_to(self.schema, run_id, old_count + i))
+                        for i, m in enumerate(messages)]
+            values = {k: cipher.seal_text(_dumps(v), bound_to=value_bound_to(self.schema, run_id, step, k))
+                      for k, v in values.items()}
+            control = {"message_count": control["message_count"],
+                       "sealed": cipher.seal_text(_dumps(control), bound_to=control_bound_to(self.schema, checkpoint_id))}
         params = {
             "run_id": run_id, "expected_version": expected_version, "checkpoint_id": checkpoint_id,
             "parent_id": parent_id, "step": step, "status": run_status, "reason": reason[:500],
@@ -129,9 +178,8 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
             "cost_usd": state.cost_usd, "input_tokens": state.input_tokens, "output_tokens": state.output_tokens,
             "event_count": len(events), "terminal": state.is_terminal, "release": release_lease,
             "lease_seconds": lease_seconds,
-            "control": _dumps(state.control_json()), "first_seq": old_count,
-            "messages": _dumps([m.to_json() for m in appended]), "values": _dumps(dict(changed_values)),
-            "events": _dumps(list(events)),
+            "control": _dumps(control), "first_seq": old_count, "sealed": cipher is not None,
+            "messages": _dumps(messages), "values": _dumps(values), "events": _dumps(list(events)),
         }
         with self.connection.cursor() as cursor:
             cursor.execute(self._commit_sql, params)
@@ -149,22 +197,34 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
                 raise CheckpointNotFound(f"Checkpoint {checkpoint_id} not found.")
             checkpoint_id, run_id, step, control, base_run, base_count, base_step, own_messages, own_values = row
             control = control if isinstance(control, dict) else json.loads(control)
+            if "sealed" in control:
+                control = json.loads(self._open(control["sealed"], control_bound_to(self.schema, checkpoint_id)))
             segments = self._lineage(cursor, run_id, control["message_count"], step, (base_run, base_count, base_step))
             parts = []
             for segment_run, first_seq, upto_seq, upto_step in segments[:-1]:
                 cursor.execute(self._segment_sql, {"run": segment_run, "first": first_seq, "upto": upto_seq,
                                                    "step": upto_step})
-                parts.append(cursor.fetchone())
-            parts.append((own_messages, own_values))
+                parts.append((segment_run, first_seq, *cursor.fetchone()))
+            parts.append((run_id, segments[-1][1], own_messages, own_values))
         messages: list[Message] = []
         values: dict[str, Any] = {}
-        for joined, segment_values in parts:  # oldest first: later values override earlier ones
+        for segment_run, first_seq, joined, segment_values in parts:  # oldest first: later values override
             if joined:
-                messages.extend(Message.from_json(m) for m in json.loads(f"[{joined}]"))
+                for seq, item in enumerate(json.loads(f"[{joined}]"), start=first_seq):
+                    if isinstance(item, str):  # sealed
+                        item = json.loads(self._open(item, message_bound_to(self.schema, segment_run, seq)))
+                    messages.append(Message.from_json(item))
             if segment_values:
-                values.update(json.loads(segment_values))
+                for key, (value, value_step, sealed) in json.loads(segment_values).items():
+                    values[key] = value if sealed is None else json.loads(
+                        self._open(sealed, value_bound_to(self.schema, segment_run, value_step, key)))
         state = RunState.from_parts(control=control, messages=tuple(messages), values=values)
         return LoadedCheckpoint(id=checkpoint_id, run_id=run_id, step=step, state=state)
+
+    def _open(self, sealed: str, bound_to: str) -> str:
+        if self.cipher is None:
+            raise PayloadSealed(f"A payload of schema {self.schema} is sealed; give the store the tenant's cipher.")
+        return self.cipher.open_text(sealed, bound_to=bound_to)
 
     def _lineage(self, cursor: Any, run_id: UUID, message_count: int, step: int,
                  base: tuple[Any, int, int]) -> list[tuple[UUID, int, int, int]]:

@@ -1,0 +1,82 @@
+"""The data plane's sealed values: what binds each to its place, the tenant's cipher and checkpoint store,
+and where they are kept (registered with the encryption context for re-sealing at rotation).
+
+Always sealed: MCP servers' credentials, the memory settings' embedding API key. Sealed when the tenant's
+policy encrypts payloads: checkpoint payloads (messages, values, control; see
+runtime/adapters/checkpoints.py) and memories' text (``Memory.sealed_text``; ``text`` is then '').
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.db import connection
+
+from data_plane.runtime.adapters.checkpoints import (
+    PostgresCheckpointStore,
+    control_bound_to,
+    message_bound_to,
+    value_bound_to,
+)
+from encryption.services import SealedLocation, TenantCipher, sealed_location_register, tenant_cipher
+
+
+def mcp_server_bound_to(tenant_schema: str, server_id: UUID | str) -> str:
+    return f"mcp-server:{tenant_schema}:{server_id}"
+
+
+def memory_settings_bound_to(tenant_schema: str) -> str:
+    return f"{tenant_schema}:memory"
+
+
+def memory_text_bound_to(tenant_schema: str, memory_id: UUID | str) -> str:
+    return f"memory-text:{tenant_schema}:{memory_id}"
+
+
+def cipher_for(tenant_schema: str) -> TenantCipher:
+    """The tenant's cipher (kept in the process for a while; see encryption.services)."""
+    return tenant_cipher(tenant_schema=tenant_schema)
+
+
+def checkpoint_store(tenant_schema: str) -> PostgresCheckpointStore:
+    """The tenant's checkpoint store, sealing payloads when its policy says so and opening sealed ones."""
+    return PostgresCheckpointStore(schema=tenant_schema, connection=connection, cipher=cipher_for(tenant_schema))
+
+
+def memory_text_open(*, tenant_schema: str, memory_id: UUID | str, sealed_text: str) -> str:
+    return cipher_for(tenant_schema).open_text(sealed_text, bound_to=memory_text_bound_to(tenant_schema, memory_id))
+
+
+def run_message_open(*, tenant_schema: str, run_id: UUID | str, seq: int, sealed: str) -> str:
+    """A sealed run message's JSON text."""
+    return cipher_for(tenant_schema).open_text(sealed, bound_to=message_bound_to(tenant_schema, run_id, seq))
+
+
+LOCATIONS = (
+    SealedLocation(name="mcp_server.credentials", table="data_plane_mcpserver", key_sql="id",
+                   sealed_sql="sealed_secrets", assign_sql="sealed_secrets = %(sealed)s",
+                   bound_to=lambda schema, key: mcp_server_bound_to(schema, key[0])),
+    SealedLocation(name="memory_settings.embedding_api_key", table="data_plane_memorysettings", key_sql="id",
+                   sealed_sql="embedding_api_key_encrypted", assign_sql="embedding_api_key_encrypted = %(sealed)s",
+                   bound_to=lambda schema, key: memory_settings_bound_to(schema)),
+    SealedLocation(name="memory.text", table="data_plane_memory", key_sql="id", sealed_sql="sealed_text",
+                   assign_sql="sealed_text = %(sealed)s",
+                   bound_to=lambda schema, key: memory_text_bound_to(schema, key[0])),
+    # a sealed message is a JSON string: its text between the quotes (base64 needs no escaping)
+    SealedLocation(name="run_message.message", table="data_plane_runmessage", key_sql="run_id, seq",
+                   sealed_sql="CASE WHEN left(message, 1) = '\"' THEN substr(message, 2, length(message) - 2) END",
+                   assign_sql="message = '\"' || %(sealed)s || '\"'",
+                   bound_to=lambda schema, key: message_bound_to(schema, key[0], key[1])),
+    SealedLocation(name="run_value.value", table="data_plane_runvalue", key_sql="run_id, step, key",
+                   sealed_sql="sealed_value", assign_sql="sealed_value = %(sealed)s",
+                   bound_to=lambda schema, key: value_bound_to(schema, key[0], key[1], key[2])),
+    SealedLocation(name="checkpoint.control", table="data_plane_checkpoint", key_sql="id",
+                   sealed_sql="(control->>'sealed')",
+                   assign_sql="control = jsonb_set(control, '{sealed}', to_jsonb(%(sealed)s::text))",
+                   bound_to=lambda schema, key: control_bound_to(schema, key[0])),
+)
+
+
+def register() -> None:
+    for location in LOCATIONS:
+        sealed_location_register(location)
