@@ -76,6 +76,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, AppError):
         body = problem(status=exc.http_status, code=exc.code, title=exc.title, detail=exc.message, **exc.extra)
         status = exc.http_status
+        headers.update(getattr(exc, "headers", None) or {})  # e.g. Retry-After of a 429
     elif isinstance(exc, RequestDataTooBig):
         status = 413
         body = problem(status=413, code="request_too_large",

@@ -1,0 +1,134 @@
+"""No secrets in logs: a logging filter that redacts credentials from every record, and an exception reporter
+filter that keeps them out of Django's error reports.
+
+What is redacted: our keys (``agp_<lookup id>_<secret>`` and ``agpop_...``: the lookup id stays, to tell keys
+apart, the secret goes), JWTs (stream tokens), ``Bearer``/``Basic`` credentials, values of fields named like
+secrets (``password=``, ``"token": ...``, ``access_token=``, ``api_key``...), passwords in URLs, providers' key
+formats (OpenAI, Stripe, GitHub, Slack, AWS) and PEM private keys. The filter is installed on every handler in
+``settings.LOGGING``; a handler added without it is a leak (a test checks every handler of the process).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from django.views.debug import SafeExceptionReporterFilter
+
+REDACTED = "[REDACTED]"
+
+_SECRET_NAMES = (r"password|passwd|pwd|passphrase|secret|client_secret|api[_-]?key|apikey|access[_-]?token|"
+                 r"refresh[_-]?token|id[_-]?token|token|auth[_-]?token|private[_-]?key|pepper|secrets_key|"
+                 r"session[_-]?id|csrftoken|x-api-key")
+
+_RULES: list[tuple[re.Pattern[str], str]] = [
+    # PEM private keys, whole
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
+     "-----BEGIN PRIVATE KEY-----" + REDACTED + "-----END PRIVATE KEY-----"),
+    # our keys: the lookup id identifies the key and is not secret; the secret goes
+    (re.compile(r"\b(agp(?:op)?_[0-9a-f]{12}_)[A-Za-z0-9]+"), r"\1" + REDACTED),
+    (re.compile(r"\b(agp(?:op)?_)(?![0-9a-f]{12}_\[REDACTED\])[A-Za-z0-9_\-]{4,}"), r"\1" + REDACTED),
+    # JWTs (stream tokens, anyone's id or access tokens)
+    (re.compile(r"\beyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*"), REDACTED),
+    # Authorization header credentials
+    (re.compile(r"\b([Bb]earer|BEARER|Basic|Digest)(\s+)(?!\[REDACTED\]|agp)(?=[A-Za-z._~+/=\-]*\d)"
+                r"[A-Za-z0-9._~+/=\-]{12,}"), r"\1\2" + REDACTED),
+    # passwords in URLs: scheme://user:password@host
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/@'\"]+:)[^\s@/'\"]+@"), r"\1" + REDACTED + "@"),
+    # providers' key formats
+    (re.compile(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_\-]{16,}"), REDACTED),
+    (re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}"), REDACTED),
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/=]{10,}"), REDACTED),
+    (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"), REDACTED),
+    (re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"), REDACTED),
+    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), REDACTED),
+    # name=value, name: value, "name": "value" for names that say secret
+    (re.compile(r"(?i)([\"']?\b(?:" + _SECRET_NAMES + r")\b[\"']?\s*[:=]\s*)([\"']?)(?!\[REDACTED\])"
+                r"[^\s\"'&,;}\]]+"), r"\1\2" + REDACTED),
+]
+_HINT = re.compile(r"(?i)agp|eyJ|bearer|basic|digest|://|sk-|sk_|rk_|pk_|whsec_|gh[pousr]_|xox|AKIA|ASIA|"
+                   r"PRIVATE KEY|" + _SECRET_NAMES)
+
+
+def redact(text: str) -> str:
+    """The text with every credential it holds replaced by [REDACTED]."""
+    if not _HINT.search(text):  # most log lines: one scan, nothing to do
+        return text
+    for pattern, replacement in _RULES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class SecretRedactingFilter(logging.Filter):
+    """Redacts the record's message (after its arguments are merged in), its traceback and its stack."""
+
+    _formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: leave it to the handler's own error path
+            return True
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+class SecretSafeExceptionReporterFilter(SafeExceptionReporterFilter):
+    """Django's error reports (500 logs by mail or a reporter) without credentials: besides the settings and
+    headers Django already hides (names with AUTH, TOKEN, KEY, SECRET, PASS...), the query string, GET and POST
+    values, and frames' local variables go through ``redact``."""
+
+    def get_safe_request_meta(self, request: Any) -> dict[str, Any]:
+        return {name: _redacted(value) for name, value in super().get_safe_request_meta(request).items()}
+
+    def get_post_parameters(self, request: Any) -> Any:
+        parameters = super().get_post_parameters(request)
+        if not hasattr(parameters, "copy"):
+            return parameters
+        cleansed = parameters.copy()
+        for name in list(cleansed.keys()):
+            if self.hidden_settings.search(name):
+                cleansed[name] = self.cleansed_substitute
+            else:
+                cleansed.setlist(name, [_redacted(v) for v in cleansed.getlist(name)]) \
+                    if hasattr(cleansed, "setlist") else cleansed.__setitem__(name, _redacted(cleansed[name]))
+        return cleansed
+
+    def get_traceback_frame_variables(self, request: Any, tb_frame: Any) -> list[tuple[str, Any]]:
+        return [(name, value if value == self.cleansed_substitute else _redacted_repr(value))
+                for name, value in super().get_traceback_frame_variables(request, tb_frame)]
+
+
+def _redacted(value: Any) -> Any:
+    return redact(value) if isinstance(value, str) else value
+
+
+def _redacted_repr(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, (int, float, bool, type(None))):
+        return value
+    try:
+        text = repr(value)
+    except Exception:
+        return value
+    return RedactedRepr(redact(text)) if redact(text) != text else value
+
+
+class RedactedRepr:
+    """A frame variable shown by its redacted repr."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
