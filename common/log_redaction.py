@@ -14,7 +14,7 @@ import logging
 import re
 from typing import Any
 
-from django.views.debug import SafeExceptionReporterFilter
+from django.views.debug import ExceptionReporter, SafeExceptionReporterFilter
 
 REDACTED = "[REDACTED]"
 
@@ -132,3 +132,14 @@ class RedactedRepr:
 
     def __repr__(self) -> str:
         return self.text
+
+
+class SecretSafeExceptionReporter(ExceptionReporter):
+    """Django's error report (the 500 mail, a reporter's text) passed through ``redact`` as a whole: the request's
+    URL with its query string is printed outside the filter's reach."""
+
+    def get_traceback_html(self) -> str:
+        return redact(super().get_traceback_html())
+
+    def get_traceback_text(self) -> str:
+        return redact(super().get_traceback_text())

@@ -5,7 +5,7 @@ Only failures count, so a client using a valid key is never limited by them. Two
 
 - per client address: an address that has failed too often is refused (429) before its credential is even
   checked, so a sprayer costs us one Redis call, not a database lookup and a hash, per attempt;
-- per presented credential id (the public part of a key, ``agp_<lookup id>``, or a stream token's key id):
+- per presented credential id (the public part of a key, ``agp:<lookup id>``, or a stream token's key id):
   a failure past the limit is answered 429 instead of 401, from any address. A correct secret still passes,
   so nobody who merely knows a key's id can lock its owner out.
 

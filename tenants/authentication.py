@@ -76,14 +76,14 @@ def auth_limiter() -> AuthFailureLimiter:
 
 
 def presented_credential_id(presented: str | None) -> str | None:
-    """The public id of a presented credential, to count its failures by: ``agp_<lookup id>`` of a key, or
+    """The public id of a presented credential, to count its failures by: ``agp:<lookup id>`` of a key, or
     ``stream:<key id>`` of a stream token (its unverified subject); None for anything else. Never the secret."""
     if not presented:
         return None
     token = presented.partition(" ")[2].strip() if presented.lower().startswith("bearer ") else presented.strip()
     parsed = parse_key(token)
     if parsed is not None:
-        return f"{parsed.prefix}_{parsed.lookup_id}"
+        return f"{parsed.prefix}:{parsed.lookup_id}"
     try:
         subject = jwt.decode(token, options={"verify_signature": False}).get("sub")
     except jwt.PyJWTError:

@@ -303,6 +303,7 @@ AUTH_RATE_LIMIT_PER_CREDENTIAL = env.string("AUTH_RATE_LIMIT_PER_CREDENTIAL", "1
 RATE_LIMIT_REDIS_URL = env.string("RATE_LIMIT_REDIS_URL", CHANNEL_LAYER_REDIS_URL)
 RATE_LIMIT_KEY_PREFIX = env.string("RATE_LIMIT_KEY_PREFIX", "agentplane-ratelimit")
 # No secrets in logs: every handler redacts keys, tokens and passwords; error reports hide credentials.
+DEFAULT_EXCEPTION_REPORTER = "common.log_redaction.SecretSafeExceptionReporter"
 DEFAULT_EXCEPTION_REPORTER_FILTER = "common.log_redaction.SecretSafeExceptionReporterFilter"
 LOGGING["filters"] = {"redact_secrets": {"()": "common.log_redaction.SecretRedactingFilter"}}
 LOGGING["handlers"]["console"]["filters"] = ["redact_secrets"]
