@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import daphne.server  # noqa: F401  (installs the asyncio reactor; it must come before any other Twisted import)
-from daphne.http_protocol import HTTPFactory, WebRequest
-from daphne.server import Server
+from daphne.server import Server  # installs the asyncio reactor: it must come before any other Twisted import
+from daphne.http_protocol import HTTPFactory, WebRequest  # noqa: I001
 from twisted.internet import reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 
