@@ -4,13 +4,17 @@ filter that keeps them out of Django's error reports.
 What is redacted: our keys (``agp_<lookup id>_<secret>`` and ``agpop_...``: the lookup id stays, to tell keys
 apart, the secret goes), JWTs (stream tokens), ``Bearer``/``Basic`` credentials, values of fields named like
 secrets (``password=``, ``"token": ...``, ``access_token=``, ``api_key``...), passwords in URLs, providers' key
-formats (OpenAI, Stripe, GitHub, Slack, AWS) and PEM private keys. The filter is installed on every handler in
-``settings.LOGGING``; a handler added without it is a leak (a test checks every handler of the process).
+formats (OpenAI, Stripe, GitHub, Slack, AWS) and PEM private keys.
+
+Two layers: ``configure_logging`` (Django's ``LOGGING_CONFIG``) makes every log record of the process redacted
+as it is created, so handlers that libraries add on their own (litellm's writes straight to stdout) redact too;
+and ``SecretRedactingFilter`` on the handlers of ``settings.LOGGING``, for a record made before that.
 """
 
 from __future__ import annotations
 
 import logging
+import logging.config
 import re
 from typing import Any
 
@@ -60,26 +64,56 @@ def redact(text: str) -> str:
     return text
 
 
-class SecretRedactingFilter(logging.Filter):
-    """Redacts the record's message (after its arguments are merged in), its traceback and its stack."""
+_FORMATTER = logging.Formatter()
 
-    _formatter = logging.Formatter()
+
+def redact_record(record: logging.LogRecord) -> None:
+    """Redact the record's message (after its arguments are merged in), its traceback and its stack, in place."""
+    if getattr(record, "secrets_redacted", False):
+        return
+    record.secrets_redacted = True
+    try:
+        message = record.getMessage()
+    except Exception:  # a broken format string: leave it to the handler's own error path
+        return
+    redacted = redact(message)
+    if redacted != message:
+        record.msg, record.args = redacted, None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = _FORMATTER.formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+
+
+class SecretRedactingFilter(logging.Filter):
+    """Redacts every record that reaches the handler it is on (see ``redact_record``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken format string: leave it to the handler's own error path
-            return True
-        redacted = redact(message)
-        if redacted != message:
-            record.msg, record.args = redacted, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self._formatter.formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+        redact_record(record)
         return True
+
+
+def install_record_redaction() -> None:
+    """Make every log record of the process redacted when it is created, whatever handler gets it."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "redacts_secrets", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        redact_record(record)
+        return record
+
+    factory.redacts_secrets = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+def configure_logging(logging_settings: dict[str, Any]) -> None:
+    """Django's LOGGING_CONFIG: settings.LOGGING, then record redaction for the whole process."""
+    logging.config.dictConfig(logging_settings)
+    install_record_redaction()
 
 
 class SecretSafeExceptionReporterFilter(SafeExceptionReporterFilter):

@@ -64,19 +64,20 @@ class AuthFailureLimiter:
         self._key_prefix = key_prefix
 
     def check(self, *, address: str | None) -> None:
-        """Refuse an address that has failed too often. Raises AuthRateLimited."""
+        """Refuse an address that has failed too often. Raises AuthRateLimited. One Redis call (the address's
+        block marker, set when its window filled), so valid requests pay next to nothing."""
         if not address:
             return
         try:
-            if self._windows.test(self.per_address, "address", address):
-                return
-            retry_after = self._retry_after(self.per_address, "address", address)
-        except (redis.RedisError, StorageError) as error:
+            retry_after = self._redis.ttl(self._marker("address", address))
+        except redis.RedisError as error:
             logger.warning("Authentication rate limiting is off for this request: Redis failed (%s).",
                            type(error).__name__)
             return
-        raise AuthRateLimited(f"Too many failed authentications from {address}; retry in {retry_after} s with a "
-                              "valid credential.", retry_after=retry_after)
+        if retry_after is None or retry_after < 0:  # no marker (-2), or one without expiry (never set so)
+            return
+        raise AuthRateLimited(f"Too many failed authentications from {address}; retry in {max(1, retry_after)} s "
+                              "with a valid credential.", retry_after=max(1, retry_after))
 
     def record_failure(self, *, address: str | None, credential_id: str | None) -> None:
         """Count one failed authentication. Raises AuthRateLimited when it goes past a limit."""
@@ -85,7 +86,7 @@ class AuthFailureLimiter:
                                             (self.per_credential, "credential", credential_id)):
                 if identifier and not self._windows.hit(limit, kind, identifier):
                     retry_after = self._retry_after(limit, kind, identifier)
-                    self._log_trip(kind=kind, identifier=identifier, limit=str(limit), address=address,
+                    self._trip(kind=kind, identifier=identifier, limit=str(limit), address=address,
                                    credential_id=credential_id, retry_after=retry_after)
                     what = f"from {address}" if kind == "address" else f"for credential {identifier}"
                     raise AuthRateLimited(f"Too many failed authentications {what}; retry in {retry_after} s "
@@ -111,18 +112,23 @@ class AuthFailureLimiter:
         """Forget the failures of an address or a credential (an operator unblocking a client)."""
         if address:
             self._windows.clear(self.per_address, "address", address)
+            self._redis.delete(self._marker("address", address))
         if credential_id:
             self._windows.clear(self.per_credential, "credential", credential_id)
+            self._redis.delete(self._marker("credential", credential_id))
 
     def _retry_after(self, limit, kind: str, identifier: str) -> int:  # type: ignore[no-untyped-def]
         stats = self._windows.get_window_stats(limit, kind, identifier)
         return max(1, math.ceil(stats.reset_time - time.time()))
 
-    def _log_trip(self, *, kind: str, identifier: str, limit: str, address: str | None, credential_id: str | None,
-                  retry_after: int) -> None:
-        # once per window and identifier: an attack must not flood the logs as well
-        marker = f"{self._key_prefix}/tripped/{kind}/{identifier}"
-        if self._redis.set(marker, b"1", nx=True, ex=retry_after):
+    def _marker(self, kind: str, identifier: str) -> str:
+        return f"{self._key_prefix}/tripped/{kind}/{identifier}"
+
+    def _trip(self, *, kind: str, identifier: str, limit: str, address: str | None, credential_id: str | None,
+              retry_after: int) -> None:
+        """Mark the identifier blocked until its window has room again (``check`` reads the address's mark) and log
+        it, once per window: an attack must not flood the logs as well."""
+        if self._redis.set(self._marker(kind, identifier), b"1", nx=True, ex=retry_after):
             logger.warning("Authentication rate limit tripped (%s %s): limit %s, client address %s, credential %s; "
                            "refusing further failures for %s s.", kind, identifier, limit, address or "-",
                            credential_id or "-", retry_after)

@@ -54,17 +54,30 @@ def test_ordinary_messages_are_left_alone(text):
     assert redact(text) == text
 
 
-def test_every_handler_of_the_process_redacts():
-    # given: the process's logging as settings.LOGGING configured it
-    loggers = [logging.getLogger()] + [logger for logger in logging.Logger.manager.loggerDict.values()
-                                       if isinstance(logger, logging.Logger)]
-    handlers = {handler for logger in loggers for handler in logger.handlers
-                if not type(handler).__module__.startswith("_pytest")  # pytest's own capture handlers
-                and not isinstance(handler, logging.NullHandler)}
+def test_our_handlers_redact_and_so_does_any_other_handler():
+    # given: the handlers settings.LOGGING configured carry the filter
+    for handler in logging.getLogger().handlers:
+        if not type(handler).__module__.startswith("_pytest"):  # pytest's own capture handlers
+            assert any(isinstance(f, SecretRedactingFilter) for f in handler.filters), f"{handler!r} does not redact"
+    # and a handler a library adds on its own (like litellm's, which writes straight to stdout), without a filter
+    stream = io.StringIO()
+    library_logger = logging.getLogger("some_library")
+    library_logger.addHandler(handler := logging.StreamHandler(stream))
+    library_logger.propagate = False
+    try:
+        # when
+        library_logger.warning("retrying with api_key=%s and %s", "sk-proj-abcdefghijklmnop1234", KEY)
+        try:
+            raise RuntimeError(f"rejected {JWT}")
+        except RuntimeError:
+            library_logger.exception("call failed")
+    finally:
+        library_logger.removeHandler(handler)
     # then
-    assert handlers
-    for handler in handlers:
-        assert any(isinstance(f, SecretRedactingFilter) for f in handler.filters), f"{handler!r} does not redact"
+    output = stream.getvalue()
+    assert "retrying with api_key=[REDACTED] and agp_0123456789ab_[REDACTED]" in output
+    assert "RuntimeError: rejected [REDACTED]" in output
+    assert "abcdefghijklmnop1234" not in output and JWT not in output and KEY not in output
 
 
 @pytest.fixture

@@ -302,7 +302,9 @@ AUTH_RATE_LIMIT_PER_ADDRESS = env.string("AUTH_RATE_LIMIT_PER_ADDRESS", "30/minu
 AUTH_RATE_LIMIT_PER_CREDENTIAL = env.string("AUTH_RATE_LIMIT_PER_CREDENTIAL", "10/minute")
 RATE_LIMIT_REDIS_URL = env.string("RATE_LIMIT_REDIS_URL", CHANNEL_LAYER_REDIS_URL)
 RATE_LIMIT_KEY_PREFIX = env.string("RATE_LIMIT_KEY_PREFIX", "agentplane-ratelimit")
-# No secrets in logs: every handler redacts keys, tokens and passwords; error reports hide credentials.
+# No secrets in logs: every record is redacted (keys, tokens, passwords) whatever handler gets it, and every
+# handler of ours filters too; error reports hide credentials.
+LOGGING_CONFIG = "common.log_redaction.configure_logging"
 DEFAULT_EXCEPTION_REPORTER = "common.log_redaction.SecretSafeExceptionReporter"
 DEFAULT_EXCEPTION_REPORTER_FILTER = "common.log_redaction.SecretSafeExceptionReporterFilter"
 LOGGING["filters"] = {"redact_secrets": {"()": "common.log_redaction.SecretRedactingFilter"}}
