@@ -26,41 +26,45 @@ _SECRET_NAMES = (r"password|passwd|pwd|passphrase|secret|client_secret|api[_-]?k
                  r"refresh[_-]?token|id[_-]?token|token|auth[_-]?token|private[_-]?key|pepper|secrets_key|"
                  r"session[_-]?id|csrftoken|x-api-key")
 
-_RULES: list[tuple[re.Pattern[str], str]] = [
+_RULES: list[tuple[tuple[str, ...], re.Pattern[str], str]] = [
     # PEM private keys, whole
-    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
+    (("private key",), re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
      "-----BEGIN PRIVATE KEY-----" + REDACTED + "-----END PRIVATE KEY-----"),
     # our keys: the lookup id identifies the key and is not secret; the secret goes
-    (re.compile(r"\b(agp(?:op)?_[0-9a-f]{12}_)[A-Za-z0-9]+"), r"\1" + REDACTED),
-    (re.compile(r"\b(agp(?:op)?_)(?![0-9a-f]{12}_\[REDACTED\])[A-Za-z0-9_\-]{4,}"), r"\1" + REDACTED),
+    (("agp",), re.compile(r"\b(agp(?:op)?_[0-9a-f]{12}_)[A-Za-z0-9]+"), r"\1" + REDACTED),
+    (("agp",), re.compile(r"\b(agp(?:op)?_)(?![0-9a-f]{12}_\[REDACTED\])[A-Za-z0-9_\-]{4,}"), r"\1" + REDACTED),
     # JWTs (stream tokens, anyone's id or access tokens)
-    (re.compile(r"\beyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*"), REDACTED),
+    (("eyj",), re.compile(r"\beyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*"), REDACTED),
     # Authorization header credentials
-    (re.compile(r"\b([Bb]earer|BEARER|Basic|Digest)(\s+)(?!\[REDACTED\]|agp)(?=[A-Za-z._~+/=\-]*\d)"
+    (("bearer", "basic", "digest"), re.compile(r"\b([Bb]earer|BEARER|Basic|Digest)(\s+)(?!\[REDACTED\]|agp)(?=[A-Za-z._~+/=\-]*\d)"
                 r"[A-Za-z0-9._~+/=\-]{12,}"), r"\1\2" + REDACTED),
     # passwords in URLs: scheme://user:password@host
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/@'\"]+:)[^\s@/'\"]+@"), r"\1" + REDACTED + "@"),
+    (("://",), re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/@'\"]+:)[^\s@/'\"]+@"), r"\1" + REDACTED + "@"),
     # providers' key formats
-    (re.compile(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_\-]{16,}"), REDACTED),
-    (re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}"), REDACTED),
-    (re.compile(r"\bwhsec_[A-Za-z0-9+/=]{10,}"), REDACTED),
-    (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"), REDACTED),
-    (re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"), REDACTED),
-    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), REDACTED),
+    (("sk-",), re.compile(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_\-]{16,}"), REDACTED),
+    (("sk_", "rk_", "pk_"), re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}"), REDACTED),
+    (("whsec_",), re.compile(r"\bwhsec_[A-Za-z0-9+/=]{10,}"), REDACTED),
+    (("gh",), re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"), REDACTED),
+    (("xox",), re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"), REDACTED),
+    (("akia", "asia"), re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), REDACTED),
     # name=value, name: value, "name": "value" for names that say secret
-    (re.compile(r"(?i)([\"']?\b(?:" + _SECRET_NAMES + r")\b[\"']?\s*[:=]\s*)([\"']?)(?!\[REDACTED\])"
+    (("pass", "pwd", "secret", "key", "token", "pepper", "session", "csrf"), re.compile(r"(?i)([\"']?\b(?:" + _SECRET_NAMES + r")\b[\"']?\s*[:=]\s*)([\"']?)(?!\[REDACTED\])"
                 r"[^\s\"'&,;}\]]+"), r"\1\2" + REDACTED),
 ]
-_HINT = re.compile(r"(?i)agp|eyJ|bearer|basic|digest|://|sk-|sk_|rk_|pk_|whsec_|gh[pousr]_|xox|AKIA|ASIA|"
-                   r"PRIVATE KEY|" + _SECRET_NAMES)
+# Plain substrings (of the lowercased text) that every rule's match contains: a line with none of them is
+# returned at once (a case-insensitive regex alternation of these took ~100 µs a line; this takes ~3 µs).
+_HINTS = ("agp", "eyj", "bearer", "basic", "digest", "://", "sk-", "sk_", "rk_", "pk_", "whsec_", "gh", "xox",
+          "akia", "asia", "private key", "pass", "pwd", "secret", "key", "token", "pepper", "session", "csrf")
 
 
 def redact(text: str) -> str:
     """The text with every credential it holds replaced by [REDACTED]."""
-    if not _HINT.search(text):  # most log lines: one scan, nothing to do
+    lowered = text.lower()
+    if not any(hint in lowered for hint in _HINTS):  # most log lines: nothing to do
         return text
-    for pattern, replacement in _RULES:
-        text = pattern.sub(replacement, text)
+    for rule_hints, pattern, replacement in _RULES:
+        if any(hint in lowered for hint in rule_hints):
+            text = pattern.sub(replacement, text)
     return text
 
 
