@@ -10,6 +10,8 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_asgi_app = get_asgi_application()
 
+from common.http_hardening import BodySizeLimitMiddleware, SecurityHeadersMiddleware  # noqa: E402
+from control_plane.hardening import body_limits, security_header_settings  # noqa: E402
 from data_plane.mcp_server import PATH as MCP_PATH, McpEndpoint  # noqa: E402
 from data_plane.routing import websocket_urlpatterns  # noqa: E402
 from tenants.asgi import ApiKeyAuthMiddleware  # noqa: E402
@@ -28,6 +30,8 @@ async def http(scope, receive, send):  # type: ignore[no-untyped-def]
 
 
 application = ProtocolTypeRouter({
-    "http": http,
+    # body limits and security headers on every HTTP response, Django's and the MCP endpoint's
+    "http": SecurityHeadersMiddleware(BodySizeLimitMiddleware(http, limits=body_limits()),
+                                      settings=security_header_settings()),
     "websocket": AllowedHostsOriginValidator(ApiKeyAuthMiddleware(URLRouter(websocket_urlpatterns))),
 })

@@ -1,5 +1,5 @@
 from django.urls import include, path
-from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from control_plane import health
 from control_plane.audit.apis import AuditChainVerifyApi, AuditEventExportApi, AuditEventListApi
@@ -14,7 +14,7 @@ api_v1 = [
     path("audit-events/verify", AuditChainVerifyApi.as_view(), name="audit-events-verify"),
     path("audit-events/export", AuditEventExportApi.as_view(), name="audit-events-export"),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi-schema"),
-    path("docs", SpectacularSwaggerView.as_view(url_name="openapi-schema"), name="api-docs"),
+    path("docs", SpectacularSwaggerSplitView.as_view(url_name="openapi-schema"), name="api-docs"),
     path("redoc", SpectacularRedocView.as_view(url_name="openapi-schema"), name="api-redoc"),
 ]
 

@@ -16,6 +16,7 @@ from uuid import UUID
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 from django.db import close_old_connections
 from django_tenants.utils import schema_context
 
@@ -33,7 +34,25 @@ def _ping_state(tenant_schema: str, ping_id: UUID) -> dict[str, Any]:
         return ping_data(selectors.ping_get(tenant_schema=tenant_schema, ping_id=ping_id))
 
 
-class PingEventsConsumer(AsyncJsonWebsocketConsumer):
+class MessageSizeLimit:
+    """Refuses a client message larger than WEBSOCKET_MAX_MESSAGE_BYTES before decoding it: an error frame
+    naming the limit, then close 4413."""
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        limit = settings.WEBSOCKET_MAX_MESSAGE_BYTES
+        text, data = message.get("text"), message.get("bytes")
+        size = len(data) if data is not None else len(text.encode()) if len(text or "") * 4 > limit else 0
+        if size > limit:
+            await self.send_json({"type": "error", "code": "message_too_large", "status": 413,  # type: ignore[attr-defined]
+                                  "message": f"This message is {size} bytes; messages on this socket may be at most "
+                                             f"{limit} bytes. Send a shorter one (upload files with "
+                                             "POST /v1/attachments and send their ids)."})
+            await self.close(code=4413)  # type: ignore[attr-defined]
+            return
+        await super().websocket_receive(message)  # type: ignore[misc]
+
+
+class PingEventsConsumer(MessageSizeLimit, AsyncJsonWebsocketConsumer):
     """``/v1/pings/<id>/events``: the ping's state now, then when it changes; closes once completed."""
 
     required_scope = "pings:read"
@@ -149,7 +168,7 @@ def _approval_of(tenant_schema: str, run_id: UUID, approval_id: Any) -> UUID:
     return pending[0].id
 
 
-class RunStreamConsumer(AsyncJsonWebsocketConsumer):
+class RunStreamConsumer(MessageSizeLimit, AsyncJsonWebsocketConsumer):
     """``/v1/runs/<id>/stream``: the run's events from the cursor on (``?after=<id>`` or a ``Last-Event-ID``
     header), live; and control messages (pause, resume, cancel, message, approve, reject), each acknowledged
     (``ack``) or answered with an ``error`` naming the message's ``id``."""

@@ -34,7 +34,7 @@ from control_plane.audit.services import audit_event_record
 from data_plane import selectors, services
 from data_plane.runtime.core.messages import ToolCall, ToolResult
 from data_plane.tools import BUILTIN_TOOLS, BuiltinToolRunner
-from tenants.asgi import header, stream_principal
+from tenants.asgi import client_address, header, stream_principal
 
 PATH = "/v1/mcp"
 TOOL_PREFIX = "agent__"
@@ -209,7 +209,7 @@ class McpEndpoint:
             self._running = asyncio.create_task(self._run_session_manager())
         await self._ready.wait()
         caller = await database_sync_to_async(stream_principal)(authorization=header(scope, b"authorization"),
-                                                                access_token=None)
+                                                                access_token=None, address=client_address(scope))
         error = caller.get("auth_error")
         if error is None and caller["allowed_run_id"] is not None:
             error = {"status": 403, "code": "api_key_required", "message": "The MCP endpoint takes an API key, not "
@@ -218,7 +218,8 @@ class McpEndpoint:
             body = json.dumps(problem(status=error["status"], code=error["code"], detail=error["message"])).encode()
             await send({"type": "http.response.start", "status": error["status"], "headers": [
                 (b"content-type", b"application/problem+json"),
-                (b"www-authenticate", b'Bearer realm="agentplane"')]})
+                (b"www-authenticate", b'Bearer realm="agentplane"'),
+                *([(b"retry-after", str(error["retry_after"]).encode())] if error.get("retry_after") else [])]})
             await send({"type": "http.response.body", "body": body})
             return
         token = _CALLER.set(caller)

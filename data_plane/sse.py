@@ -31,10 +31,14 @@ def _frame(item: dict[str, Any]) -> str:
 @require_GET
 async def run_stream(request: HttpRequest, run_id: UUID) -> HttpResponse:
     principal = await sync_to_async(stream_principal)(authorization=request.headers.get("Authorization"),
-                                                      access_token=request.GET.get("access_token"))
+                                                      access_token=request.GET.get("access_token"),
+                                                      address=request.META.get("REMOTE_ADDR"))
     if "auth_error" in principal:
         error = principal["auth_error"]
-        return json_problem(error["status"], error["code"], error["message"])
+        response = json_problem(error["status"], error["code"], error["message"])
+        if error.get("retry_after"):
+            response["Retry-After"] = str(error["retry_after"])
+        return response
     host_tenant = getattr(request, "tenant", None)
     if host_tenant is not None and host_tenant.schema_name not in ("public", principal["tenant_schema"]):
         return json_problem(403, "credential_tenant_mismatch", "This credential belongs to a different tenant than "

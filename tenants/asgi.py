@@ -20,7 +20,7 @@ from django.db import close_old_connections, connection
 from common.actors import Actor
 from common.errors import AppError
 from tenants import services
-from tenants.authentication import parse_bearer
+from tenants.authentication import auth_limiter, parse_bearer, presented_credential_id
 from tenants.errors import InvalidCredentials
 
 
@@ -38,33 +38,47 @@ def query_token(query_string: bytes | str) -> str | None:
     return values[-1] if values else None
 
 
-def stream_principal(*, authorization: str | None, access_token: str | None) -> dict[str, Any]:
+def client_address(scope: dict[str, Any]) -> str | None:
+    """The client's address of an ASGI scope (the proxy's unless the server trusts forwarded headers)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def stream_principal(*, authorization: str | None, access_token: str | None,
+                     address: str | None = None) -> dict[str, Any]:
     """What a stream's scope carries about its caller: tenant, schema, key, scopes, actor and the run the
     credential is limited to (None: any run of the tenant); or ``auth_error`` (code, message, status).
     Runs sync (database reads); leaves the connection on the public schema."""
     close_old_connections()
     connection.set_schema_to_public()
     try:
-        token = parse_bearer(authorization)
-        if token is None and access_token:
-            if access_token.startswith("agp_"):
-                raise InvalidCredentials("Never put an API key in a URL: send it in the Authorization header, or "
-                                         "get a stream token from POST /v1/runs/{id}/stream-token for the query.")
-            token = access_token
-        if token is None:
-            raise InvalidCredentials("Send your API key as 'Authorization: Bearer <key>' in the handshake, or a "
-                                     "stream token as ?access_token=<token>.")
-        if token.startswith("agp_"):
-            key = services.api_key_authenticate(raw=token)
-            tenant, key_id, scopes, run_id = key.tenant, str(key.id), frozenset(key.scopes), None
-        else:
-            grant = services.stream_token_authenticate(raw=token)
-            tenant, key_id, scopes, run_id = grant.tenant, grant.key_id, grant.scopes, grant.run_id
-        return {"tenant": tenant, "tenant_schema": tenant.schema_name, "tenant_id": str(tenant.id),
-                "api_key_id": key_id, "scopes": scopes, "actor": Actor(kind="api_key", id=key_id),
-                "allowed_run_id": run_id}
+        with auth_limiter().attempt(address=address,
+                                    credential_id=presented_credential_id(authorization or access_token)):
+            return _principal(authorization=authorization, access_token=access_token)
     except AppError as error:
-        return {"auth_error": {"code": error.code, "message": error.message, "status": error.http_status}}
+        return {"auth_error": {"code": error.code, "message": error.message, "status": error.http_status,
+                               **({"retry_after": error.extra["retry_after"]} if "retry_after" in error.extra else {})}}
+
+
+def _principal(*, authorization: str | None, access_token: str | None) -> dict[str, Any]:
+    token = parse_bearer(authorization)
+    if token is None and access_token:
+        if access_token.startswith("agp_"):
+            raise InvalidCredentials("Never put an API key in a URL: send it in the Authorization header, or "
+                                     "get a stream token from POST /v1/runs/{id}/stream-token for the query.")
+        token = access_token
+    if token is None:
+        raise InvalidCredentials("Send your API key as 'Authorization: Bearer <key>' in the handshake, or a "
+                                 "stream token as ?access_token=<token>.")
+    if token.startswith("agp_"):
+        key = services.api_key_authenticate(raw=token)
+        tenant, key_id, scopes, run_id = key.tenant, str(key.id), frozenset(key.scopes), None
+    else:
+        grant = services.stream_token_authenticate(raw=token)
+        tenant, key_id, scopes, run_id = grant.tenant, grant.key_id, grant.scopes, grant.run_id
+    return {"tenant": tenant, "tenant_schema": tenant.schema_name, "tenant_id": str(tenant.id),
+            "api_key_id": key_id, "scopes": scopes, "actor": Actor(kind="api_key", id=key_id),
+            "allowed_run_id": run_id}
 
 
 class ApiKeyAuthMiddleware:
@@ -73,5 +87,6 @@ class ApiKeyAuthMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         resolved = await database_sync_to_async(stream_principal)(
-            authorization=header(scope, b"authorization"), access_token=query_token(scope.get("query_string", b"")))
+            authorization=header(scope, b"authorization"), access_token=query_token(scope.get("query_string", b"")),
+            address=client_address(scope))
         return await self.inner({**scope, **resolved}, receive, send)

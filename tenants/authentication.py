@@ -10,12 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import jwt
+from django.conf import settings
 from django.db import connection
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
 from common.actors import Actor
+from common.keys import parse_key
+from common.rate_limits import AuthFailureLimiter, auth_failure_limiter
 from tenants import services
 from tenants.errors import CredentialTenantMismatch, InvalidCredentials
 from tenants.models import ApiKey, OperatorKey, Tenant
@@ -68,14 +72,40 @@ def bearer_token(request: Request) -> str | None:
     return parse_bearer(get_authorization_header(request).decode("latin-1"))
 
 
+def auth_limiter() -> AuthFailureLimiter:
+    """The limiter of failed authentications (AUTH_RATE_LIMIT_* settings); for every credential check,
+    and for future login or OAuth endpoints."""
+    return auth_failure_limiter(per_address=settings.AUTH_RATE_LIMIT_PER_ADDRESS,
+                                per_credential=settings.AUTH_RATE_LIMIT_PER_CREDENTIAL,
+                                redis_url=settings.RATE_LIMIT_REDIS_URL, key_prefix=settings.RATE_LIMIT_KEY_PREFIX)
+
+
+def presented_credential_id(presented: str | None) -> str | None:
+    """The public id of a presented credential, to count its failures by: ``agp:<lookup id>`` of a key, or
+    ``stream:<key id>`` of a stream token (its unverified subject); None for anything else. Never the secret."""
+    if not presented:
+        return None
+    token = presented.partition(" ")[2].strip() if presented.lower().startswith("bearer ") else presented.strip()
+    parsed = parse_key(token)
+    if parsed is not None:
+        return f"{parsed.prefix}:{parsed.lookup_id}"
+    try:
+        subject = jwt.decode(token, options={"verify_signature": False}).get("sub")
+    except jwt.PyJWTError:
+        return None
+    return f"stream:{str(subject)[:64]}" if subject else None
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     """Authenticates a tenant API key and enters the key's tenant schema."""
 
     def authenticate(self, request: Request) -> tuple[TenantPrincipal, ApiKey] | None:
-        token = bearer_token(request)
-        if token is None:
+        presented = get_authorization_header(request).decode("latin-1")
+        if not presented:
             return None
-        key = services.api_key_authenticate(raw=token)
+        with auth_limiter().attempt(address=request.META.get("REMOTE_ADDR"),
+                                    credential_id=presented_credential_id(presented)):
+            key = services.api_key_authenticate(raw=parse_bearer(presented) or "")
         host_tenant = getattr(request._request, "tenant", None)
         if host_tenant is not None and host_tenant.schema_name != "public" and host_tenant.pk != key.tenant_id:
             raise CredentialTenantMismatch("This key belongs to a different tenant than this hostname.")
@@ -93,10 +123,12 @@ class OperatorKeyAuthentication(BaseAuthentication):
     """Authenticates a platform operator key; stays in the public schema."""
 
     def authenticate(self, request: Request) -> tuple[OperatorPrincipal, OperatorKey] | None:
-        token = bearer_token(request)
-        if token is None:
+        presented = get_authorization_header(request).decode("latin-1")
+        if not presented:
             return None
-        key = services.operator_key_authenticate(raw=token)
+        with auth_limiter().attempt(address=request.META.get("REMOTE_ADDR"),
+                                    credential_id=presented_credential_id(presented)):
+            key = services.operator_key_authenticate(raw=parse_bearer(presented) or "")
         connection.set_schema_to_public()
         return OperatorPrincipal(key_id=str(key.id), name=key.name), key
 

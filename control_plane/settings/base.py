@@ -342,3 +342,49 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "INFO"}, "httpx": {"level": "WARNING"},
                 "httpx2": {"level": "WARNING"}},
 }
+
+# --- Transport and request hardening (docs/security-transport.md) ---------------------------------------
+# TLS served by `python -m control_plane.serve` (TLS 1.3 only): a PEM certificate chain and its key.
+TLS_CERT_FILE = env.string("TLS_CERT_FILE", "")
+TLS_KEY_FILE = env.string("TLS_KEY_FILE", "")
+if bool(TLS_CERT_FILE) != bool(TLS_KEY_FILE):
+    raise ImproperlyConfigured("Set both TLS_CERT_FILE and TLS_KEY_FILE (PEM files) to serve TLS, or neither.")
+# Behind a TLS-terminating proxy: trust its X-Forwarded-Proto (only if the proxy always sets or strips it).
+TRUST_X_FORWARDED_PROTO = env.boolean("TRUST_X_FORWARDED_PROTO", False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRUST_X_FORWARDED_PROTO else None
+_served_over_tls = bool(TLS_CERT_FILE) or TRUST_X_FORWARDED_PROTO or AGENTPLANE_ENV == "production"
+SECURE_SSL_REDIRECT = env.boolean("SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]  # probes speak plain HTTP inside the cluster
+SECURE_HSTS_SECONDS = env.integer("SECURE_HSTS_SECONDS", 31536000 if _served_over_tls else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.boolean("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env.boolean("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.boolean("SECURE_COOKIES", _served_over_tls)
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "no-referrer"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# Request bodies: MAX_REQUEST_BYTES (above) for the JSON API; uploads (POST /v1/attachments) may carry the
+# largest attachment plus the multipart envelope.
+MAX_UPLOAD_REQUEST_BYTES = env.integer(
+    "MAX_UPLOAD_REQUEST_BYTES", max(ATTACHMENT_MAX_IMAGE_BYTES, ATTACHMENT_MAX_AUDIO_BYTES) + 1024 * 1024)
+# The largest websocket message a client may send (a run's control messages); larger: error frame, close 4413.
+WEBSOCKET_MAX_MESSAGE_BYTES = env.integer("WEBSOCKET_MAX_MESSAGE_BYTES", 1024 * 1024)
+# Failed authentications allowed per client address and per presented key id (limits' syntax: N/second,
+# N/minute, N/hour, "N per 5 minutes"), counted in Redis; past them 429 with Retry-After.
+AUTH_RATE_LIMIT_PER_ADDRESS = env.string("AUTH_RATE_LIMIT_PER_ADDRESS", "30/minute")
+AUTH_RATE_LIMIT_PER_CREDENTIAL = env.string("AUTH_RATE_LIMIT_PER_CREDENTIAL", "10/minute")
+RATE_LIMIT_REDIS_URL = env.string("RATE_LIMIT_REDIS_URL", CHANNEL_LAYER_REDIS_URL)
+RATE_LIMIT_KEY_PREFIX = env.string("RATE_LIMIT_KEY_PREFIX", "agentplane-ratelimit")
+# No secrets in logs: every record is redacted (keys, tokens, passwords) whatever handler gets it, and every
+# handler of ours filters too; error reports hide credentials.
+LOGGING_CONFIG = "common.log_redaction.configure_logging"
+DEFAULT_EXCEPTION_REPORTER = "common.log_redaction.SecretSafeExceptionReporter"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "common.log_redaction.SecretSafeExceptionReporterFilter"
+LOGGING["filters"] = {"redact_secrets": {"()": "common.log_redaction.SecretRedactingFilter"}}
+LOGGING["handlers"]["console"]["filters"] = ["redact_secrets"]
+LOGGING["loggers"]["daphne.access"] = {"level": env.string("ACCESS_LOG_LEVEL", "INFO")}
+# Django's own default handlers (mail_admins, a DEBUG console) would bypass the filter: django logs go to ours.
+LOGGING["loggers"].update({"django": {"handlers": [], "propagate": True},
+                           "django.server": {"handlers": [], "propagate": True}})

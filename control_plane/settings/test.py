@@ -41,3 +41,10 @@ ATTACHMENT_STORAGE_ROOT = env.string("ATTACHMENT_STORAGE_ROOT", str(BASE_DIR / "
 # The local model server's scenarios named vision-* take images, omni-* images and audio.
 LLM_IMAGE_MODELS = env.string_list("LLM_IMAGE_MODELS", ["openai/vision-*", "openai/omni-*"])
 LLM_AUDIO_MODELS = env.string_list("LLM_AUDIO_MODELS", ["openai/omni-*"])
+
+# Failed authentications are counted in the tests' Redis database, under this checkout's names; the suite
+# fails many authentications on purpose from one address, so only the limiter's own tests set low limits.
+RATE_LIMIT_REDIS_URL = env.string("RATE_LIMIT_REDIS_URL", CHANNEL_LAYER_REDIS_URL)
+RATE_LIMIT_KEY_PREFIX = f"agentplane-test-{CHECKOUT_ID}-ratelimit"
+AUTH_RATE_LIMIT_PER_ADDRESS = env.string("AUTH_RATE_LIMIT_PER_ADDRESS", "100000/minute")
+AUTH_RATE_LIMIT_PER_CREDENTIAL = env.string("AUTH_RATE_LIMIT_PER_CREDENTIAL", "100000/minute")
