@@ -263,12 +263,7 @@ LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = env.string("LOGIN_REDIRECT_URL", "/accounts/signed-in/")
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 SESSION_COOKIE_AGE = env.integer("SESSION_COOKIE_AGE", 12 * 3600)
-SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_SAMESITE = "Lax"
-CSRF_COOKIE_SAMESITE = "Lax"
-# Secure cookies (sent over TLS only): on by default in production, settable for any environment.
-SESSION_COOKIE_SECURE = env.boolean("SESSION_COOKIE_SECURE", AGENTPLANE_ENV == "production")
-CSRF_COOKIE_SECURE = env.boolean("CSRF_COOKIE_SECURE", AGENTPLANE_ENV == "production")
+# Cookie flags (HttpOnly, SameSite, Secure over TLS) are set with the transport settings below.
 CSRF_TRUSTED_ORIGINS = env.string_list("CSRF_TRUSTED_ORIGINS", [])
 # Failed sign-ins per email and per client address within the window, then 429 with Retry-After.
 LOGIN_MAX_FAILURES_PER_EMAIL = env.integer("LOGIN_MAX_FAILURES_PER_EMAIL", 5)
