@@ -9,6 +9,7 @@ api_v1 = [
     path("", include("data_plane.urls")),
     path("", include("guardrails.urls")),
     path("audit-events", AuditEventListApi.as_view(), name="audit-events"),
+    path("", include("control_plane.oauth.api_urls")),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi-schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi-schema"), name="api-docs"),
     path("redoc", SpectacularRedocView.as_view(url_name="openapi-schema"), name="api-redoc"),
@@ -18,6 +19,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("v1/", include(api_v1)),
+    path("", include("control_plane.oauth.urls")),  # /oauth/… and /.well-known/… (the authorization server)
 ]
 
 handler400 = "common.problems.handler400"

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from rest_framework.views import APIView
 
+from control_plane.oauth.authentication import OAuthAccessTokenAuthentication
 from tenants.authentication import ApiKeyAuthentication, OperatorKeyAuthentication
 from tenants.permissions import HasRequiredScope, IsOperator
 
 
 class TenantApiView(APIView):
-    """An endpoint over one tenant's data; the API key selects the tenant. Set ``required_scopes``."""
+    """An endpoint over one tenant's data; the credential (an API key or an OAuth access token) selects the
+    tenant. Set ``required_scopes``."""
 
-    authentication_classes = [ApiKeyAuthentication]
+    authentication_classes = [ApiKeyAuthentication, OAuthAccessTokenAuthentication]
     permission_classes = [HasRequiredScope]
     required_scopes: dict[str, str] = {}
 

@@ -33,6 +33,9 @@ class TenantPrincipal:
     actor: Actor
     scopes: frozenset[str] = field(default_factory=frozenset)
     is_authenticated: bool = True
+    # The credential presented, "<kind>:<id>" (api_key:<key id>, oauth_token:<access token id>): what a token
+    # derived from it (a stream token) is re-checked against.
+    credential: str = ""
 
     @property
     def key_id(self) -> str | None:
@@ -69,11 +72,12 @@ def bearer_token(request: Request) -> str | None:
 
 
 class ApiKeyAuthentication(BaseAuthentication):
-    """Authenticates a tenant API key and enters the key's tenant schema."""
+    """Authenticates a tenant API key and enters the key's tenant schema. A bearer token that is not shaped
+    like an API key (``agp_...``) is left to the next authentication class (OAuth access tokens)."""
 
     def authenticate(self, request: Request) -> tuple[TenantPrincipal, ApiKey] | None:
         token = bearer_token(request)
-        if token is None:
+        if token is None or not token.startswith(f"{ApiKey.PREFIX}_"):
             return None
         key = services.api_key_authenticate(raw=token)
         host_tenant = getattr(request._request, "tenant", None)
@@ -82,7 +86,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         connection.set_tenant(key.tenant)
         request._request.tenant = key.tenant
         principal = TenantPrincipal(tenant=key.tenant, actor=Actor(kind="api_key", id=str(key.id)),
-                                    scopes=frozenset(key.scopes))
+                                    scopes=frozenset(key.scopes), credential=f"api_key:{key.id}")
         return principal, key
 
     def authenticate_header(self, request: Request) -> str:

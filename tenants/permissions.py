@@ -24,6 +24,9 @@ class HasRequiredScope(BasePermission):
                 return True  # OPTIONS is metadata only; a method without a handler gets DRF's 405
             raise MissingScope(f"{request.method} is not allowed on this endpoint.")
         if required not in principal.scopes:
+            if principal.key_id is None:
+                raise MissingScope(f"This token lacks the scope {required!r}: the client application, your request "
+                                   "or the member's role does not grant it.")
             raise MissingScope(f"This key lacks the scope {required!r}; create a key that has it.")
         return True
 
