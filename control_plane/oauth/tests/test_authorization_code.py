@@ -3,7 +3,7 @@ tokens that rotate, and scopes bounded by the member's current role."""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt
 from django.conf import settings
@@ -170,3 +170,18 @@ def test_refresh_rotates_and_reusing_a_spent_refresh_token_revokes_the_family(cl
     third = token_request(client, app, grant_type="refresh_token", refresh_token=second["refresh_token"])
     assert (after_replay.status_code, after_replay.json()["code"]) == (401, "credential_revoked")
     assert (third.status_code, third.json()["error"]) == (400, "invalid_grant")
+
+
+def test_a_public_client_signs_out_by_revoking_its_refresh_token(client, tenant_a):
+    # given
+    app = register(client, tenant_a.key, scopes=APP_SCOPES, grant_type="authorization_code", client_type="public")
+    tokens = authorization_code_tokens(client, app, member(tenant_a.tenant, "viewer"))
+    # when
+    revoked = client.post("/oauth/revoke", urlencode({"client_id": app.client_id, "token": tokens["refresh_token"]}),
+                          content_type="application/x-www-form-urlencoded")
+    access = client.get("/v1/agents", **bearer(tokens["access_token"]))
+    refreshed = token_request(client, app, grant_type="refresh_token", refresh_token=tokens["refresh_token"])
+    # then: the pair is gone
+    assert revoked.status_code == 200
+    assert (access.status_code, access.json()["code"]) == (401, "credential_revoked")
+    assert (refreshed.status_code, refreshed.json()["error"]) == (400, "invalid_grant")
