@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from django.db import transaction
 from django.utils import timezone
 from oauth2_provider.generators import generate_client_secret
-from oauth2_provider.models import AccessToken
+from oauth2_provider.models import AccessToken, clear_expired
 
 from common.actors import Actor
 from common.errors import AppError
@@ -233,3 +233,8 @@ def access_token_introspect(*, raw: str, application_id: int) -> dict[str, objec
     if grant.actor.kind == "user":
         body["username"] = grant.actor.label
     return body
+
+
+def oauth_tokens_clear_expired() -> None:
+    """django-oauth-toolkit's sweep of expired grants and tokens (batched). Idempotent."""
+    clear_expired()

@@ -261,6 +261,8 @@ OAUTH2_PROVIDER = {
     "COMPLIANT_BCP_RFC9700_REFRESH_TOKEN": True,
     "COMPLIANT_BCP_RFC9700_PKCE_REQUIRED": True,
 }
+CELERY_BEAT_SCHEDULE["oauth-expired-tokens"] = {"task": "control_plane.oauth.tasks.oauth_tokens_clear_expired_task",
+                                                "schedule": 3600.0}
 
 # --- REST framework and the OpenAPI schema ------------------------------------------------------
 REST_FRAMEWORK = {

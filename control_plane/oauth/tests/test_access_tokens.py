@@ -231,3 +231,22 @@ def test_a_stream_token_for_an_oauth_client_is_bounded_by_it_and_dies_with_it(cl
 
     with pytest.raises(CredentialRevoked):
         tenant_services.stream_token_authenticate(raw=issued.json()["token"])
+
+
+def test_the_hourly_sweep_deletes_expired_tokens_only(client, app_a):
+    # given: one token past its expiry, one live
+    from oauth2_provider.models import AccessToken
+
+    from control_plane.oauth.tasks import oauth_tokens_clear_expired_task
+
+    expired, live = token_of(client, app_a), token_of(client, app_a)
+    rows = AccessToken.objects.filter(application__client_id=app_a.client_id)
+    first = rows.order_by("id").first()
+    rows.filter(pk=first.pk).update(expires=timezone.now() - timezone.timedelta(seconds=1))
+    # when
+    oauth_tokens_clear_expired_task()
+    # then
+    assert list(rows.values_list("pk", flat=True)) == [rows.order_by("id").last().pk]
+    assert not rows.filter(pk=first.pk).exists()
+    assert client.get("/v1/agents", **bearer(live)).status_code == 200
+    assert expired != live
