@@ -13,6 +13,7 @@ api_v1 = [
     path("audit-events", AuditEventListApi.as_view(), name="audit-events"),
     path("audit-events/verify", AuditChainVerifyApi.as_view(), name="audit-events-verify"),
     path("audit-events/export", AuditEventExportApi.as_view(), name="audit-events-export"),
+    path("", include("control_plane.oauth.api_urls")),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi-schema"),
     path("docs", SpectacularSwaggerSplitView.as_view(url_name="openapi-schema"), name="api-docs"),
     path("redoc", SpectacularRedocView.as_view(url_name="openapi-schema"), name="api-redoc"),
@@ -23,6 +24,7 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("v1/", include(api_v1)),
     path("accounts/", include("control_plane.identity.web_urls")),  # portal sign-in pages (LOGIN_URL)
+    path("", include("control_plane.oauth.urls")),  # /oauth/… and /.well-known/… (the authorization server)
 ]
 
 handler400 = "common.problems.handler400"

@@ -419,7 +419,8 @@ class StreamTokenNeedsApiKey(PermissionDenied):
 
 class RunStreamTokenApi(TenantApiView):
     """A short-lived token to stream this run where no header can be sent (a browser's WebSocket or
-    EventSource): pass it as ``?access_token=``. It carries at most this key's streaming scopes."""
+    EventSource): pass it as ``?access_token=``. It carries at most the caller's streaming scopes (an API key's, or
+    an OAuth access token's), and stops working when that credential does."""
 
     required_scopes = {"POST": "runs:read"}
 
@@ -441,11 +442,12 @@ class RunStreamTokenApi(TenantApiView):
     def post(self, request: Request, run_id: UUID) -> Response:
         data = validated(self.InputSerializer, request.data)
         run = selectors.run_get(tenant_schema=request.user.tenant.schema_name, run_id=run_id)
-        if request.user.key_id is None:  # a stream token is bound to its key: revoking the key ends the token
-            raise StreamTokenNeedsApiKey("Stream tokens are issued to API keys only (a token ends with its key); "
-                                         "call this with an API key that has runs:read.")
-        issued = tenant_services.stream_token_issue(key=request.auth, run_id=str(run.id), actor=request.user.actor,
-                                                    scopes=data.get("scopes"), ttl_seconds=data["ttl_seconds"])
+        if not request.user.credential:  # a portal session: a stream token must end with the credential it came from
+            raise StreamTokenNeedsApiKey("Stream tokens are issued to API keys and OAuth access tokens only (a token "
+                                         "ends with its credential); call this with one that has runs:read.")
+        issued = tenant_services.stream_token_issue(
+            tenant=request.user.tenant, credential=request.user.credential, held_scopes=request.user.scopes,
+            run_id=str(run.id), actor=request.user.actor, scopes=data.get("scopes"), ttl_seconds=data["ttl_seconds"])
         body = {"token": issued.token, "expires_at": issued.expires_at, "scopes": list(issued.scopes),
                 "run_id": run.id, "stream_path": f"/v1/runs/{run.id}/stream"}
         return Response(self.OutputSerializer(body).data, status=status.HTTP_201_CREATED)

@@ -1,8 +1,9 @@
 """Tenant resolution for streams (websockets and server-sent events): the credential selects the tenant.
 
-A client presents an API key (``Authorization: Bearer agp_...``) or a stream token (a short-lived JWT from
-``POST /v1/runs/{id}/stream-token``), in the header or, for browsers that cannot set one, as the
-``access_token`` query parameter (stream tokens only: a long-lived key never goes into a URL).
+A client presents an API key (``Authorization: Bearer agp_...``), an OAuth access token (a JWT from /oauth/token)
+or a stream token (a short-lived JWT from ``POST /v1/runs/{id}/stream-token``), in the header or, for browsers
+that cannot set one, as the ``access_token`` query parameter (stream tokens only: neither a key nor an OAuth
+access token ever goes into a URL, where logs and proxies keep it).
 
 The websocket middleware never rejects by itself: it records the principal or the error in the scope, so
 the consumer can accept, send a problem message (``{"type": "error", "code", "message"}``) and close with
@@ -19,6 +20,8 @@ from django.db import close_old_connections, connection
 
 from common.actors import Actor
 from common.errors import AppError
+from control_plane.oauth import services as oauth_services
+from control_plane.oauth import tokens as oauth_tokens
 from tenants import services
 from tenants.authentication import auth_limiter, parse_bearer, presented_credential_id
 from tenants.errors import InvalidCredentials
@@ -66,6 +69,9 @@ def _principal(*, authorization: str | None, access_token: str | None) -> dict[s
         if access_token.startswith("agp_"):
             raise InvalidCredentials("Never put an API key in a URL: send it in the Authorization header, or "
                                      "get a stream token from POST /v1/runs/{id}/stream-token for the query.")
+        if oauth_tokens.is_access_token(access_token):
+            raise InvalidCredentials("Never put an OAuth access token in a URL: send it in the Authorization "
+                                     "header, or get a stream token from POST /v1/runs/{id}/stream-token.")
         token = access_token
     if token is None:
         raise InvalidCredentials("Send your API key as 'Authorization: Bearer <key>' in the handshake, or a "
@@ -73,12 +79,15 @@ def _principal(*, authorization: str | None, access_token: str | None) -> dict[s
     if token.startswith("agp_"):
         key = services.api_key_authenticate(raw=token)
         tenant, key_id, scopes, run_id = key.tenant, str(key.id), frozenset(key.scopes), None
+        actor = Actor(kind="api_key", id=key_id)
+    elif oauth_tokens.is_access_token(token):
+        oauth = oauth_services.access_token_authenticate(raw=token)
+        tenant, key_id, scopes, run_id, actor = oauth.tenant, None, oauth.scopes, None, oauth.actor
     else:
         grant = services.stream_token_authenticate(raw=token)
-        tenant, key_id, scopes, run_id = grant.tenant, grant.key_id, grant.scopes, grant.run_id
+        tenant, key_id, scopes, run_id, actor = grant.tenant, grant.key_id, grant.scopes, grant.run_id, grant.actor
     return {"tenant": tenant, "tenant_schema": tenant.schema_name, "tenant_id": str(tenant.id),
-            "api_key_id": key_id, "scopes": scopes, "actor": Actor(kind="api_key", id=key_id),
-            "allowed_run_id": run_id}
+            "api_key_id": key_id, "scopes": scopes, "actor": actor, "allowed_run_id": run_id}
 
 
 class ApiKeyAuthMiddleware:

@@ -37,6 +37,9 @@ class TenantPrincipal:
     actor: Actor
     scopes: frozenset[str] = field(default_factory=frozenset)
     is_authenticated: bool = True
+    # The credential presented, "<kind>:<id>" (api_key:<key id>, oauth_token:<access token id>): what a token
+    # derived from it (a stream token) is re-checked against.
+    credential: str = ""
 
     @property
     def key_id(self) -> str | None:
@@ -97,7 +100,8 @@ def presented_credential_id(presented: str | None) -> str | None:
 
 
 class ApiKeyAuthentication(BaseAuthentication):
-    """Authenticates a tenant API key and enters the key's tenant schema."""
+    """Authenticates a tenant API key and enters the key's tenant schema. A bearer token that is not shaped
+    like an API key (``agp_...``) is left to the next authentication class (OAuth access tokens)."""
 
     def authenticate(self, request: Request) -> tuple[TenantPrincipal, ApiKey] | None:
         presented = get_authorization_header(request).decode("latin-1")
@@ -105,14 +109,17 @@ class ApiKeyAuthentication(BaseAuthentication):
             return None
         with auth_limiter().attempt(address=request.META.get("REMOTE_ADDR"),
                                     credential_id=presented_credential_id(presented)):
-            key = services.api_key_authenticate(raw=parse_bearer(presented) or "")
+            token = parse_bearer(presented) or ""
+            if not token.startswith(f"{ApiKey.PREFIX}_"):
+                return None  # an OAuth access token, or nothing of ours: the next class decides
+            key = services.api_key_authenticate(raw=token)
         host_tenant = getattr(request._request, "tenant", None)
         if host_tenant is not None and host_tenant.schema_name != "public" and host_tenant.pk != key.tenant_id:
             raise CredentialTenantMismatch("This key belongs to a different tenant than this hostname.")
         connection.set_tenant(key.tenant)
         request._request.tenant = key.tenant
         principal = TenantPrincipal(tenant=key.tenant, actor=Actor(kind="api_key", id=str(key.id)),
-                                    scopes=frozenset(key.scopes))
+                                    scopes=frozenset(key.scopes), credential=f"api_key:{key.id}")
         return principal, key
 
     def authenticate_header(self, request: Request) -> str:

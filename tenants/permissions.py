@@ -25,6 +25,9 @@ class HasRequiredScope(BasePermission):
                 return True  # OPTIONS is metadata only; a method without a handler gets DRF's 405
             raise MissingScope(f"{request.method} is not allowed on this endpoint.")
         if required not in principal.scopes:
+            if principal.credential.startswith("oauth_token:"):
+                raise MissingScope(f"This token lacks the scope {required!r}: the client application, your request "
+                                   "or the member's role does not grant it.")
             if principal.actor.kind == "user":
                 raise MissingScope(f"Your role in tenant {principal.tenant.slug!r} lacks the scope {required!r}; "
                                    "ask an owner or admin for a role that has it.")

@@ -342,6 +342,7 @@ def operator_key_authenticate(*, raw: str) -> OperatorKey:
 STREAM_TOKEN_AUDIENCE = "agentplane:stream"
 STREAM_TOKEN_ISSUER = "agentplane"
 STREAM_SCOPES = ("runs:read", "runs:write", "approvals:write")
+STREAM_CREDENTIAL_KINDS = ("api_key", "oauth_token")
 
 
 @dataclass(frozen=True)
@@ -353,12 +354,13 @@ class IssuedStreamToken:
 
 @dataclass(frozen=True)
 class StreamGrant:
-    """Who may stream what: a live key of an active tenant, the scopes granted, and the run (None: any)."""
+    """Who may stream what: a live credential of an active tenant, the scopes granted, and the run (None: any)."""
 
     tenant: Tenant
-    key_id: str
+    key_id: str | None  # the API key's id; None when the credential is an OAuth access token
     scopes: frozenset[str]
     run_id: str | None
+    actor: Actor
 
 
 def _stream_secret() -> bytes:
@@ -366,36 +368,40 @@ def _stream_secret() -> bytes:
     return hmac.new(settings.SECRET_KEY.encode(), b"agentplane stream tokens v1", hashlib.sha256).digest()
 
 
-def stream_token_issue(*, key: ApiKey, run_id: str | None, actor: Actor, scopes: list[str] | None = None,
-                       ttl_seconds: int = 300) -> IssuedStreamToken:
+def stream_token_issue(*, tenant: Tenant, credential: str, held_scopes: frozenset[str], run_id: str | None,
+                       actor: Actor, scopes: list[str] | None = None, ttl_seconds: int = 300) -> IssuedStreamToken:
     """A signed token (JWT, HS256) that lets a client stream one run (or every run with ``run_id`` None) with
-    at most the key's streaming scopes, for ``ttl_seconds``; recorded in the tenant's audit log (called in
-    the tenant's schema). Raises ScopeEscalation, UnknownScope."""
-    granted = [scope for scope in STREAM_SCOPES if scope in key.scopes]
+    at most the streaming scopes the caller holds (``held_scopes``), for ``ttl_seconds``. ``credential`` is the
+    caller's ("api_key:<id>" or "oauth_token:<id>"): every use of the token re-checks it. Recorded in the
+    tenant's audit log (called in the tenant's schema). Raises ScopeEscalation, UnknownScope."""
+    kind, _, subject = credential.partition(":")
+    if kind not in STREAM_CREDENTIAL_KINDS or not subject:
+        raise InvalidCredentials("Stream tokens are issued to API keys and OAuth access tokens only.")
+    granted = [scope for scope in STREAM_SCOPES if scope in held_scopes]
     if scopes is not None:
         unknown = [scope for scope in scopes if scope not in STREAM_SCOPES]
         if unknown:
             raise UnknownScope(f"Not a streaming scope: {', '.join(unknown)}; choose from {', '.join(STREAM_SCOPES)}.")
         missing = [scope for scope in scopes if scope not in granted]
         if missing:
-            raise ScopeEscalation(f"This key lacks {', '.join(missing)}; a token cannot grant more than its key.")
+            raise ScopeEscalation(f"You lack {', '.join(missing)}; a token cannot grant more than its credential.")
         granted = [scope for scope in STREAM_SCOPES if scope in scopes]
     now = timezone.now()
     expires_at = now + timedelta(seconds=ttl_seconds)
-    claims = {"iss": STREAM_TOKEN_ISSUER, "aud": STREAM_TOKEN_AUDIENCE, "sub": str(key.id),
-              "tid": str(key.tenant_id), "scp": granted, "run": run_id, "iat": int(now.timestamp()),
+    claims = {"iss": STREAM_TOKEN_ISSUER, "aud": STREAM_TOKEN_AUDIENCE, "sub": subject, "knd": kind,
+              "tid": str(tenant.id), "scp": granted, "run": run_id, "iat": int(now.timestamp()),
               "exp": int(expires_at.timestamp()), "jti": secrets.token_hex(8)}
     token = jwt.encode(claims, _stream_secret(), algorithm="HS256")
-    audit_event_record(tenant=key.tenant, actor=actor, action="stream_token.issue", target_type="run",
+    audit_event_record(tenant=tenant, actor=actor, action="stream_token.issue", target_type="run",
                        target_id=run_id or "", data={"token_id": claims["jti"], "scopes": granted,
                                                      "ttl_seconds": ttl_seconds})
     return IssuedStreamToken(token=token, expires_at=expires_at, scopes=tuple(granted))
 
 
 def stream_token_authenticate(*, raw: str) -> StreamGrant:
-    """The grant behind a stream token, checked against its key now: a revoked or expired key, or a suspended
-    tenant, ends its tokens at once. Raises InvalidCredentials, CredentialExpired, CredentialRevoked,
-    TenantSuspended."""
+    """The grant behind a stream token, checked against its credential now: a revoked or expired key or access
+    token, a suspended tenant or a removed member ends its tokens at once. Raises InvalidCredentials,
+    CredentialExpired, CredentialRevoked, TenantSuspended."""
     try:
         claims = jwt.decode(raw, _stream_secret(), algorithms=["HS256"], audience=STREAM_TOKEN_AUDIENCE,
                             issuer=STREAM_TOKEN_ISSUER, options={"require": ["exp", "sub", "tid", "aud"]})
@@ -404,6 +410,14 @@ def stream_token_authenticate(*, raw: str) -> StreamGrant:
             from None
     except jwt.PyJWTError:
         raise InvalidCredentials("The bearer token is neither an API key nor a valid stream token.") from None
+    requested = frozenset(claims.get("scp") or ())
+    if claims.get("knd") == "oauth_token":
+        # Imported here: the OAuth server builds on this module.
+        from control_plane.oauth import services as oauth_services
+
+        grant = oauth_services.access_token_recheck(access_token_id=int(claims["sub"]), tenant_id=claims["tid"])
+        return StreamGrant(tenant=grant.tenant, key_id=None, scopes=requested & grant.scopes,
+                           run_id=claims.get("run"), actor=grant.actor)
     key = ApiKey.objects.select_related("tenant").filter(id=claims["sub"], tenant_id=claims["tid"]).first()
     if key is None:
         raise InvalidCredentials("The stream token's key no longer exists.")
@@ -415,5 +429,6 @@ def stream_token_authenticate(*, raw: str) -> StreamGrant:
         raise TenantSuspended(f"Tenant {key.tenant.slug!r} is suspended; its tokens are refused.")
     if key.tenant.status != Tenant.Status.ACTIVE:
         raise InvalidCredentials("The stream token's tenant is not active.")
-    scopes = frozenset(claims.get("scp") or ()) & frozenset(key.scopes)  # never more than the key has now
-    return StreamGrant(tenant=key.tenant, key_id=str(key.id), scopes=scopes, run_id=claims.get("run"))
+    scopes = requested & frozenset(key.scopes)  # never more than the key has now
+    return StreamGrant(tenant=key.tenant, key_id=str(key.id), scopes=scopes, run_id=claims.get("run"),
+                       actor=Actor(kind="api_key", id=str(key.id)))

@@ -25,6 +25,8 @@ from control_plane.audit.models import AuditEvent
 from control_plane.identity import services as identity_services
 from control_plane.identity.models import Invitation, Membership
 from control_plane.identity.tests.factories import MembershipFactory
+from control_plane.oauth import services as oauth_services
+from control_plane.oauth.models import Application as OAuthApplication
 from data_plane import services as data_plane_services
 from data_plane.models import Agent, Approval, Attachment, Checkpoint, EffectRecord, McpServer, McpTool, Memory, \
     MemorySettings, Ping, Run, RunFeedback, ToolPermission, ToolSettings
@@ -54,6 +56,7 @@ class TenantAData:
     flag_id: str
     member_id: str = ""
     invitation_id: str = ""
+    oauth_application_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,11 @@ def _dry_run_under_defaults(response, a: TenantAData, b: ProvisionedForTest) -> 
     assert pii["action"] == "allow"  # A's agent redacts pii; B's policy (the defaults) does not
 
 
+def _oauth_app_created_in_b(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 201, response.content
+    assert OAuthApplication.objects.get(id=response.json()["id"]).tenant_id == b.tenant.id
+
+
 CASES = [
     Case("v1/tenant", "get", lambda a: "/v1/tenant", None, _own_tenant),
     Case("v1/api-keys", "get", lambda a: "/v1/api-keys?limit=500", None, _no_a_ids("id", lambda a: {a.key_id})),
@@ -349,6 +357,17 @@ CASES = [
     Case("v1/guardrails/flags", "get", lambda a: "/v1/guardrails/flags", None, _no_a_ids("id", lambda a: {a.flag_id})),
     Case("v1/guardrails/flags/<uuid:flag_id>/review", "post", lambda a: f"/v1/guardrails/flags/{a.flag_id}/review",
          {"status": "dismissed"}, _not_found),
+    # OAuth client applications (public schema, filtered by tenant)
+    Case("v1/oauth/applications", "get", lambda a: "/v1/oauth/applications?limit=500", None,
+         _no_a_ids("id", lambda a: {a.oauth_application_id})),
+    Case("v1/oauth/applications", "post", lambda a: "/v1/oauth/applications",
+         {"name": "b-app", "grant_type": "client_credentials", "scopes": ["tenant:read"]}, _oauth_app_created_in_b),
+    Case("v1/oauth/applications/<int:application_id>", "get",
+         lambda a: f"/v1/oauth/applications/{a.oauth_application_id}", None, _not_found),
+    Case("v1/oauth/applications/<int:application_id>", "delete",
+         lambda a: f"/v1/oauth/applications/{a.oauth_application_id}", None, _not_found),
+    Case("v1/oauth/applications/<int:application_id>/rotate-secret", "post",
+         lambda a: f"/v1/oauth/applications/{a.oauth_application_id}/rotate-secret", {}, _not_found),
     # approvals
     Case("v1/approvals", "get", lambda a: "/v1/approvals?limit=500", None, _no_a_ids("id", lambda a: {a.approval_id})),
     Case("v1/approvals/<uuid:approval_id>", "get", lambda a: f"/v1/approvals/{a.approval_id}", None, _not_found),
@@ -436,6 +455,9 @@ def tenant_a_data(tenant_a) -> TenantAData:
         member = MembershipFactory(tenant=tenant_a.tenant, role="owner")
         invitation = identity_services.invitation_create(tenant=tenant_a.tenant, email=A_INVITEE, role="viewer",
                                                          actor=actor, granter_role=None).invitation
+        oauth_application = oauth_services.application_create(
+            tenant=tenant_a.tenant, name="a-app", grant_type="client_credentials", client_type="confidential",
+            redirect_uris=[], scopes=["tenant:read"], actor=actor, granting_scopes=frozenset({"tenant:read"}))
         audit_ids = frozenset(str(i) for i in AuditEvent.objects.values_list("id", flat=True))
     assert audit_ids
     assert run.status == "waiting_approval"
@@ -443,7 +465,8 @@ def tenant_a_data(tenant_a) -> TenantAData:
                        run_id=str(run.id), checkpoint_id=str(checkpoint.id), approval_id=str(approval.id),
                        server_id=str(server.id), permission_id=str(permission.id),
                        memory_id=str(memory.memory.id), attachment_id=str(attachment.id), flag_id=str(flag.id),
-                       member_id=str(member.id), invitation_id=str(invitation.id))
+                       member_id=str(member.id), invitation_id=str(invitation.id),
+                       oauth_application_id=oauth_application.application.id)
 
 
 def _tenant_a_state(a: TenantAData) -> tuple:
@@ -483,6 +506,8 @@ def test_tenant_b_sees_nothing_of_tenant_a(client, tenant_a, tenant_b, tenant_a_
     # given
     with schema_context(tenant_a.schema):
         a_before = _tenant_a_state(tenant_a_data)
+    a_oauth_application = OAuthApplication.objects.filter(id=tenant_a_data.oauth_application_id)
+    a_oauth_before = list(a_oauth_application.values_list("client_secret", "updated", "tenant_id"))
     # when
     kwargs = bearer(tenant_b.key)
     body = case.body(tenant_a_data) if callable(case.body) else case.body
@@ -497,6 +522,7 @@ def test_tenant_b_sees_nothing_of_tenant_a(client, tenant_a, tenant_b, tenant_a_
     case.check(response, tenant_a_data, tenant_b)
     # and tenant A's data is untouched
     assert ApiKey.objects.get(id=tenant_a_data.key_id).revoked_at is None
+    assert list(a_oauth_application.values_list("client_secret", "updated", "tenant_id")) == a_oauth_before
     with schema_context(tenant_a.schema):
         assert Ping.objects.filter(message="from b").count() == 0
         assert Ping.objects.filter(id=tenant_a_data.ping_id).exists()

@@ -74,12 +74,14 @@ SHARED_APPS = [
     "django_tenants",
     "tenants",  # tenant registry, domains, the API-key index, operator keys
     "control_plane.identity",  # portal users' memberships in tenants, with their roles
+    "control_plane.oauth",  # OAuth 2.0 clients of tenants and the keys that sign their access tokens
+    "oauth2_provider",  # django-oauth-toolkit: grants, access and refresh tokens (the Application is ours)
+    "django.contrib.sessions",  # portal users' sign-in (identity), which the OAuth authorize page needs
     "billing",
     "control_plane.audit_anchor",  # each tenant's audit chain head, outside the tenant's schema
     "encryption",  # tenants' data keys (wrapped) and encryption policy
     "django.contrib.contenttypes",
     "django.contrib.auth",
-    "django.contrib.sessions",  # portal users' sign-in (control_plane.identity)
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
@@ -281,6 +283,49 @@ EMAIL_HOST_USER = env.string("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = env.string("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env.boolean("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = env.integer("EMAIL_TIMEOUT", 10)
+# --- OAuth 2.0 authorization server (docs/security-oauth.md) ------------------------------------
+# An unsigned-in user is sent by /oauth/authorize to LOGIN_URL (the portal's sign-in page, above).
+# The issuer (iss) of our access tokens and of /.well-known/oauth-authorization-server: this server's public
+# URL. The audience (aud) is the API the tokens are for.
+OAUTH_ISSUER = env.string("OAUTH_ISSUER", "http://localhost:8000")
+OAUTH_AUDIENCE = env.string("OAUTH_AUDIENCE", "agentplane-api")
+# Access tokens are signed JWTs this short-lived; refresh tokens live this long after their access token.
+OAUTH_ACCESS_TOKEN_TTL_SECONDS = env.integer("OAUTH_ACCESS_TOKEN_TTL_SECONDS", 600)
+OAUTH_REFRESH_TOKEN_TTL_SECONDS = env.integer("OAUTH_REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600)
+# Clock skew tolerated when checking a token's exp and iat.
+OAUTH_LEEWAY_SECONDS = env.integer("OAUTH_LEEWAY_SECONDS", 10)
+OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth.Application"
+OAUTH2_PROVIDER = {
+    "OAUTH2_VALIDATOR_CLASS": "control_plane.oauth.validators.TenantOAuth2Validator",
+    "SCOPES_BACKEND_CLASS": "control_plane.oauth.scopes.TenantScopes",
+    "ACCESS_TOKEN_GENERATOR": "control_plane.oauth.tokens.access_token_generate",
+    # Refresh tokens stay opaque random strings (DOT would use the access token generator for them too).
+    "REFRESH_TOKEN_GENERATOR": "oauthlib.oauth2.rfc6749.tokens.random_token_generator",
+    "ACCESS_TOKEN_EXPIRE_SECONDS": OAUTH_ACCESS_TOKEN_TTL_SECONDS,
+    "REFRESH_TOKEN_EXPIRE_SECONDS": OAUTH_REFRESH_TOKEN_TTL_SECONDS,
+    "AUTHORIZATION_CODE_EXPIRE_SECONDS": 60,
+    "ROTATE_REFRESH_TOKEN": True,
+    "REFRESH_TOKEN_GRACE_PERIOD_SECONDS": 0,
+    "REFRESH_TOKEN_REUSE_PROTECTION": True,  # a rotated-out refresh token presented again revokes its family
+    "PKCE_REQUIRED": True,
+    "ALLOWED_REDIRECT_URI_SCHEMES": ["https", "http"],  # http only to loopback (control_plane.oauth.services)
+    "OIDC_ISS_ENDPOINT": OAUTH_ISSUER,
+    "OAUTH2_GRANT_TYPES_SUPPORTED": ["authorization_code", "client_credentials", "refresh_token"],
+    "OAUTH2_RESPONSE_TYPES_SUPPORTED": ["code"],
+    "OAUTH2_TOKEN_ENDPOINT_AUTH_METHODS_SUPPORTED": ["client_secret_basic", "client_secret_post", "none"],
+    # RFC 9700 (OAuth 2.0 Security BCP), enforced: S256 only, no implicit or password grant, tokens stored
+    # only as SHA-256 checksums, no access token in a query string, iss in the authorization response.
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": True,
+    "COMPLIANT_BCP_RFC9700_AUTHZ_RESPONSE_ISS": True,
+    "COMPLIANT_BCP_RFC9700_REFRESH_TOKEN": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_REQUIRED": True,
+}
+CELERY_BEAT_SCHEDULE["oauth-expired-tokens"] = {"task": "control_plane.oauth.tasks.oauth_tokens_clear_expired_task",
+                                                "schedule": 3600.0}
 
 # --- REST framework and the OpenAPI schema ------------------------------------------------------
 REST_FRAMEWORK = {
