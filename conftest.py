@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -92,15 +93,29 @@ def session_tenants(django_db_setup, django_db_blocker) -> Iterator[tuple[Provis
             destroy_tenant(provisioned.tenant)
 
 
+@contextmanager
+def _status_restored(provisioned: ProvisionedForTest) -> Iterator[ProvisionedForTest]:
+    # The tenant object lives for the session while each test's writes roll back: a test that suspends it
+    # must not leave it suspended in memory for the tests after it.
+    tenant = provisioned.tenant
+    status, reason = tenant.status, tenant.status_reason
+    try:
+        yield provisioned
+    finally:
+        tenant.status, tenant.status_reason = status, reason
+
+
 @pytest.fixture
 def tenant_a(session_tenants, db) -> Iterator[ProvisionedForTest]:
-    yield session_tenants[0]
+    with _status_restored(session_tenants[0]) as provisioned:
+        yield provisioned
     connection.set_schema_to_public()
 
 
 @pytest.fixture
-def tenant_b(session_tenants, db) -> ProvisionedForTest:
-    return session_tenants[1]
+def tenant_b(session_tenants, db) -> Iterator[ProvisionedForTest]:
+    with _status_restored(session_tenants[1]) as provisioned:
+        yield provisioned
 
 
 @pytest.fixture
