@@ -282,7 +282,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
     def _renew(self, run_id: UUID, version: int) -> bool:
         """Extend the lease; False when the run was cancelled or claimed by someone else meanwhile."""
         close_old_connections()
-        with connection.cursor() as cursor:
+        with in_schema(self.schema), connection.cursor() as cursor:
             cursor.execute(f"UPDATE {self.q}data_plane_run SET lease_expires_at = now() + make_interval(secs => %s) "
                            f"WHERE id = %s AND version = %s AND lease_owner = %s RETURNING 1",
                            [self.lease_seconds, run_id, version, self.owner])
@@ -418,7 +418,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         common case; explicit schema in the SQL."""
         close_old_connections()
         q = self.q
-        with connection.cursor() as cursor:
+        with in_schema(self.schema), connection.cursor() as cursor:
             cursor.execute(
                 f"WITH journal AS (INSERT INTO {q}data_plane_effectrecord (run_id, step, key, kind, idempotency_key, "
                 "digest, name, request, status, attempts, input_tokens, output_tokens, cost_usd, started_at) "
@@ -476,7 +476,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         close_old_connections()
         status = EffectRecord.Status.FAILED if isinstance(result, EffectFailed) else EffectRecord.Status.SUCCEEDED
         tokens_in, tokens_out, cost = (usage.input_tokens, usage.output_tokens, usage.cost_usd) if usage else (0, 0, 0)
-        with connection.cursor() as cursor:
+        with in_schema(self.schema), connection.cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {self.q}data_plane_effectrecord (run_id, step, key, kind, idempotency_key, digest, name, "
                 "request, result, status, attempts, latency_ms, input_tokens, output_tokens, cost_usd, started_at, "
@@ -491,7 +491,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         status = EffectRecord.Status.FAILED if isinstance(result, EffectFailed) else EffectRecord.Status.SUCCEEDED
         tokens_in, tokens_out, cost, model = (usage.input_tokens, usage.output_tokens, usage.cost_usd, usage.model) \
             if usage is not None else (0, 0, 0, None)
-        with connection.cursor() as cursor:
+        with in_schema(self.schema), connection.cursor() as cursor:
             cursor.execute(
                 f"UPDATE {self.q}data_plane_effectrecord SET result = %s::jsonb, status = %s, finished_at = now(), "
                 "latency_ms = %s, input_tokens = %s, output_tokens = %s, cost_usd = %s, name = coalesce(%s, name) "

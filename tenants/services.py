@@ -20,6 +20,7 @@ from common.actors import Actor
 from common.errors import InvalidInput
 from common.keys import KeyHasher, parse_key
 from control_plane.audit.services import audit_event_record
+from tenants import db_roles
 from tenants import scopes as scope_registry
 from tenants.errors import (
     ApiKeyAlreadyRevoked,
@@ -125,7 +126,10 @@ def tenant_provision(
         raise TenantSlugTaken(f"A tenant with slug {slug!r} or one of its domains already exists.") from None
 
     try:
-        tenant.create_schema(check_if_exists=False, verbosity=0)
+        with db_roles.owner_context():
+            tenant.create_schema(check_if_exists=False, verbosity=0)
+        if db_roles.roles_enabled():
+            db_roles.tenant_role_grant(tenant_schema=schema_name)
     except Exception as exc:
         logger.exception("Provisioning tenant %s failed; rolling back", slug)
         tenant_purge(tenant=tenant)
@@ -150,8 +154,7 @@ def tenant_purge(*, tenant: Tenant) -> None:
     for real is deleted with tenant_delete, which keeps its tombstone and lifecycle history.
     """
     connection.set_schema_to_public()
-    with connection.cursor() as cursor:
-        cursor.execute(f'DROP SCHEMA IF EXISTS "{tenant.schema_name}" CASCADE')
+    _schema_drop(tenant.schema_name)
     TenantLifecycleEvent.objects.filter(tenant=tenant).delete()
     Domain.objects.filter(tenant=tenant).delete()
     ApiKey.objects.filter(tenant=tenant).delete()
@@ -207,9 +210,16 @@ def tenant_delete(*, tenant: Tenant, actor: Actor) -> Tenant:
         ApiKey.objects.filter(tenant=deleted, revoked_at__isnull=True).update(revoked_at=now)
         Domain.objects.filter(tenant=deleted).delete()
         connection.set_schema_to_public()
-        with connection.cursor() as cursor:
-            cursor.execute(f'DROP SCHEMA IF EXISTS "{deleted.schema_name}" CASCADE')
+        _schema_drop(deleted.schema_name)
     return deleted
+
+
+def _schema_drop(schema_name: str) -> None:
+    """Drop a tenant's schema with all its data, and its database role (as the owner)."""
+    with db_roles.owner_context(), connection.cursor() as cursor:
+        cursor.execute(f'DROP SCHEMA IF EXISTS "{schema_name}" CASCADE')
+    if db_roles.roles_enabled():
+        db_roles.tenant_role_drop(tenant_schema=schema_name)
 
 
 # --- API keys ------------------------------------------------------------------------------------
