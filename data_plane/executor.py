@@ -147,7 +147,14 @@ class RunStepper:
 
     def run_step(self, run_id: UUID, expected_step: int) -> StepOutcome:
         """Claim the run and execute its next step; go on with further steps in this task (up to
-        ``steps_per_task``, each committed before the next starts) while the run stays runnable."""
+        ``steps_per_task``, each committed before the next starts) while the run stays runnable.
+
+        Runs in the stepper's tenant schema (entered unless the caller is in it already, as the task is): the
+        schema-qualified SQL needs the tenant's database role (tenants.db_roles)."""
+        with in_schema(self.schema):
+            return self._run_step(run_id, expected_step)
+
+    def _run_step(self, run_id: UUID, expected_step: int) -> StepOutcome:
         claim = self._claim(run_id, expected_step)
         if isinstance(claim, StepOutcome):
             return claim
@@ -229,6 +236,10 @@ class RunStepper:
 
     def fail(self, run_id: UUID, *, code: str, message: str) -> None:
         """Fail a run whose steps keep failing transiently, from its head checkpoint (fenced)."""
+        with in_schema(self.schema):
+            self._fail(run_id, code=code, message=message)
+
+    def _fail(self, run_id: UUID, *, code: str, message: str) -> None:
         with in_schema(self.schema):
             run = Run.objects.get(id=run_id)
         if run.status in TERMINAL:

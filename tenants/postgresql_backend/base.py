@@ -50,6 +50,11 @@ class DatabaseWrapper(tenants_base.DatabaseWrapper):
             role = self._role_names[key] = db_roles.role_for_schema(*key)
         return role
 
+    def forget_session_state(self) -> None:
+        """Code that set the role or search_path itself calls this: the next cursor sets both again."""
+        self.search_path_set_schemas = None
+        self._server_state = None
+
     def close(self) -> None:
         self._server_state = None
         super().close()
