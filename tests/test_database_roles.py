@@ -68,7 +68,7 @@ def test_in_tenant_a_the_checkpoint_store_given_tenant_bs_schema_is_refused(clie
         state = server_state()
     # then
     assert str(error.value).startswith("permission denied for schema " + tenant_b.schema)
-    assert state == (role_of(tenant_a.schema), f'"{tenant_a.schema}", public')
+    assert state == (role_of(tenant_a.schema), f'"{tenant_a.schema}","public"')
 
 
 def test_a_prepared_statement_is_checked_again_under_each_tenants_role(tenant_a, tenant_b):
@@ -81,7 +81,7 @@ def test_a_prepared_statement_is_checked_again_under_each_tenants_role(tenant_a,
     with schema_context(tenant_b.schema):
         error = refused(sql, ["none"])
     # then
-    assert error == f"permission denied for schema {tenant_a.schema}"
+    assert error.startswith(f"permission denied for schema {tenant_a.schema}")
 
 
 def test_a_forgotten_tenant_switch_reads_no_tenants_tables(client, tenant_a, tenant_b):
@@ -95,11 +95,11 @@ def test_a_forgotten_tenant_switch_reads_no_tenants_tables(client, tenant_a, ten
         PostgresCheckpointStore(schema=tenant_a.schema, connection=connection).load(run["head_checkpoint_id"])
     unqualified = refused("SELECT count(*) FROM data_plane_run")
     # then
-    assert by_name == [f"permission denied for schema {tenant_a.schema}",
-                       f"permission denied for schema {tenant_b.schema}"]
+    assert by_name[0].startswith(f"permission denied for schema {tenant_a.schema}")
+    assert by_name[1].startswith(f"permission denied for schema {tenant_b.schema}")
     assert str(store_error.value).startswith(f"permission denied for schema {tenant_a.schema}")
-    assert unqualified == 'relation "data_plane_run" does not exist'
-    assert server_state() == (role_of("public"), "public")
+    assert unqualified.startswith('relation "data_plane_run" does not exist')
+    assert server_state() == (role_of("public"), '"public"')
 
 
 def test_the_orm_and_the_api_work_as_before_in_a_tenant(client, tenant_a):
@@ -134,12 +134,13 @@ def test_roles_do_not_leak_between_requests_on_one_connection(client, tenant_a, 
             assert backend_pid in (None, pid)
             backend_pid = pid
     # then: each request's tenant queries ran in its role only; credential lookups in the public role
-    public = (role_of("public"), "public")
-    in_a = (role_of(tenant_a.schema), f'"{tenant_a.schema}", public')
-    in_b = (role_of(tenant_b.schema), f'"{tenant_b.schema}", public')
+    public = (role_of("public"), '"public"')
+    in_a = (role_of(tenant_a.schema), f'"{tenant_a.schema}","public"')
+    in_b = (role_of(tenant_b.schema), f'"{tenant_b.schema}","public"')
     assert [state for kind, state in seen if kind == "ping"] == [in_a, in_b, in_a]
     assert {state for kind, state in seen if kind == "key"} == {public}
-    assert server_state() == public  # what the next request starts from
+    with connection.cursor():  # whatever the next request runs first, it runs in the public role
+        assert server_state() == public
 
 
 def test_a_rolled_back_switch_is_sent_again(tenant_a, tenant_b):
@@ -155,7 +156,7 @@ def test_a_rolled_back_switch_is_sent_again(tenant_a, tenant_b):
             Ping.objects.count()
             state = server_state()
     # then
-    assert state == (role_of(tenant_b.schema), f'"{tenant_b.schema}", public')
+    assert state == (role_of(tenant_b.schema), f'"{tenant_b.schema}","public"')
 
 
 def test_deleting_a_tenant_drops_its_role(db):
@@ -163,7 +164,7 @@ def test_deleting_a_tenant_drops_its_role(db):
     provisioned = tenant_services.tenant_provision(name="Doomed", slug=unique_slug("doomed"), sla_tier="standard",
                                                    domains=[], actor=TEST_ACTOR)
     role = role_of(provisioned.tenant.schema_name)
-    with connection.cursor() as cursor:
+    with db_roles.owner_context(), connection.cursor() as cursor:  # (the public role cannot name the schema)
         cursor.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", [role])
         created = cursor.fetchall()
         cursor.execute("SELECT has_table_privilege(%s, %s, 'SELECT'), has_schema_privilege(%s, 'public', 'USAGE')",

@@ -85,7 +85,7 @@ def test_the_schema_is_named_in_the_sql_whatever_the_search_path(tenant_a, tenan
         checkpoint_id, _ = commit(store, run, version=0, step=0, previous=None, state=state_with(2, k="v"))
         assert store.load(checkpoint_id).state.values == {"k": "v"}
         cursor.execute("SELECT current_setting('search_path')")
-        assert cursor.fetchone()[0] == f'"{tenant_b.schema}", public'
+        assert cursor.fetchone()[0] == f"{tenant_b.schema}, public"
     connection.forget_session_state()  # the backend sets its own again on the next cursor
     with schema_context(tenant_b.schema):
         assert not Checkpoint.objects.filter(id=checkpoint_id).exists()
