@@ -100,7 +100,8 @@ def _record_lifecycle(*, tenant: Tenant, action: str, from_status: str, reason: 
 def tenant_provision(
     *, name: str, slug: str, sla_tier: str, domains: list[str], actor: Actor
 ) -> ProvisionedTenant:
-    """Create the tenant, its schema (migrated) and an admin API key with every scope.
+    """Create the tenant, its schema (migrated, as the owner), its database role and an admin API key with
+    every scope.
 
     Raises InvalidInput, TenantSlugTaken, DomainTaken, ProvisioningFailed. Not idempotent: a second call
     with the same slug raises TenantSlugTaken. On failure nothing is left behind.
@@ -197,7 +198,7 @@ def tenant_reactivate(*, tenant: Tenant, actor: Actor) -> Tenant:
 
 
 def tenant_delete(*, tenant: Tenant, actor: Actor) -> Tenant:
-    """Delete a tenant: drop its schema (all its data), revoke its keys, keep a tombstone row.
+    """Delete a tenant: drop its schema (all its data) and database role, revoke its keys, keep a tombstone row.
 
     Irreversible. Raises TenantStatusConflict when already deleted. The slug is never reused.
     """
