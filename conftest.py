@@ -78,7 +78,9 @@ def _io_loop_closed_before_the_test_database_goes(django_db_setup, django_db_blo
     shutdown()
     # what those threads leave open (their connections close when collected) must not block the drop; never
     # anyone else's (a developer's server or benchmark on the same Postgres)
-    with django_db_blocker.unblock(), connection.cursor() as cursor:
+    from tenants.db_roles import owner_context
+
+    with django_db_blocker.unblock(), owner_context(), connection.cursor() as cursor:  # the owner's sessions
         cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                        "WHERE datname = %s AND pid <> pg_backend_pid()", [test_database])
 

@@ -27,6 +27,7 @@ from bench.measure import percentile, prose, rows_bytes
 from data_plane.runtime.adapters.checkpoints import CommitResult, PostgresCheckpointStore
 from data_plane.runtime.core.messages import Message
 from data_plane.runtime.core.state import RunState
+from tenants.db_roles import owner_context
 
 MESSAGE_BYTES = 2048
 SEED_MESSAGES = 25  # 25 x 2 KB: the ~50 KB conversation the write figures start from
@@ -176,7 +177,7 @@ def bench_write(*, schema: str, start_run: Callable[[], Any], database_url: str,
     theirs.put([m.to_json() for m in ours.state.messages])()
 
     table = f'"{schema}".bench_insert_floor'
-    with connection.cursor() as cursor:
+    with owner_context(), connection.cursor() as cursor:  # DDL: the schema's owner
         cursor.execute(f"CREATE TABLE {table} (id bigserial, payload jsonb)")
     insert_sql = f"INSERT INTO {table} (payload) VALUES (%s::jsonb)"
     floor = psycopg.connect(database_url, autocommit=False)

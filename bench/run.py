@@ -52,7 +52,7 @@ from bench import checkpoint_bench, guard_bench, mcp_bench, memory_bench, step_b
 from common.actors import Actor  # noqa: E402
 from data_plane import services  # noqa: E402
 from tenants import services as tenant_services  # noqa: E402
-from tenants.models import ApiKey, Domain, Tenant, TenantLifecycleEvent  # noqa: E402
+from tenants.models import Tenant  # noqa: E402
 
 ACTOR = Actor(kind="system", id="bench")
 TENANT_NAME = "Benchmark (throw-away)"
@@ -148,13 +148,7 @@ def provision() -> Any:
 
 def destroy_tenant(tenant: Tenant) -> None:
     """Remove the tenant completely: schema and every public row (conftest.destroy_tenant's logic)."""
-    connection.set_schema_to_public()
-    with connection.cursor() as cursor:
-        cursor.execute(f'DROP SCHEMA IF EXISTS "{tenant.schema_name}" CASCADE')
-    TenantLifecycleEvent.objects.filter(tenant_id=tenant.pk).delete()
-    ApiKey.objects.filter(tenant_id=tenant.pk).delete()
-    Domain.objects.filter(tenant_id=tenant.pk).delete()
-    Tenant.objects.filter(pk=tenant.pk).delete()
+    tenant_services.tenant_purge(tenant=tenant)
 
 
 def remove_stale_tenants() -> None:
@@ -279,14 +273,22 @@ def main() -> int:
             with schema_context(schema):
                 return services.run_start(tenant=tenant, agent_id=agent.id, input="Hello", actor=ACTOR)
 
+        # The store runs in its tenant's context, as in a worker: its SQL names the schema, and the connection has
+        # the tenant's role (with DATABASE_TENANT_ROLES).
+        def in_tenant(measure: Callable[[], dict[str, float]]) -> Callable[[], dict[str, float]]:
+            def measured() -> dict[str, float]:
+                with schema_context(schema):
+                    return measure()
+            return measured
+
         section("checkpoint", "checkpoint writes, the INSERT floor and LangGraph puts",
-                lambda: checkpoint_bench.bench_write(
+                in_tenant(lambda: checkpoint_bench.bench_write(
                     schema=schema, start_run=start_run, database_url=settings.DATABASE_URL, saver=saver,
-                    steps=STEPS, warmup=WARMUP))
+                    steps=STEPS, warmup=WARMUP)))
         section("checkpoint", f"a {LONG_STEPS}-step conversation: bytes per step and reading it back",
-                lambda: checkpoint_bench.bench_long_conversation(
+                in_tenant(lambda: checkpoint_bench.bench_long_conversation(
                     schema=schema, start_run=start_run, saver=saver, lg_connection=langgraph_connection,
-                    steps=LONG_STEPS, reads=READS))
+                    steps=LONG_STEPS, reads=READS)))
         section("step", "step overhead of our runtime", lambda: step_bench.bench_ours(
             tenant=tenant, actor=ACTOR, steps=STEPS, warmup=WARMUP))
         section("step", "LangGraph running the same graph", lambda: step_bench.bench_langgraph(

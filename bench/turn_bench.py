@@ -364,7 +364,7 @@ def _burst(tenant: Any, actor: Actor, agent_id: Any, count: int) -> tuple[float,
         raise RuntimeError(f"moved {moved} of {count} step messages to the workers' queue")
     q = f'"{schema}".data_plane_run'
     deadline = time.monotonic() + max(60.0, count / 10)
-    with connection.cursor() as cursor:
+    with schema_context(schema), connection.cursor() as cursor:  # the tenant's role reads its schema
         while True:
             cursor.execute(f"SELECT count(*) FILTER (WHERE status IN ('completed', 'failed', 'cancelled')), "
                            f"count(*) FILTER (WHERE status = 'completed'), "
@@ -426,7 +426,7 @@ def _phases(schema: str, rows: list[dict[str, Any]], published: dict[str, tuple[
                 task_done[task_id] = stamp
                 child_started[task_id] = stamp - seconds
     q = f'"{schema}".'
-    with connection.cursor() as cursor:
+    with schema_context(schema), connection.cursor() as cursor:  # the tenant's role reads its schema
         cursor.execute(
             f"SELECT r.id::text, extract(epoch FROM e.finished_at) - e.latency_ms / 1000.0, "
             f"extract(epoch FROM e.finished_at), "

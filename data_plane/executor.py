@@ -148,7 +148,14 @@ class RunStepper:
 
     def run_step(self, run_id: UUID, expected_step: int) -> StepOutcome:
         """Claim the run and execute its next step; go on with further steps in this task (up to
-        ``steps_per_task``, each committed before the next starts) while the run stays runnable."""
+        ``steps_per_task``, each committed before the next starts) while the run stays runnable.
+
+        Runs in the stepper's tenant schema (entered unless the caller is in it already, as the task is): the
+        schema-qualified SQL needs the tenant's database role (tenants.db_roles)."""
+        with in_schema(self.schema):
+            return self._run_step(run_id, expected_step)
+
+    def _run_step(self, run_id: UUID, expected_step: int) -> StepOutcome:
         claim = self._claim(run_id, expected_step)
         if isinstance(claim, StepOutcome):
             return claim
@@ -231,6 +238,10 @@ class RunStepper:
     def fail(self, run_id: UUID, *, code: str, message: str) -> None:
         """Fail a run whose steps keep failing transiently, from its head checkpoint (fenced)."""
         with in_schema(self.schema):
+            self._fail(run_id, code=code, message=message)
+
+    def _fail(self, run_id: UUID, *, code: str, message: str) -> None:
+        with in_schema(self.schema):
             run = Run.objects.get(id=run_id)
         if run.status in TERMINAL:
             return
@@ -283,7 +294,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
     def _renew(self, run_id: UUID, version: int) -> bool:
         """Extend the lease; False when the run was cancelled or claimed by someone else meanwhile."""
         close_old_connections()
-        with connection.cursor() as cursor:
+        with in_schema(self.schema), connection.cursor() as cursor:
             cursor.execute(f"UPDATE {self.q}data_plane_run SET lease_expires_at = now() + make_interval(secs => %s) "
                            f"WHERE id = %s AND version = %s AND lease_owner = %s RETURNING 1",
                            [self.lease_seconds, run_id, version, self.owner])
@@ -419,7 +430,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         common case; explicit schema in the SQL."""
         close_old_connections()
         q = self.q
-        with connection.cursor() as cursor:
+        with in_schema(self.schema), connection.cursor() as cursor:
             cursor.execute(
                 f"WITH journal AS (INSERT INTO {q}data_plane_effectrecord (run_id, step, key, kind, idempotency_key, "
                 "digest, name, request, status, attempts, input_tokens, output_tokens, cost_usd, started_at) "
@@ -477,7 +488,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         close_old_connections()
         status = EffectRecord.Status.FAILED if isinstance(result, EffectFailed) else EffectRecord.Status.SUCCEEDED
         tokens_in, tokens_out, cost = (usage.input_tokens, usage.output_tokens, usage.cost_usd) if usage else (0, 0, 0)
-        with connection.cursor() as cursor:
+        with in_schema(self.schema), connection.cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {self.q}data_plane_effectrecord (run_id, step, key, kind, idempotency_key, digest, name, "
                 "request, result, status, attempts, latency_ms, input_tokens, output_tokens, cost_usd, started_at, "
@@ -492,7 +503,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         status = EffectRecord.Status.FAILED if isinstance(result, EffectFailed) else EffectRecord.Status.SUCCEEDED
         tokens_in, tokens_out, cost, model = (usage.input_tokens, usage.output_tokens, usage.cost_usd, usage.model) \
             if usage is not None else (0, 0, 0, None)
-        with connection.cursor() as cursor:
+        with in_schema(self.schema), connection.cursor() as cursor:
             cursor.execute(
                 f"UPDATE {self.q}data_plane_effectrecord SET result = %s::jsonb, status = %s, finished_at = now(), "
                 "latency_ms = %s, input_tokens = %s, output_tokens = %s, cost_usd = %s, name = coalesce(%s, name) "

@@ -22,7 +22,7 @@ from common.keys import KeyHasher, parse_key
 from control_plane.audit.services import audit_chain_anchor_forget, audit_event_record
 from control_plane.identity import services as identity_services
 from encryption import services as encryption_services
-from tenants import roles
+from tenants import db_roles, roles
 from tenants import scopes as scope_registry
 from tenants.errors import (
     ApiKeyAlreadyRevoked,
@@ -103,8 +103,8 @@ def _record_lifecycle(*, tenant: Tenant, action: str, from_status: str, reason: 
 def tenant_provision(
     *, name: str, slug: str, sla_tier: str, domains: list[str], actor: Actor, owner_email: str | None = None
 ) -> ProvisionedTenant:
-    """Create the tenant, its schema (migrated) and an admin API key with every scope; with ``owner_email``,
-    also email its first owner an invitation to the portal.
+    """Create the tenant, its schema (migrated, as the owner), its database role and an admin API key with
+    every scope; with ``owner_email``, also email its first owner an invitation to the portal.
 
     Raises InvalidInput, TenantSlugTaken, DomainTaken, ProvisioningFailed. Not idempotent: a second call
     with the same slug raises TenantSlugTaken. On failure nothing is left behind.
@@ -130,7 +130,10 @@ def tenant_provision(
         raise TenantSlugTaken(f"A tenant with slug {slug!r} or one of its domains already exists.") from None
 
     try:
-        tenant.create_schema(check_if_exists=False, verbosity=0)
+        with db_roles.owner_context():
+            tenant.create_schema(check_if_exists=False, verbosity=0)
+        if db_roles.roles_enabled():
+            db_roles.tenant_role_grant(tenant_schema=schema_name)
     except Exception as exc:
         logger.exception("Provisioning tenant %s failed; rolling back", slug)
         tenant_purge(tenant=tenant)
@@ -160,8 +163,7 @@ def tenant_purge(*, tenant: Tenant) -> None:
     for real is deleted with tenant_delete, which keeps its tombstone and lifecycle history.
     """
     connection.set_schema_to_public()
-    with connection.cursor() as cursor:
-        cursor.execute(f'DROP SCHEMA IF EXISTS "{tenant.schema_name}" CASCADE')
+    _schema_drop(tenant.schema_name)
     audit_chain_anchor_forget(tenant_schema=tenant.schema_name)
     TenantLifecycleEvent.objects.filter(tenant=tenant).delete()
     Domain.objects.filter(tenant=tenant).delete()
@@ -205,7 +207,7 @@ def tenant_reactivate(*, tenant: Tenant, actor: Actor) -> Tenant:
 
 
 def tenant_delete(*, tenant: Tenant, actor: Actor) -> Tenant:
-    """Delete a tenant: drop its schema (all its data), revoke its keys, keep a tombstone row.
+    """Delete a tenant: drop its schema (all its data) and database role, revoke its keys, keep a tombstone row.
 
     Irreversible. Raises TenantStatusConflict when already deleted. The slug is never reused.
     """
@@ -218,9 +220,16 @@ def tenant_delete(*, tenant: Tenant, actor: Actor) -> Tenant:
         ApiKey.objects.filter(tenant=deleted, revoked_at__isnull=True).update(revoked_at=now)
         Domain.objects.filter(tenant=deleted).delete()
         connection.set_schema_to_public()
-        with connection.cursor() as cursor:
-            cursor.execute(f'DROP SCHEMA IF EXISTS "{deleted.schema_name}" CASCADE')
+        _schema_drop(deleted.schema_name)
     return deleted
+
+
+def _schema_drop(schema_name: str) -> None:
+    """Drop a tenant's schema with all its data, and its database role (as the owner)."""
+    with db_roles.owner_context(), connection.cursor() as cursor:
+        cursor.execute(f'DROP SCHEMA IF EXISTS "{schema_name}" CASCADE')
+    if db_roles.roles_enabled():
+        db_roles.tenant_role_drop(tenant_schema=schema_name)
 
 
 # --- API keys ------------------------------------------------------------------------------------

@@ -5,12 +5,16 @@ from __future__ import annotations
 from django.db import connection
 from django_tenants.utils import schema_context
 
+from tenants.db_roles import owner_context
+
 
 def test_hnsw_nearest_neighbours_in_a_tenant_schema(tenant_a, tenant_b):
     # given: a table with an HNSW cosine index in tenant A's schema
-    with schema_context(tenant_a.schema), connection.cursor() as cursor:
+    with schema_context(tenant_a.schema), owner_context(), connection.cursor() as cursor:  # DDL: the owner's
         cursor.execute("CREATE TABLE probe_items (id int PRIMARY KEY, embedding vector(3) NOT NULL)")
         cursor.execute("CREATE INDEX probe_items_hnsw ON probe_items USING hnsw (embedding vector_cosine_ops)")
+    # the tenant's role reads and writes the table its schema's owner created (default privileges)
+    with schema_context(tenant_a.schema), connection.cursor() as cursor:
         cursor.executemany(
             "INSERT INTO probe_items (id, embedding) VALUES (%s, %s)",
             [(1, "[1,0,0]"), (2, "[0.9,0.1,0]"), (3, "[0,1,0]"), (4, "[0,0,1]"), (5, "[-1,0,0]")],
@@ -30,5 +34,6 @@ def test_hnsw_nearest_neighbours_in_a_tenant_schema(tenant_a, tenant_b):
     assert version >= "0.8"
     # and the table exists only in tenant A's schema
     with connection.cursor() as cursor:
-        cursor.execute("SELECT table_schema FROM information_schema.tables WHERE table_name = 'probe_items'")
+        # (the catalog: information_schema shows only the tables the current role may use)
+        cursor.execute("SELECT schemaname FROM pg_tables WHERE tablename = 'probe_items'")
         assert [row[0] for row in cursor.fetchall()] == [tenant_a.schema]

@@ -132,7 +132,7 @@ DATABASE_URL = env.string("DATABASE_URL", "postgres://postgres@127.0.0.1:54329/a
 DATABASES = {
     "default": dj_database_url.parse(
         DATABASE_URL,
-        engine="django_tenants.postgresql_backend",
+        engine="tenants.postgresql_backend",
         conn_max_age=env.integer("DATABASE_CONN_MAX_AGE", 60),
         # No ping before each reuse: a connection that broke is closed after its first error (the step that
         # hit it is retried as transient) instead of every request or task paying a round trip.
@@ -148,6 +148,11 @@ if env.boolean("DATABASE_PREPARED_STATEMENTS", True):
 # django-tenants sets search_path only when the schema changes, not before every query.
 TENANT_LIMIT_SET_CALLS = True
 DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
+# Defence in depth (docs/security-isolation.md): in a tenant's schema the connection is that tenant's Postgres
+# role, in public the public role, so SQL naming another tenant's schema fails. Needs a login with CREATEROLE
+# that owns the schemas; false for a deployment without it. migrate_schemas runs as the owner and grants.
+DATABASE_TENANT_ROLES = env.boolean("DATABASE_TENANT_ROLES", True)
+GET_EXECUTOR_FUNCTION = "tenants.db_roles.migration_executor"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 

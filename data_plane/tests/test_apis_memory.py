@@ -20,6 +20,7 @@ from data_plane.model_server.app import start_in_thread
 from data_plane.models import Memory, MemorySettings
 from data_plane.runtime.adapters.embeddings import LOCAL_MODEL_ID
 from tenants.tests.factories import ApiKeyFactory
+from tenants.db_roles import owner_context
 
 
 def post(client, path, body, key):
@@ -142,7 +143,7 @@ def test_a_selective_filter_still_returns_k_results(client, tenant_a):
     # carol's few rows exactly); the test's transaction restores what it drops
     from django.db import connection
 
-    with schema_context(tenant_a.schema), connection.cursor() as cursor:
+    with schema_context(tenant_a.schema), owner_context(), connection.cursor() as cursor:  # DDL: the owner's
         cursor.execute("DROP INDEX memory_end_user, memory_scope")
         cursor.execute("SET enable_seqscan = off")
     try:
@@ -249,7 +250,7 @@ def test_words_most_memories_share_are_left_out_of_the_word_search(client, tenan
     texts.append({"text": "The customer with code QX-551 asked for a refund."})
     for start in range(0, len(texts), 100):
         assert post(client, "/v1/memories/batch", {"memories": texts[start:start + 100]}, tenant_a.key).status_code == 200
-    with schema_context(tenant_a.schema), connection.cursor() as cursor:
+    with schema_context(tenant_a.schema), owner_context(), connection.cursor() as cursor:  # maintenance: the owner's
         cursor.execute("ANALYZE data_plane_memory")
     memory_selectors.table_stats_forget(tenant_a.schema)
     # when

@@ -9,6 +9,7 @@ from django_tenants.utils import schema_context
 from conftest import bearer, unique_slug
 from control_plane.audit.models import AuditEvent
 from tenants import services
+from tenants.db_roles import owner_context
 from tenants.models import ApiKey, Tenant
 from tenants.tests.factories import ApiKeyFactory, OperatorKeyFactory
 
@@ -218,7 +219,7 @@ def test_an_unexpected_failure_is_a_500_problem_without_internals(client, tenant
     # given: a tenant whose schema vanished under it (a real database error, not a mock)
     provisioned = services.tenant_provision(name="Broken", slug=unique_slug("broken"), sla_tier="standard",
                                             domains=[], actor=services.Actor(kind="system", id="t"))
-    with connection.cursor() as cursor:
+    with owner_context(), connection.cursor() as cursor:
         cursor.execute(f'DROP SCHEMA "{provisioned.tenant.schema_name}" CASCADE')
     # when
     response = client.get("/v1/pings", **bearer(provisioned.admin_key.plaintext))

@@ -28,8 +28,8 @@ from tenants.scopes import ALL_SCOPES
 
 
 def table_names(schema: str) -> set[str]:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [schema])
+    with connection.cursor() as cursor:  # the catalog: information_schema shows only the current role's tables
+        cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", [schema])
         return {row[0] for row in cursor.fetchall()}
 
 

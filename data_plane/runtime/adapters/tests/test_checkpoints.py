@@ -14,6 +14,14 @@ from data_plane.runtime.core.messages import Message
 from data_plane.runtime.core.state import RunState, Status
 
 
+@pytest.fixture(autouse=True)
+def _in_tenant_a(tenant_a):
+    """The store runs in its tenant's context, as in a worker: there the connection has the tenant's database
+    role, without which its schema is refused (tests/test_database_roles.py)."""
+    with schema_context(tenant_a.schema):
+        yield
+
+
 def new_run(schema: str, **fields) -> Run:
     with schema_context(schema):
         agent = Agent.objects.create(name=f"a-{uuid.uuid4().hex[:8]}")
@@ -71,9 +79,14 @@ def test_each_step_writes_only_what_changed(tenant_a):
 def test_the_schema_is_named_in_the_sql_whatever_the_search_path(tenant_a, tenant_b):
     store = PostgresCheckpointStore(schema=tenant_a.schema, connection=connection)
     run = new_run(tenant_a.schema)
-    connection.set_tenant(tenant_b.tenant)  # a pooled connection left on another tenant's search_path
-    checkpoint_id, _ = commit(store, run, version=0, step=0, previous=None, state=state_with(2, k="v"))
-    assert store.load(checkpoint_id).state.values == {"k": "v"}
+    # a pooled connection whose search_path went elsewhere (behind PgBouncer a session's setting is not ours)
+    with connection.cursor() as cursor:
+        cursor.execute(f'SET search_path = "{tenant_b.schema}", public')
+        checkpoint_id, _ = commit(store, run, version=0, step=0, previous=None, state=state_with(2, k="v"))
+        assert store.load(checkpoint_id).state.values == {"k": "v"}
+        cursor.execute("SELECT current_setting('search_path')")
+        assert cursor.fetchone()[0] == f"{tenant_b.schema}, public"
+    connection.forget_session_state()  # the backend sets its own again on the next cursor
     with schema_context(tenant_b.schema):
         assert not Checkpoint.objects.filter(id=checkpoint_id).exists()
     with schema_context(tenant_a.schema):
