@@ -258,6 +258,7 @@ PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.Argon2PasswordHasher",
     "django.contrib.auth.hashers.ScryptPasswordHasher",
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "control_plane.oauth.hashers.ClientSecretHasher",  # OAuth client secrets only (see that module)
 ]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -313,6 +314,7 @@ OAUTH2_PROVIDER = {
     "REFRESH_TOKEN_GRACE_PERIOD_SECONDS": 0,
     "REFRESH_TOKEN_REUSE_PROTECTION": True,  # a rotated-out refresh token presented again revokes its family
     "PKCE_REQUIRED": True,
+    "CLIENT_SECRET_HASHER": "oauth_client_secret",  # control_plane.oauth.hashers: no stretching for random secrets
     "ALLOWED_REDIRECT_URI_SCHEMES": ["https", "http"],  # http only to loopback (control_plane.oauth.services)
     "OIDC_ISS_ENDPOINT": OAUTH_ISSUER,
     "OAUTH2_GRANT_TYPES_SUPPORTED": ["authorization_code", "client_credentials", "refresh_token"],

@@ -23,7 +23,8 @@ CHANNEL_LAYERS = {
 }
 CELERY_TASK_DEFAULT_QUEUE = f"agentplane-test-{CHECKOUT_ID}"
 STREAM_KEY_PREFIX = f"agentplane-test-{CHECKOUT_ID}"
-PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast; a test proves base's is Argon2id
+# Fast for tests (a test proves base's is Argon2id); OAuth client secrets keep their own hasher.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", "control_plane.oauth.hashers.ClientSecretHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 # Sign-in failure counters in a Redis database and under a prefix of their own.
 LOGIN_RATE_LIMIT_REDIS_URL = env.string("LOGIN_RATE_LIMIT_REDIS_URL", redis_url_with_db(REDIS_URL, 12))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import jwt
 from django.conf import settings
+from django.contrib.auth.hashers import make_password
 from django_tenants.utils import schema_context
 
 from conftest import bearer
 from control_plane.audit.models import AuditEvent
-from control_plane.oauth.tests.flows import client_credentials_token, register, token_request
+from control_plane.oauth.models import Application as OAuthApplication
+from control_plane.oauth.tests.flows import RegisteredApp, client_credentials_token, register, token_request
 from data_plane.models import Agent
 from tenants.tests.factories import ApiKeyFactory
 
@@ -80,3 +82,17 @@ def test_an_application_never_gets_more_scopes_than_its_creator(client, tenant_a
     assert "agents:write" in response.json()["detail"]
     listed = client.get("/v1/oauth/applications", **bearer(tenant_a.key)).json()["results"]
     assert "greedy" not in [app["name"] for app in listed]
+
+
+def test_a_client_secret_is_stored_salted_and_hashed_without_stretching_and_passwords_never_use_that(client, tenant_a):
+    # given
+    app = register(client, tenant_a.key, scopes=["tenant:read"])
+    # when
+    stored = OAuthApplication.objects.get(id=app.id).client_secret
+    impostor = RegisteredApp(id=app.id, client_id=app.client_id, client_secret=app.client_secret[:-1] + "x")
+    wrong = token_request(client, impostor, grant_type="client_credentials")
+    # then: the stored form names our hasher, holds no secret, and still tells a right secret from a wrong one
+    assert stored.startswith("oauth_client_secret$1$") and app.client_secret not in stored
+    assert client_credentials_token(client, app)["access_token"]
+    assert wrong.status_code == 401
+    assert not make_password("a user's password").startswith("oauth_client_secret$")
