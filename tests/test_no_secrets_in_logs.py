@@ -16,7 +16,7 @@ from django.views import debug
 from common.log_redaction import SecretRedactingFilter, SecretSafeExceptionReporter, \
     SecretSafeExceptionReporterFilter, redact
 from conftest import bearer, unique_slug
-from tenants import services
+from tenants import db_roles, services
 
 KEY = "agp_0123456789ab_" + "Kx9" * 13 + "Q"
 OPERATOR_KEY = "agpop_fedcba987654_" + "Op7" * 13 + "Z"
@@ -94,7 +94,7 @@ def test_failing_requests_and_their_errors_leave_no_secret_in_the_log(client, te
     # given: a tenant whose schema vanished (a real 500 on any of its requests), and requests carrying secrets
     broken = services.tenant_provision(name="Broken", slug=unique_slug("broken"), sla_tier="standard", domains=[],
                                        actor=services.Actor(kind="system", id="t"))
-    with connection.cursor() as cursor:
+    with db_roles.owner_context(), connection.cursor() as cursor:
         cursor.execute(f'DROP SCHEMA "{broken.tenant.schema_name}" CASCADE')
     broken_key = broken.admin_key.plaintext
     # when

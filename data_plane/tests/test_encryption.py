@@ -60,7 +60,7 @@ def finished_run(tenant) -> Run:
 
 def raw_rows(tenant, run_id):
     q = f'"{tenant.schema}".'
-    with connection.cursor() as cursor:
+    with schema_context(tenant.schema), connection.cursor() as cursor:  # what the tenant's own role reads
         cursor.execute(f"SELECT message FROM {q}data_plane_runmessage WHERE run_id = %s ORDER BY seq", [run_id])
         messages = [row[0] for row in cursor.fetchall()]
         cursor.execute(f"SELECT key, value::text, sealed_value FROM {q}data_plane_runvalue WHERE run_id = %s", [run_id])
@@ -114,11 +114,11 @@ def test_a_sealed_message_moved_to_another_place_does_not_open(enterprise):
     # given
     run = finished_run(enterprise)
     q = f'"{enterprise.schema}".'
-    with connection.cursor() as cursor:  # copy the first message's sealed text over the second's
+    with schema_context(enterprise.schema), connection.cursor() as cursor:  # copy message 0's sealed text over 1's
         cursor.execute(f"UPDATE {q}data_plane_runmessage SET message = (SELECT message FROM {q}data_plane_runmessage "
                        f"WHERE run_id = %s AND seq = 0) WHERE run_id = %s AND seq = 1", [run.id, run.id])
     # when / then
-    with pytest.raises(SecretUnreadable):
+    with schema_context(enterprise.schema), pytest.raises(SecretUnreadable):
         checkpoint_store(enterprise.schema).load(run.head_id)
 
 

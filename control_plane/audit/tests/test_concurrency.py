@@ -19,6 +19,7 @@ from control_plane.audit import chain
 from control_plane.audit.models import AuditEvent
 from control_plane.audit.selectors import audit_chain_verify
 from control_plane.audit.services import audit_event_record
+from tenants import db_roles
 from tests.processes import REPO, process_env
 
 ACTOR = Actor(kind="system", id="tests")
@@ -111,7 +112,7 @@ def test_the_command_exits_0_when_intact_and_1_when_tampered(committed_tenant):
     assert intact.returncode == 0, intact.stderr
     assert f"{slug}: OK" in intact.stdout
     # when a superuser rewrites an event
-    with connection.cursor() as cursor:
+    with db_roles.owner_context(), connection.cursor() as cursor:
         cursor.execute(f'ALTER TABLE "{schema}".audit_auditevent DISABLE TRIGGER audit_refuse_change')
         cursor.execute(f"UPDATE \"{schema}\".audit_auditevent SET actor_id = 'someone else' WHERE seq = 1")
         cursor.execute(f'ALTER TABLE "{schema}".audit_auditevent ENABLE TRIGGER audit_refuse_change')

@@ -18,13 +18,15 @@ from control_plane.audit.models import AuditEvent
 from control_plane.audit.selectors import audit_chain_verify
 from control_plane.audit.services import audit_event_record
 from control_plane.audit_anchor.models import AuditChainAnchor
+from tenants import db_roles
 
 ACTOR = Actor(kind="system", id="tests")
 
 
 @contextmanager
 def triggers_disabled(*names: str) -> Iterator[None]:
-    with connection.cursor() as cursor:
+    # As the tables' owner, which a tenant's database role is not (tenants.db_roles): what a superuser could do.
+    with db_roles.owner_context(), connection.cursor() as cursor:
         for name in names:
             cursor.execute(f"ALTER TABLE audit_auditevent DISABLE TRIGGER {name}")
         yield
