@@ -70,8 +70,21 @@ CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conform
 # method a path does not serve is DRF's 405, the same for every view.
 ENABLED_CHECKS = {"checks": {"enabled": False, **{name: {"enabled": True} for name in CHECKS}}}
 
+# Values that broke, or could break, storage and parsing: mixed into the generated strings and numbers so
+# that a few examples of every field try them (NUL broke jsonb columns; unpaired surrogates cannot be sent as UTF-8, see common/tests/test_parsers.py).
+HOSTILE = {
+    "hostile-strings": {"values": ["a\u0000b", "\u202eevil", "\ufeff", "😀" * 3,
+                                   "' OR '1'='1", "../../etc/passwd", "%00", "{{7*7}}", " ", "x" * 5000]},
+    "hostile-numbers": {"values": [2**31, -(2**31) - 1, 2**63, -(2**63) - 1, 2**64, 10**30, 1e308, -1e308, 5e-324]},
+}
+HOSTILE_GENERATION = {"string": {"dictionary": "hostile-strings", "probability": 0.1},
+                      "integer": {"dictionary": "hostile-numbers", "probability": 0.1},
+                      "number": {"dictionary": "hostile-numbers", "probability": 0.1}}
+
 CONFIG = SchemathesisConfig.from_dict({
-    "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
+    "dictionaries": HOSTILE,
+    "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none",
+                   "dictionaries": HOSTILE_GENERATION},
     # one request at a time, each independent: the stateful phase chains requests (links), which the
     # savepoint around each request deliberately undoes
     "phases": {"stateful": {"enabled": False}, "coverage": {"unexpected-methods": []}},
