@@ -19,6 +19,7 @@ from common.pagination import paginated, paginated_response
 from common.validation import validated
 from data_plane import selectors, services
 from data_plane.models import Approval, Run
+from data_plane.runtime.core.media import SUPPORTED_TYPES
 from data_plane.runtime.core.messages import Message
 from data_plane.serializers import (
     AgentOutputSerializer,
@@ -157,8 +158,9 @@ class AttachmentContentApi(TenantApiView):
     content_negotiation_class = _AnyAccept
 
     @extend_schema(operation_id="attachments_content", responses={
-        (200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY, description=(
-            "The bytes as uploaded; Content-Type is the attachment's media type."))}, tags=["attachments"])
+        (200, media_type): OpenApiResponse(OpenApiTypes.BINARY, description=(
+            "The bytes as uploaded; Content-Type is the attachment's media type.")) for media_type in SUPPORTED_TYPES},
+        tags=["attachments"])
     def get(self, request: Request, attachment_id: UUID) -> FileResponse:
         content = selectors.attachment_content(tenant_schema=request.user.tenant.schema_name,
                                                attachment_id=attachment_id)

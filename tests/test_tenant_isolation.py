@@ -20,7 +20,7 @@ from django.test import Client
 from django_tenants.utils import schema_context
 
 from common.actors import Actor
-from conftest import ProvisionedForTest, bearer
+from conftest import ProvisionedForTest, bearer, destroy_tenant, provision_for_test
 from control_plane.audit.models import AuditEvent
 from control_plane.identity import services as identity_services
 from control_plane.identity.models import Invitation, Membership
@@ -35,7 +35,7 @@ from data_plane.tests import media_files
 from guardrails import services as guardrail_services
 from guardrails.models import GuardrailFlag, GuardrailPolicy
 from tenants.api_views import TenantApiView
-from tenants.models import ApiKey
+from tenants.models import ApiKey, Tenant
 from tenants.tests.factories import ApiKeyFactory
 from tests.mcp_servers import TOOLBOX
 
@@ -551,3 +551,126 @@ def test_a_signed_in_member_of_b_sees_nothing_of_a_and_cannot_enter_a(tenant_a, 
         assert (response.status_code, response.json()["code"]) == (403, "not_a_member"), path
     assert Membership.objects.get(id=tenant_a_data.member_id).role == "owner"
     assert Invitation.objects.get(id=tenant_a_data.invitation_id).revoked_at is None
+
+
+# --- Every other route: the operator API, the SSE stream, and what anyone may read --------------------
+# A tenant's key (even an admin's, with every scope) is no operator key: every platform route refuses it and
+# changes nothing, with bodies an operator's call would succeed with. The SSE stream is an async Django view
+# (not a TenantApiView): tenant B's key gets a 404 for A's run there too, from a real Daphne. The public routes answer the same
+# with B's key as without one, and name nothing of A. Websocket routes are tested with a real Daphne
+# (tests/test_websocket.py, tests/test_streaming.py: another tenant's key gets 4404).
+
+PLATFORM_CASES = [
+    Case("v1/platform/tenants", "get", lambda a: "/v1/platform/tenants", None, None),
+    Case("v1/platform/tenants", "post", lambda a: "/v1/platform/tenants",
+         {"name": "From B", "slug": "from-b-platform", "sla_tier": "standard"}, None),
+    Case("v1/platform/tenants/<slug:slug>", "get", lambda a: f"/v1/platform/tenants/{a.slug}", None, None),
+    Case("v1/platform/tenants/<slug:slug>", "delete", lambda a: f"/v1/platform/tenants/{a.slug}",
+         lambda a: {"confirm": a.slug}, None),
+    Case("v1/platform/tenants/<slug:slug>/suspend", "post", lambda a: f"/v1/platform/tenants/{a.slug}/suspend",
+         {"reason": "from b"}, None),
+    Case("v1/platform/tenants/<slug:slug>/reactivate", "post",
+         lambda a: f"/v1/platform/tenants/{a.slug}/reactivate", {}, None),
+    Case("v1/platform/tenants/<slug:slug>/api-keys", "post", lambda a: f"/v1/platform/tenants/{a.slug}/api-keys",
+         {"name": "from b", "scopes": ["tenant:read"]}, None),
+]
+# route -> the test of it (a view outside DRF, so outside both matrices)
+NON_API_ROUTES = {"v1/runs/<uuid:run_id>/stream": "test_tenant_b_cannot_follow_tenant_a_run_over_sse"}
+# route -> why anyone may call it
+PUBLIC_ROUTES = {
+    "healthz": "liveness probe: answers without touching the database",
+    "readyz": "readiness probe: names the services that answer, nothing of any tenant",
+    "v1/openapi.json": "the API reference, the same for everyone",
+    "v1/docs": "the API reference (Swagger UI)",
+    "v1/redoc": "the API reference (Redoc)",
+}
+
+
+@dataclass(frozen=True)
+class PlatformTarget:
+    slug: str
+
+
+def _routes_by_kind() -> dict[str, set[tuple[str, str]]]:
+    """(route, method) of every URL pattern, by the kind of view that serves it; a function view's method is '*'."""
+    from tenants.api_views import OperatorApiView
+
+    found: dict[str, set[tuple[str, str]]] = {"tenant": set(), "operator": set(), "other": set()}
+
+    def walk(patterns, prefix: str) -> None:
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                walk(pattern.url_patterns, prefix + str(pattern.pattern))
+                continue
+            route = prefix + str(pattern.pattern)
+            view_class = getattr(pattern.callback, "view_class", None)
+            kind = ("tenant" if view_class and issubclass(view_class, TenantApiView) else
+                    "operator" if view_class and issubclass(view_class, OperatorApiView) else "other")
+            methods = [m for m in ("get", "post", "put", "patch", "delete") if hasattr(view_class, m)] \
+                if view_class else ["*"]
+            found[kind].update((route, method) for method in methods)
+
+    walk(get_resolver().url_patterns, "")
+    return found
+
+
+def test_every_route_is_in_a_matrix_or_public_on_purpose():
+    routes = _routes_by_kind()
+    assert routes["tenant"] == {(case.route, case.method) for case in CASES}
+    assert routes["operator"] == {(case.route, case.method) for case in PLATFORM_CASES}
+    assert {route for route, _ in routes["other"]} == set(NON_API_ROUTES) | set(PUBLIC_ROUTES)
+
+
+@pytest.mark.parametrize("case", PLATFORM_CASES, ids=lambda c: f"{c.method.upper()} {c.route}")
+def test_a_tenant_key_is_no_operator_key(client, tenant_a, tenant_b, case):
+    # given
+    target = PlatformTarget(slug=tenant_a.tenant.slug)
+    tenants_before = list(Tenant.objects.order_by("id").values_list("id", "slug", "status", "updated_at"))
+    keys_before = ApiKey.objects.count()
+    body = case.body(target) if callable(case.body) else case.body
+    # when
+    response = getattr(client, case.method)(case.path(target), json.dumps(body) if body is not None else None,
+                                            content_type="application/json", **bearer(tenant_b.key))
+    # then
+    assert (response.status_code, response.json()["code"]) == (401, "invalid_credentials"), response.content
+    assert list(Tenant.objects.order_by("id").values_list("id", "slug", "status", "updated_at")) == tenants_before
+    assert ApiKey.objects.count() == keys_before
+
+
+def test_tenant_b_cannot_follow_tenant_a_run_over_sse(daphne_url, committed):
+    # given: a run of tenant A waiting for an approval, committed, served by a real Daphne (the stream is an
+    # async view: its database work runs on other threads, which see committed data only)
+    import httpx
+
+    a, b = provision_for_test("sse-a"), provision_for_test("sse-b")
+    try:
+        with schema_context(a.schema):
+            actor = Actor(kind="system", id="isolation-test")
+            agent = data_plane_services.agent_create(tenant=a.tenant, name=A_AGENT_NAME, description="a",
+                                                     spec=A_SPEC, actor=actor)
+            run = data_plane_services.run_start(tenant=a.tenant, agent_id=agent.id, input="a", actor=actor)
+        url = f"{daphne_url}/v1/runs/{run.id}/stream"
+        # when
+        as_b = httpx.get(url, headers={"Authorization": f"Bearer {b.key}"}, timeout=10)
+        with httpx.stream("GET", url, headers={"Authorization": f"Bearer {a.key}"}, timeout=10) as as_a:
+            first = next(as_a.iter_lines())
+        # then: B learns nothing, not even that the run exists; A's own key streams it
+        assert (as_b.status_code, as_b.json()["code"]) == (404, "run_not_found")
+        assert str(run.id) in as_b.json()["detail"] and "event:" not in as_b.text
+        assert as_a.status_code == 200 and first == "retry: 1000"
+    finally:
+        destroy_tenant(a.tenant)
+        destroy_tenant(b.tenant)
+
+
+@pytest.mark.parametrize("route", sorted(PUBLIC_ROUTES))
+def test_a_public_route_answers_the_same_with_a_key_and_names_no_tenant(client, tenant_a, tenant_b, route):
+    # when
+    anonymous = client.get(f"/{route}")
+    with_b_key = client.get(f"/{route}", **bearer(tenant_b.key))
+    # then
+    assert anonymous.status_code == with_b_key.status_code == 200
+    for response in (anonymous, with_b_key):
+        body = b"".join(response.streaming_content) if response.streaming else response.content
+        for secret in (tenant_a.tenant.slug, tenant_a.schema, str(tenant_a.tenant.id), tenant_b.tenant.slug):
+            assert secret.encode() not in body

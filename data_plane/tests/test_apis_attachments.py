@@ -151,3 +151,16 @@ def test_runs_refuse_unknown_other_tenants_and_unsuitable_attachments(client, te
     assert (malformed.status_code, list(malformed.json()["errors"])) == (400, ["attachments"])
     with schema_context(tenant_a.schema):
         assert not Run.objects.exists()
+
+
+def test_the_schema_documents_every_media_type_the_content_is_served_as(client, db):
+    # the content is served with the attachment's own media type (found by the API fuzzer: the schema said
+    # application/octet-stream only, so clients generated from it refused a PNG)
+    from data_plane.runtime.core.media import SUPPORTED_TYPES
+
+    # when
+    schema = client.get("/v1/openapi.json").json()
+    # then
+    content = schema["paths"]["/v1/attachments/{attachment_id}/content"]["get"]["responses"]["200"]["content"]
+    assert sorted(content) == sorted(SUPPORTED_TYPES)
+    assert "image/png" in content and "audio/wav" in content
