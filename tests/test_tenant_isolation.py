@@ -6,6 +6,7 @@ isolation case fails ``test_every_tenant_endpoint_is_in_the_matrix``.
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import sys
@@ -556,9 +557,11 @@ def test_a_signed_in_member_of_b_sees_nothing_of_a_and_cannot_enter_a(tenant_a, 
 # --- Every other route: the operator API, the SSE stream, and what anyone may read --------------------
 # A tenant's key (even an admin's, with every scope) is no operator key: every platform route refuses it and
 # changes nothing, with bodies an operator's call would succeed with. The SSE stream is an async Django view
-# (not a TenantApiView): tenant B's key gets a 404 for A's run there too, from a real Daphne. The public routes answer the same
-# with B's key as without one, and name nothing of A. Websocket routes are tested with a real Daphne
-# (tests/test_websocket.py, tests/test_streaming.py: another tenant's key gets 4404).
+# (not a TenantApiView): tenant B's key gets a 404 for A's run there too, from a real Daphne. Routes that take the
+# caller's own credential (a session, an OAuth client's, an invitation's token) name the test that proves they reach
+# nothing else. The public routes answer the same with B's key as without one, and name nothing of A. Websocket
+# routes are tested with a real Daphne (tests/test_websocket.py, tests/test_streaming.py: another tenant's key
+# gets 4404).
 
 PLATFORM_CASES = [
     Case("v1/platform/tenants", "get", lambda a: "/v1/platform/tenants", None, None),
@@ -573,11 +576,43 @@ PLATFORM_CASES = [
          lambda a: f"/v1/platform/tenants/{a.slug}/reactivate", {}, None),
     Case("v1/platform/tenants/<slug:slug>/api-keys", "post", lambda a: f"/v1/platform/tenants/{a.slug}/api-keys",
          {"name": "from b", "scopes": ["tenant:read"]}, None),
+    Case("v1/platform/tenants/<slug:slug>/encryption", "get", lambda a: f"/v1/platform/tenants/{a.slug}/encryption",
+         None, None),
+    Case("v1/platform/tenants/<slug:slug>/encryption", "put", lambda a: f"/v1/platform/tenants/{a.slug}/encryption",
+         {"encrypts_payloads": True}, None),
 ]
 # route -> the test of it (a view outside DRF, so outside both matrices)
 NON_API_ROUTES = {"v1/runs/<uuid:run_id>/stream": "test_tenant_b_cannot_follow_tenant_a_run_over_sse"}
+# route -> the test proving its caller reaches only what its own credential names (a signed-in user, an OAuth
+# client's secret or token, an invitation's token): these routes take no tenant key, so neither matrix applies
+_IDENTITY, _OAUTH = "control_plane.identity.tests.", "control_plane.oauth.tests."
+OWN_CREDENTIAL_ROUTES = {
+    "v1/auth/login": _IDENTITY + "test_sign_in_apis::test_wrong_password_and_unknown_email_get_the_same_answer",
+    "v1/auth/logout": _IDENTITY + "test_sign_in_apis::test_logout_ends_the_session",
+    "v1/auth/me": _IDENTITY + "test_sign_in_apis::test_sign_in_sets_an_http_only_lax_session_and_me_lists_memberships",
+    "v1/auth/password":
+        _IDENTITY + "test_sign_in_apis::test_password_change_signs_out_other_sessions_and_keeps_this_one",
+    "v1/auth/totp/setup": _IDENTITY + "test_totp::test_setup_shows_the_secret_once_and_keeps_it_sealed",
+    "v1/auth/totp/confirm": _IDENTITY + "test_totp::test_the_totp_secret_does_not_open_for_another_user",
+    "v1/auth/totp/disable": _IDENTITY + "test_totp::test_disable_needs_a_code_and_removes_the_device",
+    "v1/invitations/accept":
+        _IDENTITY + "test_members_and_invitations::test_expired_revoked_and_unknown_tokens_are_refused",
+    "accounts/login/": _IDENTITY + "test_totp::test_the_sign_in_page_asks_for_the_code_then_follows_next",
+    "accounts/logout/": _IDENTITY + "test_totp::test_the_sign_in_page_refuses_an_offsite_next_and_a_missing_csrf_token",
+    "accounts/signed-in/":
+        _IDENTITY + "test_totp::test_the_sign_in_page_refuses_an_offsite_next_and_a_missing_csrf_token",
+    "accounts/invitations/accept/":
+        _IDENTITY + "test_members_and_invitations::test_the_invitation_page_names_only_its_own_tenant_and_accepts_once",
+    "oauth/authorize":
+        _OAUTH + "test_authorization_code::test_a_user_who_is_not_a_member_of_the_apps_tenant_cannot_authorize",
+    "oauth/token": _OAUTH + "test_access_tokens::test_a_token_of_tenant_a_cannot_act_in_tenant_b",
+    "oauth/revoke": _OAUTH + "test_access_tokens::test_a_client_cannot_revoke_another_clients_token",
+    "oauth/introspect": _OAUTH + "test_access_tokens::test_introspection_answers_for_the_clients_own_tokens_only",
+}
 # route -> why anyone may call it
 PUBLIC_ROUTES = {
+    ".well-known/oauth-authorization-server": "the OAuth server's metadata (RFC 8414), the same for everyone",
+    ".well-known/jwks.json": "the public keys that verify our access tokens",
     "healthz": "liveness probe: answers without touching the database",
     "readyz": "readiness probe: names the services that answer, nothing of any tenant",
     "v1/openapi.json": "the API reference, the same for everyone",
@@ -618,7 +653,11 @@ def test_every_route_is_in_a_matrix_or_public_on_purpose():
     routes = _routes_by_kind()
     assert routes["tenant"] == {(case.route, case.method) for case in CASES}
     assert routes["operator"] == {(case.route, case.method) for case in PLATFORM_CASES}
-    assert {route for route, _ in routes["other"]} == set(NON_API_ROUTES) | set(PUBLIC_ROUTES)
+    others = set(NON_API_ROUTES) | set(OWN_CREDENTIAL_ROUTES) | set(PUBLIC_ROUTES)
+    assert {route for route, _ in routes["other"]} == others
+    for proof in OWN_CREDENTIAL_ROUTES.values():  # each named test exists
+        module, _, name = proof.partition("::")
+        assert callable(getattr(importlib.import_module(module), name, None)), proof
 
 
 @pytest.mark.parametrize("case", PLATFORM_CASES, ids=lambda c: f"{c.method.upper()} {c.route}")

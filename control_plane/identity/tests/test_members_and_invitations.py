@@ -266,3 +266,29 @@ def test_provisioning_with_an_owner_email_invites_the_first_owner(client, operat
     assert accepted.status_code == 201 and accepted.json()["role"] == "owner"
     invitation = Invitation.objects.get(id=response.json()["owner_invitation"]["id"])
     assert invitation.invited_by.startswith("operator_key:")
+
+
+def test_the_invitation_page_names_only_its_own_tenant_and_accepts_once(tenant_a, tenant_b,
+                                                                       django_capture_on_commit_callbacks):
+    # given an invitation to A
+    admin = MembershipFactory(tenant=tenant_a.tenant, role=roles.ADMIN)
+    with django_capture_on_commit_callbacks(execute=True):
+        _invite(admin, "page@example.com", roles.DEVELOPER)
+    token = _token_from(mail.outbox[0])
+    browser = Client(enforce_csrf_checks=True)
+    # when
+    unknown = browser.get("/accounts/invitations/accept/?token=not-a-token")
+    page = browser.get(f"/accounts/invitations/accept/?token={token}")
+    form = {"token": token, "name": "Page", "password": NEW_PASSWORD, "password_again": NEW_PASSWORD,
+            "csrfmiddlewaretoken": page.cookies["csrftoken"].value}
+    accepted = browser.post("/accounts/invitations/accept/", form)
+    again = browser.post("/accounts/invitations/accept/", form)
+    # then: the page shows A's name and nothing of B; the token works once
+    assert unknown.status_code == 404 and tenant_a.tenant.name.encode() not in unknown.content
+    assert page.status_code == 200 and tenant_a.tenant.name.encode() in page.content
+    assert tenant_b.tenant.slug.encode() not in page.content
+    assert accepted.status_code == 201
+    assert again.status_code == 409
+    user = User.objects.get(username="page@example.com")
+    assert list(Membership.objects.filter(user=user).values_list("tenant_id", "role")) == \
+        [(tenant_a.tenant.id, roles.DEVELOPER)]
