@@ -18,7 +18,7 @@ from data_plane.runtime.adapters.checkpoints import (
     message_bound_to,
     value_bound_to,
 )
-from encryption.services import SealedLocation, TenantCipher, sealed_location_register, tenant_cipher
+from control_plane.encryption.services import SealedLocation, TenantCipher, sealed_location_register, tenant_cipher
 
 
 def mcp_server_bound_to(tenant_schema: str, server_id: UUID | str) -> str:

@@ -21,7 +21,7 @@ from common.errors import InvalidInput
 from common.keys import KeyHasher, parse_key
 from control_plane.audit.services import audit_chain_anchor_forget, audit_event_record
 from control_plane.identity import services as identity_services
-from encryption import services as encryption_services
+from control_plane.encryption import services as encryption_services
 from tenants import db_roles, roles
 from tenants import scopes as scope_registry
 from tenants.errors import (

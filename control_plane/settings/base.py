@@ -79,7 +79,7 @@ SHARED_APPS = [
     "django.contrib.sessions",  # portal users' sign-in (identity), which the OAuth authorize page needs
     "billing",
     "control_plane.audit_anchor",  # each tenant's audit chain head, outside the tenant's schema
-    "encryption",  # tenants' data keys (wrapped) and encryption policy
+    "control_plane.encryption",  # tenants' data keys (wrapped) and encryption policy
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.staticfiles",

@@ -20,7 +20,7 @@ from data_plane.services.memory import memory_draft, memory_remember
 from data_plane.tests.test_executor import REPLIES, start, stepper_for
 from data_plane.tests.fakes import FakeChatModel
 from data_plane.runtime.core.messages import Message
-from encryption.services import tenant_cipher_forget
+from control_plane.encryption.services import tenant_cipher_forget
 from tenants import services as tenant_services
 
 

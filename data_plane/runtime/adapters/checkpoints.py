@@ -30,7 +30,7 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 class PayloadCipher(Protocol):
-    """Seals and opens a tenant's payloads (encryption.services.TenantCipher implements it)."""
+    """Seals and opens a tenant's payloads (control_plane.encryption.services.TenantCipher implements it)."""
 
     encrypts_payloads: bool
 

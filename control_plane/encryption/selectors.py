@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from encryption.models import TenantDataKey, TenantKeyring
+from control_plane.encryption.models import TenantDataKey, TenantKeyring
 
 
 @dataclass(frozen=True)

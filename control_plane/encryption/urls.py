@@ -1,6 +1,6 @@
 from django.urls import path
 
-from encryption import apis
+from control_plane.encryption import apis
 
 urlpatterns = [
     path("platform/tenants/<slug:slug>/encryption", apis.PlatformTenantEncryptionApi.as_view(),

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from common.actors import Actor
-from encryption import services
+from control_plane.encryption import services
 from tenants.selectors import tenant_get
 
 

@@ -19,8 +19,8 @@ from data_plane.sealing import checkpoint_store, mcp_server_bound_to, memory_set
 from data_plane.services.memory import memory_draft, memory_remember
 from data_plane.services.tools import server_config
 from data_plane.memory_selectors import memory_get, memory_search
-from encryption import services
-from encryption.models import TenantDataKey, TenantKeyring
+from control_plane.encryption import services
+from control_plane.encryption.models import TenantDataKey, TenantKeyring
 from tenants import services as tenant_services
 
 
@@ -316,7 +316,7 @@ def test_without_its_master_key_a_data_key_does_not_unwrap(encrypted, settings):
 
 
 def test_a_second_rotation_of_a_tenant_at_once_is_refused(encrypted):
-    from encryption.errors import RotationInProgress
+    from control_plane.encryption.errors import RotationInProgress
 
     holder = connections.create_connection("default")
     try:

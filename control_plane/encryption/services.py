@@ -48,8 +48,8 @@ from common.crypto import (
 )
 from common.locks import advisory_key
 from control_plane.audit.services import audit_event_record
-from encryption.errors import EncryptionConfigurationError, RotationInProgress
-from encryption.models import TenantDataKey, TenantKeyring
+from control_plane.encryption.errors import EncryptionConfigurationError, RotationInProgress
+from control_plane.encryption.models import TenantDataKey, TenantKeyring
 from tenants.selectors import tenant_get_by_schema
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from common.validation import validated
-from encryption import selectors, services
+from control_plane.encryption import selectors, services
 from tenants.api_views import OperatorApiView
 from tenants.selectors import tenant_get
 
