@@ -32,6 +32,7 @@ from cachetools import TTLCache
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from django_tenants.utils import schema_context
 
 from common.actors import Actor
 from common.crypto import (
@@ -325,19 +326,22 @@ def _reseal_all(*, tenant: Any, batch: int) -> ResealReport:
     keyring = TenantKeyring.objects.get(tenant_id=tenant.id)
     cipher = _data_key_cipher(tenant, keyring)
     report = ResealReport()
-    for location in sealed_locations():
-        done, bad = _reseal_location(cipher=cipher, tenant_schema=tenant.schema_name, location=location, batch=batch)
-        if done:
-            report.resealed[location.name] = done
-        if bad:
-            report.unreadable[location.name] = bad
+    # In the tenant's schema: its database role is the one that may read and write its tables (tenants.db_roles).
+    with schema_context(tenant.schema_name):
+        for location in sealed_locations():
+            done, bad = _reseal_location(cipher=cipher, tenant_schema=tenant.schema_name, location=location,
+                                         batch=batch)
+            if done:
+                report.resealed[location.name] = done
+            if bad:
+                report.unreadable[location.name] = bad
     return report
 
 
 def _stale_count(*, tenant: Any, version: int) -> int:
     current = f"{V2_PREFIX}{version}:%"
     total = 0
-    with connection.cursor() as cursor:
+    with schema_context(tenant.schema_name), connection.cursor() as cursor:
         for location in sealed_locations():
             cursor.execute(f'SELECT count(*) FROM "{tenant.schema_name}".{location.table} '
                            f"WHERE {_stale_filter(location)}", {"current": current})

@@ -167,7 +167,7 @@ def encrypted(committed):
 
 def sealed_values(tenant) -> list[str]:
     q = f'"{tenant.schema}".'
-    with connection.cursor() as cursor:
+    with schema_context(tenant.schema), connection.cursor() as cursor:  # as the tenant's own database role
         cursor.execute(f"SELECT sealed_secrets FROM {q}data_plane_mcpserver UNION ALL "
                        f"SELECT sealed_text FROM {q}data_plane_memory UNION ALL "
                        f"SELECT substr(message, 2, length(message) - 2) FROM {q}data_plane_runmessage UNION ALL "
@@ -188,7 +188,8 @@ def test_a_tenant_rotation_reseals_everything_then_retires_the_old_version(encry
                                  drafts=[memory_draft(text="Vandelay imports latex")])[0].memory
     run = finished_run(encrypted)
     before = sealed_values(encrypted)
-    state_before = checkpoint_store(encrypted.schema).load(run.head_id).state
+    with schema_context(encrypted.schema):
+        state_before = checkpoint_store(encrypted.schema).load(run.head_id).state
     assert len(before) > 8 and all(v.startswith("v2:1:") for v in before)
     # when
     out = open(os.devnull, "w")
@@ -201,8 +202,8 @@ def test_a_tenant_rotation_reseals_everything_then_retires_the_old_version(encry
     assert (keys[1].state, bytes(keys[1].wrapped_key), keys[1].master_key_id) == ("retired", b"", "")
     assert keys[2].state == "active" and TenantKeyring.objects.get(tenant=encrypted.tenant).current_version == 2
     services.tenant_cipher_forget()
-    assert checkpoint_store(encrypted.schema).load(run.head_id).state == state_before
     with schema_context(encrypted.schema):
+        assert checkpoint_store(encrypted.schema).load(run.head_id).state == state_before
         server.refresh_from_db()
         assert server_config(tenant_schema=encrypted.schema, server=server).headers == CREDENTIALS["headers"]
         assert memory_get(tenant_schema=encrypted.schema, memory_id=memory.id).text == "Vandelay imports latex"
