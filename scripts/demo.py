@@ -14,6 +14,7 @@ started.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -34,9 +35,9 @@ LOGS = REPO / ".data" / "demo-logs"
 DEMO_SLUG = "demo"
 OTHER_SLUG = "demo-neighbour"
 DEMO_SCOPES = ["tenant:read", "keys:read", "keys:write", "audit:read", "pings:read", "pings:write", "tools:read",
-               "tools:write", "agents:read",
-               "agents:write", "runs:read", "runs:write", "approvals:write", "memories:read", "memories:write",
-               "guardrails:read", "guardrails:write"]
+               "tools:write", "agents:read", "agents:write", "runs:read", "runs:write", "approvals:write",
+               "memories:read", "memories:write", "guardrails:read", "guardrails:write", "members:read",
+               "members:write", "oauth:read", "oauth:write"]
 AGENT_NAME = "vat-assistant"
 # The local model server plays this conversation (turn n answers the request holding n assistant messages).
 SCENARIO = {"name": "vat-assistant", "turns": [
@@ -284,6 +285,35 @@ def show_guardrails(http: httpx.Client, key: str, model_url: str, client: Client
     say(f"streamed over the websocket, redacted as it went ({len(streamed)} deltas): {text!r}")
 
 
+def show_security(http: httpx.Client, auth: dict[str, str], run_id: str) -> None:
+    step("security: the audit chain verifies; an OAuth client gets a short-lived JWT, bounded by its scopes")
+    verified = http.get("/v1/audit-events/verify", headers=auth).json()
+    say(f"GET /v1/audit-events/verify -> ok={verified['ok']}, {verified['checked']} events chained, "
+        f"head seq {verified['head_seq']} hash {verified['head_hash'][:12]}...")
+    app = http.post("/v1/oauth/applications", headers=auth, json={
+        "name": "demo-reporting", "grant_type": "client_credentials", "client_type": "confidential",
+        "scopes": ["tenant:read", "runs:read"], "redirect_uris": []})
+    app.raise_for_status()
+    client_id, secret = app.json()["client_id"], app.json()["client_secret"]
+    say(f"registered OAuth client {client_id[:12]}... (client credentials; tenant:read runs:read)")
+    issued = http.post("/oauth/token", data={"grant_type": "client_credentials", "scope": "runs:read"},
+                       auth=(client_id, secret))
+    issued.raise_for_status()
+    token = issued.json()["access_token"]
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    say(f"POST /oauth/token -> {header['alg']} JWT, key id {header['kid']}, expires in {issued.json()['expires_in']} s")
+    bearer_auth = {"Authorization": f"Bearer {token}"}
+    read = http.get(f"/v1/runs/{run_id}", headers=bearer_auth)
+    write = http.post("/v1/runs", headers=bearer_auth, json={"agent_id": run_id, "input": "x"})
+    say(f"GET /v1/runs/{run_id[:8]} with it -> {read.status_code}; POST /v1/runs -> {write.status_code} "
+        f"{write.json()['code']}")
+    if read.status_code != 200 or write.status_code != 403 or not verified["ok"]:
+        raise SystemExit("the security step did not behave as it should")
+    revoked = http.post("/oauth/revoke", data={"token": token}, auth=(client_id, secret))
+    after = http.get(f"/v1/runs/{run_id}", headers=bearer_auth)
+    say(f"POST /oauth/revoke -> {revoked.status_code}; the same token now -> {after.status_code} {after.json()['code']}")
+
+
 def follow_run(client: Client, run_id: str, label: str, approve_text: str | None = None) -> dict:
     """Follow the run over its websocket (the SDK): print its events as they are committed, count the
     tokens streamed before each reply, approve what it asks over the same socket; return the finished run."""
@@ -456,6 +486,7 @@ def main() -> None:
             other = tenant_key(http, operator, OTHER_SLUG, "Neighbour Ltd.")
             peek = http.get(f"/v1/runs/{run['id']}", headers={"Authorization": f"Bearer {other}"})
             say(f"GET /v1/runs/{run['id']} with the neighbour's key -> {peek.status_code} {peek.json()['code']}")
+            show_security(http, auth, run["id"])
             say(f"API reference: {base}/v1/docs (while running)")
         step("demo complete")
     finally:
