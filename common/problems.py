@@ -76,9 +76,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, AppError):
         body = problem(status=exc.http_status, code=exc.code, title=exc.title, detail=exc.message, **exc.extra)
         status = exc.http_status
-        if status == 429 and "retry_after" in exc.extra:
+        if status == 429 and "retry_after" in exc.extra:  # every rate limit says when to come back
             headers["Retry-After"] = str(int(exc.extra["retry_after"]))
-        headers.update(getattr(exc, "headers", None) or {})  # e.g. Retry-After of a 429
     elif isinstance(exc, RequestDataTooBig):
         status = 413
         body = problem(status=413, code="request_too_large",

@@ -42,12 +42,8 @@ class AuthRateLimited(AppError):
     title = "Too many failed authentications"
 
     def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message, extra={"retry_after": retry_after})
+        super().__init__(message, extra={"retry_after": retry_after})  # the problem handler's Retry-After
         self.retry_after = retry_after
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
 class AuthFailureLimiter:
