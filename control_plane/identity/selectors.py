@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from control_plane.identity.errors import InvitationNotFound, InvitationNotPending, MembershipNotFound
 from control_plane.identity.models import Invitation, Membership, TotpDevice
+from tenants import roles
 from tenants.models import Tenant
 
 
@@ -31,6 +32,12 @@ def membership_get(*, tenant: Tenant, membership_id: UUID) -> Membership:
 def membership_find(*, tenant: Tenant, user_id: int) -> Membership | None:
     """The user's membership in ``tenant``, or None."""
     return Membership.objects.filter(tenant=tenant, user_id=user_id).first()
+
+
+def member_scopes(*, user_id: object, tenant_id: object) -> frozenset[str] | None:
+    """The scopes the user's current role in the tenant holds; None when the user is not a member."""
+    role = Membership.objects.filter(user_id=user_id, tenant_id=tenant_id).values_list("role", flat=True).first()
+    return None if role is None else roles.scopes_for_role(role)
 
 
 def membership_list_for_user(*, user_id: int) -> QuerySet[Membership]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from oauth2_provider.scopes import BaseScopes
 
-from control_plane.oauth import selectors
+from control_plane.identity import selectors as identity_selectors
 from tenants.scopes import SCOPES
 
 
@@ -26,7 +26,7 @@ class TenantScopes(BaseScopes):
         available = [scope for scope in application.scopes if scope in SCOPES]
         user = _user_of(request)
         if user is not None:
-            held = selectors.member_scopes(user_id=user.pk, tenant_id=application.tenant_id) or frozenset()
+            held = identity_selectors.member_scopes(user_id=user.pk, tenant_id=application.tenant_id) or frozenset()
             available = [scope for scope in available if scope in held]
         return available
 

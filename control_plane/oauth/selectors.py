@@ -1,13 +1,11 @@
-"""Reads of OAuth clients and of members' scopes. Never writes."""
+"""Reads of OAuth clients. Never writes. (Members' scopes: control_plane.identity.selectors.member_scopes.)"""
 
 from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from control_plane.identity.models import Membership
 from control_plane.oauth.errors import ApplicationNotFound
 from control_plane.oauth.models import Application
-from tenants import roles
 
 
 def application_list(*, tenant_id: object) -> QuerySet[Application]:
@@ -26,9 +24,3 @@ def application_get(*, tenant_id: object, application_id: int) -> Application:
 def application_get_by_client_id(*, client_id: str) -> Application | None:
     return Application.objects.select_related("tenant").filter(client_id=client_id).first()
 
-
-def member_scopes(*, user_id: object, tenant_id: object) -> frozenset[str] | None:
-    """The scopes the user's current role in the tenant holds; None when the user is not a member."""
-    # TODO(identity): read through control_plane.identity.selectors once that module exists.
-    role = Membership.objects.filter(user_id=user_id, tenant_id=tenant_id).values_list("role", flat=True).first()
-    return None if role is None else roles.scopes_for_role(role)

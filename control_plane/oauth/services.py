@@ -17,6 +17,7 @@ from oauth2_provider.models import AccessToken, clear_expired
 from common.actors import Actor
 from common.errors import AppError
 from control_plane.audit.services import audit_event_record
+from control_plane.identity import selectors as identity_selectors
 from control_plane.oauth import selectors, tokens
 from control_plane.oauth.errors import ApplicationInvalid
 from control_plane.oauth.models import Application
@@ -178,7 +179,7 @@ def _grant_of(row: AccessToken, *, tenant_id: str, token_scopes: set[str]) -> OA
         actor = Actor(kind="oauth_client", id=application.client_id, label=application.name)
     else:
         user = row.user
-        held = selectors.member_scopes(user_id=row.user_id, tenant_id=tenant.pk) if user.is_active else None
+        held = identity_selectors.member_scopes(user_id=row.user_id, tenant_id=tenant.pk) if user.is_active else None
         if held is None:
             raise CredentialRevoked(f"The user of this access token is no longer a member of tenant "
                                     f"{tenant.slug!r}; sign in again.")

@@ -11,7 +11,7 @@ from typing import Any
 
 from oauth2_provider.oauth2_validators import OAuth2Validator
 
-from control_plane.oauth import selectors
+from control_plane.identity import selectors as identity_selectors
 
 
 def _user_may_act_for(request: Any) -> bool:
@@ -19,7 +19,7 @@ def _user_may_act_for(request: Any) -> bool:
     client = getattr(request, "client", None)
     if user is None or client is None or not user.is_active:
         return False
-    return selectors.member_scopes(user_id=user.pk, tenant_id=client.tenant_id) is not None
+    return identity_selectors.member_scopes(user_id=user.pk, tenant_id=client.tenant_id) is not None
 
 
 class TenantOAuth2Validator(OAuth2Validator):

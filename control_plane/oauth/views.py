@@ -21,6 +21,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from oauth2_provider.views import AuthorizationView, OAuthServerMetadataView
 
+from control_plane.identity import selectors as identity_selectors
 from control_plane.oauth import selectors, services, signing
 from control_plane.oauth.models import Application
 from tenants.scopes import SCOPES
@@ -45,7 +46,7 @@ class TenantAuthorizationView(AuthorizationView):
         application = selectors.application_get_by_client_id(client_id=client_id)
         if application is None:
             return None  # DOT answers an unknown client itself (invalid_client, no redirect)
-        held = selectors.member_scopes(user_id=self.request.user.pk, tenant_id=application.tenant_id)
+        held = identity_selectors.member_scopes(user_id=self.request.user.pk, tenant_id=application.tenant_id)
         if held is None:
             return self._error(application, "access_denied",
                                f"You are not a member of the tenant that registered {application.name!r}; ask one "
