@@ -106,11 +106,19 @@ def _content_length(scope: Scope) -> int | None:
 
 # JSON and everything else that is not a page: nothing may load, frame or submit anywhere.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-# The API reference pages (Swagger UI, Redoc, served from our own static files): their scripts and the schema
-# from this origin only; inline styles (both set style attributes), data: images and Redoc's blob: worker.
-PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+# Our HTML pages (the API reference: Swagger UI and Redoc from our own static files; the portal's sign-in,
+# invitation and OAuth consent pages): scripts and the schema from this origin only; inline styles (both
+# reference pages set style attributes), data: images and Redoc's blob: worker; forms post to this origin.
+def page_csp(*, form_targets: tuple[str, ...] = ()) -> str:
+    """The policy of an HTML page; ``form_targets`` are further origins a form's submission may end at (the
+    OAuth consent form redirects to the client's redirect URI, and browsers check redirects of a submission)."""
+    form_action = " ".join(("'self'", *form_targets))
+    return ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
             "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; manifest-src 'self'; "
-            "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+            f"frame-ancestors 'none'; base-uri 'none'; form-action {form_action}")
+
+
+PAGE_CSP = page_csp()
 PERMISSIONS_POLICY = ("accelerometer=(), autoplay=(), camera=(), display-capture=(), geolocation=(), gyroscope=(), "
                       "magnetometer=(), microphone=(), midi=(), payment=(), usb=(), xr-spatial-tracking=()")
 

@@ -155,6 +155,15 @@ def test_the_reference_pages_load_only_same_origin_scripts_that_exist(tls_server
         assert client.get("/v1/openapi.json").status_code == 200
 
 
+def test_the_sign_in_page_may_post_its_form_to_this_origin_only(tls_server):
+    # when
+    response = httpx.get(f"{tls_server.url}/accounts/login/", verify=tls13_context(tls_server.cert))
+    # then: a browser submits the sign-in form (form-action 'none' would block it) and nothing else runs
+    assert response.status_code == 200 and 'name="password"' in response.text
+    policy = response.headers["content-security-policy"]
+    assert policy.endswith("form-action 'self'") and "script-src 'self'" in policy
+
+
 # --- Request size limits --------------------------------------------------------------------------------
 
 def raw_tls_exchange(server: TlsServer, request: bytes, *, chunks: list[bytes] = (), timeout: float = 5) -> bytes:

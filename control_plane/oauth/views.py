@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_plus, urlsplit
 
 from django.contrib.auth.hashers import check_password
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -21,6 +21,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from oauth2_provider.views import AuthorizationView, OAuthServerMetadataView
 
+from common.http_hardening import page_csp
 from control_plane.identity import selectors as identity_selectors
 from control_plane.oauth import selectors, services, signing
 from control_plane.oauth.models import Application
@@ -35,8 +36,13 @@ class TenantAuthorizationView(AuthorizationView):
     and the token can carry at most what the member's role holds (and the client may get)."""
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        refused = self._refuse_unless_member(request.GET.get("client_id", ""))
-        return refused or super().get(request, *args, **kwargs)
+        client_id = request.GET.get("client_id", "")
+        response = self._refuse_unless_member(client_id) or super().get(request, *args, **kwargs)
+        application = selectors.application_get_by_client_id(client_id=client_id)
+        if application is not None:
+            # the consent form's submission ends at the client's redirect URI: the page policy must allow it
+            response["Content-Security-Policy"] = page_csp(form_targets=_origins(application.redirect_uris))
+        return response
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         refused = self._refuse_unless_member(request.POST.get("client_id", ""))
@@ -74,6 +80,17 @@ class TenantAuthorizationView(AuthorizationView):
             kwargs["scopes"] = self._narrowed(kwargs["scopes"])
             kwargs["scopes_descriptions"] = [f"{scope}: {SCOPES[scope]}" for scope in kwargs["scopes"]]
         return super().get_context_data(**kwargs)
+
+
+def _origins(redirect_uris: str) -> tuple[str, ...]:
+    """The distinct origins (scheme://host[:port]) of an application's space-separated redirect URIs."""
+    origins = []
+    for uri in redirect_uris.split():
+        parts = urlsplit(uri)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if parts.scheme and parts.netloc and origin not in origins:
+            origins.append(origin)
+    return tuple(origins)
 
 
 def _client_credentials(request: HttpRequest) -> tuple[str, str] | None:

@@ -185,3 +185,16 @@ def test_a_public_client_signs_out_by_revoking_its_refresh_token(client, tenant_
     assert revoked.status_code == 200
     assert (access.status_code, access.json()["code"]) == (401, "credential_revoked")
     assert (refreshed.status_code, refreshed.json()["error"]) == (400, "invalid_grant")
+
+
+def test_the_consent_page_lets_its_form_reach_this_origin_and_the_clients_redirect_origin_only(client, tenant_a):
+    # given
+    app = register(client, tenant_a.key, scopes=APP_SCOPES, grant_type="authorization_code", client_type="public")
+    client.force_login(member(tenant_a.tenant, "developer"))
+    # when
+    page = client.get(authorize_query(app, challenge=pkce_pair()[1]))
+    # then: a browser may submit the form here and follow its redirect to the client, nowhere else
+    assert page.status_code == 200, page.content
+    policy = page["Content-Security-Policy"]
+    assert policy.endswith("form-action 'self' https://app.example.com")
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
