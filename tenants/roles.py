@@ -28,11 +28,12 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     # Everything an owner can do, but an admin cannot make, change or remove owners (can_grant).
     ADMIN: frozenset(SCOPES),
     # Builds and runs agents and their tools; reads who is in the tenant, never changes it; no audit log.
-    DEVELOPER: _READ_DATA | _BUILD | {"members:read"},
+    DEVELOPER: _READ_DATA | _BUILD | {"members:read", "usage:read", "budgets:read"},
     # Reads the tenant's agents, runs and settings; changes nothing.
-    VIEWER: _READ_DATA,
-    # Reads the tenant and its audit trail (and, with the billing issue, usage and invoices); no agent data.
-    FINANCE: frozenset({"tenant:read", "audit:read", "members:read"}),
+    VIEWER: _READ_DATA | {"usage:read"},
+    # Reads the tenant, its audit trail, usage and invoices; sets budgets and the plan; no agent data.
+    FINANCE: frozenset({"tenant:read", "audit:read", "members:read", "usage:read", "budgets:read", "budgets:write",
+                        "billing:read", "billing:write"}),
 }
 
 ROLE_DESCRIPTIONS: dict[str, str] = {
@@ -40,7 +41,7 @@ ROLE_DESCRIPTIONS: dict[str, str] = {
     ADMIN: "Everything but changing or removing owners.",
     DEVELOPER: "Builds and runs agents, tools, memories, guardrails, API keys and OAuth clients.",
     VIEWER: "Reads agents, runs, tools, memories and guardrails; changes nothing.",
-    FINANCE: "Reads the tenant, its members and its audit log (usage and billing with the billing issue).",
+    FINANCE: "Reads the tenant, its members, its audit log, usage and invoices; sets budgets and the plan.",
 }
 
 

@@ -24,6 +24,11 @@ SCOPES: dict[str, str] = {
     "members:write": "Invite portal users, change their roles and remove them (never above the caller's own role).",
     "oauth:read": "List the tenant's OAuth 2.0 client applications (never their secrets).",
     "oauth:write": "Register, change and delete OAuth 2.0 client applications, within the caller's own scopes.",
+    "usage:read": "Read the tenant's usage (tokens, cost, runs), its quotas, SLOs and cost reports.",
+    "budgets:read": "Read the tenant's spending budgets and their alerts.",
+    "budgets:write": "Set, change and remove spending budgets (the tenant's, agents' and runs' defaults).",
+    "billing:read": "Read the tenant's plan (SLA tier), subscription, invoices and payment status.",
+    "billing:write": "Change the tenant's plan and its billing details.",
 }
 
 ALL_SCOPES: tuple[str, ...] = tuple(SCOPES)

@@ -1,0 +1,5 @@
+"""Billing's models, one module per topic (all in the public schema: billing is a shared app)."""
+
+from billing.models.metering import UsageRecord, UsageRollup
+
+__all__ = ["UsageRecord", "UsageRollup"]
