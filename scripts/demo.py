@@ -37,7 +37,8 @@ OTHER_SLUG = "demo-neighbour"
 DEMO_SCOPES = ["tenant:read", "keys:read", "keys:write", "audit:read", "pings:read", "pings:write", "tools:read",
                "tools:write", "agents:read", "agents:write", "runs:read", "runs:write", "approvals:write",
                "memories:read", "memories:write", "guardrails:read", "guardrails:write", "members:read",
-               "members:write", "oauth:read", "oauth:write"]
+               "members:write", "oauth:read", "oauth:write", "usage:read", "budgets:read", "budgets:write",
+               "billing:read", "billing:write"]
 AGENT_NAME = "vat-assistant"
 # The local model server plays this conversation (turn n answers the request holding n assistant messages).
 SCENARIO = {"name": "vat-assistant", "turns": [
