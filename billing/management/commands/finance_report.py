@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import date
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
@@ -22,6 +22,16 @@ def _day(raw: str) -> date:
         raise CommandError(f"{raw!r} is not a day; write it as YYYY-MM-DD.") from None
 
 
+def _amount(raw: str) -> Decimal:
+    try:
+        amount = Decimal(raw)
+    except InvalidOperation:
+        amount = Decimal(-1)
+    if not amount.is_finite() or amount < 0:
+        raise CommandError(f"{raw!r} is not an amount of USD; write it as a number such as 150000.")
+    return amount
+
+
 class Command(BaseCommand):
     help = "Per tenant, model and day: tokens, LLM cost, infrastructure share, revenue, margin; cost per session."
 
@@ -30,6 +40,8 @@ class Command(BaseCommand):
         parser.add_argument("--end", required=True, help="Last UTC day, YYYY-MM-DD (included).")
         parser.add_argument("--group-by", default=",".join(selectors.FINANCE_DIMENSIONS),
                             help="Comma-separated subset of tenant, model, day.")
+        parser.add_argument("--infrastructure-usd-per-month", default=None, help=(
+            "The month's infrastructure cost to allocate (default: FINANCE_INFRASTRUCTURE_USD_PER_MONTH)."))
         parser.add_argument("--csv", action="store_true", help="CSV with a header row instead of JSON.")
         parser.add_argument("--sessions", action="store_true", help="With --csv: the cost per session instead.")
 
@@ -44,7 +56,8 @@ class Command(BaseCommand):
         group_by = tuple(d for d in selectors.FINANCE_DIMENSIONS if d in group_by)
         report = selectors.finance_report(
             start=start, end=end, group_by=group_by,
-            infrastructure_usd_per_month=Decimal(settings.FINANCE_INFRASTRUCTURE_USD_PER_MONTH))
+            infrastructure_usd_per_month=_amount(options["infrastructure_usd_per_month"]
+                                                 or settings.FINANCE_INFRASTRUCTURE_USD_PER_MONTH))
         if options["csv"]:
             self.stdout.write(finance_csv(report, sessions=options["sessions"]), ending="")
         else:
