@@ -16,7 +16,7 @@ from billing.periods import day_start, days_in_month
 
 MILLION = Decimal(1_000_000)
 USAGE_DIMENSIONS = ("kind", "agent", "name")
-_DIMENSION_FIELDS = {"kind": ("kind",), "agent": ("agent_id", "agent_name"), "name": ("name",)}
+_DIMENSION_FIELDS = {"kind": ("kind",), "agent": ("agent_name", "agent_id"), "name": ("name",)}
 _SUMS = ("count", "failures", "input_tokens", "output_tokens", "cached_input_tokens", "cost_usd", "latency_ms_total")
 
 
