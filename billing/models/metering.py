@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 from django.db import models
 from django.db.models import F
 from django.db.models.fields.json import KeyTextTransform

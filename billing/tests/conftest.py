@@ -10,7 +10,6 @@ from django_tenants.utils import schema_context
 
 from billing import services
 from billing.tests.factories import finished_run, journal
-from tenants.models import Tenant
 
 DAY = datetime(2026, 2, 10, tzinfo=timezone.utc)  # February 2026: 28 days
 INFRA_PER_MONTH = Decimal("2800")  # so 100 USD a day
@@ -25,6 +24,7 @@ def crafted_day(tenant_a, tenant_b):
     """Tenant A (standard: 99 USD a month, 4.00 per million tokens): sessions R1 (with sub-run R2), R3 and R4
     (a tool call only). Tenant B (professional: 499, 3.50): session R5, with a replayed call and one more call
     the next day. Both tenants exist since January."""
+    Tenant = type(tenant_a.tenant)  # the registry's model, without importing it across contexts
     Tenant.objects.filter(id=tenant_a.tenant.id).update(created_at=datetime(2026, 1, 1, tzinfo=timezone.utc))
     Tenant.objects.filter(id=tenant_b.tenant.id).update(created_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
                                                         sla_tier="professional")
