@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, BinaryIO
 from uuid import UUID
 
 from django.db import connection
 from django.db.models import F, IntegerField, Max, OuterRef, Q, QuerySet, Subquery
-from django.db.models.fields.json import KeyTextTransform
+from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
 
 from common.schemas import require_schema
@@ -16,8 +18,8 @@ from data_plane.runtime.core.media import EXTENSIONS
 from common.timestamps import format_ts
 from data_plane.errors import AgentNotFound, ApprovalNotFound, AttachmentNotFound, CheckpointNotFound, \
     McpServerNotFound, PingNotFound, RunNotFound
-from data_plane.models import Agent, AgentVersion, Approval, Attachment, Checkpoint, McpServer, McpTool, Ping, Run, \
-    RunEvent, RunMessage, ToolPermission, ToolSettings
+from data_plane.models import Agent, AgentVersion, Approval, Attachment, Checkpoint, EffectRecord, McpServer, McpTool, \
+    Ping, Run, RunEvent, RunMessage, ToolPermission, ToolSettings
 from data_plane.sealing import checkpoint_store, run_message_open
 from data_plane.runtime.core.state import RunState
 
@@ -310,3 +312,132 @@ def tool_settings_get(*, tenant_schema: str) -> ToolSettings:
     """The tenant's built-in tools settings (defaults when never set: http_fetch reaches no host)."""
     require_schema(tenant_schema)
     return ToolSettings.objects.filter(id=1).first() or ToolSettings()
+
+
+# --- usage: what the billing context's collector reads --------------------------------------------------------
+
+@dataclass(frozen=True)
+class FinishedEffect:
+    """A journalled model or tool call that has finished (succeeded or failed), with whom it served."""
+
+    journal_id: int
+    idempotency_key: str
+    kind: str  # "model" or "tool"
+    name: str  # the model that answered, or the tool
+    run_id: UUID
+    step: int
+    agent_id: UUID
+    agent_name: str
+    session_id: UUID  # the top-level run above the effect's run (itself when it is top-level)
+    end_user: str
+    status: str  # "succeeded" or "failed"
+    attempts: int  # how many times the call was started (a retried step counts again)
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int  # of input_tokens, those the provider served from its prompt cache
+    cost_usd: Decimal
+    latency_ms: float | None
+    is_error: bool  # a tool's result that says it failed
+    reused_from: int | None  # a replayed result: the journal row it was copied from (nothing was paid)
+    purpose: str  # "summary" for the context's summarising calls, else ""
+    route: Any  # the routing decision the request recorded, if any
+    finished_at: datetime
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A run that has finished (completed, failed or cancelled), with its totals."""
+
+    run_id: UUID
+    agent_id: UUID
+    agent_name: str
+    session_id: UUID
+    parent_run_id: UUID | None
+    status: str
+    steps: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+    end_user: str
+    task_kind: str
+    started_at: datetime | None
+    finished_at: datetime
+
+
+FINISHED_RUN_STATUSES = ("completed", "failed", "cancelled")
+_MAX_RUN_DEPTH = 64
+
+
+def _session_ids(run_ids: set[UUID]) -> dict[UUID, UUID]:
+    """Each run's top-level run (through parent_run), a query per level of sub-runs."""
+    parent_of: dict[UUID, UUID | None] = {}
+    todo = set(run_ids)
+    for _ in range(_MAX_RUN_DEPTH):
+        todo -= set(parent_of)
+        if not todo:
+            break
+        parent_of.update(Run.objects.filter(id__in=todo).values_list("id", "parent_run_id"))
+        todo = {parent for parent in parent_of.values() if parent is not None}
+    roots: dict[UUID, UUID] = {}
+    for run_id in run_ids:
+        current, seen = run_id, 0
+        while parent_of.get(current) is not None and seen < _MAX_RUN_DEPTH:
+            current, seen = parent_of[current], seen + 1  # type: ignore[assignment]
+        roots[run_id] = current
+    return roots
+
+
+def effect_list_finished(*, tenant_schema: str, since: datetime | None, until: datetime,
+                         after: tuple[datetime, int] | None = None, limit: int = 5000) -> list[FinishedEffect]:
+    """The tenant's model and tool calls that finished in [since, until), in (finished_at, journal id) order,
+    after ``after`` (the last one of the previous page), at most ``limit``. Replayed results are included
+    (``reused_from`` set). Raises WrongSchema."""
+    require_schema(tenant_schema)
+    effects = EffectRecord.objects.filter(finished_at__lt=until).exclude(status=EffectRecord.Status.STARTED)
+    if since is not None:
+        effects = effects.filter(finished_at__gte=since)
+    if after is not None:
+        effects = effects.filter(Q(finished_at__gt=after[0]) | Q(finished_at=after[0], id__gt=after[1]))
+    rows = list(effects.order_by("finished_at", "id").annotate(
+        agent_id=F("run__agent_version__agent_id"), agent_name=F("run__agent_version__agent__name"),
+        end_user=F("run__end_user"),
+        cached=KeyTextTransform("cached_input_tokens", KeyTransform("usage", "result")),
+        tool_error=KeyTextTransform("is_error", "result"),
+        purpose=KeyTextTransform("purpose", "request"), route=KeyTransform("route", "request"),
+    ).values("id", "idempotency_key", "kind", "name", "run_id", "step", "agent_id", "agent_name", "end_user", "status",
+             "attempts", "input_tokens", "output_tokens", "cost_usd", "latency_ms", "reused_from", "finished_at",
+             "cached", "tool_error", "purpose", "route")[:limit])
+    sessions = _session_ids({row["run_id"] for row in rows})
+    return [FinishedEffect(
+        journal_id=row["id"], idempotency_key=row["idempotency_key"], kind=row["kind"], name=row["name"], run_id=row["run_id"],
+        step=row["step"], agent_id=row["agent_id"], agent_name=row["agent_name"], session_id=sessions[row["run_id"]],
+        end_user=row["end_user"], status=row["status"], attempts=row["attempts"], input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        cached_input_tokens=int(row["cached"]) if row["cached"] not in (None, "") and row["reused_from"] is None
+        else 0,
+        cost_usd=row["cost_usd"], latency_ms=row["latency_ms"], is_error=row["tool_error"] in ("true", True),
+        reused_from=row["reused_from"], purpose=row["purpose"] or "", route=row["route"],
+        finished_at=row["finished_at"]) for row in rows]
+
+
+def run_list_finished(*, tenant_schema: str, since: datetime | None, until: datetime,
+                      after: tuple[datetime, UUID] | None = None, limit: int = 5000) -> list[FinishedRun]:
+    """The tenant's runs that finished in [since, until), in (finished_at, id) order, after ``after``, at most
+    ``limit``. A run that finishes again (retried, or continued by a message) is listed with its latest finish
+    only: its earlier finish was listed when it happened. Raises WrongSchema."""
+    require_schema(tenant_schema)
+    runs = Run.objects.filter(status__in=FINISHED_RUN_STATUSES, finished_at__lt=until)
+    if since is not None:
+        runs = runs.filter(finished_at__gte=since)
+    if after is not None:
+        runs = runs.filter(Q(finished_at__gt=after[0]) | Q(finished_at=after[0], id__gt=after[1]))
+    rows = list(runs.order_by("finished_at", "id").values(
+        "id", "agent_version__agent_id", "agent_version__agent__name", "parent_run_id", "status", "step",
+        "input_tokens", "output_tokens", "cost_usd", "end_user", "task_kind", "started_at", "finished_at")[:limit])
+    sessions = _session_ids({row["id"] for row in rows})
+    return [FinishedRun(
+        run_id=row["id"], agent_id=row["agent_version__agent_id"], agent_name=row["agent_version__agent__name"],
+        session_id=sessions[row["id"]], parent_run_id=row["parent_run_id"], status=row["status"], steps=row["step"],
+        input_tokens=row["input_tokens"], output_tokens=row["output_tokens"], cost_usd=row["cost_usd"],
+        end_user=row["end_user"], task_kind=row["task_kind"], started_at=row["started_at"],
+        finished_at=row["finished_at"]) for row in rows]

@@ -39,7 +39,7 @@ def _answers(url: str) -> bool:
 
 def runtime_env(model_server: str, **extra: str) -> dict[str, str]:
     """The environment of test workers: the test database, and our model server as the LLM provider."""
-    return process_env(**{"LLM_API_BASE": model_server, "LLM_LOCAL_PRICES": "openai/plan-act-reflect",
+    return process_env(**{"LLM_API_BASE": model_server, "LLM_LOCAL_PRICES": "openai/plan-act-reflect,openai/metered-e2e",
                           "RUN_LEASE_SECONDS": "3", **extra})
 
 

@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -20,6 +21,8 @@ from django.db import connection
 from django.test import Client
 from django_tenants.utils import schema_context
 
+from billing import services as billing_services
+from billing.models import UsageRecord
 from common.actors import Actor
 from conftest import ProvisionedForTest, bearer, destroy_tenant, provision_for_test
 from control_plane.audit.models import AuditEvent
@@ -385,7 +388,24 @@ CASES = [
          lambda response, a, b: _invitation_created_in_b(response, a, b)),
     Case("v1/invitations/<uuid:invitation_id>", "delete", lambda a: f"/v1/invitations/{a.invitation_id}", None,
          _not_found),
+    # usage (public schema, filtered by the caller's tenant): A's records and rollups are not B's
+    Case("v1/usage", "get", lambda a: "/v1/usage?start=2026-02-10&end=2026-02-10&group_by=agent,name", None,
+         lambda response, a, b: _usage_of_b_only(response, a, b)),
+    Case("v1/usage/export", "get", lambda a: "/v1/usage/export?format=csv&start=2026-02-10&end=2026-02-10", None,
+         lambda response, a, b: _usage_export_of_b_only(response, a, b)),
 ]
+
+
+def _usage_of_b_only(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 200, response.content
+    assert response.json()["results"] == [] and response.json()["totals"] == []
+    assert A_AGENT_NAME not in response.content.decode()
+
+
+def _usage_export_of_b_only(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 200
+    exported = b"".join(response.streaming_content).decode()
+    assert exported.splitlines()[1:] == [] and a.run_id not in exported
 
 
 def _invitation_created_in_b(response, a: TenantAData, b: ProvisionedForTest) -> None:
@@ -460,6 +480,12 @@ def tenant_a_data(tenant_a) -> TenantAData:
             tenant=tenant_a.tenant, name="a-app", grant_type="client_credentials", client_type="confidential",
             redirect_uris=[], scopes=["tenant:read"], actor=actor, granting_scopes=frozenset({"tenant:read"}))
         audit_ids = frozenset(str(i) for i in AuditEvent.objects.values_list("id", flat=True))
+    # A's usage on 2026-02-10: a record and its daily rollup (public schema, A's tenant)
+    UsageRecord.objects.create(tenant=tenant_a.tenant, source_key=f"{run.id}:iso", kind="llm", run_id=run.id,
+                               agent_id=agent.id, agent_name=A_AGENT_NAME, name="openai/gpt-4o-mini", input_tokens=10,
+                               occurred_at=datetime(2026, 2, 10, 12, tzinfo=timezone.utc))
+    billing_services.usage_rollup(tenant=tenant_a.tenant, period="day",
+                                  period_start=datetime(2026, 2, 10, tzinfo=timezone.utc))
     assert audit_ids
     assert run.status == "waiting_approval"
     return TenantAData(key_id=str(key.id), ping_id=str(ping.id), audit_ids=audit_ids, agent_id=str(agent.id),
@@ -580,6 +606,8 @@ PLATFORM_CASES = [
          None, None),
     Case("v1/platform/tenants/<slug:slug>/encryption", "put", lambda a: f"/v1/platform/tenants/{a.slug}/encryption",
          {"encrypts_payloads": True}, None),
+    Case("v1/platform/finance/report", "get", lambda a: "/v1/platform/finance/report?start=2026-02-10&end=2026-02-10",
+         None, None),
 ]
 # route -> the test of it (a view outside DRF, so outside both matrices)
 NON_API_ROUTES = {"v1/runs/<uuid:run_id>/stream": "test_tenant_b_cannot_follow_tenant_a_run_over_sse"}

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
-
 from django.db import models
+from django.db.models import F
+from django.db.models.fields.json import KeyTextTransform
 
 
 class UsageRecord(models.Model):
@@ -38,7 +38,9 @@ class UsageRecord(models.Model):
     class Meta:
         ordering = ["occurred_at", "id"]
         constraints = [models.UniqueConstraint(fields=["tenant", "source_key"], name="usage_record_once")]
-        indexes = [models.Index(fields=["tenant", "occurred_at"])]
+        indexes = [models.Index(fields=["tenant", "occurred_at"]),
+                   # cost per session: a session's records, found by the top-level run the collector names
+                   models.Index(F("tenant"), KeyTextTransform("session_id", "details"), name="usage_record_session")]
 
 
 class UsageRollup(models.Model):
@@ -72,3 +74,16 @@ class UsageRollup(models.Model):
             fields=["tenant", "period", "period_start", "kind", "agent_id", "name"], nulls_distinct=False,
             name="usage_rollup_one_row")]
         indexes = [models.Index(fields=["period", "period_start"])]
+
+
+class UsageCollection(models.Model):
+    """How far the usage collector has read one tenant's journal: effects and runs finished before these
+    instants were collected. The next collection rereads a little before them (late commits), and the records'
+    uniqueness makes the overlap harmless."""
+
+    tenant = models.OneToOneField("tenants.Tenant", on_delete=models.CASCADE, primary_key=True,
+                                  related_name="usage_collection")
+    effects_until = models.DateTimeField(null=True, blank=True)
+    runs_until = models.DateTimeField(null=True, blank=True)
+    records_inserted = models.PositiveBigIntegerField(default=0)  # all time, for operators' curiosity
+    collected_at = models.DateTimeField(null=True, blank=True)

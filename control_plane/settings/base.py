@@ -193,6 +193,10 @@ CELERY_DB_REUSE_MAX = env.integer("CELERY_DB_REUSE_MAX", 1000)
 CELERY_BEAT_SCHEDULE = {
     "checkpoints-retention": {"task": "data_plane.tasks.checkpoints_prune_all_task", "schedule": 24 * 3600.0},
     "memories-expiry": {"task": "data_plane.tasks.memories_expire_all_task", "schedule": 3600.0},
+    # Metering (docs/metering.md): usage records collected every minute (each collection also recomputes the
+    # rollups of the hours and days it added to), and the current and previous hour and day recomputed every 5.
+    "usage-collect": {"task": "billing.tasks.usage_collect_all_task", "schedule": 60.0},
+    "usage-rollup": {"task": "billing.tasks.usage_rollup_all_task", "schedule": 300.0},
 }
 
 # Redis connections a process's channel layer may hold at once. redis-py refuses the next one outright (it
@@ -440,3 +444,16 @@ LOGGING["loggers"]["daphne.access"] = {"level": env.string("ACCESS_LOG_LEVEL", "
 # Django's own default handlers (mail_admins, a DEBUG console) would bypass the filter: django logs go to ours.
 LOGGING["loggers"].update({"django": {"handlers": [], "propagate": True},
                            "django.server": {"handlers": [], "propagate": True}})
+
+# --- Finance reports (docs/metering.md) ------------------------------------------------------------
+# The month's infrastructure cost in USD (compute, database, storage, network: the requirements' cost section
+# puts it at ~$150K/month at scale), allocated to tenants per day in proportion to their LLM calls.
+FINANCE_INFRASTRUCTURE_USD_PER_MONTH = env.string("FINANCE_INFRASTRUCTURE_USD_PER_MONTH", "150000")
+try:
+    from decimal import Decimal as _Decimal, InvalidOperation as _InvalidOperation
+
+    if _Decimal(FINANCE_INFRASTRUCTURE_USD_PER_MONTH) < 0:
+        raise _InvalidOperation
+except _InvalidOperation:
+    raise ImproperlyConfigured(f"FINANCE_INFRASTRUCTURE_USD_PER_MONTH={FINANCE_INFRASTRUCTURE_USD_PER_MONTH!r} is "
+                               "not an amount of USD; set it to a number such as 150000.") from None
