@@ -23,9 +23,9 @@ class SloFilterSerializer(serializers.Serializer):
     since = serializers.DateTimeField(required=False, help_text=(
         "Evaluate every SLO over [since, until) instead of its own window (5 min, 1 h, 1 day, the month)."))
     until = serializers.DateTimeField(required=False, help_text="The end of the custom window (default: now).")
-    month = serializers.RegexField(r"^\d{4}-(0[1-9]|1[0-2])$", required=False, help_text=(
+    month = serializers.RegexField(r"^2\d{3}-(0[1-9]|1[0-2])$", required=False, help_text=(
         "The month of the SLA status, YYYY-MM (UTC); the current month by default."),
-        error_messages={"invalid": "Give the month as YYYY-MM, for example 2026-03."})
+        error_messages={"invalid": "Give the month as YYYY-MM (a year from 2000), for example 2026-03."})
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         now = timezone.now()
@@ -34,14 +34,15 @@ class SloFilterSerializer(serializers.Serializer):
             raise serializers.ValidationError({"since": "A custom window needs since (until alone is not one)."})
         if since is not None:
             end = until or now
-            if since >= end:
-                raise serializers.ValidationError({"since": "since must be before until (or before now)."})
+            if since >= end or since >= now:
+                raise serializers.ValidationError({"since": "since must be before until and before now."})
             if end - since > slo_selectors.MAX_CUSTOM_WINDOW:
                 raise serializers.ValidationError(
                     {"since": f"A custom window spans at most {slo_selectors.MAX_CUSTOM_WINDOW.days} days; "
                               f"this one spans {(end - since).days} days."})
         if data.get("month") and data["month"] > f"{now:%Y-%m}":
-            raise serializers.ValidationError({"month": f"{data['month']} has not begun; give this or an earlier month."})
+            raise serializers.ValidationError(
+                {"month": f"{data['month']} has not begun; give this or an earlier month."})
         return data
 
 

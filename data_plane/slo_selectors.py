@@ -98,8 +98,8 @@ turn_marks AS (
   SELECT ev.run_id, ev.seq, ev.type, ev.created_at, ev.data->>'status' AS status,
          ev.data->'error'->>'code' AS error_code,
          lead(ev.created_at) OVER (PARTITION BY ev.run_id ORDER BY ev.seq) AS next_at,
-         count(*) FILTER (WHERE ev.type = 'run.finished') OVER (PARTITION BY ev.run_id ORDER BY ev.seq
-                                                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS turn
+         count(*) FILTER (WHERE ev.type = 'run.finished')
+           OVER (PARTITION BY ev.run_id ORDER BY ev.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS turn
   FROM {q}data_plane_runevent ev
   WHERE ev.type IN ('run.status', 'run.finished')
     AND ev.run_id IN (SELECT r.id FROM {q}data_plane_run r
@@ -139,7 +139,8 @@ run_starts AS (
   FROM {q}data_plane_run r
   WHERE r.created_at >= %(start)s AND r.created_at < %(end)s
 ), agent_starts AS (
-  SELECT id, created_at, first_effect_at, least(first_effect_at, first_finished_at, first_held_at, %(at)s) AS waited_until,
+  SELECT id, created_at, first_effect_at,
+         least(first_effect_at, first_finished_at, first_held_at, %(at)s) AS waited_until,
          (first_effect_at IS NULL AND first_finished_at IS NULL AND first_held_at IS NULL) AS is_waiting
   FROM run_starts WHERE first_status = 'queued'
 )"""
@@ -210,7 +211,8 @@ def turn_outcomes(*, tenant_schema: str, start: datetime, end: datetime) -> Turn
                         platform_failures=platform)
 
 
-def availability_minutes(*, tenant_schema: str, start: datetime, end: datetime, at: datetime) -> tuple[MinuteCount, ...]:
+def availability_minutes(*, tenant_schema: str, start: datetime, end: datetime,
+                         at: datetime) -> tuple[MinuteCount, ...]:
     """Every minute of [start, end) with traffic: turns that ended in it, and runs created in the window that
     had not begun STALL_SECONDS after their creation (each such run is a bad request in every minute it
     keeps waiting, up to ``at``). In time order."""

@@ -61,10 +61,13 @@ def test_a_custom_window_applies_to_every_slo(client, tenant_a):
 def test_bad_windows_are_refused_with_what_to_fix(client, tenant_a):
     now = timezone.now()
     cases = [({"until": now.isoformat()}, "since", "A custom window needs since (until alone is not one)."),
-             ({"since": (now + timedelta(hours=1)).isoformat()}, "since", "since must be before until (or before now)."),
+             ({"since": (now + timedelta(hours=1)).isoformat()}, "since", "since must be before until and before now."),
              ({"since": (now - timedelta(days=40)).isoformat()}, "since",
               "A custom window spans at most 31 days; this one spans 40 days."),
-             ({"month": "2026-13"}, "month", "Give the month as YYYY-MM, for example 2026-03."),
+             ({"since": (now + timedelta(hours=1)).isoformat(), "until": (now + timedelta(hours=2)).isoformat()},
+              "since", "since must be before until and before now."),
+             ({"month": "0000-01"}, "month", "Give the month as YYYY-MM (a year from 2000), for example 2026-03."),
+             ({"month": "2026-13"}, "month", "Give the month as YYYY-MM (a year from 2000), for example 2026-03."),
              ({"month": "2999-01"}, "month", "2999-01 has not begun; give this or an earlier month.")]
     for params, field, message in cases:
         response = client.get("/v1/slos", params, **bearer(tenant_a.key))
