@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone as dt_timezone
 from decimal import Decimal
-from typing import Any
+from typing import Protocol
 
 from django.utils import timezone
 
@@ -42,6 +42,14 @@ MAX_CUSTOM_WINDOW = timedelta(days=31)
 DOWN_MINUTE_BAD_SHARE = 0.05
 # Raw latencies fetched per tenant and SLI for the platform-wide percentiles; past it, every k-th value.
 VALUES_LIMIT = 50_000
+
+
+class SloTenant(Protocol):
+    """What the SLOs read of a tenant (billing reaches the tenant registry only through its selectors)."""
+
+    schema_name: str
+    slug: str
+    sla_tier: str
 
 
 @dataclass(frozen=True)
@@ -239,7 +247,7 @@ def _sla(minutes: Sequence[MinuteCount], month: Window, *, at: datetime, tier: s
                      credit_usd_due=(plan.monthly_fee_usd * credit / 100).quantize(Decimal("0.01")))
 
 
-def slo_report_get(*, tenant: Any, at: datetime | None = None, since: datetime | None = None,
+def slo_report_get(*, tenant: SloTenant, at: datetime | None = None, since: datetime | None = None,
                    until: datetime | None = None, month: str | None = None) -> SloReport:
     """The tenant's SLOs (each over its own window, or all over [since, until)), error budgets, and its SLA for
     the month (``YYYY-MM``; the current one by default). Reads the tenant's schema, entering it if needed."""
@@ -252,7 +260,7 @@ def slo_report_get(*, tenant: Any, at: datetime | None = None, since: datetime |
 
 
 def slo_report_platform(*, at: datetime | None = None, since: datetime | None = None, until: datetime | None = None,
-                        month: str | None = None, tenants: Iterable[Any] | None = None) -> PlatformSloReport:
+                        month: str | None = None, tenants: Iterable[SloTenant] | None = None) -> PlatformSloReport:
     """Operators only: every tenant's SLOs (each measured inside its own schema) and the platform's, merged from
     them (percentiles over every tenant's values; exact unless a tenant had more than VALUES_LIMIT of one).
     Tenants: those not deleted, unless given."""

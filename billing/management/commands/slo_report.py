@@ -58,7 +58,7 @@ class Command(BaseCommand):
         else:
             platform = slo_selectors.slo_report_platform(**window)
             reports = [*platform.tenants, platform.overall]
-        header = ["tenant", "tier", *(title for _, title in COLUMNS), "error budget (1h)", "availability budget",
+        header = ["tenant", "tier", *(title for _, title in COLUMNS), "error budget", "availability budget",
                   "SLA"]
         rows = [header]
         for report in reports:
