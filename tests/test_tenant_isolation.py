@@ -150,6 +150,14 @@ def _no_a_stats(response, a: TenantAData, b: ProvisionedForTest) -> None:
     assert not [row for row in response.json() if row["tool"].startswith(A_SERVER_NAME)]
 
 
+def _slos_of_b_only(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 200 and response.json()["scope"] == b.tenant.slug
+    # A's run (waiting for an approval since it was created) is in no SLI of B's
+    assert [(slo["name"], slo["events"]) for slo in response.json()["slos"] if slo["name"] != "availability"] == [
+        ("agent_start_latency_p50", 0), ("agent_start_latency_p99", 0), ("turn_latency_p50", 0),
+        ("turn_latency_p99", 0), ("error_rate", 0), ("tool_call_success_rate", 0)]
+
+
 def _b_agent_refused_a_server(response, a: TenantAData, b: ProvisionedForTest) -> None:
     assert (response.status_code, response.json()["code"]) == (400, "agent_spec_invalid")
     assert f"No MCP server named {A_SERVER_NAME!r}" in response.json()["detail"]
@@ -304,6 +312,7 @@ CASES = [
          _not_found),
     Case("v1/tools", "get", lambda a: "/v1/tools?limit=500", None, _no_a_tools),
     Case("v1/tools/stats", "get", lambda a: "/v1/tools/stats?days=90", None, _no_a_stats),
+    Case("v1/slos", "get", lambda a: "/v1/slos", None, _slos_of_b_only),
     Case("v1/tools/settings", "get", lambda a: "/v1/tools/settings", None,
          lambda response, a, b: (response.status_code, response.json()["http_fetch_hosts"]) == (200, [])
          or pytest.fail(f"B sees A's hosts: {response.content!r}")),
@@ -604,6 +613,7 @@ PLATFORM_CASES = [
          {"name": "from b", "scopes": ["tenant:read"]}, None),
     Case("v1/platform/tenants/<slug:slug>/encryption", "get", lambda a: f"/v1/platform/tenants/{a.slug}/encryption",
          None, None),
+    Case("v1/platform/slos", "get", lambda a: "/v1/platform/slos", None, None),
     Case("v1/platform/tenants/<slug:slug>/encryption", "put", lambda a: f"/v1/platform/tenants/{a.slug}/encryption",
          {"encrypts_payloads": True}, None),
     Case("v1/platform/finance/report", "get", lambda a: "/v1/platform/finance/report?start=2026-02-10&end=2026-02-10",
