@@ -125,8 +125,9 @@ def experiment_create(*, tenant, agent_id: UUID, name: str, variants: Sequence[M
                                         "version": v.agent_version.version, "overrides": sorted(v.overrides)}
                                        for v in experiment.variants.select_related("agent_version")]})
     except IntegrityError:  # a concurrent create won the race for the name or the one running slot
-        raise ExperimentAlreadyRunning(f"Another experiment of agent {agent_id} was created at the same time; "
-                                       "list the agent's experiments and retry if needed.") from None
+        raise ExperimentAlreadyRunning(f"Another experiment of agent {agent_id} (a running one, or one named {name!r}) "
+                                       "was created at the same time; list the agent's experiments and retry if "
+                                       "needed.") from None
     return experiment_get(tenant_schema=tenant.schema_name, experiment_id=experiment.id)
 
 
