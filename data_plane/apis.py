@@ -282,6 +282,10 @@ class RunListCreateApi(TenantApiView):
         task_kind = serializers.SlugField(max_length=100, required=False, default="", allow_blank=True,
                                           help_text="What kind of task this is (e.g. refund-request): lessons the "
                                                     "agent learns are tagged with it.")
+        assignment_key = serializers.CharField(
+            max_length=200, required=False, default="", allow_blank=True,
+            help_text="While the agent runs an A/B test and no version is given, the run goes to the variant this key "
+                      "hashes to (the same key, the same variant). Default: end_user, else a fresh random key.")
 
         def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
             return _text_or_attachments(attrs, "input")

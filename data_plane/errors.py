@@ -116,3 +116,31 @@ class AttachmentNotSupportedByModel(InvalidInput):
     """A message carries a file a model of the agent's policy cannot be given (an image for a text-only model)."""
 
     code = "attachment_not_supported_by_model"
+
+
+class ExperimentNotFound(NotFound):
+    code = "experiment_not_found"
+
+
+class ExperimentInvalid(InvalidInput):
+    """An experiment's definition (variants, weights, overrides) cannot be used; ``errors`` says where."""
+
+    code = "experiment_invalid"
+
+
+class ExperimentNameTaken(Conflict):
+    code = "experiment_name_taken"
+
+
+class ExperimentAlreadyRunning(Conflict):
+    """The agent already has a running experiment: stop or promote it first."""
+
+    code = "experiment_already_running"
+
+
+class ExperimentNotRunning(Conflict):
+    code = "experiment_not_running"
+
+
+class ExperimentAlreadyPromoted(Conflict):
+    code = "experiment_already_promoted"

@@ -55,6 +55,9 @@ class AgentVersion(models.Model):
     spec = models.JSONField()
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.CharField(max_length=100, blank=True, default="")
+    # Made for an experiment's variant (the agent's spec with the variant's overrides): runs assigned to the
+    # variant use it, but it never becomes the agent's latest (promoting the variant adds a normal version).
+    is_variant = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["agent", "-version"]
@@ -113,6 +116,11 @@ class Run(models.Model):
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=0)
     input_tokens = models.PositiveBigIntegerField(default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)
+    # A/B testing: the experiment and variant the run was assigned to, and the key that chose the variant.
+    experiment = models.ForeignKey("Experiment", null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
+    experiment_variant = models.ForeignKey("ExperimentVariant", null=True, blank=True, on_delete=models.SET_NULL,
+                                           related_name="runs")
+    assignment_key = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -487,3 +495,56 @@ class Attachment(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+
+class Experiment(models.Model):
+    """An A/B test of an agent: while it runs, runs that name no version are split between its variants by a
+    stable hash of their assignment key (data_plane/experiment_assignment.py). At most one runs per agent."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        STOPPED = "stopped"
+        PROMOTED = "promoted"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="experiments")
+    name = models.SlugField(max_length=100)
+    description = models.CharField(max_length=500, blank=True, default="")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    salt = models.CharField(max_length=64)  # mixed into the hash: each experiment splits keys afresh
+    promoted_variant = models.ForeignKey("ExperimentVariant", null=True, blank=True, on_delete=models.SET_NULL,
+                                         related_name="+")
+    promoted_version = models.PositiveIntegerField(null=True, blank=True)  # the agent version promotion made
+    created_by = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    promoted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "name"], name="experiment_agent_name_unique"),
+            models.UniqueConstraint(fields=["agent"], condition=models.Q(status="running"),
+                                    name="experiment_one_running_per_agent"),
+        ]
+
+
+class ExperimentVariant(models.Model):
+    """One arm of an experiment: its share of the traffic (``weight`` over the sum of weights) and the agent
+    version its runs use (the agent's spec with ``overrides`` merged in, or the agent's version at creation)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="variants")
+    name = models.SlugField(max_length=50)
+    position = models.PositiveSmallIntegerField()  # the order of the cumulative weights
+    weight = models.FloatField()
+    is_control = models.BooleanField(default=False)
+    overrides = models.JSONField(default=dict, blank=True)
+    agent_version = models.ForeignKey(AgentVersion, on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        ordering = ["experiment", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "name"], name="experiment_variant_name_unique"),
+            models.UniqueConstraint(fields=["experiment", "position"], name="experiment_variant_position_unique"),
+        ]

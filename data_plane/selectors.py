@@ -133,7 +133,7 @@ def agent_version_get(*, tenant_schema: str, agent_id: UUID, version: int | None
 def run_list(*, tenant_schema: str, status: str | None = None, agent_id: UUID | None = None,
              parent_run_id: UUID | None = None) -> QuerySet[Run]:
     require_schema(tenant_schema)
-    runs = Run.objects.select_related("agent_version__agent")
+    runs = Run.objects.select_related("agent_version__agent", "experiment_variant")
     if status:
         runs = runs.filter(status=status)
     if agent_id:
@@ -148,7 +148,7 @@ def run_get(*, tenant_schema: str, run_id: UUID, for_update: bool = False) -> Ru
     require_schema(tenant_schema)
     runs = Run.objects.select_for_update(of=("self",)) if for_update else Run.objects
     try:
-        return runs.select_related("agent_version__agent").get(id=run_id)
+        return runs.select_related("agent_version__agent", "experiment_variant").get(id=run_id)
     except Run.DoesNotExist:
         raise RunNotFound(f"Run {run_id} not found.") from None
 

@@ -70,6 +70,8 @@ class AgentVersionOutputSerializer(serializers.Serializer):
     version = serializers.IntegerField()
     created_at = serializers.DateTimeField()
     created_by = serializers.CharField(help_text="The actor that created this version.")
+    is_variant = serializers.BooleanField(help_text="Made for an experiment's variant: runs assigned to the variant "
+                                                    "use it; it never becomes the agent's latest.")
 
 
 class AgentVersionDetailOutputSerializer(AgentVersionOutputSerializer):
@@ -103,6 +105,10 @@ class RunOutputSerializer(serializers.Serializer):
     reexecute = serializers.BooleanField(help_text="A fork or replay that pays for model and tool calls again "
                                                    "instead of reusing the source branch's results.")
     pause_requested = serializers.BooleanField(help_text="The run pauses when its current step commits.")
+    experiment_id = serializers.UUIDField(allow_null=True, help_text="The A/B test the run was assigned by.")
+    experiment_variant = serializers.CharField(source="experiment_variant.name", allow_null=True, default=None,
+                                               help_text="The experiment's variant the run was assigned to.")
+    assignment_key = serializers.CharField(help_text="The key that chose the variant ('' when not assigned).")
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)

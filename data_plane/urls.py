@@ -1,6 +1,6 @@
 from django.urls import path
 
-from data_plane import apis, memory_apis, sse
+from data_plane import apis, experiment_apis, memory_apis, sse
 
 urlpatterns = [
     path("pings", apis.PingListCreateApi.as_view(), name="pings"),
@@ -16,6 +16,15 @@ urlpatterns = [
     path("agents/<uuid:agent_id>/versions", apis.AgentVersionListApi.as_view(), name="agent-versions"),
     path("agents/<uuid:agent_id>/versions/<int:version>", apis.AgentVersionDetailApi.as_view(),
          name="agent-version-detail"),
+    # A/B tests
+    path("agents/<uuid:agent_id>/experiments", experiment_apis.AgentExperimentListCreateApi.as_view(),
+         name="agent-experiments"),
+    path("experiments/<uuid:experiment_id>", experiment_apis.ExperimentDetailApi.as_view(), name="experiment-detail"),
+    path("experiments/<uuid:experiment_id>/results", experiment_apis.ExperimentResultsApi.as_view(),
+         name="experiment-results"),
+    path("experiments/<uuid:experiment_id>/stop", experiment_apis.ExperimentStopApi.as_view(), name="experiment-stop"),
+    path("experiments/<uuid:experiment_id>/promote", experiment_apis.ExperimentPromoteApi.as_view(),
+         name="experiment-promote"),
     # runs
     path("runs", apis.RunListCreateApi.as_view(), name="runs"),
     path("runs/<uuid:run_id>", apis.RunDetailApi.as_view(), name="run-detail"),

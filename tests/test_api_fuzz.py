@@ -222,6 +222,10 @@ def _seed(tenant_a: ProvisionedForTest, tenant_b: ProvisionedForTest) -> dict[st
         agent = data_plane_services.agent_create(tenant=tenant, name=SEEDED_AGENT, description="fuzz",
                                                  spec=SEEDED_SPEC, actor=actor)
         run = data_plane_services.run_start(tenant=tenant, agent_id=agent.id, input="fuzz", actor=actor)
+        experiment = data_plane_services.experiment_create(
+            tenant=tenant, agent_id=agent.id, name="fuzz-ab", actor=actor, variants=[
+                {"name": "control", "weight": 1, "is_control": True},
+                {"name": "terse", "weight": 1, "overrides": {"instructions": "Be terse."}}])
         server = McpServer.objects.create(name="fuzzbox", transport="stdio", command=sys.executable,
                                           args=[TOOLBOX], catalogue_version=1)
         McpTool.objects.create(server=server, name="fuzzbox__add", remote_name="add", description="Add.",
@@ -240,7 +244,7 @@ def _seed(tenant_a: ProvisionedForTest, tenant_b: ProvisionedForTest) -> dict[st
                "source_run_id": run.id, "checkpoint_id": Checkpoint.objects.get(run=run).id,
                "approval_id": Approval.objects.get(run=run).id, "server_id": server.id,
                "permission_id": permission.id, "memory_id": memory.memory.id, "attachment_id": attachment.id,
-               "flag_id": flag.id, "agent": SEEDED_AGENT, "slug": tenant_b.tenant.slug}
+               "flag_id": flag.id, "experiment_id": experiment.id, "agent": SEEDED_AGENT, "slug": tenant_b.tenant.slug}
     return {name: str(value) for name, value in ids.items()}
 
 

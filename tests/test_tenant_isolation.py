@@ -32,8 +32,8 @@ from control_plane.identity.tests.factories import MembershipFactory
 from control_plane.oauth import services as oauth_services
 from control_plane.oauth.models import Application as OAuthApplication
 from data_plane import services as data_plane_services
-from data_plane.models import Agent, Approval, Attachment, Checkpoint, EffectRecord, McpServer, McpTool, Memory, \
-    MemorySettings, Ping, Run, RunFeedback, ToolPermission, ToolSettings
+from data_plane.models import Agent, Approval, Attachment, Checkpoint, EffectRecord, Experiment, McpServer, McpTool, \
+    Memory, MemorySettings, Ping, Run, RunFeedback, ToolPermission, ToolSettings
 from data_plane.runtime.wiring import attachment_storage
 from data_plane.tests import media_files
 from guardrails import services as guardrail_services
@@ -61,6 +61,7 @@ class TenantAData:
     member_id: str = ""
     invitation_id: str = ""
     oauth_application_id: int = 0
+    experiment_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,20 @@ CASES = [
          _not_found),
     Case("v1/agents/<uuid:agent_id>/versions/<int:version>", "get", lambda a: f"/v1/agents/{a.agent_id}/versions/1",
          None, _not_found),
+    # A/B tests
+    Case("v1/agents/<uuid:agent_id>/experiments", "get", lambda a: f"/v1/agents/{a.agent_id}/experiments", None,
+         _not_found),
+    Case("v1/agents/<uuid:agent_id>/experiments", "post", lambda a: f"/v1/agents/{a.agent_id}/experiments",
+         {"name": "from-b", "variants": [{"name": "a", "weight": 1, "is_control": True}, {"name": "b", "weight": 1}]},
+         _not_found),
+    Case("v1/experiments/<uuid:experiment_id>", "get", lambda a: f"/v1/experiments/{a.experiment_id}", None,
+         _not_found),
+    Case("v1/experiments/<uuid:experiment_id>/results", "get", lambda a: f"/v1/experiments/{a.experiment_id}/results",
+         None, _not_found),
+    Case("v1/experiments/<uuid:experiment_id>/stop", "post", lambda a: f"/v1/experiments/{a.experiment_id}/stop", {},
+         _not_found),
+    Case("v1/experiments/<uuid:experiment_id>/promote", "post",
+         lambda a: f"/v1/experiments/{a.experiment_id}/promote", {"variant": "terse"}, _not_found),
     # runs
     Case("v1/runs", "get", lambda a: "/v1/runs?limit=500", None, _no_a_ids("id", lambda a: {a.run_id})),
     Case("v1/runs", "post", lambda a: "/v1/runs", lambda a: {"agent_id": a.agent_id, "input": "from b"},
@@ -456,6 +471,10 @@ def tenant_a_data(tenant_a) -> TenantAData:
                                                  spec=A_SPEC, actor=actor)
         run = data_plane_services.run_start(tenant=tenant_a.tenant, agent_id=agent.id, input="a", actor=actor)
         checkpoint = Checkpoint.objects.get(run=run)
+        experiment = data_plane_services.experiment_create(
+            tenant=tenant_a.tenant, agent_id=agent.id, name="a-test", actor=actor, variants=[
+                {"name": "control", "weight": 1, "is_control": True},
+                {"name": "terse", "weight": 1, "overrides": {"instructions": "Be terse."}}])
         approval = Approval.objects.get(run=run)
         # rows as registering would leave them (registering itself is tested with real servers elsewhere)
         server = McpServer.objects.create(name=A_SERVER_NAME, transport="stdio", command=sys.executable,
@@ -502,7 +521,7 @@ def tenant_a_data(tenant_a) -> TenantAData:
                        server_id=str(server.id), permission_id=str(permission.id),
                        memory_id=str(memory.memory.id), attachment_id=str(attachment.id), flag_id=str(flag.id),
                        member_id=str(member.id), invitation_id=str(invitation.id),
-                       oauth_application_id=oauth_application.application.id)
+                       oauth_application_id=oauth_application.application.id, experiment_id=str(experiment.id))
 
 
 def _tenant_a_state(a: TenantAData) -> tuple:
@@ -518,6 +537,7 @@ def _tenant_a_state(a: TenantAData) -> tuple:
         list(Approval.objects.values_list("id", "status", "comment")),
         list(Memory.objects.values_list("id", "text", "updated_at", "merged_count")),
         list(RunFeedback.objects.values_list("id")),
+        list(Experiment.objects.values_list("id", "status", "stopped_at", "promoted_version")),
         list(MemorySettings.objects.values_list("default_ttl_days", "embedding_model")),
         list(GuardrailPolicy.objects.values_list("id", "agent", "config", "revision")),
         list(GuardrailFlag.objects.values_list("id", "status", "reviewed_at")),

@@ -1,6 +1,7 @@
 """Writes of the data plane, by topic. Import the package: ``from data_plane import services``."""
 
 from data_plane.services.agents import agent_archive, agent_create, agent_update
+from data_plane.services.experiments import experiment_create, experiment_promote, experiment_stop
 from data_plane.services.learning import run_feedback_create, run_learn
 from data_plane.services.memory import (
     MemoryDraft,
@@ -43,6 +44,7 @@ __all__ = [
     "attachment_delete", "attachment_request_check", "attachment_upload",
     "mcp_server_archive", "mcp_server_refresh", "mcp_server_register", "tool_permission_delete",
     "tool_permission_set", "tool_settings_update",
+    "experiment_create", "experiment_promote", "experiment_stop",
     "agent_archive", "agent_create", "agent_update", "approval_decide", "checkpoints_prune", "ping_answer", "ping_create", "run_cancel",
     "run_create_child", "run_fork", "run_message_send", "run_pause", "run_resume", "run_retry", "run_start", "run_step",
     "run_step_fail",

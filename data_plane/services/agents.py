@@ -8,7 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Max, Q
 
 from common.actors import Actor
 from common.schemas import require_schema
@@ -95,7 +95,7 @@ def agent_update(*, tenant, agent_id: UUID, actor: Actor, spec: Any = None,  # t
             raise AgentArchived(f"Agent {agent.name!r} is archived; it cannot change.")
         if spec is not None:
             normalized = _validated_spec(spec, own_name=agent.name, agent_id=agent.id)
-            agent.latest_version += 1
+            agent.latest_version = _next_version_number(agent)
             AgentVersion.objects.create(agent=agent, version=agent.latest_version, spec=normalized,
                                         created_by=str(actor))
         if description is not None:
@@ -104,6 +104,22 @@ def agent_update(*, tenant, agent_id: UUID, actor: Actor, spec: Any = None,  # t
         audit_event_record(tenant=tenant, actor=actor, action="agent.update", target_type="agent",
                            target_id=str(agent.id), data={"version": agent.latest_version})
     return agent
+
+
+def _next_version_number(agent: Agent) -> int:
+    """The number of the agent's next version: after its latest and after every experiment variant's (whose
+    versions are numbered in the same sequence but never become the latest). The caller holds the agent's lock."""
+    highest = AgentVersion.objects.filter(agent=agent).aggregate(highest=Max("version"))["highest"]
+    return max(highest or 0, agent.latest_version) + 1
+
+
+def agent_variant_version_create(*, agent: Agent, spec: Any, actor: Actor) -> AgentVersion:
+    """Add a version of the agent for an experiment's variant (validated like any spec): it is numbered like
+    every version but does not become the agent's latest. The caller holds the agent's row lock. Raises
+    AgentSpecInvalid."""
+    normalized = _validated_spec(spec, own_name=agent.name, agent_id=agent.id)
+    return AgentVersion.objects.create(agent=agent, version=_next_version_number(agent), spec=normalized,
+                                       created_by=str(actor), is_variant=True)
 
 
 def agent_archive(*, tenant, agent_id: UUID, actor: Actor) -> Agent:  # type: ignore[no-untyped-def]

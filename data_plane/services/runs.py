@@ -34,6 +34,7 @@ from data_plane.runtime.core import machine
 from data_plane.runtime.core.messages import AttachmentPart, Message
 from data_plane.runtime.core.spec import AgentSpec, spec_from_json
 from data_plane.runtime.core.state import Decision, RunState
+from data_plane.experiment_selectors import Assignment, experiment_assignment
 from data_plane.selectors import agent_version_get, approval_get, checkpoint_get, run_get
 from data_plane.services.attachments import attachments_link, message_attachments
 from guardrails import services as guardrail_services
@@ -87,17 +88,21 @@ def _append_event(run: Run, type_: str, data: dict[str, Any], tenant_schema: str
 def _create_run(*, tenant_schema: str, agent_version: Any, input: str, values: Mapping[str, Any] | None,
                 now: float, parent_run_id: UUID | None = None, parent_key: str = "",
                 attachments: tuple[AttachmentPart, ...] = (), end_user: str = "", task_kind: str = "",
-                guard_events: Sequence[dict[str, Any]] = ()) -> Run:
+                guard_events: Sequence[dict[str, Any]] = (), assignment: Assignment | None = None) -> Run:
     spec = spec_from_json(agent_version.spec)
     state, _ = machine.start(spec, input=input, now=now, values=values, attachments=attachments)
     run = Run.objects.create(agent_version=agent_version, input=input, parent_run_id=parent_run_id,
                              parent_key=parent_key, status="queued", end_user=end_user, task_kind=task_kind,
-                             input_attachments=[part.to_json() for part in attachments])
+                             input_attachments=[part.to_json() for part in attachments],
+                             **({"experiment_id": assignment.experiment_id,
+                                 "experiment_variant_id": assignment.variant_id,
+                                 "assignment_key": assignment.key} if assignment else {}))
     attachments_link(run_id=run.id, parts=attachments)
     status = _initial_status(state)
     _commit(tenant_schema, run_id=run.id, expected_version=0, checkpoint_id=uuid.uuid4(), parent_id=None, step=0,
             previous=None, state=state, run_status=status, release_lease=True,
-            events=[*guard_events, {"type": "run.status", "data": {"status": status}}])
+            events=[*guard_events, {"type": "run.status", "data": {
+                "status": status, **({"experiment": assignment.data()} if assignment else {})}}])
     record_pending_approval(run.id, state)
     if status == "queued":
         dispatcher(tenant_schema)(run.id, 0)
@@ -107,14 +112,20 @@ def _create_run(*, tenant_schema: str, agent_version: Any, input: str, values: M
 
 def run_start(*, tenant, agent_id: UUID, input: str, actor: Actor, version: int | None = None,  # type: ignore[no-untyped-def]
               values: Mapping[str, Any] | None = None, attachments: Sequence[UUID] = (),
-              clock: Callable[[], float] = time.time, end_user: str = "", task_kind: str = "") -> Run:
+              clock: Callable[[], float] = time.time, end_user: str = "", task_kind: str = "",
+              assignment_key: str = "") -> Run:
     """Start a run of the agent's latest (or given) version with the user's input: its text and attached files
     (uploaded before, by id); for an end user (their memories are recalled) and a kind of task (lessons are
     tagged with it). The input passes the agent's input guardrails first (redacted where they redact).
+    While the agent has a running experiment and no version is given, the run goes to the variant its
+    ``assignment_key`` (by default the end user, else a fresh random key) hashes to.
     Raises AgentNotFound, AgentArchived, AttachmentNotFound, AttachmentNotSupportedByModel, GuardrailBlocked.
     The first step is dispatched after commit."""
     require_schema(tenant.schema_name)
-    agent_version = agent_version_get(tenant_schema=tenant.schema_name, agent_id=agent_id, version=version)
+    assignment = None if version is not None else experiment_assignment(
+        tenant_schema=tenant.schema_name, agent_id=agent_id, key=assignment_key or end_user or uuid.uuid4().hex)
+    agent_version = assignment.agent_version if assignment else agent_version_get(
+        tenant_schema=tenant.schema_name, agent_id=agent_id, version=version)
     if agent_version.agent.is_archived:
         raise AgentArchived(f"Agent {agent_version.agent.name!r} is archived; it takes no new runs.")
     parts = message_attachments(tenant_schema=tenant.schema_name, attachment_ids=attachments,
@@ -124,12 +135,13 @@ def run_start(*, tenant, agent_id: UUID, input: str, actor: Actor, version: int 
     with transaction.atomic():
         run = _create_run(tenant_schema=tenant.schema_name, agent_version=agent_version, input=guarded.text,
                           values=values, now=clock(), attachments=parts, end_user=end_user, task_kind=task_kind,
-                          guard_events=guardrail_services.decision_events(guarded))
+                          guard_events=guardrail_services.decision_events(guarded), assignment=assignment)
         guardrail_services.decisions_record(tenant=tenant, agent=agent_name, outcome=guarded, run_id=run.id,
                                             actor=actor)
         audit_event_record(tenant=tenant, actor=actor, action="run.start", target_type="run", target_id=str(run.id),
                            data={"agent": agent_version.agent.name, "version": agent_version.version,
-                                 **({"attachments": [part.id for part in parts]} if parts else {})})
+                                 **({"attachments": [part.id for part in parts]} if parts else {}),
+                                 **(assignment.data() if assignment else {})})
     return run
 
 
