@@ -1,5 +1,6 @@
 """Billing's models, one module per topic (all in the public schema: billing is a shared app)."""
 
 from billing.models.metering import UsageRecord, UsageRollup
+from billing.models.stripe import BillingAccount, Invoice, StripeWebhookEvent, UsageReport
 
-__all__ = ["UsageRecord", "UsageRollup"]
+__all__ = ["BillingAccount", "Invoice", "StripeWebhookEvent", "UsageRecord", "UsageReport", "UsageRollup"]
