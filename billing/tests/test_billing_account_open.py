@@ -122,3 +122,39 @@ def test_cancel_cancels_the_subscription_once(tenant_a, fake_stripe, gateway):
     assert canceled.status == BillingAccount.Status.CANCELED
     assert fake_stripe.subscriptions[account.stripe_subscription_id]["status"] == "canceled"
     assert len(fake_stripe.calls("/v1/subscriptions/", method="DELETE")) == 1
+
+
+def test_provisioning_opens_the_account_when_stripe_is_on(client, operator_key, fake_stripe, stripe_settings,
+                                                          django_capture_on_commit_callbacks):
+    # given: the task runs in-process (eagerly) once the provisioning commits
+    from conftest import bearer, unique_slug
+    from control_plane.celery import app
+
+    slug = unique_slug("billed")
+    was_eager, app.conf.task_always_eager = app.conf.task_always_eager, True
+    # when
+    try:
+        with django_capture_on_commit_callbacks(execute=True) as callbacks:
+            created = client.post("/v1/platform/tenants", {"name": "Billed", "slug": slug, "sla_tier": "enterprise"},
+                                  content_type="application/json", **bearer(operator_key))
+    finally:
+        app.conf.task_always_eager = was_eager
+    # then
+    assert created.status_code == 201 and len(callbacks) == 1
+    account = BillingAccount.objects.get(tenant__slug=slug)
+    assert (account.status, account.tier) == ("active", "enterprise")
+    subscription = fake_stripe.subscriptions[account.stripe_subscription_id]
+    assert [item["price"]["id"] for item in subscription["items"]["data"]] == ["price_fee_enterprise",
+                                                                             "price_tokens_enterprise"]
+
+
+def test_provisioning_leaves_billing_alone_when_stripe_is_off(client, operator_key, settings,
+                                                              django_capture_on_commit_callbacks):
+    from conftest import bearer, unique_slug
+
+    settings.STRIPE_ENABLED = False
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        created = client.post("/v1/platform/tenants", {"name": "Free", "slug": unique_slug("free")},
+                              content_type="application/json", **bearer(operator_key))
+    assert created.status_code == 201 and callbacks == []
+    assert not BillingAccount.objects.exists()
