@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import F
 
 from billing import stripe_selectors as selectors
 from billing.errors import (
@@ -193,27 +194,29 @@ def usage_report_send(*, report: UsageReport, gateway: StripeGateway, now: datet
     reported. A refused report is marked failed (not retried); StripeUnavailable is raised for a retry."""
     if report.status != UsageReport.Status.PENDING:
         return report
-    UsageReport.objects.filter(pk=report.pk).update(attempts=report.attempts + 1)
+    UsageReport.objects.filter(pk=report.pk).update(attempts=F("attempts") + 1)
     try:
         gateway.meter_event_report(event_name=report.event_name, customer_id=report.stripe_customer_id,
                                    value=report.quantity, identifier=report.identifier, timestamp=report.hour,
                                    idempotency_key=report.idempotency_key)
     except StripeRejected as exc:
         with transaction.atomic():
-            UsageReport.objects.filter(pk=report.pk, status=UsageReport.Status.PENDING).update(
+            changed = UsageReport.objects.filter(pk=report.pk, status=UsageReport.Status.PENDING).update(
                 status=UsageReport.Status.FAILED, error=exc.message[:1000])
             report.refresh_from_db()
-            audit_event_record(tenant=report.tenant, actor=BILLING_ACTOR, action="billing.usage_report_fail",
-                               target_type="usage_report", target_id=report.idempotency_key,
-                               data={"quantity": report.quantity, "error": exc.message[:500]})
+            if changed:  # two workers may send the same report at once: one of them records the outcome
+                audit_event_record(tenant=report.tenant, actor=BILLING_ACTOR, action="billing.usage_report_fail",
+                                   target_type="usage_report", target_id=report.idempotency_key,
+                                   data={"quantity": report.quantity, "error": exc.message[:500]})
         return report
     with transaction.atomic():
-        UsageReport.objects.filter(pk=report.pk, status=UsageReport.Status.PENDING).update(
+        changed = UsageReport.objects.filter(pk=report.pk, status=UsageReport.Status.PENDING).update(
             status=UsageReport.Status.REPORTED, reported_at=now, error="")
         report.refresh_from_db()
-        audit_event_record(tenant=report.tenant, actor=BILLING_ACTOR, action="billing.usage_report",
-                           target_type="usage_report", target_id=report.idempotency_key,
-                           data={"quantity": report.quantity, "event_name": report.event_name})
+        if changed:
+            audit_event_record(tenant=report.tenant, actor=BILLING_ACTOR, action="billing.usage_report",
+                               target_type="usage_report", target_id=report.idempotency_key,
+                               data={"quantity": report.quantity, "event_name": report.event_name})
     return report
 
 
