@@ -2,9 +2,57 @@
 
 from __future__ import annotations
 
-from common.errors import AppError
+from common.errors import AppError, TransientError
 
 
 class BillingError(AppError):
     code = "billing_error"
     http_status = 400
+
+
+class StripeUnavailable(TransientError):
+    """Stripe did not answer in time, refused for a moment (429) or failed (5xx): retry with the same
+    idempotency key, which makes the retry safe."""
+
+    code = "stripe_unavailable"
+    http_status = 503
+    title = "Billing provider unavailable"
+
+
+class StripeRejected(BillingError):
+    """Stripe refused the request for good (invalid parameters, unknown customer, bad key): retrying the same
+    request cannot succeed; the message says what Stripe said."""
+
+    code = "stripe_rejected"
+    http_status = 502
+    title = "Billing provider refused the request"
+
+
+class StripeNotConfigured(BillingError):
+    code = "stripe_not_enabled"
+    http_status = 404
+    title = "Stripe billing is not enabled"
+
+
+class WebhookSignatureInvalid(BillingError):
+    code = "webhook_signature_invalid"
+    http_status = 400
+    title = "Webhook signature invalid"
+
+
+class WebhookPayloadInvalid(BillingError):
+    code = "webhook_payload_invalid"
+    http_status = 400
+    title = "Webhook payload invalid"
+
+
+class BillingAccountNotFound(BillingError):
+    code = "billing_account_not_found"
+    http_status = 404
+    title = "Not found"
+
+
+class BillingAccountStateConflict(BillingError):
+    code = "billing_account_state_conflict"
+    http_status = 409
+    title = "Conflict with the current state"

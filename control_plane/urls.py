@@ -12,6 +12,7 @@ api_v1 = [
     path("", include("control_plane.identity.urls")),  # /v1/auth/..., /v1/members, /v1/invitations
     path("", include("control_plane.encryption.urls")),
     path("", include("billing.slo_urls")),  # /v1/slos, /v1/platform/slos
+    path("", include("billing.stripe_urls")),  # /v1/billing, the Stripe webhook, operator billing routes
     path("audit-events", AuditEventListApi.as_view(), name="audit-events"),
     path("audit-events/verify", AuditChainVerifyApi.as_view(), name="audit-events-verify"),
     path("audit-events/export", AuditEventExportApi.as_view(), name="audit-events-export"),

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
 from uuid import UUID
 
+from django.conf import settings
+from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from billing.stripe_tasks import billing_account_open_task
 from common.pagination import paginated, paginated_response
 from common.validation import validated
 from tenants import selectors, services
@@ -155,6 +159,8 @@ class PlatformTenantListCreateApi(OperatorApiView):
     def post(self, request: Request) -> Response:
         data = validated(self.InputSerializer, request.data)
         provisioned = services.tenant_provision(actor=request.user.actor, **data)
+        if settings.STRIPE_ENABLED:  # its Stripe customer and subscription, by a task that retries Stripe's outages
+            transaction.on_commit(partial(billing_account_open_task.delay, tenant_slug=provisioned.tenant.slug))
         invitation = provisioned.owner_invitation
         body = {"tenant": TenantOutputSerializer(provisioned.tenant).data, "admin_key": _issued(provisioned.admin_key),
                 "owner_invitation": OwnerInvitationOutputSerializer(invitation.invitation).data if invitation else None}

@@ -206,6 +206,23 @@ def tenant_reactivate(*, tenant: Tenant, actor: Actor) -> Tenant:
     return active
 
 
+def tenant_sla_tier_set(*, tenant: Tenant, sla_tier: str, actor: Actor) -> Tenant:
+    """Move a tenant to another SLA tier (its quotas, queue and price follow). Raises InvalidInput. Idempotent."""
+    if sla_tier not in Tenant.SlaTier.values:
+        raise InvalidInput(f"sla_tier {sla_tier!r} is not one of {', '.join(Tenant.SlaTier.values)}.",
+                           extra={"errors": {"sla_tier": [f"one of {', '.join(Tenant.SlaTier.values)}"]}})
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        previous = locked.sla_tier
+        if previous == sla_tier:
+            return locked
+        locked.sla_tier = sla_tier
+        locked.save(update_fields=["sla_tier", "updated_at"])
+        audit_event_record(tenant=locked, actor=actor, action="tenant.sla_tier_change", target_type="tenant",
+                           target_id=str(locked.id), data={"from": previous, "to": sla_tier})
+    return locked
+
+
 def tenant_delete(*, tenant: Tenant, actor: Actor) -> Tenant:
     """Delete a tenant: drop its schema (all its data) and database role, revoke its keys, keep a tombstone row.
 

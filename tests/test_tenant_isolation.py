@@ -23,6 +23,7 @@ from django_tenants.utils import schema_context
 
 from billing import services as billing_services
 from billing.models import UsageRecord
+from billing.models import BillingAccount, Invoice
 from common.actors import Actor
 from conftest import ProvisionedForTest, bearer, destroy_tenant, provision_for_test
 from control_plane.audit.models import AuditEvent
@@ -236,6 +237,15 @@ def _dry_run_under_defaults(response, a: TenantAData, b: ProvisionedForTest) -> 
     assert pii["action"] == "allow"  # A's agent redacts pii; B's policy (the defaults) does not
 
 
+def _no_a_billing(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 200, response.content
+    assert response.json()["account"] is None and response.json()["invoices"] == []  # A's are not B's
+    assert A_INVOICE not in response.content.decode()
+
+
+A_INVOICE = "in_tenant_a_only"
+
+
 def _oauth_app_created_in_b(response, a: TenantAData, b: ProvisionedForTest) -> None:
     assert response.status_code == 201, response.content
     assert OAuthApplication.objects.get(id=response.json()["id"]).tenant_id == b.tenant.id
@@ -417,6 +427,8 @@ CASES = [
          lambda response, a, b: _usage_of_b_only(response, a, b)),
     Case("v1/usage/export", "get", lambda a: "/v1/usage/export?format=csv&start=2026-02-10&end=2026-02-10", None,
          lambda response, a, b: _usage_export_of_b_only(response, a, b)),
+    # billing (public schema, filtered by tenant)
+    Case("v1/billing", "get", lambda a: "/v1/billing", None, _no_a_billing),
 ]
 
 
@@ -507,6 +519,10 @@ def tenant_a_data(tenant_a) -> TenantAData:
         oauth_application = oauth_services.application_create(
             tenant=tenant_a.tenant, name="a-app", grant_type="client_credentials", client_type="confidential",
             redirect_uris=[], scopes=["tenant:read"], actor=actor, granting_scopes=frozenset({"tenant:read"}))
+        BillingAccount.objects.create(tenant=tenant_a.tenant, tier="standard", status="active",
+                                      stripe_customer_id="cus_tenant_a", stripe_subscription_id="sub_tenant_a")
+        Invoice.objects.create(stripe_invoice_id=A_INVOICE, tenant=tenant_a.tenant, status="paid", amount_due=9900,
+                               amount_paid=9900)
         audit_ids = frozenset(str(i) for i in AuditEvent.objects.values_list("id", flat=True))
     # A's usage on 2026-02-10: a record and its daily rollup (public schema, A's tenant)
     UsageRecord.objects.create(tenant=tenant_a.tenant, source_key=f"{run.id}:iso", kind="llm", run_id=run.id,
@@ -638,6 +654,14 @@ PLATFORM_CASES = [
          {"encrypts_payloads": True}, None),
     Case("v1/platform/finance/report", "get", lambda a: "/v1/platform/finance/report?start=2026-02-10&end=2026-02-10",
          None, None),
+    Case("v1/platform/tenants/<slug:slug>/billing", "get", lambda a: f"/v1/platform/tenants/{a.slug}/billing", None,
+         None),
+    Case("v1/platform/tenants/<slug:slug>/billing", "post", lambda a: f"/v1/platform/tenants/{a.slug}/billing", {},
+         None),
+    Case("v1/platform/tenants/<slug:slug>/billing/tier", "post",
+         lambda a: f"/v1/platform/tenants/{a.slug}/billing/tier", {"sla_tier": "enterprise"}, None),
+    Case("v1/platform/tenants/<slug:slug>/billing/cancel", "post",
+         lambda a: f"/v1/platform/tenants/{a.slug}/billing/cancel", {}, None),
 ]
 # route -> the test of it (a view outside DRF, so outside both matrices)
 NON_API_ROUTES = {"v1/runs/<uuid:run_id>/stream": "test_tenant_b_cannot_follow_tenant_a_run_over_sse"}
@@ -676,7 +700,11 @@ PUBLIC_ROUTES = {
     "v1/openapi.json": "the API reference, the same for everyone",
     "v1/docs": "the API reference (Swagger UI)",
     "v1/redoc": "the API reference (Redoc)",
+    "v1/billing/stripe/webhook": "Stripe's webhooks: no credential, authenticated by the Stripe-Signature HMAC of "
+                                 "the body with the endpoint's secret (billing/tests/test_stripe_webhooks.py)",
 }
+# Public routes that take a signed POST, not a GET: test_the_stripe_webhook_refuses_a_tenant_key_without_a_signature
+SIGNED_POST_ROUTES = {"v1/billing/stripe/webhook"}
 
 
 @dataclass(frozen=True)
@@ -760,7 +788,7 @@ def test_tenant_b_cannot_follow_tenant_a_run_over_sse(daphne_url, committed):
         destroy_tenant(b.tenant)
 
 
-@pytest.mark.parametrize("route", sorted(PUBLIC_ROUTES))
+@pytest.mark.parametrize("route", sorted(set(PUBLIC_ROUTES) - SIGNED_POST_ROUTES))
 def test_a_public_route_answers_the_same_with_a_key_and_names_no_tenant(client, tenant_a, tenant_b, route):
     # when
     anonymous = client.get(f"/{route}")
@@ -771,3 +799,20 @@ def test_a_public_route_answers_the_same_with_a_key_and_names_no_tenant(client, 
         body = b"".join(response.streaming_content) if response.streaming else response.content
         for secret in (tenant_a.tenant.slug, tenant_a.schema, str(tenant_a.tenant.id), tenant_b.tenant.slug):
             assert secret.encode() not in body
+
+
+def test_the_stripe_webhook_refuses_a_tenant_key_without_a_signature(client, settings, tenant_a, tenant_b):
+    # given: Stripe on, and an event that would mark A's account past due
+    settings.STRIPE_ENABLED, settings.STRIPE_WEBHOOK_SECRET = True, "whsec_isolation_test"
+    account = BillingAccount.objects.create(tenant=tenant_a.tenant, tier="standard", status="active",
+                                            stripe_customer_id="cus_isolation_a")
+    body = json.dumps({"id": "evt_from_b", "object": "event", "type": "invoice.payment_failed", "created": 1,
+                       "data": {"object": {"id": "in_x", "object": "invoice", "customer": "cus_isolation_a"}}})
+    # when: B's key is presented instead of a signature
+    response = client.post("/v1/billing/stripe/webhook", body, content_type="application/json",
+                           **bearer(tenant_b.key))
+    # then
+    assert (response.status_code, response.json()["code"]) == (400, "webhook_signature_invalid")
+    account.refresh_from_db()
+    assert (account.status, account.grace_deadline) == ("active", None)
+    assert not Invoice.objects.filter(stripe_invoice_id="in_x").exists()

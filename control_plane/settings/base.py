@@ -338,6 +338,41 @@ OAUTH2_PROVIDER = {
 CELERY_BEAT_SCHEDULE["oauth-expired-tokens"] = {"task": "control_plane.oauth.tasks.oauth_tokens_clear_expired_task",
                                                 "schedule": 3600.0}
 
+# --- Stripe billing (docs/billing-stripe.md) ------------------------------------------------------
+# Off by default: no customer is created, no usage reported, the webhook endpoint answers 404. When on, every
+# value below without a default must be set (the check after them names the missing one).
+STRIPE_ENABLED = env.boolean("STRIPE_ENABLED", False)
+STRIPE_API_KEY = env.string("STRIPE_API_KEY", "")
+STRIPE_API_BASE = env.string("STRIPE_API_BASE", "https://api.stripe.com")
+STRIPE_WEBHOOK_SECRET = env.string("STRIPE_WEBHOOK_SECRET", "")  # the endpoint's signing secret, whsec_...
+# Each tier's two prices at Stripe: the monthly fee (licensed) and the LLM tokens (metered, on the meter below).
+STRIPE_PRICE_IDS = {tier: env.string(f"STRIPE_PRICE_{tier.upper()}", "")
+                    for tier in ("standard", "professional", "enterprise")}
+STRIPE_USAGE_PRICE_IDS = {tier: env.string(f"STRIPE_USAGE_PRICE_{tier.upper()}", "")
+                          for tier in ("standard", "professional", "enterprise")}
+STRIPE_METER_EVENT_NAME = env.string("STRIPE_METER_EVENT_NAME", "agentplane_llm_tokens")
+STRIPE_TIMEOUT_SECONDS = float(env.string("STRIPE_TIMEOUT_SECONDS", "10"))
+STRIPE_CONNECT_TIMEOUT_SECONDS = float(env.string("STRIPE_CONNECT_TIMEOUT_SECONDS", "3"))
+STRIPE_MAX_NETWORK_RETRIES = env.integer("STRIPE_MAX_NETWORK_RETRIES", 2)
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env.integer("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)
+# A failed payment leaves the tenant this many days to pay before it is suspended.
+BILLING_GRACE_DAYS = env.integer("BILLING_GRACE_DAYS", 7)
+# An hour's usage is reported once it has been closed this long (late usage records land first).
+BILLING_USAGE_SETTLE_MINUTES = env.integer("BILLING_USAGE_SETTLE_MINUTES", 15)
+if STRIPE_ENABLED:
+    _stripe_required = {"STRIPE_API_KEY": STRIPE_API_KEY, "STRIPE_WEBHOOK_SECRET": STRIPE_WEBHOOK_SECRET,
+                        "STRIPE_API_BASE": STRIPE_API_BASE, "STRIPE_METER_EVENT_NAME": STRIPE_METER_EVENT_NAME,
+                        **{f"STRIPE_PRICE_{tier.upper()}": price for tier, price in STRIPE_PRICE_IDS.items()},
+                        **{f"STRIPE_USAGE_PRICE_{tier.upper()}": price for tier, price in STRIPE_USAGE_PRICE_IDS.items()}}
+    for _name, _value in _stripe_required.items():
+        if not _value:
+            raise ImproperlyConfigured(f"STRIPE_ENABLED=true but {_name} is unset; set it or set STRIPE_ENABLED=false.")
+CELERY_IMPORTS = ["billing.stripe_tasks"]
+CELERY_BEAT_SCHEDULE["billing-usage-report"] = {"task": "billing.stripe_tasks.usage_report_all_task",
+                                                "schedule": 15 * 60.0}
+CELERY_BEAT_SCHEDULE["billing-grace-expiry"] = {"task": "billing.stripe_tasks.billing_grace_expire_task",
+                                                "schedule": 15 * 60.0}
+
 # --- REST framework and the OpenAPI schema ------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
