@@ -116,3 +116,27 @@ class AttachmentNotSupportedByModel(InvalidInput):
     """A message carries a file a model of the agent's policy cannot be given (an image for a text-only model)."""
 
     code = "attachment_not_supported_by_model"
+
+
+class RoutingPolicyNotFound(NotFound):
+    code = "routing_policy_not_found"
+
+
+class RoutingPolicyNameTaken(Conflict):
+    code = "routing_policy_name_taken"
+
+
+class RoutingPolicyInvalid(InvalidInput):
+    code = "routing_policy_invalid"
+
+
+class RoutingPolicyInUse(Conflict):
+    """Deleting a policy that agents (their latest versions) name: they would have nothing to route with."""
+
+    code = "routing_policy_in_use"
+
+
+class RoutingPolicyMissing(Conflict):
+    """A run of an agent whose version names a routing policy that no longer exists."""
+
+    code = "routing_policy_missing"
