@@ -29,6 +29,7 @@ from control_plane.identity.tests.factories import MembershipFactory
 from control_plane.oauth import services as oauth_services
 from control_plane.oauth.models import Application as OAuthApplication
 from data_plane import services as data_plane_services
+from data_plane.models import RoutingPolicy
 from data_plane.models import Agent, Approval, Attachment, Checkpoint, EffectRecord, McpServer, McpTool, Memory, \
     MemorySettings, Ping, Run, RunFeedback, ToolPermission, ToolSettings
 from data_plane.runtime.wiring import attachment_storage
@@ -58,6 +59,7 @@ class TenantAData:
     member_id: str = ""
     invitation_id: str = ""
     oauth_application_id: int = 0
+    routing_policy_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,14 @@ def _server_registered_in_b(response, a: TenantAData, b: ProvisionedForTest) -> 
 
 
 A_SERVER_NAME = "aserver"
+A_ROUTING_POLICY = "a-routing"
+A_ROUTING = {"tiers": {"cheap": ["openai/gpt-4o-mini"], "strong": ["openai/gpt-4o"]}}
+
+
+def _routing_policy_created_in_b(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 201, response.content  # policy names are per tenant
+    with schema_context(b.schema):
+        assert RoutingPolicy.objects.filter(id=response.json()["id"], name=A_ROUTING_POLICY, is_default=True).exists()
 A_MEMORY = "Alice's launch code is 4711 and she prefers green tea."
 
 
@@ -369,6 +379,19 @@ CASES = [
          lambda a: f"/v1/oauth/applications/{a.oauth_application_id}", None, _not_found),
     Case("v1/oauth/applications/<int:application_id>/rotate-secret", "post",
          lambda a: f"/v1/oauth/applications/{a.oauth_application_id}/rotate-secret", {}, _not_found),
+    # model routing policies
+    Case("v1/routing-policies", "get", lambda a: "/v1/routing-policies?limit=500", None,
+         _no_a_ids("id", lambda a: {a.routing_policy_id})),
+    Case("v1/routing-policies", "post", lambda a: "/v1/routing-policies",
+         {"name": A_ROUTING_POLICY, "policy": A_ROUTING, "is_default": True}, _routing_policy_created_in_b),
+    Case("v1/routing-policies/<uuid:policy_id>", "get", lambda a: f"/v1/routing-policies/{a.routing_policy_id}", None,
+         _not_found),
+    Case("v1/routing-policies/<uuid:policy_id>", "patch", lambda a: f"/v1/routing-policies/{a.routing_policy_id}",
+         {"is_default": False, "description": "from b"}, _not_found),
+    Case("v1/routing-policies/<uuid:policy_id>", "delete", lambda a: f"/v1/routing-policies/{a.routing_policy_id}",
+         None, _not_found),
+    Case("v1/routing-policies/<uuid:policy_id>/explain", "post",
+         lambda a: f"/v1/routing-policies/{a.routing_policy_id}/explain", {"input": "hi"}, _not_found),
     # approvals
     Case("v1/approvals", "get", lambda a: "/v1/approvals?limit=500", None, _no_a_ids("id", lambda a: {a.approval_id})),
     Case("v1/approvals/<uuid:approval_id>", "get", lambda a: f"/v1/approvals/{a.approval_id}", None, _not_found),
@@ -459,6 +482,8 @@ def tenant_a_data(tenant_a) -> TenantAData:
         oauth_application = oauth_services.application_create(
             tenant=tenant_a.tenant, name="a-app", grant_type="client_credentials", client_type="confidential",
             redirect_uris=[], scopes=["tenant:read"], actor=actor, granting_scopes=frozenset({"tenant:read"}))
+        routing_policy = data_plane_services.routing_policy_create(
+            tenant=tenant_a.tenant, name=A_ROUTING_POLICY, policy=A_ROUTING, is_default=True, actor=actor)
         audit_ids = frozenset(str(i) for i in AuditEvent.objects.values_list("id", flat=True))
     assert audit_ids
     assert run.status == "waiting_approval"
@@ -467,7 +492,8 @@ def tenant_a_data(tenant_a) -> TenantAData:
                        server_id=str(server.id), permission_id=str(permission.id),
                        memory_id=str(memory.memory.id), attachment_id=str(attachment.id), flag_id=str(flag.id),
                        member_id=str(member.id), invitation_id=str(invitation.id),
-                       oauth_application_id=oauth_application.application.id)
+                       oauth_application_id=oauth_application.application.id,
+                       routing_policy_id=str(routing_policy.id))
 
 
 def _tenant_a_state(a: TenantAData) -> tuple:
@@ -486,6 +512,7 @@ def _tenant_a_state(a: TenantAData) -> tuple:
         list(MemorySettings.objects.values_list("default_ttl_days", "embedding_model")),
         list(GuardrailPolicy.objects.values_list("id", "agent", "config", "revision")),
         list(GuardrailFlag.objects.values_list("id", "status", "reviewed_at")),
+        list(RoutingPolicy.objects.values_list("id", "name", "description", "policy", "is_default", "updated_at")),
         [(row, _stored(key)) for *row, key in Attachment.objects.values_list("id", "run_id", "transcript",
                                                                               "storage_key")],
         list(Membership.objects.filter(tenant__schema_name=connection.schema_name).values_list("id", "role")),
