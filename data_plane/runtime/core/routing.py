@@ -137,14 +137,12 @@ class RouteRule:
     max_complexity: float | None = None
 
     def matches(self, features: RouteFeatures) -> bool:
-        checks = ((self.min_input_tokens, features.input_tokens, True), (self.max_input_tokens, features.input_tokens,
-                                                                           False),
-                  (self.min_tools, features.tools, True), (self.max_tools, features.tools, False),
-                  (self.min_complexity, features.complexity.score, True),
-                  (self.max_complexity, features.complexity.score, False))
         if self.task_kinds and features.task_kind not in self.task_kinds:
             return False
-        return all(bound is None or (value >= bound if is_min else value <= bound) for bound, value, is_min in checks)
+        ranges = ((self.min_input_tokens, self.max_input_tokens, features.input_tokens),
+                  (self.min_tools, self.max_tools, features.tools),
+                  (self.min_complexity, self.max_complexity, features.complexity.score))
+        return all((low is None or value >= low) and (high is None or value <= high) for low, high, value in ranges)
 
     def describe(self) -> str:
         """The rule's conditions as text: ``task kind in (code), input tokens >= 2000``."""
