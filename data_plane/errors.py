@@ -144,3 +144,27 @@ class ExperimentNotRunning(Conflict):
 
 class ExperimentAlreadyPromoted(Conflict):
     code = "experiment_already_promoted"
+
+
+class RoutingPolicyNotFound(NotFound):
+    code = "routing_policy_not_found"
+
+
+class RoutingPolicyNameTaken(Conflict):
+    code = "routing_policy_name_taken"
+
+
+class RoutingPolicyInvalid(InvalidInput):
+    code = "routing_policy_invalid"
+
+
+class RoutingPolicyInUse(Conflict):
+    """Deleting a policy that agents (their latest versions) name: they would have nothing to route with."""
+
+    code = "routing_policy_in_use"
+
+
+class RoutingPolicyMissing(Conflict):
+    """A run of an agent whose version names a routing policy that no longer exists."""
+
+    code = "routing_policy_missing"

@@ -42,6 +42,7 @@ from data_plane.runtime.core.messages import Message, ToolResult, Usage
 from data_plane.runtime.core.ports import ChatModel, MediaSource, MemoryRecall, MemoryUnavailable, ModelReply, \
     ModelRequest, ProviderRejected, ProviderUnavailable, RetryNotice, TokenCounter, ToolRunner, ToolUnavailable, \
     request_has_attachments
+from data_plane.runtime.core.routing import RunRouting
 from data_plane.runtime.core.spec import AgentSpec, spec_from_json
 from data_plane.runtime.core.state import RunState, Status
 from data_plane.runtime.loop import run_coroutine
@@ -76,6 +77,7 @@ class Claim:
     parent_run_id: UUID | None
     was_retried: bool = False
     event_seq: int = 0  # the run's last event when claimed: the first step's deltas follow it
+    routing: Any = None  # the run's routing (RunRouting JSON), fixed when it was created; None: the spec's models
 
 
 class _Lru(OrderedDict):  # type: ignore[type-arg]
@@ -160,7 +162,7 @@ class RunStepper:
         if isinstance(claim, StepOutcome):
             return claim
         store = checkpoint_store(self.schema)
-        spec = self._spec(claim.agent_version_id)
+        spec = routed(self._spec(claim.agent_version_id), claim.routing)
         head_id, budget, after_seq = claim.head_id, self.steps_per_task, claim.event_seq
         while True:
             budget -= 1
@@ -270,7 +272,8 @@ UPDATE {self.q}data_plane_run SET lease_owner = %(owner)s,
   status = CASE WHEN status = 'queued' THEN 'running' ELSE status END, started_at = coalesce(started_at, now())
 WHERE id = %(id)s AND driver_step = %(step)s AND status IN ('queued', 'running')
   AND (lease_owner = '' OR lease_expires_at IS NULL OR lease_expires_at < now())
-RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run_id, was_retried, event_seq"""
+RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run_id, was_retried, event_seq,
+  routing"""
         with connection.cursor() as cursor:
             cursor.execute(sql, {"owner": self.owner, "ttl": self.lease_seconds, "id": run_id, "step": expected_step})
             row = cursor.fetchone()
@@ -346,7 +349,8 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
             # the transcript is the run's messages again: the journal keeps its digest and what it covers
             request = {"models": list(command.request.models), "node": command.node_id, "purpose": "summary",
                        "summarises": command.request.metadata["summarises"],
-                       "digest": digest([m.to_json() for m in command.request.messages])}
+                       "digest": digest([m.to_json() for m in command.request.messages]),
+                       **_route_of(command.request)}
         elif isinstance(command, CallModel):
             kind, name = EffectRecord.Kind.MODEL, command.request.models[0]
             messages = command.request.messages
@@ -356,7 +360,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
             request = {"models": list(command.request.models), "node": command.node_id,
                        "message_count": len(messages), "tools": [t.name for t in command.request.tools],
                        "system": digest(messages[0].to_json()) if messages and messages[0].role == "system" else None,
-                       "tail": [m.to_json() for m in messages[-2:]]}
+                       "tail": [m.to_json() for m in messages[-2:]], **_route_of(command.request)}
         else:
             assert isinstance(command, CallTool)
             kind, name = EffectRecord.Kind.TOOL, command.call.name
@@ -704,6 +708,19 @@ def record_pending_approval(run_id: UUID, state: RunState) -> None:
             "calls": [call.to_json() for call in pending.calls]})
 
 
+def routed(spec: AgentSpec, run_routing: Any) -> AgentSpec:
+    """The spec as a run with this routing (its RunRouting JSON, or None) executes it."""
+    if not run_routing:
+        return spec
+    return replace(spec, run_routing=RunRouting.from_json(_json(run_routing)))
+
+
+def _route_of(request: ModelRequest) -> dict[str, Any]:
+    """The routing decision of a model call, as journalled and reported with it (nothing when not routed)."""
+    route = request.metadata.get("route")
+    return {"route": route} if route is not None else {}
+
+
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
@@ -757,7 +774,7 @@ def _step_events(commands: list[Command], results: dict[str, machine.EffectResul
                 "node": command.node_id, "message_seq": None if offset is None else len(previous.messages) + offset,
                 "preview": result.message.content[:280], "truncated": len(result.message.content) > 280,
                 "tool_calls": [call.to_json() for call in result.message.tool_calls],
-                "usage": result.usage.to_json(),
+                "usage": result.usage.to_json(), **_route_of(command.request),
                 **({"tools_selected": command.request.metadata["tools_selected"],
                     "tools_available": command.request.metadata["tools_available"]}
                    if "tools_selected" in command.request.metadata else {}),

@@ -86,6 +86,9 @@ class Run(models.Model):
     end_user = models.CharField(max_length=200, blank=True, default="")
     task_kind = models.CharField(max_length=100, blank=True, default="")
     input_attachments = models.JSONField(default=list, blank=True)  # [{id, media_type}] of the first message
+    # The routing policy the run's model calls follow, resolved when the run was created (core/routing.py
+    # RunRouting: policy, source, task kind): a recomputed step routes the same way whatever changes later.
+    routing = models.JSONField(null=True, blank=True)
     output = models.TextField(blank=True, default="")
     error = models.JSONField(null=True, blank=True)
     # Lineage: a sub-run's parent, and a fork's or replay's source checkpoint (its history precedes ours).
@@ -130,6 +133,25 @@ class Run(models.Model):
         ordering = ["-created_at"]
         constraints = [models.UniqueConstraint(fields=["parent_run", "parent_key"], condition=~models.Q(parent_key=""),
                                                name="run_one_child_per_parent_key")]
+
+
+class RoutingPolicy(models.Model):
+    """A tenant's model routing policy (core/routing.py): agents name it (``routing_policy``), and the one that
+    ``is_default`` applies to agents that have no routing of their own."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.SlugField(max_length=100, unique=True)
+    description = models.CharField(max_length=500, blank=True, default="")
+    policy = models.JSONField()  # normalized: RoutingPolicy.to_json()
+    is_default = models.BooleanField(default=False)
+    created_by = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["is_default"], condition=models.Q(is_default=True),
+                                               name="routing_policy_one_default")]
 
 
 class Checkpoint(models.Model):

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from data_plane import apis, experiment_apis, memory_apis, sse
+from data_plane import apis, experiment_apis, memory_apis, routing_apis, sse
 
 urlpatterns = [
     path("pings", apis.PingListCreateApi.as_view(), name="pings"),
@@ -62,6 +62,12 @@ urlpatterns = [
     path("memories/forget", memory_apis.MemoryForgetApi.as_view(), name="memories-forget"),
     path("memories/settings", memory_apis.MemorySettingsApi.as_view(), name="memory-settings"),
     path("memories/<uuid:memory_id>", memory_apis.MemoryDetailApi.as_view(), name="memory-detail"),
+    # model routing policies
+    path("routing-policies", routing_apis.RoutingPolicyListCreateApi.as_view(), name="routing-policies"),
+    path("routing-policies/<uuid:policy_id>", routing_apis.RoutingPolicyDetailApi.as_view(),
+         name="routing-policy-detail"),
+    path("routing-policies/<uuid:policy_id>/explain", routing_apis.RoutingPolicyExplainApi.as_view(),
+         name="routing-policy-explain"),
     # approvals
     path("approvals", apis.ApprovalListApi.as_view(), name="approvals"),
     path("approvals/<uuid:approval_id>", apis.ApprovalDetailApi.as_view(), name="approval-detail"),

@@ -34,7 +34,7 @@ from control_plane.oauth import services as oauth_services
 from control_plane.oauth.models import Application as OAuthApplication
 from data_plane import services as data_plane_services
 from data_plane.models import Agent, Approval, Attachment, Checkpoint, EffectRecord, Experiment, McpServer, McpTool, \
-    Memory, MemorySettings, Ping, Run, RunFeedback, ToolPermission, ToolSettings
+    Memory, MemorySettings, Ping, RoutingPolicy, Run, RunFeedback, ToolPermission, ToolSettings
 from data_plane.runtime.wiring import attachment_storage
 from data_plane.tests import media_files
 from guardrails import services as guardrail_services
@@ -63,6 +63,7 @@ class TenantAData:
     invitation_id: str = ""
     oauth_application_id: int = 0
     experiment_id: str = ""
+    routing_policy_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,14 @@ def _server_registered_in_b(response, a: TenantAData, b: ProvisionedForTest) -> 
 
 
 A_SERVER_NAME = "aserver"
+A_ROUTING_POLICY = "a-routing"
+A_ROUTING = {"tiers": {"cheap": ["openai/gpt-4o-mini"], "strong": ["openai/gpt-4o"]}}
+
+
+def _routing_policy_created_in_b(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 201, response.content  # policy names are per tenant
+    with schema_context(b.schema):
+        assert RoutingPolicy.objects.filter(id=response.json()["id"], name=A_ROUTING_POLICY, is_default=True).exists()
 A_MEMORY = "Alice's launch code is 4711 and she prefers green tea."
 
 
@@ -406,6 +415,19 @@ CASES = [
          lambda a: f"/v1/oauth/applications/{a.oauth_application_id}", None, _not_found),
     Case("v1/oauth/applications/<int:application_id>/rotate-secret", "post",
          lambda a: f"/v1/oauth/applications/{a.oauth_application_id}/rotate-secret", {}, _not_found),
+    # model routing policies
+    Case("v1/routing-policies", "get", lambda a: "/v1/routing-policies?limit=500", None,
+         _no_a_ids("id", lambda a: {a.routing_policy_id})),
+    Case("v1/routing-policies", "post", lambda a: "/v1/routing-policies",
+         {"name": A_ROUTING_POLICY, "policy": A_ROUTING, "is_default": True}, _routing_policy_created_in_b),
+    Case("v1/routing-policies/<uuid:policy_id>", "get", lambda a: f"/v1/routing-policies/{a.routing_policy_id}", None,
+         _not_found),
+    Case("v1/routing-policies/<uuid:policy_id>", "patch", lambda a: f"/v1/routing-policies/{a.routing_policy_id}",
+         {"is_default": False, "description": "from b"}, _not_found),
+    Case("v1/routing-policies/<uuid:policy_id>", "delete", lambda a: f"/v1/routing-policies/{a.routing_policy_id}",
+         None, _not_found),
+    Case("v1/routing-policies/<uuid:policy_id>/explain", "post",
+         lambda a: f"/v1/routing-policies/{a.routing_policy_id}/explain", {"input": "hi"}, _not_found),
     # approvals
     Case("v1/approvals", "get", lambda a: "/v1/approvals?limit=500", None, _no_a_ids("id", lambda a: {a.approval_id})),
     Case("v1/approvals/<uuid:approval_id>", "get", lambda a: f"/v1/approvals/{a.approval_id}", None, _not_found),
@@ -523,6 +545,8 @@ def tenant_a_data(tenant_a) -> TenantAData:
                                       stripe_customer_id="cus_tenant_a", stripe_subscription_id="sub_tenant_a")
         Invoice.objects.create(stripe_invoice_id=A_INVOICE, tenant=tenant_a.tenant, status="paid", amount_due=9900,
                                amount_paid=9900)
+        routing_policy = data_plane_services.routing_policy_create(
+            tenant=tenant_a.tenant, name=A_ROUTING_POLICY, policy=A_ROUTING, is_default=True, actor=actor)
         audit_ids = frozenset(str(i) for i in AuditEvent.objects.values_list("id", flat=True))
     # A's usage on 2026-02-10: a record and its daily rollup (public schema, A's tenant)
     UsageRecord.objects.create(tenant=tenant_a.tenant, source_key=f"{run.id}:iso", kind="llm", run_id=run.id,
@@ -537,7 +561,8 @@ def tenant_a_data(tenant_a) -> TenantAData:
                        server_id=str(server.id), permission_id=str(permission.id),
                        memory_id=str(memory.memory.id), attachment_id=str(attachment.id), flag_id=str(flag.id),
                        member_id=str(member.id), invitation_id=str(invitation.id),
-                       oauth_application_id=oauth_application.application.id, experiment_id=str(experiment.id))
+                       oauth_application_id=oauth_application.application.id, experiment_id=str(experiment.id),
+                       routing_policy_id=str(routing_policy.id))
 
 
 def _tenant_a_state(a: TenantAData) -> tuple:
@@ -557,6 +582,7 @@ def _tenant_a_state(a: TenantAData) -> tuple:
         list(MemorySettings.objects.values_list("default_ttl_days", "embedding_model")),
         list(GuardrailPolicy.objects.values_list("id", "agent", "config", "revision")),
         list(GuardrailFlag.objects.values_list("id", "status", "reviewed_at")),
+        list(RoutingPolicy.objects.values_list("id", "name", "description", "policy", "is_default", "updated_at")),
         [(row, _stored(key)) for *row, key in Attachment.objects.values_list("id", "run_id", "transcript",
                                                                               "storage_key")],
         list(Membership.objects.filter(tenant__schema_name=connection.schema_name).values_list("id", "role")),

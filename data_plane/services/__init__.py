@@ -23,6 +23,12 @@ from data_plane.services.tools import (
     tool_permission_set,
     tool_settings_update,
 )
+from data_plane.services.routing import (
+    routing_policy_create,
+    routing_policy_delete,
+    routing_policy_update,
+    run_routing_resolve,
+)
 from data_plane.services.runs import (
     approval_decide,
     checkpoints_prune,
@@ -47,5 +53,5 @@ __all__ = [
     "experiment_create", "experiment_promote", "experiment_stop",
     "agent_archive", "agent_create", "agent_update", "approval_decide", "checkpoints_prune", "ping_answer", "ping_create", "run_cancel",
     "run_create_child", "run_fork", "run_message_send", "run_pause", "run_resume", "run_retry", "run_start", "run_step",
-    "run_step_fail",
+    "run_step_fail", "routing_policy_create", "routing_policy_delete", "routing_policy_update", "run_routing_resolve",
 ]

@@ -18,6 +18,7 @@ from data_plane.models import Agent, AgentVersion, McpServer, McpTool, ToolPermi
 from data_plane.runtime.core.graph import GraphInvalid
 from data_plane.runtime.core.spec import spec_from_json
 from data_plane.selectors import agent_get
+from data_plane.services.routing import routing_policy_names
 
 
 def _with_catalogue_tools(spec: Any, *, agent_id: UUID | None) -> Any:
@@ -55,7 +56,7 @@ def _validated_spec(spec: Any, *, own_name: str, agent_id: UUID | None = None) -
     known = set(Agent.objects.filter(is_archived=False).values_list("name", flat=True)) | {own_name}
     spec = _with_catalogue_tools(spec, agent_id=agent_id)
     try:
-        parsed = spec_from_json(spec, known_agents=known)
+        parsed = spec_from_json(spec, known_agents=known, known_routing_policies=routing_policy_names())
         if parsed.output_schema is not None:
             try:
                 jsonschema.Draft202012Validator.check_schema(dict(parsed.output_schema))

@@ -37,6 +37,7 @@ from data_plane.runtime.core.state import Decision, RunState
 from data_plane.experiment_selectors import Assignment, experiment_assignment
 from data_plane.selectors import agent_version_get, approval_get, checkpoint_get, run_get
 from data_plane.services.attachments import attachments_link, message_attachments
+from data_plane.services.routing import run_routing_resolve
 from guardrails import services as guardrail_services
 
 ACTIVE = ("queued", "running", "paused", "waiting_approval")
@@ -96,7 +97,8 @@ def _create_run(*, tenant_schema: str, agent_version: Any, input: str, values: M
                              input_attachments=[part.to_json() for part in attachments],
                              **({"experiment_id": assignment.experiment_id,
                                  "experiment_variant_id": assignment.variant_id,
-                                 "assignment_key": assignment.key} if assignment else {}))
+                                 "assignment_key": assignment.key} if assignment else {}),
+                             routing=run_routing_resolve(spec, task_kind=task_kind))
     attachments_link(run_id=run.id, parts=attachments)
     status = _initial_status(state)
     _commit(tenant_schema, run_id=run.id, expected_version=0, checkpoint_id=uuid.uuid4(), parent_id=None, step=0,
@@ -384,7 +386,7 @@ def run_fork(*, tenant, run_id: UUID, checkpoint_id: UUID, actor: Actor,  # type
     with transaction.atomic():
         run = Run.objects.create(agent_version=source.agent_version, input=source.input,
                                  input_attachments=source.input_attachments, base_run=source,
-                                 end_user=source.end_user, task_kind=source.task_kind,
+                                 end_user=source.end_user, task_kind=source.task_kind, routing=source.routing,
                                  base_message_count=len(loaded.state.messages), base_step=checkpoint.step,
                                  source_checkpoint=checkpoint, reexecute=reexecute, status=status,
                                  step=checkpoint.step)

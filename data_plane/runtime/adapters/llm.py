@@ -34,7 +34,7 @@ from data_plane.runtime.core.context import attachment_tokens
 from data_plane.runtime.core.media import EXTENSIONS
 from data_plane.runtime.core.messages import Message, ToolCall, ToolDefinition, Usage
 from data_plane.runtime.core.ports import DeltaCallback, MediaSource, ModelReply, ModelRequest, ProviderRejected, \
-    ProviderUnavailable, RetryCallback, RetryNotice
+    ProviderUnavailable, RetryCallback, RetryNotice, with_fallback
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ class LiteLLMChatModel:
         arguments = self._arguments(request)
         attempts = 0
         failure = _Failure(is_transient=True, description="no attempt made")
+        errors: list[str] = []
         for position, model in enumerate(request.models):
             if any(message.attachments for message in request.messages):
                 arguments = {**arguments, "messages": await self._messages_for(model, request, media)}
@@ -112,9 +113,11 @@ class LiteLLMChatModel:
                 stream = _Stream()
                 outcome = await self._attempt(model, arguments, on_delta, stream)
                 if outcome is None:
-                    return stream.reply(model=model, attempts=attempts,
-                                        latency_ms=(time.perf_counter() - started) * 1000)
+                    reply = stream.reply(model=model, attempts=attempts,
+                                         latency_ms=(time.perf_counter() - started) * 1000)
+                    return with_fallback(reply, request.models, errors)
                 failure = outcome
+                errors.append(f"{model}: {failure.description}")
                 if not failure.is_transient:
                     raise ProviderRejected(f"Model {model} rejected the request: {failure.description.rstrip('.')}. "
                                            "Fix the request or the agent's model policy; retrying will not help.")

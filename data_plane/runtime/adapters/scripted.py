@@ -33,7 +33,7 @@ from data_plane.runtime.adapters.media import AttachmentRefused, Capabilities, r
 from data_plane.runtime.adapters.openai_format import openai_message, openai_tool
 from data_plane.runtime.core.messages import Message, ToolCall, Usage
 from data_plane.runtime.core.ports import DeltaCallback, MediaSource, ModelReply, ModelRequest, ProviderRejected, \
-    ProviderUnavailable, RetryCallback, RetryNotice
+    ProviderUnavailable, RetryCallback, RetryNotice, with_fallback
 
 # The provider prefix litellm removes from the model name before it calls an OpenAI-compatible server.
 PROVIDER_PREFIX = "openai/"
@@ -60,6 +60,7 @@ class ScriptedChatModel:
         started = time.perf_counter()
         attempts = 0
         description = "no attempt made"
+        errors: list[str] = []
         for position, model in enumerate(request.models):
             messages = None
             if any(message.attachments for message in request.messages):
@@ -79,8 +80,10 @@ class ScriptedChatModel:
                                            "agent's model policy; retrying will not help.") from None
                 failure = plan.failure
                 if failure is None or _cut_after_the_end(plan, failure):
-                    return await _play(plan, model, on_delta, attempts=attempts, started=started)
+                    reply = await _play(plan, model, on_delta, attempts=attempts, started=started)
+                    return with_fallback(reply, request.models, errors)
                 description, emitted = await _fail(plan, failure, on_delta)
+                errors.append(f"{model}: {description}")
                 if not _is_transient(failure):
                     raise ProviderRejected(f"Model {model} rejected the request: {description}. Fix the request or "
                                            "the agent's model policy; retrying will not help.")

@@ -176,6 +176,15 @@ class _Sizer:
         return self.message(Message(role="system", content=text)) if text else 0
 
 
+def conversation_tokens(state: RunState, *, model: str, meter: Meter) -> int:
+    """The tokens of the conversation a call sends (the messages after the summary, and the summary), counted
+    for ``model``: the input size a routing rule looks at. Each message is measured once (kept)."""
+    start = state.summary.message_count if state.summary else 0
+    size = _Sizer(meter.counter, model, meter.sizes)
+    summary = size.system(_summary_section(state.summary, state.messages)) if state.summary else 0
+    return size.empty + summary + sum(size.conversation(state.messages[start:]))
+
+
 def input_limit(settings: ContextSettings, models: Sequence[str], counter: TokenCounter) -> int:
     """The input tokens a call may use: the agent's setting, else the smallest known limit of its models."""
     if settings.max_input_tokens is not None:
@@ -346,7 +355,8 @@ def _summary_request(draft: ModelRequest, *, state: RunState, start: int, upto: 
     request = ModelRequest(models=draft.models, messages=(prompt, Message(role="user", content=head + transcript)),
                            max_output_tokens=settings.summary_max_tokens, timeout_seconds=draft.timeout_seconds,
                            metadata={"node": draft.metadata.get("node"), "step": draft.metadata.get("step"),
-                                     "purpose": "summary", "summarises": [start, upto]})
+                                     "purpose": "summary", "summarises": [start, upto],
+                                     **({"route": draft.metadata["route"]} if "route" in draft.metadata else {})})
     return SummaryNeeded(request=request, start=start, upto=upto)
 
 

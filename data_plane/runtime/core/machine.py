@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from data_plane.runtime.core import context
+from data_plane.runtime.core import context, routing
 from data_plane.runtime.core.context import ESTIMATE, SUMMARY_KEY, Meter, Overflow, SummaryNeeded
 from data_plane.runtime.core.graph import (
     ApprovalNode,
@@ -492,11 +492,31 @@ def _model_request(state: RunState, spec: AgentSpec, node: LlmNode, meter: Meter
     if len(offered) < len(available):  # say which, so a run's record shows what the model could choose from
         metadata["tools_selected"] = [tool.name for tool in offered]
         metadata["tools_available"] = len(available)
-    draft = ModelRequest(models=node.models or spec.models, messages=(), tools=offered,
+    models = node.models or spec.models
+    if not node.models and spec.run_routing is not None:  # a node that names its models keeps them
+        decision = routing_decision(state, spec.run_routing, tools=len(offered), meter=meter)
+        models = decision.models
+        metadata["route"] = {**decision.to_json(), "policy": spec.run_routing.source}
+    draft = ModelRequest(models=models, messages=(), tools=offered,
                          temperature=spec.temperature, timeout_seconds=spec.model_timeout_seconds, metadata=metadata)
     if meter.recalls_memories and not spec.memory.recall:  # room for memories only for agents that recall
         meter = replace(meter, recalls_memories=False)
     return context.fit(draft, state=state, instructions=instructions, settings=spec.context, meter=meter)
+
+
+def routing_decision(state: RunState, run_routing: routing.RunRouting, *, tools: int, meter: Meter = ESTIMATE
+                     ) -> routing.RouteDecision:
+    """The routing decision for a model call of this run, offering ``tools`` tools: features from the
+    conversation as the call sends it (its size counted for the cheap tier's first model) and the latest user
+    message's complexity. Deterministic: a recomputed step routes the same way."""
+    policy = run_routing.policy
+    position = next((i for i in range(len(state.messages) - 1, -1, -1) if state.messages[i].role == "user"), None)
+    request = state.messages[position].content if position is not None else ""
+    complexity = routing.estimate_complexity(request, tools=tools, depth=position or 0)
+    features = routing.RouteFeatures(task_kind=run_routing.task_kind, tools=tools, complexity=complexity,
+                                     input_tokens=context.conversation_tokens(state, model=policy.cheap[0],
+                                                                              meter=meter))
+    return routing.route(policy, features)
 
 
 def _last_tool_calls(state: RunState) -> tuple[ToolCall, ...]:

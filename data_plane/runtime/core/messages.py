@@ -87,15 +87,25 @@ class Usage:
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     attempts: int = 1
+    # When ``model`` is not the first model asked for (it failed: rate limited, 5xx, down): that first model.
+    fell_back_from: str | None = None
+    errors: tuple[str, ...] = ()  # each failed attempt before the reply, "model: error", oldest first
 
     def to_json(self) -> dict[str, Any]:
-        return {"model": self.model, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-                "cached_input_tokens": self.cached_input_tokens, "cost_usd": self.cost_usd,
-                "latency_ms": self.latency_ms, "attempts": self.attempts}
+        data: dict[str, Any] = {
+            "model": self.model, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+            "cached_input_tokens": self.cached_input_tokens, "cost_usd": self.cost_usd,
+            "latency_ms": self.latency_ms, "attempts": self.attempts}
+        # absent, not null or empty, when unused: usage stored before these fields reads the same
+        if self.fell_back_from is not None:
+            data["fell_back_from"] = self.fell_back_from
+        if self.errors:
+            data["errors"] = list(self.errors)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Usage:
-        return cls(**data)
+        return cls(**{**data, "errors": tuple(data.get("errors") or ())})
 
 
 @dataclass(frozen=True)

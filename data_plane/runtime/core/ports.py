@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from data_plane.runtime.core.messages import Message, ToolCall, ToolDefinition, ToolResult, Usage
@@ -65,6 +65,21 @@ class ModelReply:
     usage: Usage
     finish_reason: str = "stop"
     held_calls: tuple[str, ...] = ()  # ids of tool calls the guardrails hold for a human's approval
+
+
+MAX_RECORDED_ERRORS = 10
+MAX_RECORDED_ERROR_CHARACTERS = 300
+
+
+def with_fallback(reply: ModelReply, models: Sequence[str], errors: Sequence[str]) -> ModelReply:
+    """The reply with what came before it on its usage: the first model asked for, when another one answered,
+    and the failed attempts' errors (the last few, each cut short)."""
+    fell_back_from = models[0] if models and reply.usage.model != models[0] else None
+    if fell_back_from is None and not errors:
+        return reply
+    kept = tuple(error if len(error) <= MAX_RECORDED_ERROR_CHARACTERS else error[:MAX_RECORDED_ERROR_CHARACTERS] + "…"
+                 for error in errors[-MAX_RECORDED_ERRORS:])
+    return replace(reply, usage=replace(reply.usage, fell_back_from=fell_back_from, errors=kept))
 
 
 DeltaCallback = Callable[[str], Awaitable[None]]

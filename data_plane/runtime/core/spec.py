@@ -20,6 +20,7 @@ from data_plane.runtime.core.graph import (
     validate,
 )
 from data_plane.runtime.core.messages import ToolDefinition
+from data_plane.runtime.core.routing import RoutingPolicy, RunRouting, parse_policy
 
 PLAN_INSTRUCTIONS = ("First make a short numbered plan for the task. Do not call tools yet and do not answer yet.")
 REFLECT_INSTRUCTIONS = ("Check the work so far against the task. If it is complete, give the final answer and end "
@@ -143,6 +144,10 @@ class AgentSpec:
     memory: MemoryPolicy = field(default_factory=MemoryPolicy)
     context: ContextSettings = field(default_factory=ContextSettings)
     output_schema: Mapping[str, Any] | None = None  # a JSON schema the final answer must satisfy (the guardrails)
+    routing: RoutingPolicy | None = None  # the agent's own routing policy (core/routing.py)
+    routing_policy: str | None = None  # or the name of one of the tenant's routing policies
+    # The routing a run applies, fixed when the run was created; set by the shell, never stored in a spec.
+    run_routing: RunRouting | None = field(default=None, compare=False)
 
     @property
     def workflow(self) -> Graph:
@@ -155,6 +160,8 @@ class AgentSpec:
         """Every model a run of this agent may call: the policy's (preferred, then fallbacks) and those its
         graph's llm nodes name instead, in that order, each once."""
         models = list(self.models)
+        if self.routing is not None:
+            models.extend(model for model in self.routing.all_models() if model not in models)
         for node in self.workflow.nodes.values():
             if isinstance(node, LlmNode) and node.models:
                 models.extend(model for model in node.models if model not in models)
@@ -183,6 +190,10 @@ class AgentSpec:
             data["context"] = self.context.to_json()
         if self.output_schema is not None:
             data["output_schema"] = dict(self.output_schema)
+        if self.routing is not None:
+            data["routing"] = self.routing.to_json()
+        if self.routing_policy is not None:
+            data["routing_policy"] = self.routing_policy
         return data
 
 
@@ -202,8 +213,10 @@ def default_loop() -> Graph:
     return Graph(entry="plan", nodes={node.id: node for node in nodes})
 
 
-def spec_from_json(data: Any, *, known_agents: set[str] | None = None) -> AgentSpec:
-    """Parse and validate an agent spec. Raises GraphInvalid with every problem (paths are spec paths)."""
+def spec_from_json(data: Any, *, known_agents: set[str] | None = None,
+                   known_routing_policies: set[str] | None = None) -> AgentSpec:
+    """Parse and validate an agent spec. Raises GraphInvalid with every problem (paths are spec paths).
+    ``known_routing_policies``, when given, are the tenant's policy names ``routing_policy`` may name."""
     errors: list[dict[str, str]] = []
 
     def error(path: str, message: str, code: str = "invalid") -> None:
@@ -278,13 +291,15 @@ def spec_from_json(data: Any, *, known_agents: set[str] | None = None) -> AgentS
     if output_schema is not None and not isinstance(output_schema, dict):
         error("output_schema", "output_schema is a JSON schema object the agent's final answer must satisfy.")
         output_schema = None
+    routing, routing_policy = _routing_from_json(data, error, known_routing_policies)
     spec = AgentSpec(instructions=instructions if isinstance(instructions, str) else "", models=tuple(models),
                      tools=tuple(tools), graph=graph, limits=limits, agent_tools=dict(agent_tools),
                      handoffs=delegations["handoffs"],
                      temperature=data.get("temperature"),
                      model_timeout_seconds=float(data.get("model_timeout_seconds", 60.0)),
                      mcp_servers=tuple(dict.fromkeys(mcp_servers)), max_tools_per_call=max_tools,
-                     memory=memory, context=context, output_schema=output_schema)
+                     memory=memory, context=context, output_schema=output_schema, routing=routing,
+                     routing_policy=routing_policy)
     if graph is not None or data.get("graph") is None:
         try:  # validated even when other fields are wrong, so every problem is reported at once
             validate(spec.workflow, tools=spec.tools, agents=known_agents,
@@ -294,6 +309,27 @@ def spec_from_json(data: Any, *, known_agents: set[str] | None = None) -> AgentS
     if errors:
         raise GraphInvalid(errors)
     return spec
+
+
+def _routing_from_json(data: dict[str, Any], error: Callable[[str, str], None],
+                       known: set[str] | None) -> tuple[RoutingPolicy | None, str | None]:
+    """The agent's ``routing`` (its own policy) or ``routing_policy`` (a tenant policy's name), not both."""
+    raw, name = data.get("routing"), data.get("routing_policy")
+    if raw is not None and name is not None:
+        error("routing_policy", "Give either routing (the agent's own policy) or routing_policy (the name of a "
+                                "tenant policy), not both.")
+        return None, None
+    if name is not None:
+        if not isinstance(name, str) or not name.strip():
+            error("routing_policy", "routing_policy is the name of one of the tenant's routing policies.")
+            return None, None
+        if known is not None and name not in known:
+            listed = ", ".join(sorted(known)) or "none yet; create one with POST /v1/routing-policies"
+            error("routing_policy", f"No routing policy named {name!r}; the tenant's policies: {listed}.")
+        return None, name
+    if raw is None:
+        return None, None
+    return parse_policy(raw, error, prefix="routing"), None
 
 
 def _context_from_json(raw: Any, error: Callable[[str, str], None]) -> ContextSettings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import uuid
@@ -14,7 +15,7 @@ import pytest
 
 from data_plane.model_server import ServerHandle, start_in_thread
 from data_plane.runtime.adapters.llm import LiteLLMChatModel, RetryNotice, openai_message, openai_tool, \
-    register_local_prices, tool_arguments
+    cost_usd, register_local_prices, tool_arguments
 from data_plane.runtime.core.messages import Message, ToolCall, ToolDefinition
 from data_plane.runtime.core.ports import ModelRequest, ProviderRejected, ProviderUnavailable
 
@@ -260,6 +261,58 @@ async def test_after_its_retries_the_next_model_answers(gateway, server, sleep):
     assert reply.usage.model == f"openai/{up}" and reply.usage.attempts == 5
     assert sleep.delays == [0.2, 0.4, 0.8]  # no wait before switching models
     assert (requests_for(server, down), requests_for(server, up)) == (4, 1)
+    # the reply says it fell back, from which model and why
+    assert reply.usage.fell_back_from == f"openai/{down}"
+    assert len(reply.usage.errors) == 4
+    assert all(error.startswith(f"openai/{down}: ServiceUnavailableError (HTTP 503): ") for error in reply.usage.errors)
+
+
+@pytest.mark.asyncio
+async def test_a_reply_of_the_first_model_records_no_fallback(gateway, server):
+    name = register(server, "steady", [{"content": "ok"}])
+    reply = await gateway.complete(ask(f"openai/{name}", "openai/never-asked"))
+    assert (reply.usage.fell_back_from, reply.usage.errors) == (None, ())
+    assert "fell_back_from" not in reply.usage.to_json() and "errors" not in reply.usage.to_json()
+
+
+def test_a_mapped_model_is_priced_from_litellms_own_map_with_cached_input_at_the_cached_rate():
+    # given: gpt-4o-mini as litellm's shipped price map has it: $0.15 per million input tokens, cached half
+    import litellm
+
+    prices = litellm.model_cost["gpt-4o-mini"]
+    assert (prices["input_cost_per_token"], prices["output_cost_per_token"],
+            prices["cache_read_input_token_cost"]) == (1.5e-07, 6e-07, 7.5e-08)
+    # when: a million input tokens, all cached or none, and a million output tokens
+    uncached = cost_usd("gpt-4o-mini", 1_000_000, 0, 0)
+    cached = cost_usd("gpt-4o-mini", 1_000_000, 0, 1_000_000)
+    # then
+    assert uncached == pytest.approx(0.15) and cached == pytest.approx(0.075)
+    assert cost_usd("gpt-4o-mini", 1_000_000, 1_000_000, 400_000) == pytest.approx(0.6 * 0.15 + 0.4 * 0.075 + 0.6)
+
+
+def test_importing_the_gateway_loads_litellms_price_map_locally_without_the_network():
+    # given: a fresh interpreter without the setting, whose sockets refuse to connect (and say so)
+    import subprocess
+    import sys
+
+    probe = (
+        "import socket, sys\n"
+        "attempts = []\n"
+        "def refuse(self, address, *a, **k):\n"
+        "    attempts.append(address)\n"
+        "    raise OSError('no network in this test')\n"
+        "socket.socket.connect = refuse\n"
+        "socket.getaddrinfo = lambda host, *a, **k: attempts.append(host) or (_ for _ in ()).throw(OSError('no dns'))\n"
+        "import os\n"
+        "from data_plane.runtime.adapters import llm\n"
+        "import litellm\n"
+        "print(os.environ['LITELLM_LOCAL_MODEL_COST_MAP'], len(litellm.model_cost) > 1000, attempts)\n")
+    env = {key: value for key, value in os.environ.items() if key != "LITELLM_LOCAL_MODEL_COST_MAP"}
+    # when
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    # then: the map shipped with litellm, and not one connection attempted
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True True []"
 
 
 @pytest.mark.parametrize("fail", [
