@@ -157,18 +157,23 @@ def test_invalid_variants_are_refused_and_nothing_is_created(tenant_a, agent, va
         assert not AuditEvent.objects.filter(action="experiment.create").exists()
 
 
-def test_a_routing_override_needs_an_agent_spec_that_keeps_it(tenant_a, agent):
-    # the spec keeps only what it knows: a routing override it would drop is refused rather than run without
+def test_a_variant_may_route_with_a_tenant_policy_that_exists(tenant_a, agent):
     with schema_context(tenant_a.schema):
         variants = [VARIANTS[0], {"name": "routed", "weight": 1, "overrides": {"routing_policy": "cheap-first"}}]
-        try:
-            experiment = create(tenant_a, agent, variants=variants)
-        except ExperimentInvalid as invalid:
-            assert invalid.message == ("Variant 'routed': this server's agent spec has no routing_policy; the variant "
-                                       "would run without it.")
-            assert Experiment.objects.count() == 0
-        else:  # the agent spec knows routing (the routing branch): the variant's version carries it
-            assert experiment.variants.get(name="routed").agent_version.spec["routing_policy"] == "cheap-first"
+        # given no policy of that name: refused, nothing created
+        with pytest.raises(ExperimentInvalid) as invalid:
+            create(tenant_a, agent, variants=variants)
+        assert invalid.value.message == (
+            "Variant 'routed': The agent spec is invalid: routing_policy: No routing policy named 'cheap-first'; the "
+            "tenant's policies: none yet; create one with POST /v1/routing-policies.")
+        assert Experiment.objects.count() == 0
+        # given the policy
+        services.routing_policy_create(tenant=tenant_a.tenant, name="cheap-first", is_default=False, actor=TEST_ACTOR,
+                                       policy={"tiers": {"cheap": ["openai/gpt-4o-mini"], "strong": ["openai/gpt-4o"]}})
+        # when
+        experiment = create(tenant_a, agent, variants=variants)
+        # then the variant's version carries it
+        assert experiment.variants.get(name="routed").agent_version.spec["routing_policy"] == "cheap-first"
 
 
 def test_one_running_experiment_per_agent_unique_names_and_no_archived_agent(tenant_a, agent):
