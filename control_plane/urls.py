@@ -10,6 +10,7 @@ api_v1 = [
     path("", include("guardrails.urls")),
     path("", include("control_plane.identity.urls")),  # /v1/auth/..., /v1/members, /v1/invitations
     path("", include("control_plane.encryption.urls")),
+    path("", include("billing.quota_urls")),  # /v1/quotas
     path("audit-events", AuditEventListApi.as_view(), name="audit-events"),
     path("audit-events/verify", AuditChainVerifyApi.as_view(), name="audit-events-verify"),
     path("audit-events/export", AuditEventExportApi.as_view(), name="audit-events-export"),

@@ -169,6 +169,19 @@ class PlatformTenantDetailApi(OperatorApiView):
     def get(self, request: Request, slug: str) -> Response:
         return Response(TenantOutputSerializer(selectors.tenant_get(slug=slug)).data)
 
+    class PatchInputSerializer(serializers.Serializer):
+        sla_tier = serializers.ChoiceField(choices=Tenant.SlaTier.choices,
+                                           help_text="The tenant's new SLA tier: quotas, rate limits and run queue "
+                                                     "change with its next request (docs/quotas.md).")
+
+    @extend_schema(operation_id="platform_tenants_update", request=PatchInputSerializer,
+                   responses=TenantOutputSerializer, tags=["platform"])
+    def patch(self, request: Request, slug: str) -> Response:
+        data = validated(self.PatchInputSerializer, request.data)
+        tenant = services.tenant_tier_change(tenant=selectors.tenant_get(slug=slug), actor=request.user.actor,
+                                             **data)
+        return Response(TenantOutputSerializer(tenant).data)
+
     @extend_schema(operation_id="platform_tenants_delete", request=DeleteInputSerializer,
                    responses=TenantOutputSerializer, tags=["platform"])
     def delete(self, request: Request, slug: str) -> Response:
