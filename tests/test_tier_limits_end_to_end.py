@@ -136,3 +136,20 @@ def test_a_burst_on_the_standard_queue_does_not_delay_an_enterprise_run(model_se
                 assert Run.objects.get(id=quick).output == "You said: hello"
     finally:
         broker.delete(*(f"{prefix}{tier}" for tier in ("runs.standard", "runs.professional", "runs.enterprise")))
+
+
+def test_a_stream_opened_past_the_request_rate_is_refused_with_retry_after(standard, limits_on):
+    # given the standard tenant's request bucket emptied (20, refilled at 10 a second)
+    from billing.wiring import tier_limiter
+    from tenants.asgi import stream_principal
+
+    bucket = tier_limiter().bucket
+    bucket.take(f"api:{standard.tenant.id}", rate=10, burst=20, n=20)
+    # when it opens a stream (websocket or SSE: both resolve their caller here)
+    for _ in range(20):  # a token may come back in the meantime
+        resolved = stream_principal(authorization=f"Bearer {standard.key}", access_token=None)
+        if "auth_error" in resolved:
+            break
+    # then it is refused with the wait, which the websocket closes with (4429) and SSE answers (Retry-After)
+    error = resolved["auth_error"]
+    assert (error["code"], error["status"], error["retry_after"]) == ("rate_limited", 429, 1)
