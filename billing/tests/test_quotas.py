@@ -20,7 +20,7 @@ from conftest import bearer
 from control_plane.audit.models import AuditEvent
 from data_plane import services as data_services
 from data_plane.models import Run
-from tenants.models import Tenant
+from tenants.selectors import tenant_get
 
 SPEC = {"instructions": "Be exact.", "models": ["openai/gpt-4o-mini"]}
 
@@ -220,7 +220,7 @@ def test_an_unknown_tier_is_refused_and_nothing_changes(client, tenant_a, operat
                             content_type="application/json", **bearer(operator_key))
     assert response.status_code == 400
     assert response.json()["errors"] == {"sla_tier": ['"gold" is not a valid choice.']}
-    assert Tenant.objects.get(pk=tenant_a.tenant.pk).sla_tier == "standard"
+    assert tenant_get(slug=tenant_a.tenant.slug).sla_tier == "standard"
     with schema_context(tenant_a.schema):
         assert AuditEvent.objects.filter(action="tenant.tier_change").count() == 0
 
@@ -229,4 +229,4 @@ def test_a_tenant_key_cannot_change_its_own_tier(client, tenant_a):
     response = client.patch(f"/v1/platform/tenants/{tenant_a.tenant.slug}", json.dumps({"sla_tier": "enterprise"}),
                             content_type="application/json", **bearer(tenant_a.key))
     assert response.status_code == 401
-    assert Tenant.objects.get(pk=tenant_a.tenant.pk).sla_tier == "standard"
+    assert tenant_get(slug=tenant_a.tenant.slug).sla_tier == "standard"

@@ -117,9 +117,10 @@ def _run_admit(tenant, *, count_start: bool = True) -> bool:  # type: ignore[no-
 
 
 @contextmanager
-def _admitted(tenant) -> Iterator[None]:  # type: ignore[no-untyped-def]
-    """``_run_admit`` around a start: the run-start token is given back if the start fails."""
-    taken = _run_admit(tenant)
+def _admitted(tenant, *, is_active: bool = True) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """``_run_admit`` around a start (nothing for a run that starts finished, such as a fork of a completed
+    run's last checkpoint): the run-start token is given back if the start fails."""
+    taken = _run_admit(tenant) if is_active else False
     try:
         yield
     except BaseException:
@@ -421,7 +422,7 @@ def run_fork(*, tenant, run_id: UUID, checkpoint_id: UUID, actor: Actor,  # type
     if state.is_terminal and append_messages:
         state = machine.reopen(state, spec, now=clock())
     status = _initial_status(state)
-    with transaction.atomic(), _admitted(tenant):
+    with transaction.atomic(), _admitted(tenant, is_active=status in ACTIVE):
         run = Run.objects.create(agent_version=source.agent_version, input=source.input,
                                  input_attachments=source.input_attachments, base_run=source,
                                  end_user=source.end_user, task_kind=source.task_kind,
