@@ -150,14 +150,17 @@ def _level(result: BucketResult | None, *, rate: float, burst: float) -> BucketL
 
 def quota_usage_get(*, tenant: Any, limiter: TierLimiter | None, active_runs: int, queue: str) -> QuotaUsage:
     """The tenant's tier, its limits and where it stands: runs at once, and the buckets' levels (full when
-    limits are off)."""
+    limits are off, unknown when Redis could not be read)."""
     plan = plan_for(tenant.sla_tier)
-    levels = limiter.levels(tenant=tenant) if limiter is not None else {}
-    requests, run_starts = request_bucket(plan), run_bucket(plan)
+    buckets = {"requests": request_bucket(plan), "run_starts": run_bucket(plan)}
+    if limiter is None:
+        levels: dict[str, BucketResult | None] = {
+            name: BucketResult(allowed=True, tokens=bucket["burst"], wait_seconds=0, full_in_seconds=0)
+            for name, bucket in buckets.items()}
+    else:
+        levels = limiter.levels(tenant=tenant)
     return QuotaUsage(
         tier=plan.tier, concurrent_runs_limit=plan.concurrent_runs, concurrent_runs=active_runs,
         runs_per_minute_limit=plan.runs_per_minute, tokens_per_month_limit=plan.tokens_per_month, queue=queue,
-        requests=_level(levels.get("requests") if limiter else BucketResult(True, requests["burst"], 0, 0),
-                        **requests),
-        run_starts=_level(levels.get("run_starts") if limiter else BucketResult(True, run_starts["burst"], 0, 0),
-                          **run_starts))
+        requests=_level(levels["requests"], **buckets["requests"]),
+        run_starts=_level(levels["run_starts"], **buckets["run_starts"]))

@@ -230,3 +230,13 @@ def test_a_tenant_key_cannot_change_its_own_tier(client, tenant_a):
                             content_type="application/json", **bearer(tenant_a.key))
     assert response.status_code == 401
     assert tenant_get(slug=tenant_a.tenant.slug).sla_tier == "standard"
+
+
+def test_with_limits_off_nothing_is_counted_and_the_buckets_show_full(client, tenant_a):
+    # the test settings' default (TIER_LIMITS_ENABLED=false)
+    response = client.get("/v1/quotas", **bearer(tenant_a.key))
+    assert response.status_code == 200 and "RateLimit-Limit" not in response
+    body = response.json()
+    assert (body["tier"], body["requests"], body["run_starts"]) == (
+        "standard", {"rate_per_second": 10.0, "burst": 20, "remaining": 20, "full_in_seconds": 0},
+        {"rate_per_second": 1.0, "burst": 60, "remaining": 60, "full_in_seconds": 0})
