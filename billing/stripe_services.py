@@ -134,7 +134,7 @@ def billing_account_tier_change(*, tenant: Any, tier: str, gateway: StripeGatewa
         locked.tier = tier
         locked.tier_revision += 1
         locked.save(update_fields=["tier", "tier_revision", "updated_at"])
-        tenant_services.tenant_sla_tier_set(tenant=locked.tenant, sla_tier=tier, actor=actor)
+        tenant_services.tenant_tier_change(tenant=locked.tenant, sla_tier=tier, actor=actor)
         _audit_account(locked, actor=actor, action="billing.tier_change", data={"from": previous, "to": tier})
     return locked
 

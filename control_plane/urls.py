@@ -13,6 +13,7 @@ api_v1 = [
     path("", include("control_plane.encryption.urls")),
     path("", include("billing.slo_urls")),  # /v1/slos, /v1/platform/slos
     path("", include("billing.stripe_urls")),  # /v1/billing, the Stripe webhook, operator billing routes
+    path("", include("billing.quota_urls")),  # /v1/quotas
     path("audit-events", AuditEventListApi.as_view(), name="audit-events"),
     path("audit-events/verify", AuditChainVerifyApi.as_view(), name="audit-events-verify"),
     path("audit-events/export", AuditEventExportApi.as_view(), name="audit-events-export"),

@@ -153,6 +153,14 @@ def run_get(*, tenant_schema: str, run_id: UUID, for_update: bool = False) -> Ru
         raise RunNotFound(f"Run {run_id} not found.") from None
 
 
+def run_count_active(*, tenant_schema: str) -> int:
+    """How many of the tenant's runs hold a slot of its concurrent-runs quota: top-level runs queued, running,
+    paused or waiting for approval (sub-runs are part of their parent)."""
+    require_schema(tenant_schema)
+    return Run.objects.filter(status__in=("queued", "running", "paused", "waiting_approval"),
+                              parent_run__isnull=True).count()
+
+
 def checkpoint_list(*, tenant_schema: str, run_id: UUID) -> QuerySet[Checkpoint]:
     """The run's checkpoints, oldest first. Raises RunNotFound."""
     run = run_get(tenant_schema=tenant_schema, run_id=run_id)

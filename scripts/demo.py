@@ -425,6 +425,12 @@ def main() -> None:
             step("tenant app: an authenticated call, answered from the tenant's schema")
             me = http.get("/v1/tenant", headers={"Authorization": f"Bearer {key}"})
             say(f"GET /v1/tenant -> {me.status_code} {me.json()['name']} ({me.json()['schema_name']})")
+            quotas = http.get("/v1/quotas", headers={"Authorization": f"Bearer {key}"})
+            limits = quotas.json()
+            say(f"GET /v1/quotas -> {limits['tier']} tier: {limits['concurrent_runs_limit']} runs at once, "
+                f"{limits['runs_per_minute_limit']} a minute, requests in bursts of {limits['requests']['burst']} "
+                f"(RateLimit-Remaining: {quotas.headers.get('RateLimit-Remaining')}); run steps on queue "
+                f"{limits['queue']!r}, which the demo's worker consumes")
 
             step("data plane: a worker answers a ping in the tenant's schema, watched over a websocket")
             ping = asyncio.run(watch_ping(base.replace("http://", "ws://"), key, http))

@@ -17,6 +17,7 @@ from common.pagination import paginated, paginated_response
 from common.validation import validated
 from tenants import selectors, services
 from tenants.api_views import OperatorApiView, TenantApiView
+from tenants.errors import TenantStatusConflict
 from tenants.models import Tenant
 from tenants.scopes import ALL_SCOPES
 
@@ -174,6 +175,26 @@ class PlatformTenantDetailApi(OperatorApiView):
     @extend_schema(operation_id="platform_tenants_get", responses=TenantOutputSerializer, tags=["platform"])
     def get(self, request: Request, slug: str) -> Response:
         return Response(TenantOutputSerializer(selectors.tenant_get(slug=slug)).data)
+
+    class PatchInputSerializer(serializers.Serializer):
+        sla_tier = serializers.ChoiceField(choices=Tenant.SlaTier.choices,
+                                           help_text="The tenant's new SLA tier: quotas, rate limits and run queue "
+                                                     "change with its next request (docs/quotas.md).")
+
+    @extend_schema(operation_id="platform_tenants_update", request=PatchInputSerializer,
+                   responses=TenantOutputSerializer, tags=["platform"])
+    def patch(self, request: Request, slug: str) -> Response:
+        from billing import stripe_selectors  # billing builds on tenants: imported where it is needed
+
+        data = validated(self.PatchInputSerializer, request.data)
+        tenant = selectors.tenant_get(slug=slug)
+        account = stripe_selectors.billing_account_find(tenant=tenant)
+        if account is not None and account.status in ("active", "past_due"):
+            raise TenantStatusConflict(
+                f"Tenant {slug!r} pays through a Stripe subscription ({account.tier}); change its tier with POST "
+                f"/v1/platform/tenants/{slug}/billing/tier so the subscription's prices change with it.")
+        tenant = services.tenant_tier_change(tenant=tenant, actor=request.user.actor, **data)
+        return Response(TenantOutputSerializer(tenant).data)
 
     @extend_schema(operation_id="platform_tenants_delete", request=DeleteInputSerializer,
                    responses=TenantOutputSerializer, tags=["platform"])

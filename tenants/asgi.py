@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from django.db import close_old_connections, connection
 
+from billing.wiring import tier_limiter
 from common.actors import Actor
 from common.errors import AppError
 from control_plane.oauth import services as oauth_services
@@ -57,7 +58,11 @@ def stream_principal(*, authorization: str | None, access_token: str | None,
     try:
         with auth_limiter().attempt(address=address,
                                     credential_id=presented_credential_id(authorization or access_token)):
-            return _principal(authorization=authorization, access_token=access_token)
+            principal = _principal(authorization=authorization, access_token=access_token)
+        limiter = tier_limiter()
+        if limiter is not None:  # a stream (websocket or SSE) opened is one request of the tenant's rate
+            limiter.request_admit(tenant=principal["tenant"])
+        return principal
     except AppError as error:
         return {"auth_error": {"code": error.code, "message": error.message, "status": error.http_status,
                                **({"retry_after": error.extra["retry_after"]} if "retry_after" in error.extra else {})}}

@@ -206,20 +206,24 @@ def tenant_reactivate(*, tenant: Tenant, actor: Actor) -> Tenant:
     return active
 
 
-def tenant_sla_tier_set(*, tenant: Tenant, sla_tier: str, actor: Actor) -> Tenant:
-    """Move a tenant to another SLA tier (its quotas, queue and price follow). Raises InvalidInput. Idempotent."""
+def tenant_tier_change(*, tenant: Tenant, sla_tier: str, actor: Actor) -> Tenant:
+    """Move a tenant to another SLA tier: its quotas, rate limits and run queue change with the next request
+    (billing/plans.py; docs/quotas.md). Audit-logged; a change to the same tier changes and records nothing.
+    Raises InvalidInput for an unknown tier, TenantStatusConflict for a deleted tenant."""
     if sla_tier not in Tenant.SlaTier.values:
         raise InvalidInput(f"sla_tier {sla_tier!r} is not one of {', '.join(Tenant.SlaTier.values)}.",
-                           extra={"errors": {"sla_tier": [f"one of {', '.join(Tenant.SlaTier.values)}"]}})
+                           extra={"errors": {"sla_tier": [f"Choose one of {', '.join(Tenant.SlaTier.values)}."]}})
     with transaction.atomic():
         locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
-        previous = locked.sla_tier
-        if previous == sla_tier:
+        if locked.status == Tenant.Status.DELETED:
+            raise TenantStatusConflict(f"Tenant {locked.slug!r} is deleted; its tier cannot change.")
+        from_tier = locked.sla_tier
+        if from_tier == sla_tier:
             return locked
         locked.sla_tier = sla_tier
         locked.save(update_fields=["sla_tier", "updated_at"])
-        audit_event_record(tenant=locked, actor=actor, action="tenant.sla_tier_change", target_type="tenant",
-                           target_id=str(locked.id), data={"from": previous, "to": sla_tier})
+        audit_event_record(tenant=locked, actor=actor, action="tenant.tier_change", target_type="tenant",
+                           target_id=str(locked.id), data={"from": from_tier, "to": sla_tier})
     return locked
 
 

@@ -45,8 +45,11 @@ def runtime_env(model_server: str, **extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def worker_process(django_db_setup, django_db_blocker, model_server) -> Iterator[Path]:
-    """A real Celery worker (prefork, one child) on the test database and the test broker database."""
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(settings.CELERY_TASK_DEFAULT_QUEUE)  # stale tasks only
+    """A real Celery worker (prefork, one child) on the test database and the test broker database, consuming the
+    default queue and every tier's run queue."""
+    # stale tasks only: the default queue and the tiers' run queues, which this worker consumes (no -Q: the
+    # settings' CELERY_TASK_QUEUES)
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(*(queue.name for queue in settings.CELERY_TASK_QUEUES))
     log = LOG_DIR / "celery-worker.log"
     with django_db_blocker.unblock():
         env = runtime_env(model_server)

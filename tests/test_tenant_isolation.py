@@ -94,6 +94,11 @@ def _own_tenant(response, a: TenantAData, b: ProvisionedForTest) -> None:
     assert response.json()["id"] == str(b.tenant.id)
 
 
+def _own_quotas(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 200
+    assert (response.json()["tier"], response.json()["concurrent_runs"]) == ("standard", 0)  # A's run is not B's
+
+
 def _key_created_in_b(response, a: TenantAData, b: ProvisionedForTest) -> None:
     assert response.status_code == 201
     assert ApiKey.objects.get(id=response.json()["id"]).tenant_id == b.tenant.id
@@ -262,6 +267,7 @@ def _oauth_app_created_in_b(response, a: TenantAData, b: ProvisionedForTest) -> 
 
 CASES = [
     Case("v1/tenant", "get", lambda a: "/v1/tenant", None, _own_tenant),
+    Case("v1/quotas", "get", lambda a: "/v1/quotas", None, _own_quotas),
     Case("v1/api-keys", "get", lambda a: "/v1/api-keys?limit=500", None, _no_a_ids("id", lambda a: {a.key_id})),
     Case("v1/api-keys", "post", lambda a: "/v1/api-keys", {"name": "b", "scopes": ["tenant:read"]},
          _key_created_in_b),
@@ -665,6 +671,8 @@ PLATFORM_CASES = [
     Case("v1/platform/tenants", "post", lambda a: "/v1/platform/tenants",
          {"name": "From B", "slug": "from-b-platform", "sla_tier": "standard"}, None),
     Case("v1/platform/tenants/<slug:slug>", "get", lambda a: f"/v1/platform/tenants/{a.slug}", None, None),
+    Case("v1/platform/tenants/<slug:slug>", "patch", lambda a: f"/v1/platform/tenants/{a.slug}",
+         {"sla_tier": "enterprise"}, None),
     Case("v1/platform/tenants/<slug:slug>", "delete", lambda a: f"/v1/platform/tenants/{a.slug}",
          lambda a: {"confirm": a.slug}, None),
     Case("v1/platform/tenants/<slug:slug>/suspend", "post", lambda a: f"/v1/platform/tenants/{a.slug}/suspend",

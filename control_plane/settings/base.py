@@ -9,7 +9,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
 
+from billing.plans import PLANS
 from common.crypto import master_keys_parse
 from control_plane.settings import env
 
@@ -226,8 +228,24 @@ RUN_STEP_MAX_TRANSIENT_RETRIES = env.integer("RUN_STEP_MAX_TRANSIENT_RETRIES", 8
 # A task runs up to this many steps of a run back to back (each committed before the next) before it
 # hands the run back to the queue: fewer claims and queue hops, and still fair to other runs.
 RUN_STEPS_PER_TASK = env.integer("RUN_STEPS_PER_TASK", 8)
-# The Celery queue of run steps (empty: the default queue). Workers consume it with -Q.
+# Run steps go to their tenant's tier's queue (billing/plans.py: runs.standard, runs.professional,
+# runs.enterprise), named with this prefix, so a burst of one tier cannot delay another's runs
+# (docs/quotas.md). RUN_STEP_QUEUE, when set, overrides it: every tier's steps go to that one queue.
+RUN_QUEUE_PREFIX = env.string("RUN_QUEUE_PREFIX", "")
 RUN_STEP_QUEUE = env.string("RUN_STEP_QUEUE", "")
+
+
+def celery_task_queues(default_queue: str, run_queue_prefix: str) -> list[Queue]:
+    """The queues a worker started without -Q consumes: the default queue and every tier's run queue (a
+    dedicated worker per tier takes -Q <prefix>runs.<tier>)."""
+    names = [default_queue, *(f"{run_queue_prefix}{plan.queue}" for plan in PLANS.values())]
+    return [Queue(name, routing_key=name) for name in names]
+
+
+CELERY_TASK_QUEUES = celery_task_queues(CELERY_TASK_DEFAULT_QUEUE, RUN_QUEUE_PREFIX)
+# Tenants' API request rates, runs per minute and runs at once, per tier (billing/quotas.py). Off only in
+# the test settings, whose session tenants make thousands of requests; the quota tests turn them on.
+TIER_LIMITS_ENABLED = env.boolean("TIER_LIMITS_ENABLED", True)
 # Redis keys of the streams (runs' token-delta logs), in the channel layer's database.
 STREAM_KEY_PREFIX = env.string("STREAM_KEY_PREFIX", "agentplane")
 

@@ -4,7 +4,8 @@ from control_plane.settings.base import *  # noqa: F401,F403
 import hashlib
 import sys
 
-from control_plane.settings.base import BASE_DIR, CHANNEL_LAYER_MAX_CONNECTIONS, REDIS_URL, redis_url_with_db
+from control_plane.settings.base import BASE_DIR, CHANNEL_LAYER_MAX_CONNECTIONS, REDIS_URL, celery_task_queues, \
+    redis_url_with_db
 from control_plane.settings import env
 
 # Tests use databases 10-11 of the same Redis, so a running demo's queues and streams are untouched.
@@ -22,6 +23,11 @@ CHANNEL_LAYERS = {
     }
 }
 CELERY_TASK_DEFAULT_QUEUE = f"agentplane-test-{CHECKOUT_ID}"
+# The tiers' run queues carry the checkout too (a test with workers of its own may name others).
+RUN_QUEUE_PREFIX = env.string("RUN_QUEUE_PREFIX", f"agentplane-test-{CHECKOUT_ID}-")
+CELERY_TASK_QUEUES = celery_task_queues(CELERY_TASK_DEFAULT_QUEUE, RUN_QUEUE_PREFIX)
+# The session's tenants (standard tier) make thousands of requests; the quota tests turn limits on.
+TIER_LIMITS_ENABLED = env.boolean("TIER_LIMITS_ENABLED", False)
 STREAM_KEY_PREFIX = f"agentplane-test-{CHECKOUT_ID}"
 # Fast for tests (a test proves base's is Argon2id); OAuth client secrets keep their own hasher.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", "control_plane.oauth.hashers.ClientSecretHasher"]

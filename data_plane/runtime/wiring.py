@@ -121,3 +121,11 @@ def guard_for(tenant_schema: str, agent: str) -> Any:
     from guardrails.selectors import pipeline_for
 
     return pipeline_for(tenant_schema=tenant_schema, agent=agent)
+
+
+def run_step_queue(tier: str) -> str:
+    """The Celery queue of a tenant's run steps: RUN_STEP_QUEUE when set (one queue for all), else the tier's
+    (billing/plans.py) with RUN_QUEUE_PREFIX."""
+    from billing.plans import plan_for
+
+    return settings.RUN_STEP_QUEUE or f"{settings.RUN_QUEUE_PREFIX}{plan_for(tier).queue}"

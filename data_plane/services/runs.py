@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 from uuid import UUID
 
 import jsonschema
-from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from common.actors import Actor
+from common.locks import advisory_key
 from common.timestamps import format_ts
 from common.schemas import require_schema
 from control_plane.audit.services import audit_event_record
@@ -35,7 +36,7 @@ from data_plane.runtime.core.messages import AttachmentPart, Message
 from data_plane.runtime.core.spec import AgentSpec, spec_from_json
 from data_plane.runtime.core.state import Decision, RunState
 from data_plane.experiment_selectors import Assignment, experiment_assignment
-from data_plane.selectors import agent_version_get, approval_get, checkpoint_get, run_get
+from data_plane.selectors import agent_version_get, approval_get, checkpoint_get, run_count_active, run_get
 from data_plane.services.attachments import attachments_link, message_attachments
 from data_plane.services.routing import run_routing_resolve
 from guardrails import services as guardrail_services
@@ -47,9 +48,23 @@ def _store(tenant_schema: str) -> PostgresCheckpointStore:
     return checkpoint_store(tenant_schema)
 
 
+def _tier_of(tenant_schema: str) -> str:
+    """The SLA tier of the tenant owning the schema: the connection's tenant (the request's, or the task's,
+    looked up at most 2 s ago) when it is that one, else read from the registry."""
+    current = getattr(connection, "tenant", None)
+    if getattr(current, "schema_name", None) == tenant_schema and getattr(current, "sla_tier", None):
+        return current.sla_tier  # type: ignore[union-attr]
+    from tenants.selectors import tenant_get_by_schema
+
+    return tenant_get_by_schema(tenant_schema=tenant_schema).sla_tier
+
+
 def dispatcher(tenant_schema: str) -> Callable[[UUID, int], None]:
-    """Schedules a run's step after the current transaction commits (at once outside one)."""
-    queue = settings.RUN_STEP_QUEUE or None
+    """Schedules a run's step after the current transaction commits (at once outside one), on the Celery
+    queue of the tenant's SLA tier (docs/quotas.md)."""
+    from data_plane.runtime.wiring import run_step_queue
+
+    queue = run_step_queue(_tier_of(tenant_schema))
 
     def dispatch(run_id: UUID, step: int) -> None:
         transaction.on_commit(partial(tasks.run_step_task.apply_async, queue=queue, kwargs={
@@ -84,6 +99,40 @@ def _append_event(run: Run, type_: str, data: dict[str, Any], tenant_schema: str
     transaction.on_commit(partial(streams.run_publish, tenant_schema=tenant_schema, run_id=run.id, events=[
         {"seq": event.seq, "type": type_, "data": data, "ts": format_ts(event.created_at)}]))
 
+
+
+def _run_admit(tenant, *, count_start: bool = True) -> bool:  # type: ignore[no-untyped-def]
+    """The tier's run quotas at a run's start (docs/quotas.md), inside the start's transaction: runs at once
+    are counted under a per-tenant lock held to commit, so concurrent starts never exceed the limit (sub-runs
+    are part of their parent and not counted; paused runs keep their slot); then one run-start token is taken
+    (``count_start``). Raises ConcurrentRunsExceeded, RunRateExceeded. Returns whether a token was taken."""
+    from billing import quotas
+    from billing.wiring import tier_limiter
+
+    limiter = tier_limiter()
+    if limiter is None:
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [advisory_key("run-admission", tenant.schema_name)])
+    quotas.concurrent_runs_check(tenant=tenant, active_runs=run_count_active(tenant_schema=tenant.schema_name))
+    return count_start and limiter.run_rate_admit(tenant=tenant) is not None
+
+
+@contextmanager
+def _admitted(tenant, *, is_active: bool = True) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """``_run_admit`` around a start (nothing for a run that starts finished, such as a fork of a completed
+    run's last checkpoint): the run-start token is given back if the start fails."""
+    taken = _run_admit(tenant) if is_active else False
+    try:
+        yield
+    except BaseException:
+        if taken:
+            from billing.wiring import tier_limiter
+
+            limiter = tier_limiter()
+            if limiter is not None:
+                limiter.run_rate_refund(tenant=tenant)
+        raise
 
 
 def _create_run(*, tenant_schema: str, agent_version: Any, input: str, values: Mapping[str, Any] | None,
@@ -134,7 +183,7 @@ def run_start(*, tenant, agent_id: UUID, input: str, actor: Actor, version: int 
                                 spec=spec_from_json(agent_version.spec), agent_name=agent_version.agent.name)
     agent_name = agent_version.agent.name
     guarded = guardrail_services.text_guard(tenant=tenant, agent=agent_name, point="input", text=input, actor=actor)
-    with transaction.atomic():
+    with transaction.atomic(), _admitted(tenant):
         run = _create_run(tenant_schema=tenant.schema_name, agent_version=agent_version, input=guarded.text,
                           values=values, now=clock(), attachments=parts, end_user=end_user, task_kind=task_kind,
                           guard_events=guardrail_services.decision_events(guarded), assignment=assignment)
@@ -236,6 +285,8 @@ def run_retry(*, tenant, run_id: UUID, actor: Actor) -> Run:  # type: ignore[no-
         run = run_get(tenant_schema=tenant.schema_name, run_id=run_id, for_update=True)
         if run.status != "failed":
             raise IllegalTransition(f"Run {run.id} is {run.status}; only a failed run can be retried.")
+        if run.parent_run_id is None:
+            _run_admit(tenant)
         head = _store(tenant.schema_name).load(run.head_id)
         revived = machine.revive(head.state, spec_from_json(run.agent_version.spec))
         status = _initial_status(revived)
@@ -266,6 +317,8 @@ def run_message_send(*, tenant, run_id: UUID, text: str, actor: Actor,  # type: 
     with transaction.atomic():
         run = run_get(tenant_schema=tenant.schema_name, run_id=run_id, for_update=True)
         _require_completed(run)  # again, under the lock: it may have changed since
+        if run.parent_run_id is None:
+            _run_admit(tenant, count_start=False)  # a completed run active again takes a slot, not a start
         spec = spec_from_json(run.agent_version.spec)
         parts = message_attachments(tenant_schema=tenant.schema_name, attachment_ids=attachments, spec=spec,
                                     agent_name=run.agent_version.agent.name)
@@ -383,7 +436,7 @@ def run_fork(*, tenant, run_id: UUID, checkpoint_id: UUID, actor: Actor,  # type
     if state.is_terminal and append_messages:
         state = machine.reopen(state, spec, now=clock())
     status = _initial_status(state)
-    with transaction.atomic():
+    with transaction.atomic(), _admitted(tenant, is_active=status in ACTIVE):
         run = Run.objects.create(agent_version=source.agent_version, input=source.input,
                                  input_attachments=source.input_attachments, base_run=source,
                                  end_user=source.end_user, task_kind=source.task_kind, routing=source.routing,
