@@ -64,6 +64,11 @@ def document_problem_responses(result: dict[str, Any], generator: Any, request: 
             if operation.get("security"):
                 errors["401"] = "No credential, or one that is unknown, expired or revoked."
                 errors["403"] = "The credential lacks the scope this needs, or its tenant is suspended."
+            for parameter in parameters:
+                schema = parameter.get("schema", {})
+                if parameter.get("in") == "path" and schema.get("type") == "integer":
+                    # Django's <int:...> converter matches digits only: a negative id is no route at all
+                    schema.setdefault("minimum", 0)
             if any(parameter.get("in") == "path" for parameter in parameters):
                 errors["404"] = "Nothing of the caller's at this path (another tenant's ids are not found either)."
             errors["4XX"] = ("Any other refusal, as a problem document: 409 wrong state, 413 too large, "
