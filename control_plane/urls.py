@@ -8,6 +8,7 @@ api_v1 = [
     path("", include("tenants.urls")),
     path("", include("data_plane.urls")),
     path("", include("guardrails.urls")),
+    path("", include("billing.budget_urls")),  # /v1/budgets, /v1/budget-alerts, /v1/quotas/tokens
     path("", include("control_plane.identity.urls")),  # /v1/auth/..., /v1/members, /v1/invitations
     path("", include("control_plane.encryption.urls")),
     path("audit-events", AuditEventListApi.as_view(), name="audit-events"),
