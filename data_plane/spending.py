@@ -11,7 +11,7 @@ the prices calls are settled at).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -21,6 +21,7 @@ from data_plane.runtime.core.ports import ModelRequest, TokenCounter
 
 # Output tokens assumed for a model whose request and price map set no cap (stated in docs/budgets.md).
 DEFAULT_OUTPUT_TOKENS = 4096
+CENT_MILLIONTH = Decimal("0.00000001")
 
 
 class Pricing(Protocol):
@@ -85,7 +86,8 @@ def worst_case(request: ModelRequest, *, counter: TokenCounter, pricing: Pricing
         else:
             input_tokens = counter.count(model=model, messages=request.messages, tools=request.tools)
         cap = request.max_output_tokens or pricing.max_output_tokens(model) or default_output_tokens
-        usd = Decimal(str(pricing.cost(model, input_tokens, cap)))
+        # rounded up to the budgets' precision: a hold is never less than the call can cost
+        usd = Decimal(str(pricing.cost(model, input_tokens, cap))).quantize(CENT_MILLIONTH, rounding=ROUND_CEILING)
         tokens = input_tokens + cap
         if worst is None or (usd, tokens) > (worst.usd, worst.tokens):
             worst = WorstCase(usd=usd, tokens=tokens,

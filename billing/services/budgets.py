@@ -205,12 +205,12 @@ def run_admission_check(*, tenant: Any, agent_id: UUID, now: datetime | None = N
                 continue  # a past period's
             reset = period_end(period, now)
             retry_after = _seconds_until(reset, now) if reset is not None else TOTAL_RETRY_AFTER_SECONDS
-            when = f"wait until the period resets at {reset.isoformat()}" if reset is not None \
-                else "it never resets"
+            when = f" or wait until the period resets at {reset.isoformat()}" if reset is not None \
+                else "; a total budget does not reset"
             raise BudgetExhausted(
                 f"The {_budget_name(scope, agent_name, period)} of {_usd(limit)} is used up for this period "
                 f"({_usd(spent)} spent, and a call that did not fit was refused). Raise it (PATCH /v1/budgets/"
-                f"{budget_id}) or {when}.",
+                f"{budget_id}){when}.",
                 extra={"retry_after": retry_after, "budget_id": str(budget_id), "limit_usd": str(limit),
                        "spent_usd": str(spent)})
 
@@ -364,11 +364,12 @@ def _refusal(refused: _Refused, *, tenant_id: UUID, sla_tier: str, quota: int, a
                 "RETURNING spent_usd, reserved_usd", [budget.id, started])
             spent, reserved = cursor.fetchone()
             reset = period_end(budget.period, now)
-            when = f"wait until the period resets at {reset.isoformat()}" if reset else "it does not reset"
+            when = f" or wait until the period resets at {reset.isoformat()}" if reset else \
+                "; a total budget does not reset"
             return BudgetExceeded(
                 f"The {_budget_name(budget.scope, budget.agent_name, budget.period)} of {_usd(budget.limit_usd)} "
                 f"would be exceeded: {_usd(spent)} spent and {_usd(reserved)} held by calls in flight this period; "
-                f"{worst}. The call was not made. Raise the budget (PATCH /v1/budgets/{budget.id}) or {when}.",
+                f"{worst}. The call was not made. Raise the budget (PATCH /v1/budgets/{budget.id}){when}.",
                 extra={"budget_id": str(budget.id), "limit_usd": str(budget.limit_usd), "spent_usd": str(spent),
                        "reserved_usd": str(reserved), "worst_case_usd": str(amount)})
         if refused.kind == "quota":
