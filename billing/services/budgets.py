@@ -195,12 +195,13 @@ def run_admission_check(*, tenant: Any, agent_id: UUID, now: datetime | None = N
                 f"{reset.isoformat()}; or move to a larger plan.",
                 extra={"retry_after": _seconds_until(reset, now), "quota_tokens": quota, "used_tokens": row[0]})
         cursor.execute(
-            "SELECT b.id, b.scope, b.agent_name, b.period, b.limit_usd, s.spent_usd, s.period_start "
+            "SELECT b.id, b.scope, b.agent_name, b.period, b.limit_usd, s.spent_usd, s.period_start, "
+            "s.exhausted_at IS NOT NULL "
             "FROM public.billing_budget b JOIN public.billing_budgetspend s ON s.budget_id = b.id "
             "WHERE b.tenant_id = %s AND b.is_enabled AND (b.scope = 'tenant' OR b.agent_id = %s) "
             "AND (s.spent_usd >= b.limit_usd OR s.exhausted_at IS NOT NULL) ORDER BY b.id",
             [tenant.id, agent_id])
-        for budget_id, scope, agent_name, period, limit, spent, started in cursor.fetchall():
+        for budget_id, scope, agent_name, period, limit, spent, started, refused in cursor.fetchall():
             if started != period_start(period, now):
                 continue  # a past period's
             reset = period_end(period, now)
@@ -209,7 +210,8 @@ def run_admission_check(*, tenant: Any, agent_id: UUID, now: datetime | None = N
                 else "; a total budget does not reset"
             raise BudgetExhausted(
                 f"The {_budget_name(scope, agent_name, period)} of {_usd(limit)} is used up for this period "
-                f"({_usd(spent)} spent, and a call that did not fit was refused). Raise it (PATCH /v1/budgets/"
+                f"({_usd(spent)} spent{', and a call that did not fit was refused' if refused else ''}). "
+                f"Raise it (PATCH /v1/budgets/"
                 f"{budget_id}){when}.",
                 extra={"retry_after": retry_after, "budget_id": str(budget_id), "limit_usd": str(limit),
                        "spent_usd": str(spent)})
@@ -270,6 +272,13 @@ def spend_reserve(*, tenant_id: UUID, sla_tier: str, run_id: UUID, agent_id: UUI
     raise AssertionError("unreachable")
 
 
+# Holds and settlements commit without waiting for the WAL flush (a commit's fsync would add milliseconds to
+# every LLM call, twice): a database crash may lose the last fraction of a second of them (a hold lost with its
+# call's row; a settlement lost, so that call's cost is not counted against the budgets; the effect journal
+# keeps it). Never a lost update or a torn row: only the durability of the newest few commits.
+_ASYNC_COMMIT = "set_config('synchronous_commit', 'off', true)"
+
+
 def _reserve(*, tenant_id: UUID, run_id: UUID, agent_id: UUID | None, key: str, amount: Decimal, tokens: int,
              run_limit: Decimal | None, run_spent: Decimal, quota: int, hold_seconds: float,
              now: datetime) -> SpendHold:
@@ -279,13 +288,13 @@ def _reserve(*, tenant_id: UUID, run_id: UUID, agent_id: UUID | None, key: str, 
             "WITH stale AS (DELETE FROM public.billing_spendreservation WHERE tenant_id = %(t)s "
             "AND idempotency_key = %(k)s RETURNING amount_usd, tokens, budget_spend_ids, token_usage_id, "
             "run_spend_id, is_released) "
-            "SELECT (SELECT coalesce(json_agg(json_build_object('id', b.id, 'period', b.period, "
+            f"SELECT {_ASYNC_COMMIT}, (SELECT coalesce(json_agg(json_build_object('id', b.id, 'period', b.period, "
             "'limit', b.limit_usd::text) ORDER BY b.id), '[]'::json) FROM public.billing_budget b "
             "WHERE b.tenant_id = %(t)s AND b.is_enabled AND (b.scope = 'tenant' OR b.agent_id = %(a)s)), "
             "(SELECT json_build_object('amount', amount_usd::text, 'tokens', tokens, 'budgets', budget_spend_ids, "
             "'quota', token_usage_id, 'run', run_spend_id, 'released', is_released) FROM stale)",
             {"t": tenant_id, "k": key, "a": agent_id})
-        budgets_json, stale_json = cursor.fetchone()
+        _, budgets_json, stale_json = cursor.fetchone()
         budgets = _json(budgets_json)
         if stale_json is not None:
             stale = _json(stale_json)
@@ -312,34 +321,33 @@ def _reserve(*, tenant_id: UUID, run_id: UUID, agent_id: UUID | None, key: str, 
                 raise _Refused("budget", refused[0])
             spend_ids = [held[b["id"]] for b in budgets]
         month = period_start(Budget.Period.MONTH, now)
+        # the token quota's hold, the run's and the reservation in one statement; the quota's row is locked before
+        # the run's (the run's insert reads the quota's result first), the lock order of every statement here
         cursor.execute(
-            "INSERT INTO public.billing_tokenquotausage (tenant_id, period_start, used_tokens, reserved_tokens, "
-            "updated_at) SELECT %(t)s, %(m)s, 0, %(n)s, now() WHERE %(n)s <= %(q)s "
+            "WITH quota AS (INSERT INTO public.billing_tokenquotausage (tenant_id, period_start, used_tokens, "
+            "reserved_tokens, updated_at) SELECT %(t)s, %(m)s, 0, %(n)s, now() WHERE %(n)s <= %(q)s "
             "ON CONFLICT (tenant_id, period_start) DO UPDATE SET "
             "reserved_tokens = billing_tokenquotausage.reserved_tokens + EXCLUDED.reserved_tokens, updated_at = now() "
             "WHERE billing_tokenquotausage.used_tokens + billing_tokenquotausage.reserved_tokens "
-            "+ EXCLUDED.reserved_tokens <= %(q)s RETURNING id",
-            {"t": tenant_id, "m": month, "n": tokens, "q": quota})
-        row = cursor.fetchone()
-        if row is None:
-            raise _Refused("quota", {"period_start": month})
-        token_usage_id = row[0]
-        # the run's hold and the reservation in one statement (the run's row is locked last)
-        cursor.execute(
-            "WITH run AS (INSERT INTO public.billing_runspend (tenant_id, run_id, limit_usd, spent_usd, reserved_usd, "
+            "+ EXCLUDED.reserved_tokens <= %(q)s RETURNING id), "
+            "run AS (INSERT INTO public.billing_runspend (tenant_id, run_id, limit_usd, spent_usd, reserved_usd, "
             "created_at) SELECT %(t)s, %(r)s, NULL, %(base)s, %(w)s, now() "
-            "WHERE %(lim)s::numeric IS NULL OR %(base)s + %(w)s <= %(lim)s::numeric "
+            "WHERE EXISTS (SELECT 1 FROM quota) AND (%(lim)s::numeric IS NULL OR %(base)s + %(w)s <= %(lim)s::numeric) "
             "ON CONFLICT (tenant_id, run_id) DO UPDATE SET reserved_usd = billing_runspend.reserved_usd "
             "+ EXCLUDED.reserved_usd WHERE least(billing_runspend.limit_usd, %(lim)s::numeric) IS NULL "
             "OR billing_runspend.spent_usd + billing_runspend.reserved_usd + EXCLUDED.reserved_usd "
-            "<= least(billing_runspend.limit_usd, %(lim)s::numeric) RETURNING id) "
-            "INSERT INTO public.billing_spendreservation (tenant_id, idempotency_key, run_id, amount_usd, tokens, "
-            "budget_spend_ids, token_usage_id, run_spend_id, is_released, expires_at, created_at) "
-            "SELECT %(t)s, %(k)s, %(r)s, %(w)s, %(n)s, %(ids)s::jsonb, %(q)s, run.id, false, "
-            "%(now)s + make_interval(secs => %(hold)s), now() FROM run RETURNING run_spend_id",
-            {"t": tenant_id, "r": run_id, "base": run_spent, "w": amount, "lim": run_limit, "k": key, "n": tokens,
-             "ids": json.dumps(spend_ids), "q": token_usage_id, "now": now, "hold": hold_seconds})
-        if cursor.fetchone() is None:
+            "<= least(billing_runspend.limit_usd, %(lim)s::numeric) RETURNING id), "
+            "held AS (INSERT INTO public.billing_spendreservation (tenant_id, idempotency_key, run_id, amount_usd, "
+            "tokens, budget_spend_ids, token_usage_id, run_spend_id, is_released, expires_at, created_at) "
+            "SELECT %(t)s, %(k)s, %(r)s, %(w)s, %(n)s, %(ids)s::jsonb, quota.id, run.id, false, "
+            "%(now)s + make_interval(secs => %(hold)s), now() FROM quota, run RETURNING id) "
+            "SELECT (SELECT id FROM quota), (SELECT id FROM held)",
+            {"t": tenant_id, "m": month, "n": tokens, "q": quota, "r": run_id, "base": run_spent, "w": amount,
+             "lim": run_limit, "k": key, "ids": json.dumps(spend_ids), "now": now, "hold": hold_seconds})
+        quota_held, reservation = cursor.fetchone()
+        if quota_held is None:
+            raise _Refused("quota", {"period_start": month})
+        if reservation is None:
             raise _Refused("run", {"run_id": run_id, "spec_limit": run_limit})
     return SpendHold(tenant_id=tenant_id, idempotency_key=key, amount_usd=amount, tokens=tokens)
 
@@ -436,6 +444,7 @@ def spend_settle(*, tenant: Any, idempotency_key: str, cost_usd: Decimal, tokens
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             "DELETE FROM public.billing_spendreservation WHERE tenant_id = %s AND idempotency_key = %s "
+            f"AND {_ASYNC_COMMIT} = 'off' "
             "RETURNING amount_usd, tokens, budget_spend_ids, token_usage_id, run_spend_id, is_released",
             [tenant.id, idempotency_key])
         row = cursor.fetchone()
@@ -458,14 +467,16 @@ def spend_settle(*, tenant: Any, idempotency_key: str, cost_usd: Decimal, tokens
                 crossed += [AlertRaised(budget_id=budget_id, threshold=t, spent_usd=spent, limit_usd=limit,
                                         period_start=started)
                             for t in _json(thresholds) if before < limit * t / 100 <= spent and cost_usd > 0]
-        if token_usage_id is not None:
-            cursor.execute("UPDATE public.billing_tokenquotausage SET used_tokens = used_tokens + %s, "
-                           "reserved_tokens = greatest(reserved_tokens - %s, 0), updated_at = now() WHERE id = %s",
-                           [tokens, freed_tokens, token_usage_id])
-        if run_spend_id is not None:
-            cursor.execute("UPDATE public.billing_runspend SET spent_usd = spent_usd + %s, "
-                           "reserved_usd = greatest(reserved_usd - %s, 0) WHERE id = %s",
-                           [cost_usd, freed, run_spend_id])
+        # the quota's row before the run's (the run's update reads the quota's result first)
+        cursor.execute(
+            "WITH quota AS (UPDATE public.billing_tokenquotausage SET used_tokens = used_tokens + %(n)s, "
+            "reserved_tokens = greatest(reserved_tokens - %(fn)s, 0), updated_at = now() WHERE id = %(q)s "
+            "RETURNING id) UPDATE public.billing_runspend SET spent_usd = spent_usd + %(c)s, "
+            "reserved_usd = greatest(reserved_usd - %(f)s, 0) WHERE id = %(r)s "
+            "AND (SELECT count(*) FROM quota) >= 0",
+            {"n": tokens, "fn": freed_tokens, "q": token_usage_id, "c": cost_usd, "f": freed, "r": run_spend_id})
+        if crossed:
+            cursor.execute("SET LOCAL synchronous_commit TO on")  # alerts and their audit events are kept for sure
         return _alerts_record(tenant=tenant, crossed=crossed)
 
 
