@@ -22,21 +22,40 @@ _LIMIT = {"max_digits": 16, "decimal_places": 8, "min_value": Decimal(0), "max_v
 _THRESHOLDS_HELP = "Percents of the limit at which an alert is recorded once per period (default 50, 80, 100)."
 
 
+class CurrentPeriodSerializer(serializers.Serializer):
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField(allow_null=True, help_text="When it resets; null for a total budget.")
+    spent_usd = serializers.DecimalField(max_digits=18, decimal_places=8, help_text="Settled cost of LLM calls.")
+    reserved_usd = serializers.DecimalField(max_digits=18, decimal_places=8,
+                                            help_text="Held by LLM calls in flight (their worst case).")
+    remaining_usd = serializers.DecimalField(max_digits=18, decimal_places=8)
+    is_exhausted = serializers.BooleanField(help_text="New runs are refused (429) until the period resets or the "
+                                                      "limit is raised.")
+
+
 class BudgetOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    scope = serializers.CharField()
+    agent_id = serializers.UUIDField(allow_null=True)
+    agent_name = serializers.CharField(allow_null=True)
+    period = serializers.CharField()
+    limit_usd = serializers.DecimalField(max_digits=16, decimal_places=8)
+    alert_thresholds = serializers.ListField(child=serializers.IntegerField())
+    is_enabled = serializers.BooleanField()
+    current_period = CurrentPeriodSerializer()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
     def to_representation(self, instance: Any) -> dict[str, Any]:
-        status_ = selectors.budget_status(budget=instance)
-        budget = status_.budget
-        return {
-            "id": str(budget.id), "scope": budget.scope, "agent_id": str(budget.agent_id) if budget.agent_id else None,
-            "agent_name": budget.agent_name or None, "period": budget.period, "limit_usd": str(budget.limit_usd),
-            "alert_thresholds": list(budget.alert_thresholds), "is_enabled": budget.is_enabled,
-            "current_period": {
-                "start": status_.period_start.isoformat(),
-                "end": status_.period_end.isoformat() if status_.period_end else None,
-                "spent_usd": str(status_.spent_usd), "reserved_usd": str(status_.reserved_usd),
-                "remaining_usd": str(status_.remaining_usd), "is_exhausted": status_.is_exhausted},
-            "created_at": budget.created_at.isoformat(), "updated_at": budget.updated_at.isoformat(),
-        }
+        current = selectors.budget_status(budget=instance)
+        return super().to_representation({
+            "id": instance.id, "scope": instance.scope, "agent_id": instance.agent_id,
+            "agent_name": instance.agent_name or None, "period": instance.period, "limit_usd": instance.limit_usd,
+            "alert_thresholds": list(instance.alert_thresholds), "is_enabled": instance.is_enabled,
+            "current_period": {"start": current.period_start, "end": current.period_end,
+                               "spent_usd": current.spent_usd, "reserved_usd": current.reserved_usd,
+                               "remaining_usd": current.remaining_usd, "is_exhausted": current.is_exhausted},
+            "created_at": instance.created_at, "updated_at": instance.updated_at})
 
 
 class BudgetListCreateApi(TenantApiView):

@@ -47,7 +47,8 @@ def test_a_budget_is_created_and_read_with_its_current_period(client, tenant_a):
     assert {k: v for k, v in read.items() if k not in ("created_at", "updated_at")} == {
         "id": str(budget.id), "scope": "agent", "agent_id": str(agent.id), "agent_name": "helper", "period": "day",
         "limit_usd": "2.50000000", "alert_thresholds": [50, 80, 100], "is_enabled": True,
-        "current_period": {"start": period_start("day", now).isoformat(), "end": period_end("day", now).isoformat(),
+        "current_period": {"start": period_start("day", now).isoformat().replace("+00:00", "Z"),
+                           "end": period_end("day", now).isoformat().replace("+00:00", "Z"),
                            "spent_usd": "1.00000000", "reserved_usd": "0.25000000", "remaining_usd": "1.25000000",
                            "is_exhausted": False}}
     assert [item["id"] for item in client.get("/v1/budgets", **bearer(tenant_a.key)).json()["results"]] == [
