@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 import redis
+from django.core import mail
 from django_tenants.utils import schema_context
 
 from billing import services as billing_services
@@ -15,6 +16,7 @@ from billing.models import Budget, BudgetAlert, BudgetSpend, RunSpend, SpendRese
 from billing.plans import plan_for
 from billing.services.budgets import period_end, period_start
 from conftest import TEST_ACTOR, bearer, destroy_tenant, provision_for_test
+from control_plane.identity.tests.factories import MembershipFactory
 from data_plane import services
 from data_plane.executor import RunStepper
 from data_plane.models import EffectRecord, Run
@@ -257,6 +259,9 @@ def test_thresholds_alert_once_each_when_settled_spend_crosses_them(tenant):
     a = agent(tenant)
     budget = budget_of(tenant, scope="tenant", period="total",
                                             limit_usd=Decimal("0.004"))
+    finance = MembershipFactory(tenant=tenant.tenant, role="finance")
+    MembershipFactory(tenant=tenant.tenant, role="developer")
+    mail.outbox.clear()
     # when: calls settle $0.001 each, one at a time (the holds are made with a zero worst case)
     for step in range(5):
         key = f"{uuid.uuid4()}:{step}:act"
@@ -277,6 +282,14 @@ def test_thresholds_alert_once_each_when_settled_spend_crosses_them(tenant):
                        .values_list("target_id", "data"))
     assert [(target, data["threshold"]) for target, data in audited] == [
         (str(budget.id), 50), (str(budget.id), 80), (str(budget.id), 100)]
+    # and the finance member (not the developer) was told, once per settlement that crossed thresholds
+    assert [(m.to, m.body.split("\n\n")[0].splitlines()) for m in mail.outbox] == [
+        ([finance.user.email], ["- The tenant's total budget reached 50% of its limit: $0.002 of $0.004 spent this "
+                                f"period (budget {budget.id})."]),
+        ([finance.user.email], [f"- The tenant's total budget reached 80% of its limit: $0.004 of $0.004 spent this "
+                                f"period (budget {budget.id}).",
+                                f"- The tenant's total budget reached 100% of its limit: $0.004 of $0.004 spent this "
+                                f"period (budget {budget.id})."])]
 
 
 def test_a_crashed_workers_hold_lapses_at_its_expiry(tenant):
@@ -333,3 +346,45 @@ def test_a_retried_call_replaces_its_earlier_hold(tenant):
     assert spend.reserved_usd == Decimal("0.006")
     assert TokenQuotaUsage.objects.get(tenant=tenant.tenant).reserved_tokens == 50
     assert SpendReservation.objects.filter(tenant=tenant.tenant).count() == 1
+
+
+def test_racing_settlements_record_each_alert_once(tenant):
+    # given: eight calls in flight against a $0.008 budget alerting at 50, 80 and 100 percent
+    import threading
+
+    from django.db import connection
+
+    budget = budget_of(tenant, scope="tenant", period="month", limit_usd=Decimal("0.008"))
+    keys = [f"{uuid.uuid4()}:1:act" for _ in range(8)]
+    for key in keys:
+        billing_services.spend_reserve(tenant_id=tenant.tenant.id, sla_tier="standard", run_id=uuid.uuid4(),
+                                       agent_id=None, idempotency_key=key, amount_usd=Decimal("0.001"), tokens=10)
+    start_together = threading.Barrier(len(keys))
+    errors: list[BaseException] = []
+
+    def settle(key: str) -> None:
+        try:
+            start_together.wait()
+            with schema_context(tenant.schema):
+                billing_services.spend_settle(tenant=tenant.tenant, idempotency_key=key, cost_usd=Decimal("0.001"),
+                                              tokens=10)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    # when: they settle at once, on eight connections
+    threads = [threading.Thread(target=settle, args=(key,)) for key in keys]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # then: everything counted, and each threshold alerted once
+    assert errors == []
+    spend = BudgetSpend.objects.get(budget=budget)
+    assert (spend.spent_usd, spend.reserved_usd) == (Decimal("0.008"), 0)
+    assert sorted(BudgetAlert.objects.filter(budget=budget).values_list("threshold", flat=True)) == [50, 80, 100]
+    with schema_context(tenant.schema):
+        from control_plane.audit.models import AuditEvent
+
+        assert AuditEvent.objects.filter(action="budget.alert").count() == 3

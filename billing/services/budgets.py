@@ -19,9 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 from uuid import UUID
 
+from django.core.mail import BadHeaderError, send_mail
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -504,7 +506,34 @@ def _alerts_record(*, tenant: Any, crossed: Sequence[AlertRaised]) -> list[Alert
                            target_id=str(alert.budget_id), data=data)
         logger.warning("Budget %s of tenant %s crossed %s%% of its limit: %s of %s spent this period",
                        alert.budget_id, tenant.schema_name, alert.threshold, alert.spent_usd, alert.limit_usd)
+    if raised:
+        transaction.on_commit(partial(_alerts_email_send, tenant=tenant, alerts=tuple(raised)))
     return raised
+
+
+def _alerts_email_send(*, tenant: Any, alerts: Sequence[AlertRaised]) -> None:
+    """Tell the tenant's owners and finance members (after the alerts committed; a mail failure is logged)."""
+    from control_plane.identity import selectors as identity_selectors
+    from tenants import roles
+
+    recipients = sorted({m.user.email for m in identity_selectors.membership_list(tenant=tenant)
+                         if m.role in (roles.OWNER, roles.FINANCE) and m.user.email})
+    if not recipients:
+        return
+    budgets = {b.id: b for b in Budget.objects.filter(id__in=[a.budget_id for a in alerts])}
+    lines = []
+    for alert in alerts:
+        budget = budgets.get(alert.budget_id)
+        name = _budget_name(budget.scope, budget.agent_name, budget.period) if budget else "budget"
+        lines.append(f"- The {name} reached {alert.threshold}% of its limit: {_usd(alert.spent_usd)} of "
+                     f"{_usd(alert.limit_usd)} spent this period (budget {alert.budget_id}).")
+    try:
+        send_mail(subject=f"Agentplane budget alert for {tenant.name}",
+                  message="\n".join(lines) + "\n\nSee GET /v1/budgets and /v1/budget-alerts; a budget's limit is "
+                  "changed with PATCH /v1/budgets/{id}. At 100% new LLM calls that do not fit are refused.",
+                  from_email=None, recipient_list=recipients)
+    except (OSError, BadHeaderError):
+        logger.exception("Budget alert email to %d members of tenant %s failed", len(recipients), tenant.schema_name)
 
 
 def spend_reservations_expire(*, tenant_id: UUID | None = None, now: datetime | None = None,
