@@ -364,8 +364,11 @@ def _refusal(refused: _Refused, *, tenant_id: UUID, sla_tier: str, quota: int, a
     refusing budget period (or quota month) is marked exhausted, so new runs are refused until it resets."""
     worst = f"this call may cost up to {_usd(amount)}" + (f" ({call})" if call else "")
     with transaction.atomic(), connection.cursor() as cursor:
-        if refused.kind == "budget":
-            budget = Budget.objects.get(id=refused.detail["id"])
+        budget = Budget.objects.filter(id=refused.detail["id"]).first() if refused.kind == "budget" else None
+        if refused.kind == "budget" and budget is None:  # deleted meanwhile: say so rather than fail the step
+            return BudgetExceeded(f"A budget was deleted while this call was held against it; {worst}. The call "
+                                  "was not made. Retry the run.")
+        if budget is not None:
             started = period_start(budget.period, now)
             cursor.execute(
                 "INSERT INTO public.billing_budgetspend (budget_id, period_start, spent_usd, reserved_usd, "
