@@ -1,4 +1,4 @@
-"""Celery entry points of metering. Thin: find the tenant, call one service.
+"""Celery entry points of billing (metering, budgets). Thin: find the tenant, call one service.
 
 The collector runs for every tenant that is not deleted, suspended ones included: a suspended tenant's runs that
 were already working still finish and are still billed. A tenant task is not a ``TenantTask`` for that reason
@@ -80,3 +80,10 @@ def usage_rollup_all_task() -> int:
     for schema in schemas:
         usage_rollup_task.delay(tenant_schema=schema)
     return len(schemas)
+
+
+@shared_task(acks_late=True)
+def spend_reservations_expire_task() -> int:
+    """Release the LLM-call holds of workers that died mid-call (scheduled every minute by Celery beat).
+    Idempotent."""
+    return services.spend_reservations_expire()

@@ -9,6 +9,7 @@ api_v1 = [
     path("", include("data_plane.urls")),
     path("", include("guardrails.urls")),
     path("", include("billing.urls")),  # /v1/usage…, /v1/platform/finance/report
+    path("", include("billing.budget_urls")),  # /v1/budgets, /v1/budget-alerts, /v1/quotas/tokens
     path("", include("control_plane.identity.urls")),  # /v1/auth/..., /v1/members, /v1/invitations
     path("", include("control_plane.encryption.urls")),
     path("", include("billing.slo_urls")),  # /v1/slos, /v1/platform/slos

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -286,6 +287,11 @@ class RunListCreateApi(TenantApiView):
             max_length=200, required=False, default="", allow_blank=True,
             help_text="While the agent runs an A/B test and no version is given, the run goes to the variant this key "
                       "hashes to (the same key, the same variant). Default: end_user, else a fresh random key.")
+        budget_usd = serializers.DecimalField(
+            max_digits=16, decimal_places=8, min_value=Decimal("0.00000001"), max_value=Decimal("1000000"),
+            required=False, allow_null=True, default=None,
+            help_text="This run's own budget in USD (besides the agent's limits.max_cost_usd; the smaller applies): "
+                      "an LLM call whose worst case does not fit is not made and the run fails with budget_exceeded.")
 
         def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
             return _text_or_attachments(attrs, "input")

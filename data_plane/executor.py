@@ -25,7 +25,7 @@ from functools import partial
 from typing import Any
 from uuid import UUID
 
-from django.db import close_old_connections, connection, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 
 from common.actors import Actor
 from common.schemas import in_schema
@@ -47,6 +47,7 @@ from data_plane.runtime.core.spec import AgentSpec, spec_from_json
 from data_plane.runtime.core.state import RunState, Status
 from data_plane.runtime.loop import run_coroutine
 from data_plane.sealing import checkpoint_store
+from data_plane.spending import HeldSpend, SpendGuard, SpendRefused
 from guardrails.selectors import Outcome, Pipeline
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class _Lru(OrderedDict):  # type: ignore[type-arg]
 _SPECS = _Lru(512)
 _STATES = _Lru(256)
 _AGENT_NAMES = _Lru(512)
+_AGENT_IDS = _Lru(512)
 _CACHE_LOCK = threading.Lock()
 
 
@@ -127,7 +129,8 @@ class RunStepper:
                  on_finished: Callable[[UUID, str, AgentSpec], None] | None = None,
                  media: MediaSource | None = None, token_counter: TokenCounter | None = None,
                  memory_recall_factory: Callable[[str], MemoryRecall] | None = None,
-                 guard_for: Callable[[str], Pipeline | None] | None = None) -> None:
+                 guard_for: Callable[[str], Pipeline | None] | None = None,
+                 spend_guard: SpendGuard | None = None) -> None:
         self.schema = tenant_schema
         self.chat_model = chat_model
         self.meter = Meter(counter=token_counter or EstimatedTokens(),
@@ -144,6 +147,9 @@ class RunStepper:
         self.on_finished = on_finished  # told, after commit, when a run completed or failed: it can learn from it
         self.media = media  # the bytes behind messages' attachments, read at the model's edge
         self.guard_for = guard_for  # an agent's guardrails (by the agent's name), applied at the run's edges
+        # holds each LLM call's worst case against the budgets, the token quota and the run's limit first
+        self.spend_guard = spend_guard
+        self._run_limits: dict[UUID, tuple[float | None, float, UUID]] = {}  # run: (spec limit, spent, agent version)
         self.q = f'"{tenant_schema}".'
 
     # --- the step ---------------------------------------------------------------------------------
@@ -178,6 +184,7 @@ class RunStepper:
                 # Within one task, a step after the first cannot have anything recorded yet (this task is the
                 # run's only driver and created the step), unless the run replays a source branch.
                 fresh = head_id != claim.head_id and claim.base_run_id is None
+                self._run_limits[run_id] = (spec.limits.max_cost_usd, state.cost_usd, claim.agent_version_id)
                 results = run_coroutine(self._execute(run_id, loaded.step, commands, spec, claim, fresh, after_seq,
                                                       sent, guard))
             except TransientStepError as exc:
@@ -385,9 +392,17 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
                 sent[command.key] = model_request.metadata["context"]
             # only a request with attachments needs the media (and ChatModels without media support keep working)
             media = {"media": self.media} if request_has_attachments(model_request) else {}
+            held = await asyncio.to_thread(self._spend_hold, run_id, idempotency_key, model_request) \
+                if self.spend_guard is not None else None
+            if isinstance(held, EffectFailed):  # refused before the call: nothing paid, nothing recorded as paid
+                if record is None:
+                    await asyncio.to_thread(self._journal_end, idempotency_key, held, None, started)
+                return held
+            paid: Usage | None = None
             try:
                 reply = await self.chat_model.complete(model_request, on_delta=deltas.send, on_retry=deltas.restart,
                                                        **media)
+                paid = reply.usage
                 if guarded is not None:
                     reply = await guarded.reply(reply, await deltas.finish(), node=command.node_id)
             except ProviderRejected as exc:
@@ -401,6 +416,9 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
                                       message=f"The guardrails stopped the model's answer: {blocked}")
                 await asyncio.to_thread(record or self._journal_end, idempotency_key, failed, None, started)
                 return failed
+            finally:
+                if held is not None:  # the actual cost counted, the hold freed, whatever happened to the call
+                    await asyncio.to_thread(self._spend_settle, held, paid)
             await asyncio.to_thread(record or self._journal_end, idempotency_key, reply, reply.usage, started)
             return reply
         call, refused = (command.call, None) if guard is None else await guard.before_call(command.call,
@@ -410,6 +428,42 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
             result = await guard.after_call(call, result, node=command.node_id)
         await asyncio.to_thread(self._journal_end, idempotency_key, result, None, started)
         return result
+
+    def _spend_hold(self, run_id: UUID, idempotency_key: str, request: ModelRequest) -> HeldSpend | EffectFailed:
+        """Hold the call's worst case, or the failure that stops the run: a budget refused it."""
+        assert self.spend_guard is not None
+        spec_limit, spent, agent_version_id = self._run_limits[run_id]
+        close_old_connections()
+        with in_schema(self.schema):
+            held = self.spend_guard.hold(run_id=run_id, agent_id=self._agent_id(agent_version_id),
+                                         idempotency_key=idempotency_key, request=request, run_limit_usd=spec_limit,
+                                         run_spent_usd=spent)
+        if isinstance(held, SpendRefused):
+            logger.info("Run %s: LLM call %s refused by a budget: %s", run_id, idempotency_key, held.message)
+            return EffectFailed(code="budget_exceeded", message=held.message)
+        return held
+
+    def _spend_settle(self, held: HeldSpend, usage: Usage | None) -> None:
+        assert self.spend_guard is not None
+        close_old_connections()
+        try:
+            with in_schema(self.schema):
+                self.spend_guard.settle(held, usage)
+        except DatabaseError:  # the call happened: its step must not fail (and pay again) for the bookkeeping
+            logger.exception("Settling LLM call %s failed; its hold lapses at its expiry and its cost (%s) is "
+                             "not counted against the budgets", held.idempotency_key, usage)
+
+    def _agent_id(self, agent_version_id: UUID) -> UUID:
+        key = (self.schema, agent_version_id)
+        with _CACHE_LOCK:
+            agent_id = _AGENT_IDS.get(key)
+        if agent_id is None:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT agent_id FROM {self.q}data_plane_agentversion WHERE id = %s", [agent_version_id])
+                agent_id = cursor.fetchone()[0]
+            with _CACHE_LOCK:
+                _AGENT_IDS.remember(key, agent_id)
+        return agent_id
 
     async def _with_memories(self, request: ModelRequest, run_id: UUID, memory: MemoryRecall | None) -> ModelRequest:
         """The request with the agent's relevant memories recalled into it, when a memory store is wired and

@@ -11,6 +11,7 @@ import io
 import json
 import sys
 from collections.abc import Callable
+from decimal import Decimal
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -22,8 +23,8 @@ from django.test import Client
 from django_tenants.utils import schema_context
 
 from billing import services as billing_services
-from billing.models import UsageRecord
-from billing.models import BillingAccount, Invoice
+from billing.models import BillingAccount, Budget, BudgetAlert, Invoice, TokenQuotaUsage, UsageRecord
+from billing.services.budgets import period_start
 from common.actors import Actor
 from conftest import ProvisionedForTest, bearer, destroy_tenant, provision_for_test
 from control_plane.audit.models import AuditEvent
@@ -64,6 +65,8 @@ class TenantAData:
     oauth_application_id: int = 0
     experiment_id: str = ""
     routing_policy_id: str = ""
+    budget_id: str = ""
+    budget_alert_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,15 @@ def _oauth_app_created_in_b(response, a: TenantAData, b: ProvisionedForTest) -> 
     assert OAuthApplication.objects.get(id=response.json()["id"]).tenant_id == b.tenant.id
 
 
+def _own_token_quota(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    assert response.status_code == 200 and response.json()["used_tokens"] == 0  # A used 1234
+
+
+def _no_budget_in_b(response, a: TenantAData, b: ProvisionedForTest) -> None:
+    _not_found(response, a, b)  # A's agent is no agent of B's
+    assert not Budget.objects.filter(tenant=b.tenant).exists()
+
+
 CASES = [
     Case("v1/tenant", "get", lambda a: "/v1/tenant", None, _own_tenant),
     Case("v1/quotas", "get", lambda a: "/v1/quotas", None, _own_quotas),
@@ -457,6 +469,17 @@ CASES = [
          lambda response, a, b: _usage_export_of_b_only(response, a, b)),
     # billing (public schema, filtered by tenant)
     Case("v1/billing", "get", lambda a: "/v1/billing", None, _no_a_billing),
+    # budgets (public schema, filtered by tenant) and the token quota
+    Case("v1/budgets", "get", lambda a: "/v1/budgets?limit=500", None, _no_a_ids("id", lambda a: {a.budget_id})),
+    Case("v1/budgets", "post", lambda a: "/v1/budgets",
+         lambda a: {"scope": "agent", "agent_id": a.agent_id, "period": "day", "limit_usd": "1"}, _no_budget_in_b),
+    Case("v1/budgets/<uuid:budget_id>", "get", lambda a: f"/v1/budgets/{a.budget_id}", None, _not_found),
+    Case("v1/budgets/<uuid:budget_id>", "patch", lambda a: f"/v1/budgets/{a.budget_id}", {"limit_usd": "9"},
+         _not_found),
+    Case("v1/budgets/<uuid:budget_id>", "delete", lambda a: f"/v1/budgets/{a.budget_id}", None, _not_found),
+    Case("v1/budget-alerts", "get", lambda a: "/v1/budget-alerts?limit=500", None,
+         _no_a_ids("id", lambda a: {a.budget_alert_id})),
+    Case("v1/quotas/tokens", "get", lambda a: "/v1/quotas/tokens", None, _own_token_quota),
 ]
 
 
@@ -553,6 +576,12 @@ def tenant_a_data(tenant_a) -> TenantAData:
                                amount_paid=9900)
         routing_policy = data_plane_services.routing_policy_create(
             tenant=tenant_a.tenant, name=A_ROUTING_POLICY, policy=A_ROUTING, is_default=True, actor=actor)
+        budget = billing_services.budget_create(tenant=tenant_a.tenant, scope="agent", agent_id=agent.id,
+                                                period="month", limit_usd=Decimal("5"), actor=actor)
+        alert = BudgetAlert.objects.create(tenant=tenant_a.tenant, budget=budget, period_start=budget.created_at,
+                                           threshold=50, spent_usd=Decimal("2.5"), limit_usd=Decimal("5"))
+        TokenQuotaUsage.objects.create(tenant=tenant_a.tenant, period_start=period_start("month", datetime.now(timezone.utc)),
+                                       used_tokens=1234)
         audit_ids = frozenset(str(i) for i in AuditEvent.objects.values_list("id", flat=True))
     # A's usage on 2026-02-10: a record and its daily rollup (public schema, A's tenant)
     UsageRecord.objects.create(tenant=tenant_a.tenant, source_key=f"{run.id}:iso", kind="llm", run_id=run.id,
@@ -568,7 +597,8 @@ def tenant_a_data(tenant_a) -> TenantAData:
                        memory_id=str(memory.memory.id), attachment_id=str(attachment.id), flag_id=str(flag.id),
                        member_id=str(member.id), invitation_id=str(invitation.id),
                        oauth_application_id=oauth_application.application.id, experiment_id=str(experiment.id),
-                       routing_policy_id=str(routing_policy.id))
+                       routing_policy_id=str(routing_policy.id), budget_id=str(budget.id),
+                       budget_alert_id=str(alert.id))
 
 
 def _tenant_a_state(a: TenantAData) -> tuple:
@@ -594,6 +624,8 @@ def _tenant_a_state(a: TenantAData) -> tuple:
         list(Membership.objects.filter(tenant__schema_name=connection.schema_name).values_list("id", "role")),
         list(Invitation.objects.filter(tenant__schema_name=connection.schema_name)
              .values_list("id", "email", "role", "revoked_at", "accepted_at")),
+        list(Budget.objects.filter(tenant__schema_name=connection.schema_name)
+             .values_list("id", "limit_usd", "alert_thresholds", "is_enabled", "updated_at")),
     )
 
 

@@ -222,6 +222,12 @@ LLM_API_KEY = env.string("LLM_API_KEY", "local-model-server")
 LLM_MAX_RETRIES = env.integer("LLM_MAX_RETRIES", 3)
 # Model names to price like gpt-4o-mini (for the local scripted models, so costs show up in demos).
 LLM_LOCAL_PRICES = env.string_list("LLM_LOCAL_PRICES", [])
+# Budgets (docs/budgets.md): the output tokens assumed for a call whose request and model set no cap, and how
+# long an LLM call's hold lasts before a sweep releases it (its worker died mid-call; longer than any call).
+BUDGET_DEFAULT_OUTPUT_TOKENS = env.integer("BUDGET_DEFAULT_OUTPUT_TOKENS", 4096)
+BUDGET_HOLD_SECONDS = env.integer("BUDGET_HOLD_SECONDS", 900)
+CELERY_BEAT_SCHEDULE["budget-holds-expiry"] = {"task": "billing.tasks.spend_reservations_expire_task",
+                                               "schedule": 60.0}
 # A worker holds a run's lease this long without renewing it before another worker may take over.
 RUN_LEASE_SECONDS = float(env.integer("RUN_LEASE_SECONDS", 30))
 RUN_STEP_MAX_TRANSIENT_RETRIES = env.integer("RUN_STEP_MAX_TRANSIENT_RETRIES", 8)

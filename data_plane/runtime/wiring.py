@@ -112,8 +112,25 @@ def stepper_for(*, tenant: Any, dispatch: Callable[[UUID, int], None]) -> RunSte
         on_finished=partial(learn_later, schema),
         media=StoredMedia(tenant_schema=schema, storage=attachment_storage()),
         token_counter=token_counter(), memory_recall_factory=memory_recall_factory(schema),
-        guard_for=partial(guard_for, schema),
+        guard_for=partial(guard_for, schema), spend_guard=spend_guard(tenant),
     )
+
+
+def spend_guard(tenant: Any) -> Any:
+    """Holds each LLM call's worst case against the tenant's budgets and token quota (billing), priced like the
+    calls are settled: litellm's map, or nothing for the in-process scripted models."""
+    from data_plane.spending import BillingSpendGuard, FreePricing
+
+    if settings.LLM_API_BASE == INPROCESS:
+        pricing: Any = FreePricing()
+    else:
+        from data_plane.runtime.adapters.llm import LiteLLMPricing
+
+        chat_model()  # registers the local prices first
+        pricing = LiteLLMPricing()
+    return BillingSpendGuard(tenant=tenant, counter=token_counter(), pricing=pricing,
+                             default_output_tokens=settings.BUDGET_DEFAULT_OUTPUT_TOKENS,
+                             hold_seconds=settings.BUDGET_HOLD_SECONDS)
 
 
 def guard_for(tenant_schema: str, agent: str) -> Any:

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -19,6 +20,7 @@ import jsonschema
 from django.db import connection, transaction
 from django.utils import timezone
 
+from billing import services as billing_services
 from common.actors import Actor
 from common.locks import advisory_key
 from common.timestamps import format_ts
@@ -164,14 +166,15 @@ def _create_run(*, tenant_schema: str, agent_version: Any, input: str, values: M
 def run_start(*, tenant, agent_id: UUID, input: str, actor: Actor, version: int | None = None,  # type: ignore[no-untyped-def]
               values: Mapping[str, Any] | None = None, attachments: Sequence[UUID] = (),
               clock: Callable[[], float] = time.time, end_user: str = "", task_kind: str = "",
-              assignment_key: str = "") -> Run:
+              assignment_key: str = "", budget_usd: Decimal | None = None) -> Run:
     """Start a run of the agent's latest (or given) version with the user's input: its text and attached files
     (uploaded before, by id); for an end user (their memories are recalled) and a kind of task (lessons are
-    tagged with it). The input passes the agent's input guardrails first (redacted where they redact).
-    While the agent has a running experiment and no version is given, the run goes to the variant its
-    ``assignment_key`` (by default the end user, else a fresh random key) hashes to.
-    Raises AgentNotFound, AgentArchived, AttachmentNotFound, AttachmentNotSupportedByModel, GuardrailBlocked.
-    The first step is dispatched after commit."""
+    tagged with it); with its own budget (``budget_usd``) when given. The input passes the agent's input
+    guardrails first (redacted where they redact). While the agent has a running experiment and no version is
+    given, the run goes to the variant its ``assignment_key`` (by default the end user, else a fresh random key)
+    hashes to. Raises AgentNotFound, AgentArchived, AttachmentNotFound, AttachmentNotSupportedByModel,
+    GuardrailBlocked, and TokenQuotaExhausted or BudgetExhausted (429) when the month's tokens or a tenant or agent
+    budget is used up. The first step is dispatched after commit."""
     require_schema(tenant.schema_name)
     assignment = None if version is not None else experiment_assignment(
         tenant_schema=tenant.schema_name, agent_id=agent_id, key=assignment_key or end_user or uuid.uuid4().hex)
@@ -179,6 +182,7 @@ def run_start(*, tenant, agent_id: UUID, input: str, actor: Actor, version: int 
         tenant_schema=tenant.schema_name, agent_id=agent_id, version=version)
     if agent_version.agent.is_archived:
         raise AgentArchived(f"Agent {agent_version.agent.name!r} is archived; it takes no new runs.")
+    billing_services.run_admission_check(tenant=tenant, agent_id=agent_version.agent_id)
     parts = message_attachments(tenant_schema=tenant.schema_name, attachment_ids=attachments,
                                 spec=spec_from_json(agent_version.spec), agent_name=agent_version.agent.name)
     agent_name = agent_version.agent.name
@@ -187,12 +191,15 @@ def run_start(*, tenant, agent_id: UUID, input: str, actor: Actor, version: int 
         run = _create_run(tenant_schema=tenant.schema_name, agent_version=agent_version, input=guarded.text,
                           values=values, now=clock(), attachments=parts, end_user=end_user, task_kind=task_kind,
                           guard_events=guardrail_services.decision_events(guarded), assignment=assignment)
+        if budget_usd is not None:
+            billing_services.run_budget_set(tenant=tenant, run_id=run.id, limit_usd=budget_usd)
         guardrail_services.decisions_record(tenant=tenant, agent=agent_name, outcome=guarded, run_id=run.id,
                                             actor=actor)
         audit_event_record(tenant=tenant, actor=actor, action="run.start", target_type="run", target_id=str(run.id),
                            data={"agent": agent_version.agent.name, "version": agent_version.version,
                                  **({"attachments": [part.id for part in parts]} if parts else {}),
-                                 **(assignment.data() if assignment else {})})
+                                 **(assignment.data() if assignment else {}),
+                                 **({"budget_usd": str(budget_usd)} if budget_usd is not None else {})})
     return run
 
 

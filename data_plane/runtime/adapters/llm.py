@@ -406,3 +406,24 @@ def _input_limit(model: str) -> int | None:
         return None
     limit = info.get("max_input_tokens") or info.get("max_tokens")
     return int(limit) if limit else None
+
+
+@functools.lru_cache(maxsize=256)
+def max_output_tokens(model: str) -> int | None:
+    """The most output tokens ``model`` may produce, from litellm's model map; None when the map does not say."""
+    try:
+        info = litellm.get_model_info(model)
+    except Exception:  # litellm raises several unrelated types for a model missing from its map
+        return None
+    limit = info.get("max_output_tokens")
+    return int(limit) if limit else None
+
+
+class LiteLLMPricing:
+    """The Pricing port (data_plane/spending.py) on litellm's price map: the same prices ``cost_usd`` settles at."""
+
+    def cost(self, model: str, input_tokens: int, output_tokens: int) -> float:
+        return cost_usd(model, input_tokens, output_tokens, 0)
+
+    def max_output_tokens(self, model: str) -> int | None:
+        return max_output_tokens(model)

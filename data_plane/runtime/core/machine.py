@@ -444,8 +444,10 @@ def _check_limits(state: RunState, spec: AgentSpec, now: float) -> RunState:
                                                          "message": f"The run reached its limit of {max_steps} steps."})
     if limits.max_cost_usd is not None and state.cost_usd > limits.max_cost_usd:
         return state.evolve(status=Status.FAILED, error={
-            "code": "budget_exceeded", "message": f"The run spent ${state.cost_usd:.6f}, over its limit of "
-                                                  f"${limits.max_cost_usd}."})
+            # a backstop: the executor holds each call's worst case against this limit before the call
+            "code": "budget_exceeded", "message": f"The run's limit of ${limits.max_cost_usd} (the agent's "
+                                                  f"limits.max_cost_usd) was exceeded: ${state.cost_usd:.6f} spent. "
+                                                  "Raise the limit in the agent's spec and start the run again."})
     if limits.max_seconds is not None and now - state.started_at > limits.max_seconds:
         return state.evolve(status=Status.FAILED, error={
             "code": "time_limit", "message": f"The run exceeded its limit of {limits.max_seconds} seconds."})
