@@ -399,9 +399,10 @@ def effect_list_finished(*, tenant_schema: str, since: datetime | None, until: d
                          after: tuple[datetime, int] | None = None, limit: int = 5000) -> list[FinishedEffect]:
     """The tenant's model and tool calls that finished in [since, until), in (finished_at, journal id) order,
     after ``after`` (the last one of the previous page), at most ``limit``. Replayed results are included
-    (``reused_from`` set). Raises WrongSchema."""
+    (``reused_from`` set); a model call a budget refused is not (it was never made). Raises WrongSchema."""
     require_schema(tenant_schema)
-    effects = EffectRecord.objects.filter(finished_at__lt=until).exclude(status=EffectRecord.Status.STARTED)
+    effects = EffectRecord.objects.filter(finished_at__lt=until).exclude(status=EffectRecord.Status.STARTED) \
+        .exclude(status=EffectRecord.Status.FAILED, result__contains={"failed": {"code": "budget_exceeded"}})
     if since is not None:
         effects = effects.filter(finished_at__gte=since)
     if after is not None:

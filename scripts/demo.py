@@ -314,6 +314,88 @@ def show_security(http: httpx.Client, auth: dict[str, str], run_id: str) -> None
     after = http.get(f"/v1/runs/{run_id}", headers=bearer_auth)
     say(f"POST /oauth/revoke -> {revoked.status_code}; the same token now -> {after.status_code} {after.json()['code']}")
 
+ONE_CALL = {"entry": "answer", "nodes": [{"id": "answer", "kind": "llm", "next": "end"}, {"id": "end", "kind": "end"}]}
+TRIAGE_SPEC = {"instructions": "Answer the question.", "models": ["openai/demo-cheap"], "graph": ONE_CALL,
+               "routing": {"tiers": {"cheap": ["openai/demo-cheap"], "strong": ["openai/demo-strong"]}}}
+
+
+def wait_run(http: httpx.Client, auth: dict[str, str], run_id: str, timeout: float = 60.0) -> dict:
+    """Poll a run until it ends (the demo's other runs are followed over a websocket; these are short)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = http.get(f"/v1/runs/{run_id}", headers=auth).json()
+        if run["status"] in ("completed", "failed", "cancelled"):
+            return run
+        time.sleep(0.2)
+    raise SystemExit(f"run {run_id} did not finish in {timeout:.0f} s; see .data/demo-logs/worker.log")
+
+
+def show_business(http: httpx.Client, key: str, model_url: str, operator: str) -> None:
+    """Issue 9 in a few calls: routing by complexity, a run stopped by its budget before the call, a tenant
+    budget, usage collected and priced, the tenant's SLOs and the operator's finance report."""
+    auth = {"Authorization": f"Bearer {key}"}
+    for name, content in (("demo-cheap", "4."), ("demo-strong", "Profile first, then cache the lookups; "
+                                                                "measure both fixes against the baseline.")):
+        httpx.post(f"{model_url}/admin/scenarios", json={"name": name, "turns": [{"content": content}],
+                                                         "repeat_last": True}, timeout=10).raise_for_status()
+    agent = upsert_agent(http, key, "triage-assistant", TRIAGE_SPEC,
+                         "Simple questions to a cheap model, complex ones to a strong one.")
+    for text in ("What is 2+2?", "Explain why this Python function is slow, compare two fixes and design a step "
+                                 "by step plan to refactor it. What are the trade-offs? How would you test it?"):
+        started = http.post("/v1/runs", headers=auth, json={"agent_id": agent["id"], "input": text})
+        started.raise_for_status()
+        run = wait_run(http, auth, started.json()["id"])
+        events = http.get(f"/v1/runs/{run['id']}/events", params={"limit": 500}, headers=auth).json()["results"]
+        reply = next(event for event in events if event["type"] == "model.reply")
+        route, usage = reply["data"]["route"], reply["data"]["usage"]
+        say(f"{text[:40]!r:44} -> {route['tier']} tier, {usage['model']} (${usage['cost_usd']:.6f}): "
+            f"{route['reason']}")
+    refused = http.post("/v1/runs", headers=auth, json={"agent_id": agent["id"], "input": "What is 2+2?",
+                                                        "budget_usd": "0.00000001"})
+    refused.raise_for_status()
+    stopped = wait_run(http, auth, refused.json()["id"])
+    say(f"a run with budget_usd 0.00000001 -> {stopped['status']} before its call: {stopped['error']['message']}")
+    budgets = http.get("/v1/budgets", headers=auth).json()["results"]
+    budget = next((b for b in budgets if b["scope"] == "tenant" and b["period"] == "month"), None)
+    if budget is None:
+        created = http.post("/v1/budgets", headers=auth, json={"scope": "tenant", "period": "month",
+                                                               "limit_usd": "50", "alert_thresholds": [50, 80, 100]})
+        created.raise_for_status()
+        budget = created.json()
+    budget = http.get(f"/v1/budgets/{budget['id']}", headers=auth).json()
+    period = budget["current_period"]
+    say(f"tenant budget: ${float(budget['limit_usd']):.2f} a month, ${float(period['spent_usd']):.6f} spent, "
+        f"${float(period['remaining_usd']):.6f} left; alerts at {budget['alert_thresholds']}%")
+    collected = subprocess.run([sys.executable, str(REPO / "manage.py"), "usage_collect", "--tenant", DEMO_SLUG],
+                               capture_output=True, text=True, check=True)
+    say(f"manage.py usage_collect -> {collected.stdout.strip()}")
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    usage = http.get("/v1/usage", headers=auth, params={"start": today, "end": today, "group_by": "kind,name"})
+    usage.raise_for_status()
+    for row in usage.json()["results"]:
+        if row.get("kind") == "llm":
+            say(f"usage today: {row['name']:<26} {row['count']:>3} calls, {row['input_tokens']:>6} tokens in, "
+                f"{row['output_tokens']:>5} out, {row['cached_input_tokens']} cached, ${float(row['cost_usd']):.6f}")
+    def measured(slo: dict) -> str:
+        if slo["value"] is None:
+            return "-"
+        value = f"{slo['value']:.0f} ms" if slo["unit"] == "ms" else f"{slo['value']:.2%}"
+        target = f"{slo['target']:.0f} ms" if slo["unit"] == "ms" else f"{slo['target']:.2%}"
+        return f"{value} ({'<' if slo['objective'] == 'below' else '>='} {target}{'' if slo['is_met'] else ', missed'})"
+
+    slos = http.get("/v1/slos", headers=auth).json()
+    say("SLOs from the recorded runs (a cold worker's first runs count too):")
+    for slo in slos["slos"]:
+        say(f"  {slo['name']:<26} {measured(slo)}")
+    report = http.get("/v1/platform/finance/report", params={"start": today, "end": today, "format": "csv"},
+                      headers={"Authorization": f"Bearer {operator}"})
+    report.raise_for_status()
+    lines = report.text.splitlines()
+    rows = [line for line in lines[1:] if line.startswith(f"{DEMO_SLUG},")]
+    say(f"finance report (operator, CSV, today; {len(lines) - 1} rows, the demo tenant's first 3):")
+    for line in lines[:1] + rows[:3]:
+        say("  " + line)
+
 
 def follow_run(client: Client, run_id: str, label: str, approve_text: str | None = None) -> dict:
     """Follow the run over its websocket (the SDK): print its events as they are committed, count the
@@ -399,7 +481,8 @@ def main() -> None:
     model_port = free_port(int(os.environ.get("DEMO_MODEL_PORT", "8011")))
     model_url = f"http://127.0.0.1:{model_port}"
     os.environ["LLM_API_BASE"] = f"{model_url}/v1"  # the worker's LLM provider: our scripted model server
-    os.environ.setdefault("LLM_LOCAL_PRICES", "openai/vat-assistant,openai/world-clock")
+    os.environ.setdefault("LLM_LOCAL_PRICES", "openai/vat-assistant,openai/world-clock,openai/demo-cheap,"
+                                              "openai/demo-strong")
     # Tenants may register one local MCP server here: the MCP project's time server (mcp-server-time).
     os.environ.setdefault("MCP_STDIO_ALLOWED_COMMANDS", f"{sys.executable} -m mcp_server_time")
     step("starting the local model server, Daphne (HTTP + websockets) and a Celery worker")
@@ -470,6 +553,9 @@ def main() -> None:
 
             step("guardrails: a refused injection, a dry run, an answer redacted on the stream")
             show_guardrails(http, key, model_url, client)
+
+            step("cost control: routing by complexity, budgets before each call, usage, SLOs, the finance report")
+            show_business(http, key, model_url, operator)
 
             step("time travel: fork the run from a middle checkpoint, with a new instruction")
             checkpoints = http.get(f"/v1/runs/{run['id']}/checkpoints", params={"limit": 500},

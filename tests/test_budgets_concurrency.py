@@ -82,13 +82,13 @@ def test_concurrent_runs_on_several_workers_never_spend_past_a_tenant_budget(mod
     assert all(error["message"].startswith(f"The tenant's total budget of ${LIMIT.normalize():f} would be exceeded: ")
                and "The call was not made. Raise the budget (PATCH /v1/budgets/" in error["message"]
                for error in reasons)
-    # each refusal was right when it was made: what was spent, what calls in flight held and this call's worst
-    # case together passed the limit
+    # each refusal names what was spent, held and the call's worst case. Those figures are read just after the
+    # refusal, when calls of other runs may have settled or freed their holds meanwhile, so they need not add up
+    # past the limit any more; what the refusal guarantees is the spend above, never past the limit.
     assert len(costs) < 3 * RUNS
     for error in reasons:
         spent, held, worst = (Decimal(amount) for amount in re.findall(r"\$([0-9.]+)", error["message"])[1:4])
-        assert spent + held + worst > LIMIT, error["message"]
-        assert spent <= LIMIT
+        assert spent <= LIMIT and held >= 0 and worst > 0, error["message"]
 
 
 def _all_finished(schema, run_ids) -> bool:

@@ -132,6 +132,22 @@ def test_a_sub_runs_calls_belong_to_the_top_level_runs_session(tenant_a):
     assert UsageRecord.objects.get(source_key=call.idempotency_key).agent_name == "fetcher"
 
 
+def test_a_call_a_budget_refused_is_no_usage_but_a_failed_call_is(tenant_a):
+    # given: a run whose first call failed at the provider and whose second a budget refused before it was made
+    with schema_context(tenant_a.schema):
+        run = finished_run(finished_at=T0 + timedelta(minutes=3), started_at=T0, status="failed")
+        failed = journal(run, step=0, key="plan", finished_at=T0 + timedelta(minutes=1), status="failed")
+        refused = journal(run, step=1, key="plan", finished_at=T0 + timedelta(minutes=2), status="failed")
+        EffectRecord.objects.filter(id=failed.id).update(result={"failed": {"code": "model_rejected", "message": "no"}})
+        EffectRecord.objects.filter(id=refused.id).update(
+            result={"failed": {"code": "budget_exceeded", "message": "The run's limit would be exceeded"}})
+    # when
+    services.usage_collect(tenant=tenant_a.tenant, now=T0 + timedelta(hours=1))
+    # then: the provider's failure is a failed LLM call; the refused call, never made, is not a call at all
+    keys = dict(UsageRecord.objects.filter(tenant=tenant_a.tenant, kind="llm").values_list("source_key", "is_success"))
+    assert keys == {failed.idempotency_key: False}
+
+
 def test_a_run_retried_after_failing_is_recorded_at_each_finish(tenant_a):
     with schema_context(tenant_a.schema):
         run = finished_run(status="failed", finished_at=T0 + timedelta(minutes=1), started_at=T0)
