@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -23,6 +21,7 @@ from rest_framework.response import Response
 
 from billing import selectors
 from billing.models import UsageRecord
+from common.streaming import streamed_body
 from common.validation import validated
 from tenants.api_views import OperatorApiView, TenantApiView
 
@@ -88,11 +87,6 @@ def _csv(rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> Iterator[s
     if buffer.tell():
         yield buffer.getvalue()
 
-
-async def _async(chunks: Iterator[str]) -> AsyncIterator[str]:
-    done = object()
-    while (chunk := await sync_to_async(next, thread_sensitive=True)(chunks, done)) is not done:
-        yield chunk  # type: ignore[misc]
 
 
 # --- Tenants: their own usage ---------------------------------------------------------------------------------
@@ -165,7 +159,7 @@ class UsageExportApi(TenantApiView):
         records = selectors.usage_record_export(tenant=request.user.tenant, start=start, end=end,
                                                 kind=filters.get("kind"))
         chunks = _csv(records, selectors.USAGE_EXPORT_COLUMNS)
-        body = _async(chunks) if isinstance(request._request, ASGIRequest) else chunks
+        body = streamed_body(request._request, chunks)
         response = StreamingHttpResponse(body, content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="usage-{start.isoformat()}-{end.isoformat()}.csv"'
         response["Cache-Control"] = "no-store"

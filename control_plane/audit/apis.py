@@ -5,11 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from asgiref.sync import sync_to_async
-from django.core.handlers.asgi import ASGIRequest
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -19,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from common.pagination import paginated, paginated_response
+from common.streaming import streamed_body
 from common.validation import validated
 from control_plane.audit import chain
 from control_plane.audit.selectors import AuditEventFilters, audit_chain_verify, audit_event_export, audit_event_list
@@ -148,11 +147,6 @@ def _export_chunks(events: Iterable[dict[str, Any]], export_format: str) -> Iter
         yield buffer.getvalue()
 
 
-async def _async(chunks: Iterator[str]) -> AsyncIterator[str]:
-    done = object()
-    while (chunk := await sync_to_async(next, thread_sensitive=True)(chunks, done)) is not done:
-        yield chunk  # type: ignore[misc]
-
 
 class AuditEventExportApi(TenantApiView):
     """The filtered events, oldest first, streamed: every chained field, so the chain can be checked offline."""
@@ -175,8 +169,7 @@ class AuditEventExportApi(TenantApiView):
         filters = _filters(request)
         chunks = _export_chunks(audit_event_export(tenant_schema=request.user.tenant.schema_name, filters=filters),
                                 export_format)
-        # under ASGI a plain iterator would be read whole before the first byte is sent
-        body = _async(chunks) if isinstance(request._request, ASGIRequest) else chunks
+        body = streamed_body(request._request, chunks)
         response = StreamingHttpResponse(body, content_type=f"{EXPORT_MEDIA_TYPES[export_format]}; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="audit-events.{export_format}"'
         response["Cache-Control"] = "no-store"

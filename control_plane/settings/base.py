@@ -155,6 +155,9 @@ DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
 # that owns the schemas; false for a deployment without it. migrate_schemas runs as the owner and grants.
 DATABASE_TENANT_ROLES = env.boolean("DATABASE_TENANT_ROLES", True)
 GET_EXECUTOR_FUNCTION = "tenants.db_roles.migration_executor"
+# In a tenant's schema the shared apps' migrations are recorded, not rendered (they change nothing there); true
+# renders them as Django would (slower; the tests compare the two schemas).
+TENANT_MIGRATIONS_RENDER_SHARED_APPS = env.boolean("TENANT_MIGRATIONS_RENDER_SHARED_APPS", False)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
