@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -176,6 +177,10 @@ def migration_executor(codename: str | None = None) -> type:
     return OwnerMigrationExecutor
 
 
+_recording = threading.local()  # set while this thread migrates schemas through our executor
+_HOOK_LOCK = threading.Lock()
+
+
 @contextmanager
 def _shared_apps_recorded_only() -> Iterator[None]:
     """In a tenant schema, apply the shared apps' migrations as ``--fake`` does: recorded, not run.
@@ -184,25 +189,37 @@ def _shared_apps_recorded_only() -> Iterator[None]:
     RunSQL) in public. Yet Django renders each one's model states, which was 60 % of provisioning a tenant
     (oauth2_provider's migrations alone, 1.7 s of 2.8). The tenant apps' migrations do not depend on the shared
     apps' states (no dependency or relation crosses), so leaving those states out changes nothing they do.
+    The hook is installed once per process and acts only in the thread inside this context (two provisionings
+    at once in a web process cannot undo each other's).
     """
-    from django.apps import apps
-    from django.db.migrations.executor import MigrationExecutor
-
-    tenant_apps = {config.label for config in apps.get_app_configs() if config.name in settings.TENANT_APPS}
-    apply = MigrationExecutor.apply_migration
-
-    def apply_migration(executor: Any, state: Any, migration: Any, fake: bool = False,
-                        fake_initial: bool = False) -> Any:
-        is_shared_only = migration.app_label not in tenant_apps
-        in_tenant = getattr(executor.connection, "schema_name", PUBLIC_SCHEMA) != PUBLIC_SCHEMA
-        return apply(executor, state, migration, fake=fake or (is_shared_only and in_tenant),
-                     fake_initial=fake_initial)
-
-    MigrationExecutor.apply_migration = apply_migration  # type: ignore[method-assign]
+    _install_recording_hook()
+    previous = getattr(_recording, "active", False)
+    _recording.active = True
     try:
         yield
     finally:
-        MigrationExecutor.apply_migration = apply  # type: ignore[method-assign]
+        _recording.active = previous
+
+
+def _install_recording_hook() -> None:
+    from django.apps import apps
+    from django.db.migrations.executor import MigrationExecutor
+
+    with _HOOK_LOCK:
+        if getattr(MigrationExecutor.apply_migration, "records_shared_apps", False):
+            return
+        tenant_apps = {config.label for config in apps.get_app_configs() if config.name in settings.TENANT_APPS}
+        apply = MigrationExecutor.apply_migration
+
+        def apply_migration(executor: Any, state: Any, migration: Any, fake: bool = False,
+                            fake_initial: bool = False) -> Any:
+            in_tenant = getattr(executor.connection, "schema_name", PUBLIC_SCHEMA) != PUBLIC_SCHEMA
+            if getattr(_recording, "active", False) and in_tenant and migration.app_label not in tenant_apps:
+                fake = True
+            return apply(executor, state, migration, fake=fake, fake_initial=fake_initial)
+
+        apply_migration.records_shared_apps = True  # type: ignore[attr-defined]
+        MigrationExecutor.apply_migration = apply_migration  # type: ignore[method-assign]
 
 
 def _grant_schemas(schemas: list[str], using: str) -> None:
