@@ -44,11 +44,7 @@ def usage_collect_task(*, tenant_schema: str) -> dict:  # type: ignore[type-arg]
     if tenant is None:
         logger.warning("Dropping usage collection for %s: no such tenant, or deleted", tenant_schema)
         return {"inserted": 0}
-    collected = services.usage_collect(tenant=tenant)
-    for hour in sorted(collected.hours):
-        services.usage_rollup(tenant=tenant, period="hour", period_start=hour)
-    for day in sorted(collected.days):
-        services.usage_rollup(tenant=tenant, period="day", period_start=day)
+    collected = services.usage_collect_and_roll_up(tenant=tenant)
     return {"effects_read": collected.effects_read, "runs_read": collected.runs_read, "inserted": collected.inserted}
 
 

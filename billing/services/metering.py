@@ -171,6 +171,17 @@ def _lock_key(*parts: Any) -> int:
 PERIOD_LENGTH = {UsageRollup.Period.HOUR: timedelta(hours=1), UsageRollup.Period.DAY: timedelta(days=1)}
 
 
+def usage_collect_and_roll_up(*, tenant: Any, now: datetime | None = None) -> UsageCollected:
+    """Collect the tenant's new usage records (usage_collect), then recompute the rollups of the hours and days
+    they fell in. Idempotent: records are unique per source, rollups are replaced."""
+    collected = usage_collect(tenant=tenant, now=now)
+    for hour in sorted(collected.hours):
+        usage_rollup(tenant=tenant, period="hour", period_start=hour)
+    for day in sorted(collected.days):
+        usage_rollup(tenant=tenant, period="day", period_start=day)
+    return collected
+
+
 def usage_rollup(*, tenant: Any, period: str, period_start: datetime) -> int:
     """Recompute the tenant's rollups of one hour or day (UTC) from the records in it, replacing the old ones
     (never incrementing them). Returns how many rollup rows there now are. Idempotent; concurrent recomputes

@@ -55,11 +55,7 @@ def crafted_day(tenant_a, tenant_b):
                 input_tokens=100_000, output_tokens=20_000, cost_usd="0.45")
         journal(r5, step=2, key="c7", name="openai/gpt-4o", finished_at=at(24), input_tokens=1000, cost_usd="0.01")
     for provisioned in (tenant_a, tenant_b):
-        collected = services.usage_collect(tenant=provisioned.tenant, now=at(25))
-        for hour in collected.hours:
-            services.usage_rollup(tenant=provisioned.tenant, period="hour", period_start=hour)
-        for day in collected.days:
-            services.usage_rollup(tenant=provisioned.tenant, period="day", period_start=day)
+        services.usage_collect_and_roll_up(tenant=provisioned.tenant, now=at(25))
     return tenant_a, tenant_b
 
 

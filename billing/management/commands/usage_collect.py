@@ -20,10 +20,6 @@ class Command(BaseCommand):
         slug = options.get("tenant")
         tenants = [tenant_get(slug=str(slug))] if slug else list(tenant_list().exclude(status="deleted"))
         for tenant in tenants:
-            collected = services.usage_collect(tenant=tenant)
-            for hour in sorted(collected.hours):
-                services.usage_rollup(tenant=tenant, period="hour", period_start=hour)
-            for day in sorted(collected.days):
-                services.usage_rollup(tenant=tenant, period="day", period_start=day)
+            collected = services.usage_collect_and_roll_up(tenant=tenant)
             self.stdout.write(f"{tenant.slug}: {collected.inserted} new usage records (read "
                               f"{collected.effects_read} calls, {collected.runs_read} runs)")
