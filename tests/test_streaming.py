@@ -465,3 +465,27 @@ async def _until_closed(ws: Any):
             yield raw
     except ConnectionClosed:
         return
+
+
+def test_a_channel_quiet_for_longer_than_the_layers_blocking_receive_still_gets_its_next_message():
+    """channels_redis receives with a blocking pop of 5 s; redis-py 8 reads with a 5 s socket timeout by
+    default. Unless the layer's socket timeout is longer, a receive on a channel quiet for 5 s raises
+    TimeoutError (a Channels consumer dies of it) instead of going on waiting."""
+    from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
+
+    layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
+
+    async def quiet_then_one_message() -> dict[str, Any]:
+        channel = await layer.new_channel()
+
+        async def send_later() -> None:
+            await asyncio.sleep(layer.brpop_timeout + 1)
+            await layer.send(channel, {"type": "after.a.quiet.spell"})
+
+        sender = asyncio.create_task(send_later())
+        try:
+            return await asyncio.wait_for(layer.receive(channel), layer.brpop_timeout + 10)
+        finally:
+            await sender
+
+    assert asyncio.run(quiet_then_one_message()) == {"type": "after.a.quiet.spell"}

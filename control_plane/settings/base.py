@@ -207,12 +207,17 @@ CELERY_BEAT_SCHEDULE = {
 # Redis connections a process's channel layer may hold at once. redis-py refuses the next one outright (it
 # does not wait), and a burst of subscribers connecting to one Daphne each needs one for its group_add.
 CHANNEL_LAYER_MAX_CONNECTIONS = env.integer("CHANNEL_LAYER_MAX_CONNECTIONS", 2000)
+# Seconds a read from the channel layer's Redis may take. channels_redis receives with a blocking pop of 5 s;
+# redis-py 8 reads with a 5 s socket timeout by default, so a channel quiet for 5 s raised TimeoutError
+# (a Channels consumer died of it; the hub logged and retried). Longer than the pop, shorter than forever.
+CHANNEL_LAYER_SOCKET_TIMEOUT = env.integer("CHANNEL_LAYER_SOCKET_TIMEOUT", 15)
+CHANNEL_LAYER_HOST = {"address": CHANNEL_LAYER_REDIS_URL, "max_connections": CHANNEL_LAYER_MAX_CONNECTIONS,
+                      "socket_timeout": CHANNEL_LAYER_SOCKET_TIMEOUT}
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # Token streams burst far past the default capacity of 100 messages per channel.
-        "CONFIG": {"hosts": [{"address": CHANNEL_LAYER_REDIS_URL, "max_connections": CHANNEL_LAYER_MAX_CONNECTIONS}],
-                   "capacity": 5000, "expiry": 60},
+        "CONFIG": {"hosts": [CHANNEL_LAYER_HOST], "capacity": 5000, "expiry": 60},
     }
 }
 

@@ -4,7 +4,7 @@ from control_plane.settings.base import *  # noqa: F401,F403
 import hashlib
 import sys
 
-from control_plane.settings.base import BASE_DIR, CHANNEL_LAYER_MAX_CONNECTIONS, REDIS_URL, celery_task_queues, \
+from control_plane.settings.base import BASE_DIR, CHANNEL_LAYER_HOST, REDIS_URL, celery_task_queues, \
     redis_url_with_db
 from control_plane.settings import env
 
@@ -17,8 +17,7 @@ CHECKOUT_ID = hashlib.sha1(str(BASE_DIR).encode()).hexdigest()[:8]
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [{"address": CHANNEL_LAYER_REDIS_URL, "max_connections": CHANNEL_LAYER_MAX_CONNECTIONS}],
-                   "capacity": 5000, "expiry": 60,
+        "CONFIG": {"hosts": [{**CHANNEL_LAYER_HOST, "address": CHANNEL_LAYER_REDIS_URL}], "capacity": 5000, "expiry": 60,
                    "prefix": f"asgi-{CHECKOUT_ID}"},
     }
 }
