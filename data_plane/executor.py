@@ -28,6 +28,7 @@ from uuid import UUID
 from django.db import DatabaseError, close_old_connections, connection, transaction
 
 from common.actors import Actor
+from common.commits import ASYNC_COMMIT
 from common.schemas import in_schema
 from common.timestamps import format_ts
 from control_plane.audit.services import audit_event_record
@@ -278,7 +279,7 @@ UPDATE {self.q}data_plane_run SET lease_owner = %(owner)s,
   lease_expires_at = now() + make_interval(secs => %(ttl)s), version = version + 1,
   status = CASE WHEN status = 'queued' THEN 'running' ELSE status END, started_at = coalesce(started_at, now())
 WHERE id = %(id)s AND driver_step = %(step)s AND status IN ('queued', 'running')
-  AND (lease_owner = '' OR lease_expires_at IS NULL OR lease_expires_at < now())
+  AND (lease_owner = '' OR lease_expires_at IS NULL OR lease_expires_at < now()) AND {ASYNC_COMMIT} = 'off'
 RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run_id, was_retried, event_seq,
   routing"""
         with connection.cursor() as cursor:
@@ -550,8 +551,8 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
             cursor.execute(
                 f"INSERT INTO {self.q}data_plane_effectrecord (run_id, step, key, kind, idempotency_key, digest, name, "
                 "request, result, status, attempts, latency_ms, input_tokens, output_tokens, cost_usd, started_at, "
-                "finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, 1, %s, %s, %s, %s, "
-                "now(), now()) ON CONFLICT (idempotency_key) DO NOTHING",
+                "finished_at) SELECT %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, 1, %s, %s, %s, %s, "
+                f"now(), now() WHERE {ASYNC_COMMIT} = 'off' ON CONFLICT (idempotency_key) DO NOTHING",
                 [run_id, step, key, kind, idempotency_key, effect_digest, usage.model if usage else name,
                  json.dumps(request), json.dumps(_encode_result(result)), status,
                  round((time.perf_counter() - started) * 1000, 3), tokens_in, tokens_out, cost])

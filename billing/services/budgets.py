@@ -32,6 +32,7 @@ from billing.errors import BudgetConflict, BudgetExceeded, BudgetExhausted, Budg
 from billing.models import Budget, BudgetAlert, BudgetSpend, RunSpend
 from billing.plans import plan_for
 from common.actors import SYSTEM, Actor
+from common.commits import ASYNC_COMMIT
 from control_plane.audit.services import audit_event_record
 
 logger = logging.getLogger(__name__)
@@ -277,8 +278,7 @@ def spend_reserve(*, tenant_id: UUID, sla_tier: str, run_id: UUID, agent_id: UUI
 # Holds and settlements commit without waiting for the WAL flush (a commit's fsync would add milliseconds to
 # every LLM call, twice): a database crash may lose the last fraction of a second of them (a hold lost with its
 # call's row; a settlement lost, so that call's cost is not counted against the budgets; the effect journal
-# keeps it). Never a lost update or a torn row: only the durability of the newest few commits.
-_ASYNC_COMMIT = "set_config('synchronous_commit', 'off', true)"
+# keeps it). Never a lost update or a torn row: only the durability of the newest few commits (common.commits).
 
 
 def _reserve(*, tenant_id: UUID, run_id: UUID, agent_id: UUID | None, key: str, amount: Decimal, tokens: int,
@@ -290,7 +290,7 @@ def _reserve(*, tenant_id: UUID, run_id: UUID, agent_id: UUID | None, key: str, 
             "WITH stale AS (DELETE FROM public.billing_spendreservation WHERE tenant_id = %(t)s "
             "AND idempotency_key = %(k)s RETURNING amount_usd, tokens, budget_spend_ids, token_usage_id, "
             "run_spend_id, is_released) "
-            f"SELECT {_ASYNC_COMMIT}, (SELECT coalesce(json_agg(json_build_object('id', b.id, 'period', b.period, "
+            f"SELECT {ASYNC_COMMIT}, (SELECT coalesce(json_agg(json_build_object('id', b.id, 'period', b.period, "
             "'limit', b.limit_usd::text) ORDER BY b.id), '[]'::json) FROM public.billing_budget b "
             "WHERE b.tenant_id = %(t)s AND b.is_enabled AND (b.scope = 'tenant' OR b.agent_id = %(a)s)), "
             "(SELECT json_build_object('amount', amount_usd::text, 'tokens', tokens, 'budgets', budget_spend_ids, "
@@ -449,7 +449,7 @@ def spend_settle(*, tenant: Any, idempotency_key: str, cost_usd: Decimal, tokens
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             "DELETE FROM public.billing_spendreservation WHERE tenant_id = %s AND idempotency_key = %s "
-            f"AND {_ASYNC_COMMIT} = 'off' "
+            f"AND {ASYNC_COMMIT} = 'off' "
             "RETURNING amount_usd, tokens, budget_spend_ids, token_usage_id, run_spend_id, is_released",
             [tenant.id, idempotency_key])
         row = cursor.fetchone()
