@@ -1,7 +1,7 @@
 """Turns through the API, Celery and back: two real Celery workers and the zero-latency in-process model.
 
-Two worker processes (``celery -A control_plane worker``, prefork, concurrency 1 each, as tests/processes.py
-starts them) consume a queue of this benchmark's own, with ``LLM_API_BASE=inprocess`` (the scripted
+Two worker processes (``celery -A control_plane worker``, the threads pool with 16 threads each, as production
+runs them: see WORKER_POOL) consume a queue of this benchmark's own, with ``LLM_API_BASE=inprocess`` (the scripted
 scenarios played in the worker: data_plane/runtime/adapters/scripted.py). The agent runs one turn: one llm
 node with ``openai/echo`` (answers at once), then end.
 
@@ -19,7 +19,7 @@ node with ``openai/echo`` (answers at once), then end.
 
 Where a turn's time goes is reported as medians of its phases (diagnostics), from this process's clocks
 (request start, the run's first publish ≈ its commit, the task message published), the workers' log lines
-(task received by the worker's main process; the child's run time) and the database's timestamps (the
+(task received by the worker; the task's run time) and the database's timestamps (the
 model effect's journal and latency, the step's commit). The run's started_at is no claim time: the run's
 first checkpoint, written by the API, sets it.
 """
@@ -75,16 +75,16 @@ PHASES = {
     "request_to_commit": "POST start to the run's transaction committed (its first event handed to publish)",
     "commit_to_task_published": "to the step's task message published (apply_async, on commit)",
     "published_to_worker_received": "to the worker's main process logging it received (ms resolution)",
-    "received_to_child_started": "to the prefork child starting the task (its log's run time, ms resolution)",
+    "received_to_child_started": "to the task starting in the worker's pool (its log's run time, ms resolution)",
     "child_started_to_model_call": "tenant lookup, claim, loading the state, to the model call (journal's latency)",
     "model_call": "the in-process model call, its deltas published, to its journal entry written",
     "model_call_to_commit": "to the step's commit transaction begun (the run's finished_at)",
     "commit_to_completed_event": "to run.status completed received by this process's listener",
-    "completed_event_to_task_done": "to the child logging the task succeeded (ms resolution)",
+    "completed_event_to_task_done": "to the worker logging the task succeeded (ms resolution)",
     "request_to_response": "POST start to its response (not a phase: overlaps the ones above)",
 }
 BURST_DIAGNOSTICS = {
-    "turn_burst_task_p50_ms": "a step task's run time in a worker's child during the burst (its log)",
+    "turn_burst_task_p50_ms": "a step task's run time in a worker during the burst (its log; threads overlap)",
     "turn_burst_gap_p50_ms": "a worker's task end to it receiving the next (acks_late, prefetch 1; ms resolution)",
     "turn_burst_cpu_ms_per_turn": "machine-wide busy CPU time per turn during the burst (all processes)",
 }
@@ -97,6 +97,14 @@ _LOG_LINE = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\b.*? Task da
 
 
 # --- the workers ----------------------------------------------------------------------------------------
+
+# The workers run as production runs them (README.md: the threads pool, a step's I/O on the process's event
+# loop), so a process overlaps its steps' waits on the database and the broker. 16 threads a process keep two
+# processes' connections under the embedded Postgres's max_connections (100); production's 64 need PgBouncer.
+# BENCH_WORKER_POOL=prefork BENCH_WORKER_THREADS=1 measures one step at a time per process, as before.
+WORKER_POOL = os.environ.get("BENCH_WORKER_POOL", "threads")
+WORKER_THREADS = int(os.environ.get("BENCH_WORKER_THREADS", "16"))
+
 
 def worker_env() -> dict[str, str]:
     env = dict(os.environ)
@@ -119,7 +127,7 @@ def celery_workers(count: int) -> Iterator[list[Path]]:
             with open(log, "wb") as out:
                 processes.append(subprocess.Popen(
                     [str(BIN / "celery"), "-A", "control_plane", "worker", "--loglevel=INFO",
-                     f"--hostname=bench-{TOKEN}-{index}@%h", "--concurrency=1", "--pool=prefork",
+                     f"--hostname=bench-{TOKEN}-{index}@%h", f"--pool={WORKER_POOL}", f"--concurrency={WORKER_THREADS}",
                      "--without-gossip", "--without-mingle", "-Q", QUEUE],
                     cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
         deadline = time.monotonic() + 90
@@ -232,7 +240,9 @@ class Listener:
                         return arrived, data
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"no matching run.status event within {timeout} s")
+                    died = self._receiving.exception() if self._receiving.done() else None
+                    raise TimeoutError(f"no matching run.status event within {timeout} s"
+                                       + (f"; the listener's receive died: {died!r}" if died else ""))
                 self.changed.wait(left)
 
     def unsubscribe(self, group: str) -> None:
