@@ -159,7 +159,8 @@ def _create_run(*, tenant_schema: str, agent_version: Any, input: str, values: M
     record_pending_approval(run.id, state)
     if status == "queued":
         dispatcher(tenant_schema)(run.id, 0)
-    run.refresh_from_db()
+    run.refresh_from_db()  # the commit statement moved its status, version and head
+    run.agent_version = agent_version  # refreshing forgot it: kept, the answer's serializer reads no more rows
     return run
 
 
