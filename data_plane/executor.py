@@ -486,7 +486,8 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         """A recorded result for this effect (this run's, or the source branch's on a replay), or None after
         marking the effect started. A tool call marked started gets its tool.started event in the same
         statement (numbered after the run's last event, fenced by the claim's version). One statement in the
-        common case; explicit schema in the SQL."""
+        common case; explicit schema in the SQL. The mark commits without waiting for the disk: lost in a crash
+        of Postgres, the retry calls the tool again with the same idempotency key, as it would anyway."""
         close_old_connections()
         q = self.q
         with in_schema(self.schema), connection.cursor() as cursor:
@@ -507,7 +508,7 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
                 "jsonb_build_object('node', %(node)s::text, 'call', %(call)s::jsonb, 'attempt', journal.attempts), now() "
                 "FROM numbered, journal RETURNING seq, data, created_at) "
                 "SELECT journal.id, journal.status, journal.result, journal.attempts, started.seq, started.data, "
-                "started.created_at FROM journal LEFT JOIN started ON true",
+                f"started.created_at FROM journal LEFT JOIN started ON true WHERE {ASYNC_COMMIT} = 'off'",
                 {"run": run_id, "step": step, "key": key, "kind": kind, "idem": idempotency_key,
                  "digest": effect_digest, "name": name, "request": json.dumps(request), "version": claim.version,
                  "node": node_id, "call": json.dumps({"id": request.get("call_id"), "name": request.get("name"),
