@@ -1,18 +1,22 @@
 """An MCP server for the tests, written with the official SDK: ``python tests/mcp_servers/toolbox.py``
-[--http PORT] [--name NAME] [--changes FILE]. Over stdio by default, or streamable HTTP on PORT (path /mcp).
+[--http PORT [--json-response] [--session-idle-seconds S]] [--name NAME] [--changes FILE]. Over stdio by default,
+or streamable HTTP on PORT (path /mcp), answering requests with event streams (the SDK's default) or, with
+``--json-response``, with JSON bodies; a session unused for S seconds is forgotten (its id then answers 404).
 With ``--changes``, the file (read at start) can hold ``extra`` (one more tool, ``extra``) and ``no-shout``
 (``shout`` is not offered): a way to change the server's tools between two discoveries.
 
 Tools: ``add`` (a + b), ``shout`` (text upper-cased), ``counter`` (a per-session count: state kept by a
 stateful server between calls of one session), ``sleep`` (waits, to test timeouts), ``pid`` (its process),
-``grow`` (adds a tool ``grown`` and notifies the client that the tool list changed)
-and ``whoami`` (the environment variable TOOLBOX_IDENTITY, to see which credentials a call carried).
+``grow`` (adds a tool ``grown`` and notifies the client that the tool list changed),
+``whoami`` (the environment variable TOOLBOX_IDENTITY, to see which credentials a call carried) and ``carried``
+(what the call's HTTP request and ``_meta`` carried: its Authorization header, its idempotency key).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -20,7 +24,8 @@ from mcp.server.mcpserver import Context, MCPServer
 
 def build(name: str, changes: set[str]) -> MCPServer:
     server = MCPServer(name)
-    counts: dict[str, int] = {}
+    # Per session: over HTTP one process serves every client's session (over stdio, a process is a session).
+    counts: dict[tuple[str, str], int] = {}
 
     @server.tool(description="Add two integers.")
     def add(a: int, b: int) -> int:
@@ -37,9 +42,10 @@ def build(name: str, changes: set[str]) -> MCPServer:
             return "extra"
 
     @server.tool(description="Count calls in this session.")
-    def counter(label: str = "default") -> str:
-        counts[label] = counts.get(label, 0) + 1
-        return f"{label}={counts[label]}"
+    def counter(ctx: Context, label: str = "default") -> str:
+        key = ((ctx.headers or {}).get("mcp-session-id", ""), label)
+        counts[key] = counts.get(key, 0) + 1
+        return f"{label}={counts[key]}"
 
     @server.tool(description="Wait for some seconds, then answer.")
     async def sleep(seconds: float) -> str:
@@ -61,6 +67,12 @@ def build(name: str, changes: set[str]) -> MCPServer:
     def whoami() -> str:
         return os.environ.get("TOOLBOX_IDENTITY", "nobody")
 
+    @server.tool(description="Say what this call carried: its Authorization header and idempotency key.")
+    def carried(ctx: Context) -> str:
+        meta = ctx.request_context.meta or {}
+        return json.dumps({"authorization": (ctx.headers or {}).get("authorization"),
+                           "idempotency_key": meta.get("io.agentplane/idempotency-key")})
+
     return server
 
 
@@ -69,13 +81,16 @@ def main() -> None:
     parser.add_argument("--http", type=int, default=None)
     parser.add_argument("--name", default="toolbox")
     parser.add_argument("--changes", default=None)
+    parser.add_argument("--json-response", action="store_true")
+    parser.add_argument("--session-idle-seconds", type=float, default=None)
     args = parser.parse_args()
     changes = set(open(args.changes).read().split()) if args.changes and os.path.exists(args.changes) else set()
     server = build(args.name, changes)
     if args.http is None:
         server.run("stdio")
     else:
-        server.run("streamable-http", host="127.0.0.1", port=args.http)
+        options = {"session_idle_timeout": args.session_idle_seconds} if args.session_idle_seconds else {}
+        server.run("streamable-http", host="127.0.0.1", port=args.http, json_response=args.json_response, **options)
 
 
 if __name__ == "__main__":

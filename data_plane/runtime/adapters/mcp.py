@@ -19,12 +19,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx2
 from mcp import Client, StdioServerParameters
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types.jsonrpc import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
+from data_plane.runtime.adapters.mcp_http import StreamableHttp
 from data_plane.runtime.core.ports import ToolUnavailable
 
 logger = logging.getLogger(__name__)
@@ -78,10 +77,11 @@ class McpUnreachable(ToolUnavailable):
 
 
 def _transport(config: ServerConfig) -> Any:
+    """What the SDK's client session runs on: our streamable HTTP transport (see mcp_http), or the SDK's stdio."""
     if config.transport == "http":
-        client = httpx2.AsyncClient(headers=dict(config.headers),
-                                    timeout=httpx2.Timeout(config.timeout_seconds, read=config.timeout_seconds * 10))
-        return streamable_http_client(config.url, http_client=client)
+        return StreamableHttp(config.url, headers=config.headers,
+                              connect_seconds=max(CONNECT_SECONDS, config.timeout_seconds),
+                              read_seconds=config.timeout_seconds * 10).connect()
     return StdioServerParameters(command=config.command, args=list(config.args), env={**BASE_ENV, **config.env},
                                  cwd=config.cwd)
 
