@@ -146,8 +146,8 @@ class _Session:
         if client is None:
             raise McpUnreachable(f"The session to MCP server {self.config.name!r} is closed.")
         self.used_at = time.monotonic()
-        result = await asyncio.wait_for(client.call_tool(name, dict(arguments), meta=dict(meta)),
-                                        self.config.timeout_seconds)
+        async with asyncio.timeout(self.config.timeout_seconds):  # in this task: wait_for would start another
+            result = await client.call_tool(name, dict(arguments), meta=dict(meta))
         return _outcome(result)
 
 

@@ -155,6 +155,19 @@ def test_a_wrong_endpoint_is_unreachable(served):
                                        "'remote' could not be reached: MCPError: Not Found.")
 
 
+def test_a_redirect_within_the_endpoint_origin_is_followed(served):
+    url, log = served  # Starlette sends /mcp/ to /mcp with a 307
+
+    async def scenario() -> str:
+        pool = McpSessions(sleep=no_wait, retries=0)
+        outcome = await pool.call("run-1", remote(url + "/"), "add", {"a": 2, "b": 3})
+        await pool.close_all()
+        return outcome.text
+
+    assert asyncio.run(scenario()) == "5"
+    assert len(re.findall(r'"POST /mcp/ HTTP/1\.1" 307', log.read_text(errors="replace"))) >= 3
+
+
 def test_a_server_that_is_down_is_unreachable():
     async def scenario() -> str:
         pool = McpSessions(sleep=no_wait, retries=1)
