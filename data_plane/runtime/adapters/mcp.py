@@ -1,5 +1,6 @@
 """Tenants' MCP servers through the official ``mcp`` SDK client: discovery, and tool calls on sessions that
-live as long as a run needs them.
+live as long as a run needs them. A remote server's session runs on our streamable HTTP transport (mcp_http:
+the SDK's own opened a connection per call), a local one on the SDK's stdio transport.
 
 One session per run and server, reused across that run's calls (a stateful server keeps its state between
 them) and closed when the run stops working (or after ``IDLE_SECONDS`` unused). A session is owned by a task
