@@ -1,7 +1,9 @@
 """An MCP server for the tests, written with the official SDK: ``python tests/mcp_servers/toolbox.py``
-[--http PORT [--json-response] [--session-idle-seconds S]] [--name NAME] [--changes FILE]. Over stdio by default,
-or streamable HTTP on PORT (path /mcp), answering requests with event streams (the SDK's default) or, with
-``--json-response``, with JSON bodies; a session unused for S seconds is forgotten (its id then answers 404).
+[--http PORT [--json-response] [--resumable] [--session-idle-seconds S]] [--name NAME] [--changes FILE]. Over
+stdio by default, or streamable HTTP on PORT (path /mcp), answering requests with event streams (the SDK's
+default) or, with ``--json-response``, with JSON bodies; ``--resumable`` keeps its events in memory so that a
+client can resume a broken stream with Last-Event-ID; a session unused for S seconds is forgotten (its id then
+answers 404).
 With ``--changes``, the file (read at start) can hold ``extra`` (one more tool, ``extra``) and ``no-shout``
 (``shout`` is not offered): a way to change the server's tools between two discoveries.
 
@@ -9,7 +11,8 @@ Tools: ``add`` (a + b), ``shout`` (text upper-cased), ``counter`` (a per-session
 stateful server between calls of one session), ``sleep`` (waits, to test timeouts), ``pid`` (its process),
 ``grow`` (adds a tool ``grown`` and notifies the client that the tool list changed),
 ``whoami`` (the environment variable TOOLBOX_IDENTITY, to see which credentials a call carried) and ``carried``
-(what the call's HTTP request and ``_meta`` carried: its Authorization header, its idempotency key).
+(what the call's HTTP request and ``_meta`` carried: its Authorization header, its idempotency key), and
+``interrupted`` (closes its own event stream before it answers: the client has to resume it).
 """
 
 from __future__ import annotations
@@ -20,6 +23,29 @@ import json
 import os
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
+
+
+class EventLog(EventStore):
+    """Every event of every stream, in memory: what a resumable server keeps (in Redis, say) to replay."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, object]] = []  # (event id, stream id, message or None)
+
+    async def store_event(self, stream_id, message):  # type: ignore[no-untyped-def]
+        event_id = str(len(self.events) + 1)
+        self.events.append((event_id, stream_id, message))
+        return event_id
+
+    async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> str | None:
+        index = next((i for i, (event_id, _, _) in enumerate(self.events) if event_id == last_event_id), None)
+        if index is None:
+            return None
+        stream_id = self.events[index][1]
+        for event_id, stream, message in self.events[index + 1:]:
+            if stream == stream_id and message is not None:
+                await send_callback(EventMessage(message, event_id))  # type: ignore[arg-type]
+        return stream_id
 
 
 def build(name: str, changes: set[str]) -> MCPServer:
@@ -59,6 +85,12 @@ def build(name: str, changes: set[str]) -> MCPServer:
         await ctx.request_context.session.send_tool_list_changed()
         return "grown"
 
+    @server.tool(description="Close this call's event stream, then answer on the resumed one.")
+    async def interrupted(ctx: Context) -> str:
+        await ctx.close_sse_stream()
+        await asyncio.sleep(0.3)
+        return "answered after the break"
+
     @server.tool(description="This server's process id.")
     def pid() -> int:
         return os.getpid()
@@ -82,6 +114,7 @@ def main() -> None:
     parser.add_argument("--name", default="toolbox")
     parser.add_argument("--changes", default=None)
     parser.add_argument("--json-response", action="store_true")
+    parser.add_argument("--resumable", action="store_true")
     parser.add_argument("--session-idle-seconds", type=float, default=None)
     args = parser.parse_args()
     changes = set(open(args.changes).read().split()) if args.changes and os.path.exists(args.changes) else set()
@@ -89,7 +122,9 @@ def main() -> None:
     if args.http is None:
         server.run("stdio")
     else:
-        options = {"session_idle_timeout": args.session_idle_seconds} if args.session_idle_seconds else {}
+        options: dict[str, object] = {"session_idle_timeout": args.session_idle_seconds} if args.session_idle_seconds else {}
+        if args.resumable:
+            options.update(event_store=EventLog(), retry_interval=100)
         server.run("streamable-http", host="127.0.0.1", port=args.http, json_response=args.json_response, **options)
 
 

@@ -94,8 +94,9 @@ class EventParser:
         events: list[ServerEvent] = []
         for line in lines:
             if not line:
-                if self.data:
-                    events.append(ServerEvent(self.event or "message", b"\n".join(self.data), self.last_id))
+                data = b"\n".join(self.data)
+                if data:  # an event with no data is not dispatched: a priming event only marks a resumption point
+                    events.append(ServerEvent(self.event or "message", data, self.last_id))
                 self.data, self.size, self.event = [], 0, ""
                 continue
             if line[0] == 0x3A:  # ":" a comment (a keep-alive ping)
@@ -146,8 +147,7 @@ class StreamableHttp:
                                                    MemoryObjectSendStream[SessionMessage]]]:
         inbox, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         write_stream, outbox = anyio.create_memory_object_stream[SessionMessage](0)
-        connector = aiohttp.TCPConnector(ssl=_tls() if self.url.scheme == "https" else False,
-                                         keepalive_timeout=KEEPALIVE_SECONDS)
+        connector = aiohttp.TCPConnector(ssl=_tls(), keepalive_timeout=KEEPALIVE_SECONDS)
         # The proxy from the environment (HTTPS_PROXY, NO_PROXY), as httpx2 honoured it: looked up once, since
         # aiohttp's trust_env looks it up (and .netrc) in a thread on every request, half a millisecond each.
         with contextlib.suppress(LookupError):
@@ -349,7 +349,7 @@ class StreamableHttp:
                             if event.event == "message":
                                 await self._deliver_event(event, None)
                 failures = 0
-            except (aiohttp.ClientError, OSError, TimeoutError, EventTooLarge) as exc:
+            except Exception as exc:  # the session goes on without it; its requests still have their answers
                 logger.debug("The GET stream of MCP server %s failed: %s", self.url, exc)
                 failures += 1
             last_id = parser.last_id or last_id

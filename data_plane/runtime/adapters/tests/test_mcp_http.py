@@ -26,7 +26,8 @@ MODES = ["events", "json"]
 
 @contextmanager
 def toolbox_serving(port: int, log: Path, mode: str) -> Iterator[None]:
-    args = [sys.executable, TOOLBOX, "--http", str(port)] + (["--json-response"] if mode == "json" else [])
+    args = [sys.executable, TOOLBOX, "--http", str(port)] + {"json": ["--json-response"],
+                                                              "resumable": ["--resumable"]}.get(mode, [])
 
     def listening() -> bool:
         with socket.socket() as sock:
@@ -155,6 +156,21 @@ def test_a_wrong_endpoint_is_unreachable(served):
                                        "'remote' could not be reached: MCPError: Not Found.")
 
 
+def test_an_event_stream_broken_before_the_answer_is_resumed(tmp_path):
+    port = free_port()
+
+    async def scenario() -> tuple[str, str]:
+        pool = McpSessions(sleep=no_wait, retries=0)  # no second attempt: the first one has to get the answer
+        config = remote(f"http://127.0.0.1:{port}/mcp")
+        interrupted = await pool.call("run-1", config, "interrupted", {})
+        after = await pool.call("run-1", config, "counter", {})
+        await pool.close_all()
+        return interrupted.text, after.text
+
+    with toolbox_serving(port, tmp_path / "toolbox.log", "resumable"):
+        assert asyncio.run(scenario()) == ("answered after the break", "default=1")
+
+
 def test_a_redirect_within_the_endpoint_origin_is_followed(served):
     url, log = served  # Starlette sends /mcp/ to /mcp with a 307
 
@@ -198,7 +214,7 @@ def test_discovery_and_a_tools_changed_notification_over_http(served):
         return before, outcome.text, after
 
     before, text, after = asyncio.run(scenario())
-    assert before == ["add", "shout", "counter", "sleep", "grow", "pid", "whoami", "carried"]
+    assert before == ["add", "shout", "counter", "sleep", "grow", "interrupted", "pid", "whoami", "carried"]
     assert text == "grown" and seen == [("run-1", "remote")] and after == before + ["grown"]
 
 
@@ -217,7 +233,7 @@ def test_events_are_read_across_chunks_whatever_the_line_ends():
 
 def test_an_event_with_an_id_and_no_data_is_only_a_resumption_point():
     parser = EventParser()
-    assert parser.feed(b"id: 42\nretry: 250\n\n") == []
+    assert parser.feed(b"id: 42\nretry: 250\ndata: \n\n") == []
     assert (parser.last_id, parser.retry_ms) == ("42", 250)
 
 
