@@ -1,16 +1,15 @@
 """An MCP server for the tests, written with the official SDK: ``python tests/mcp_servers/toolbox.py``
-[--http PORT [--json-response] [--resumable] [--session-idle-seconds S]] [--name NAME] [--changes FILE]. Over
-stdio by default, or streamable HTTP on PORT (path /mcp), answering requests with event streams (the SDK's
-default) or, with ``--json-response``, with JSON bodies; ``--resumable`` keeps its events in memory so that a
-client can resume a broken stream with Last-Event-ID; a session unused for S seconds is forgotten (its id then
-answers 404).
+[--http PORT [--json-response] [--resumable]] [--name NAME] [--changes FILE]. Over stdio by default, or
+streamable HTTP on PORT (path /mcp), answering requests with event streams (the SDK's default) or, with
+``--json-response``, with JSON bodies; ``--resumable`` keeps its events in memory so that a client can resume a
+broken stream with Last-Event-ID.
 With ``--changes``, the file (read at start) can hold ``extra`` (one more tool, ``extra``) and ``no-shout``
 (``shout`` is not offered): a way to change the server's tools between two discoveries.
 
 Tools: ``add`` (a + b), ``shout`` (text upper-cased), ``counter`` (a per-session count: state kept by a
 stateful server between calls of one session), ``sleep`` (waits, to test timeouts), ``pid`` (its process),
 ``grow`` (adds a tool ``grown`` and notifies the client that the tool list changed),
-``whoami`` (the environment variable TOOLBOX_IDENTITY, to see which credentials a call carried) and ``carried``
+``whoami`` (the environment variable TOOLBOX_IDENTITY, to see which credentials a call carried), ``carried``
 (what the call's HTTP request and ``_meta`` carried: its Authorization header, its idempotency key), and
 ``interrupted`` (closes its own event stream before it answers: the client has to resume it).
 """
@@ -115,16 +114,13 @@ def main() -> None:
     parser.add_argument("--changes", default=None)
     parser.add_argument("--json-response", action="store_true")
     parser.add_argument("--resumable", action="store_true")
-    parser.add_argument("--session-idle-seconds", type=float, default=None)
     args = parser.parse_args()
     changes = set(open(args.changes).read().split()) if args.changes and os.path.exists(args.changes) else set()
     server = build(args.name, changes)
     if args.http is None:
         server.run("stdio")
     else:
-        options: dict[str, object] = {"session_idle_timeout": args.session_idle_seconds} if args.session_idle_seconds else {}
-        if args.resumable:
-            options.update(event_store=EventLog(), retry_interval=100)
+        options = {"event_store": EventLog(), "retry_interval": 100} if args.resumable else {}
         server.run("streamable-http", host="127.0.0.1", port=args.http, json_response=args.json_response, **options)
 
 

@@ -147,12 +147,13 @@ class StreamableHttp:
                                                    MemoryObjectSendStream[SessionMessage]]]:
         inbox, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         write_stream, outbox = anyio.create_memory_object_stream[SessionMessage](0)
-        connector = aiohttp.TCPConnector(ssl=_tls(), keepalive_timeout=KEEPALIVE_SECONDS)
         # The proxy from the environment (HTTPS_PROXY, NO_PROXY), as httpx2 honoured it: looked up once, since
         # aiohttp's trust_env looks it up (and .netrc) in a thread on every request, half a millisecond each.
         with contextlib.suppress(LookupError):
             self._proxy, self._proxy_auth = await anyio.to_thread.run_sync(get_env_proxy_for_url, self.url)
-        async with inbox, aiohttp.ClientSession(connector=connector, headers=self.headers, timeout=self.timeout) as http:
+        connector = aiohttp.TCPConnector(ssl=_tls(), keepalive_timeout=KEEPALIVE_SECONDS)
+        http = aiohttp.ClientSession(connector=connector, headers=self.headers, timeout=self.timeout)
+        async with inbox, http:
             self._http, self._inbox = http, inbox
             try:
                 async with anyio.create_task_group() as tasks:

@@ -119,6 +119,31 @@ def test_a_call_that_times_out_is_retried_then_unreachable_and_the_breaker_opens
     assert "circuit open" in fast
 
 
+def test_a_cancelled_call_tells_the_server_and_leaves_the_session_usable(served):
+    url, log = served
+    accepted = len(requests_logged(log, "POST", 202))
+
+    async def scenario() -> tuple[str, float]:
+        pool = McpSessions(sleep=no_wait)
+        config = remote(url)
+        first = (await pool.call("run-1", config, "counter", {})).text
+        call = asyncio.create_task(pool.call("run-1", config, "sleep", {"seconds": 30}))
+        await asyncio.sleep(0.5)
+        call.cancel()  # the run was stopped
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        started = asyncio.get_running_loop().time()
+        second = (await pool.call("run-1", config, "counter", {})).text
+        elapsed = asyncio.get_running_loop().time() - started
+        await pool.close_all()
+        return first + " " + second, elapsed
+
+    texts, elapsed = asyncio.run(scenario())
+    assert texts == "default=1 default=2" and elapsed < 5  # the same session, not held up by the sleeper
+    # notifications/initialized and notifications/cancelled
+    assert len(requests_logged(log, "POST", 202)) - accepted == 2
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_a_server_that_forgot_the_session_is_answered_with_a_new_one(mode, tmp_path):
     port = free_port()
