@@ -3,7 +3,9 @@ streamable HTTP) minus the tool's own time, beside the SDK's bare client on its 
 
 The server is the tests' SDK-built toolbox (tests/mcp_servers/toolbox.py) as its own process; the tool is
 ``add``, whose own time is a few microseconds, so the figure is the platform's cost per call: our session
-pool, breaker and result conversion on top of the SDK and the HTTP round trip.
+pool, breaker and result conversion on top of the SDK's client session, our streamable HTTP transport
+(data_plane/runtime/adapters/mcp_http.py) and the HTTP round trip. The bare client uses the SDK's own
+transport, as any MCP client would out of the box.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from data_plane.models import AgentVersion, McpServer, McpTool, ToolPermission
 from tests.mcp_servers import TOOLBOX
 from tests.processes import free_port
 
-TOOLBOX_TOOLS = ["add", "counter", "grow", "pid", "shout", "sleep", "whoami"]
+TOOLBOX_TOOLS = ["add", "carried", "counter", "grow", "interrupted", "pid", "shout", "sleep", "whoami"]
 
 
 def post(client, path, body, key):
@@ -94,7 +94,8 @@ def test_refresh_adds_changes_and_deactivates_tools_and_bumps_the_catalogue_vers
     response = post(client, f"/v1/mcp-servers/{server['id']}/refresh", {}, tenant_a.key)
     # then
     assert response.status_code == 200
-    assert response.json()["tools"] == ["toolbox__add", "toolbox__counter", "toolbox__extra", "toolbox__grow", "toolbox__pid", "toolbox__sleep",
+    assert response.json()["tools"] == ["toolbox__add", "toolbox__carried", "toolbox__counter", "toolbox__extra",
+                                        "toolbox__grow", "toolbox__interrupted", "toolbox__pid", "toolbox__sleep",
                                         "toolbox__whoami"]
     assert response.json()["catalogue_version"] == 2
     with schema_context(tenant_a.schema):

@@ -1,5 +1,6 @@
 """Tenants' MCP servers through the official ``mcp`` SDK client: discovery, and tool calls on sessions that
-live as long as a run needs them.
+live as long as a run needs them. A remote server's session runs on our streamable HTTP transport (mcp_http:
+the SDK's own opened a connection per call), a local one on the SDK's stdio transport.
 
 One session per run and server, reused across that run's calls (a stateful server keeps its state between
 them) and closed when the run stops working (or after ``IDLE_SECONDS`` unused). A session is owned by a task
@@ -19,12 +20,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx2
 from mcp import Client, StdioServerParameters
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types.jsonrpc import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
+from data_plane.runtime.adapters.mcp_http import StreamableHttp
 from data_plane.runtime.core.ports import ToolUnavailable
 
 logger = logging.getLogger(__name__)
@@ -78,10 +78,11 @@ class McpUnreachable(ToolUnavailable):
 
 
 def _transport(config: ServerConfig) -> Any:
+    """What the SDK's client session runs on: our streamable HTTP transport (see mcp_http), or the SDK's stdio."""
     if config.transport == "http":
-        client = httpx2.AsyncClient(headers=dict(config.headers),
-                                    timeout=httpx2.Timeout(config.timeout_seconds, read=config.timeout_seconds * 10))
-        return streamable_http_client(config.url, http_client=client)
+        return StreamableHttp(config.url, headers=config.headers,
+                              connect_seconds=max(CONNECT_SECONDS, config.timeout_seconds),
+                              read_seconds=config.timeout_seconds * 10).connect()
     return StdioServerParameters(command=config.command, args=list(config.args), env={**BASE_ENV, **config.env},
                                  cwd=config.cwd)
 
@@ -146,8 +147,8 @@ class _Session:
         if client is None:
             raise McpUnreachable(f"The session to MCP server {self.config.name!r} is closed.")
         self.used_at = time.monotonic()
-        result = await asyncio.wait_for(client.call_tool(name, dict(arguments), meta=dict(meta)),
-                                        self.config.timeout_seconds)
+        async with asyncio.timeout(self.config.timeout_seconds):  # in this task: wait_for would start another
+            result = await client.call_tool(name, dict(arguments), meta=dict(meta))
         return _outcome(result)
 
 

@@ -35,7 +35,7 @@ def alive(pid: int) -> bool:
 
 def test_discovery_lists_every_tool_with_its_schema():
     tools = asyncio.run(discover(toolbox()))
-    assert [t.name for t in tools] == ["add", "shout", "counter", "sleep", "grow", "pid", "whoami"]
+    assert [t.name for t in tools] == ["add", "shout", "counter", "sleep", "grow", "interrupted", "pid", "whoami", "carried"]
     assert tools[0].input_schema["required"] == ["a", "b"] and tools[0].description == "Add two integers."
 
 
