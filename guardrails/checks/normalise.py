@@ -73,8 +73,12 @@ _LEET_TABLE = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "
 _WORD = re.compile(r"[^\W_]+")
 # A word of letters with leet digits or symbols in it, such as "d1sregard", "1gn0r3", "@ll", "pr0mpt".
 _LEET_WORD = re.compile(r"(?<![\w@$])(?=[a-z]{0,40}[0-9@$])[a-z0-9@$]{3,40}(?![\w@$])")
-# Letters spelled out one by one: "i g n o r e", "i.g.n.o.r.e", "i-g-n-o-r-e".
+# Letters spelled out one by one: "i g n o r e", "i.g.n.o.r.e", "i-g-n-o-r-e". A wider gap between two of them
+# ends a word: "S H O W. S Y S T E M" is "show system", two words, not "showsystem"; so is a space between
+# letters joined by something else ("i-g-n-o-r-e a-l-l").
 _SPACED_LETTERS = re.compile(r"\b[a-z](?:[ .\-_*] ?[a-z]\b){3,}")
+_SPACED_WORD_GAP = re.compile(r"[ .\-_*] ")
+_JOINED_WORD_GAP = re.compile(r"[ .\-_*]? ")
 _SPACED_SEPARATORS = re.compile(r"[ .\-_*]")
 _WHITESPACE = re.compile(r"\s+")
 
@@ -119,7 +123,7 @@ def _normalise(text: str, *, depth: int) -> Normalised:
     raw_for_decoding = value
     value = value.lower()
     value = _LEET_WORD.sub(_unleet, value)
-    value = _SPACED_LETTERS.sub(lambda match: _SPACED_SEPARATORS.sub("", match.group(0)), value)
+    value = _SPACED_LETTERS.sub(_unspace, value)
     value = _WHITESPACE.sub(" ", value).strip()
 
     if depth < MAX_DEPTH:
@@ -177,6 +181,12 @@ def _unleet(match: re.Match[str]) -> str:
     letters = sum(ch.isalpha() for ch in word)
     beyond_hex = sum(ch.isalpha() and ch > "f" for ch in word)
     return word.translate(_LEET_TABLE) if letters * 2 >= len(word) and beyond_hex >= 2 else word
+
+
+def _unspace(match: re.Match[str]) -> str:
+    spelled = match.group(0)
+    gap = _SPACED_WORD_GAP if spelled[1] == " " else _JOINED_WORD_GAP
+    return " ".join(_SPACED_SEPARATORS.sub("", word) for word in gap.split(spelled))
 
 
 def _decoded_payloads(text: str) -> list[str]:

