@@ -22,9 +22,9 @@ How the data is made (deterministic, seeded):
 - Queries (not stored): ``QUERIES`` (300), two thirds fresh perturbations of random bases with their
   re-filled texts, one third held-out real sentences (new fillings of the templates, embedded for real).
 
-Ingest: the HNSW index is dropped, the rows go in by binary COPY (the generated tsvector and the other
-indexes maintained as they go), then the index is created again from its own definition (m=16,
-ef_construction=64, the migration's) and the table analysed. ``memory_remember`` is measured separately on
+Ingest: the HNSW index is dropped, the rows go in by binary COPY (the tsvector, which a trigger fills,
+and the other indexes maintained as they go), then the index is created again from its own definition
+(m=24, ef_construction=128, the migration's) and the table analysed. ``memory_remember`` is measured separately on
 ``REMEMBER`` (500) new real sentences in batches of 100 with the index in place: it embeds, looks for a
 near-duplicate in the scope and writes an audit row per memory.
 """
@@ -68,9 +68,9 @@ SEED = 20240611
 COPY_CHUNK = 20000
 
 COLUMNS = ("id", "text", "kind", "agent", "end_user", "tags", "metadata", "source", "source_run_id", "embedding",
-           "embedding_model", "merged_count", "created_by", "created_at", "updated_at", "expires_at")
+           "embedding_model", "merged_count", "created_by", "created_at", "updated_at", "expires_at", "sealed_text")
 COPY_TYPES = ["uuid", "text", "varchar", "varchar", "varchar", "varchar[]", "jsonb", "varchar", "uuid", "vector",
-              "varchar", "int4", "varchar", "timestamptz", "timestamptz", "timestamptz"]
+              "varchar", "int4", "varchar", "timestamptz", "timestamptz", "timestamptz", "text"]
 
 # Figures beside BENCH.md's targets (run.py prints them as diagnostics).
 DIAGNOSTICS: dict[str, str] = {
@@ -283,7 +283,7 @@ class DataSet:
                        "" if agent_draw[i] < 0.01 else f"agent-{agents[i]}",
                        "" if kind == "lesson" else f"user-{users[i]}", tags, Jsonb({"topic": topic}),
                        "extraction" if kind_draw[i] < 0.7 else "api", None, vectors[i], LOCAL_MODEL_ID,
-                       0, "bench", created, created, expiry if expire_draw[i] < 0.05 else None)
+                       0, "bench", created, created, expiry if expire_draw[i] < 0.05 else None, "")
 
     def queries(self, *, count: int, seed: int) -> list[tuple[str, str, np.ndarray]]:
         """(kind, text, vector): two thirds perturbations of random bases, one third held-out sentences."""
