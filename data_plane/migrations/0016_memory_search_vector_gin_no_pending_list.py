@@ -19,7 +19,7 @@ BACKWARD = "ALTER INDEX memory_search_vector_gin RESET (fastupdate);"
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("data_plane", "0014_merge_0013_experiments_0013_routing_policies"),
+        ("data_plane", "0015_runmessage_inline_uncompressed"),
     ]
 
     operations = [
