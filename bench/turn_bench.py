@@ -1,7 +1,7 @@
 """Turns through the API, Celery and back: two real Celery workers and the zero-latency in-process model.
 
-Two worker processes (``celery -A control_plane worker``, the threads pool with 16 threads each, as production
-runs them: see WORKER_POOL) consume a queue of this benchmark's own, with ``LLM_API_BASE=inprocess`` (the scripted
+Two worker processes (``celery -A control_plane worker``, the threads pool production runs, 8 threads each:
+see WORKER_POOL) consume a queue of this benchmark's own, with ``LLM_API_BASE=inprocess`` (the scripted
 scenarios played in the worker: data_plane/runtime/adapters/scripted.py). The agent runs one turn: one llm
 node with ``openai/echo`` (answers at once), then end.
 
@@ -98,12 +98,14 @@ _LOG_LINE = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\b.*? Task da
 
 # --- the workers ----------------------------------------------------------------------------------------
 
-# The workers run as production runs them (README.md: the threads pool, a step's I/O on the process's event
-# loop), so a process overlaps its steps' waits on the database and the broker. 16 threads a process keep two
-# processes' connections under the embedded Postgres's max_connections (100); production's 64 need PgBouncer.
+# The workers run the pool production runs (README.md: threads, a step's I/O on the process's event loop), so
+# a process overlaps its steps' waits on the database and the broker. With a zero-latency model a step is all
+# CPU, and threads beyond a few only contend for the GIL: on this 2-core machine, quiet, 4 threads a process
+# gave 215 turns/s, 8 gave 178-217, 16 gave 155-186 and 32 gave 155 (machine-wide CPU per turn 8.7, 8.7-10.7,
+# 10.2-12.4, 12.5 ms). Production sizes threads for its slow model calls (a thread waits out its step).
 # BENCH_WORKER_POOL=prefork BENCH_WORKER_THREADS=1 measures one step at a time per process, as before.
 WORKER_POOL = os.environ.get("BENCH_WORKER_POOL", "threads")
-WORKER_THREADS = int(os.environ.get("BENCH_WORKER_THREADS", "16"))
+WORKER_THREADS = int(os.environ.get("BENCH_WORKER_THREADS", "8"))
 
 
 def worker_env() -> dict[str, str]:
