@@ -304,3 +304,35 @@ def test_invalid_context_settings_are_refused_with_their_path(raw, path):
     with pytest.raises(GraphInvalid) as invalid:
         spec_from_json({"instructions": "x", "models": ["m"], "context": raw})
     assert [e["path"] for e in invalid.value.errors] == [path]
+
+
+class CountingWords(Words):
+    """Words, recording how many messages each count was asked for."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def count(self, *, model, messages=(), tools=()) -> int:
+        self.sizes.append(len(messages))
+        return super().count(model=model, messages=messages, tools=tools)
+
+
+def test_a_growing_conversation_is_counted_a_message_at_a_time_never_whole():
+    """A tokenizer's cost grows with what it is given: at each step only the new messages are counted, one at a
+    time; the whole conversation is never handed to the counter again (not for the request's total either)."""
+    counter = CountingWords()
+    meter = Meter(counter=counter, recalls_memories=True)
+    s = spec(max_input_tokens=100_000, pinned_facts=["Be kind."])
+    messages = [user(0)]
+    for turn in range(1, 40):
+        counter.sizes.clear()
+        request = request_for(s, state_of(*messages), meter)
+        # the new message and the system message's parts, one at a time: as many counts at turn 39 as at turn 1
+        assert max(counter.sizes) <= 1 and len(counter.sizes) <= 6
+        exact = Words().count(model="m1", messages=request.messages, tools=request.tools)
+        assert request.metadata["context"]["tokens"] == exact
+        counter.sizes.clear()
+        remembered = context.with_memories(request, ["The user is Ada."], counter)
+        assert max(counter.sizes) <= 1
+        assert remembered.metadata["context"]["tokens"] == Words().count(model="m1", messages=remembered.messages)
+        messages.append(assistant(turn) if turn % 2 else user(turn))
