@@ -31,11 +31,10 @@ from common.actors import Actor
 from common.commits import ASYNC_COMMIT
 from common.schemas import in_schema
 from common.timestamps import format_ts
-from control_plane.audit.services import audit_event_record
 from data_plane import streams
 from data_plane.guarding import OutputBlocked, RunGuard
 from data_plane.models import Approval, EffectRecord, Run
-from data_plane.runtime.adapters.checkpoints import CommitResult, Fenced, LoadedCheckpoint, PostgresCheckpointStore
+from data_plane.runtime.adapters.checkpoints import AuditEntry, CommitResult, Fenced, LoadedCheckpoint, PostgresCheckpointStore
 from data_plane.runtime.core import context, machine
 from data_plane.runtime.core.context import SUMMARY_KEY, EstimatedTokens, Meter
 from data_plane.runtime.core.machine import CallModel, CallTool, Command, EffectFailed, StartSubRun, SubRunResult
@@ -52,6 +51,7 @@ from data_plane.spending import HeldSpend, SpendGuard, SpendRefused
 from guardrails.selectors import Outcome, Pipeline
 
 logger = logging.getLogger(__name__)
+RUNTIME = Actor(kind="system", id="runtime")  # the actor of what a run does by itself (its audit events)
 
 RUNNABLE = ("queued", "running")
 TERMINAL = ("completed", "failed", "cancelled")
@@ -603,29 +603,29 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         checkpoint_id = uuid.uuid4()
         events = _step_events(commands, results, step, checkpoint_id, previous, state, run_status, sent or {},
                               extra_events)
-        joined = state.pending_approval is not None or (self.tenant is not None and (
-            run_status != "running" or any(isinstance(c, CallTool) for c in commands)))
-        # The commit is one statement. When no other row joins it (an approval, audit events), it is its own
-        # transaction (autocommit): as atomic and as durable, without the BEGIN and COMMIT round trips.
+        # The step's tool calls and the run's end go to the tenant's audit log in the commit statement itself.
+        audit: list[AuditEntry] = []
+        if self.tenant is not None:
+            audit.extend(_tool_call_audit(run_id, step, command, results[command.key],
+                                          agent_version_id=claim.agent_version_id)
+                         for command in commands if isinstance(command, CallTool) and command.key in results)
+            if run_status != "running":
+                audit.append(AuditEntry(actor_kind=RUNTIME.kind, actor_id=RUNTIME.id, action=f"run.{run_status}",
+                                        target_type="run", target_id=str(run_id), data={"step": step}))
+        joined = state.pending_approval is not None
+        # The commit is one statement. When no other row joins it (an approval), it is its own transaction
+        # (autocommit): as atomic and as durable, without the BEGIN and COMMIT round trips.
         alone = not joined and not connection.in_atomic_block and connection.get_autocommit()
         try:
             with nullcontext() if alone else transaction.atomic():
                 committed = store.commit(run_id=run_id, expected_version=claim.version, checkpoint_id=checkpoint_id,
                                          parent_id=parent_id, step=step, previous=previous, state=state,
                                          run_status=run_status, reason=(state.error or {}).get("message", ""),
-                                         events=events, release_lease=not continues, lease_seconds=self.lease_seconds)
+                                         events=events, release_lease=not continues, lease_seconds=self.lease_seconds,
+                                         audit=audit)
                 if joined:
                     with in_schema(self.schema):
                         record_pending_approval(run_id, state)
-                        if self.tenant is not None:
-                            for command in commands:
-                                if isinstance(command, CallTool) and command.key in results:
-                                    _audit_tool_call(self.tenant, run_id, step, command, results[command.key],
-                                                     agent_version_id=claim.agent_version_id)
-                            if run_status != "running":
-                                audit_event_record(tenant=self.tenant, actor=Actor(kind="system", id="runtime"),
-                                                   action=f"run.{run_status}", target_type="run",
-                                                   target_id=str(run_id), data={"step": step})
         except Fenced:
             self._stopped(run_id)
             return StepOutcome(kind="fenced", step=parent_step), None
@@ -857,8 +857,8 @@ def _step_events(commands: list[Command], results: dict[str, machine.EffectResul
     return events
 
 
-def _audit_tool_call(tenant: Any, run_id: UUID, step: int, command: CallTool, result: Any, *,
-                     agent_version_id: UUID) -> None:
+def _tool_call_audit(run_id: UUID, step: int, command: CallTool, result: Any, *,
+                     agent_version_id: UUID) -> AuditEntry:
     name = command.call.name
     data: dict[str, Any] = {"run_id": str(run_id), "step": step, "agent_version_id": str(agent_version_id),
                             "tool": name, "server": name.split("__", 1)[0] if "__" in name else None,
@@ -866,5 +866,5 @@ def _audit_tool_call(tenant: Any, run_id: UUID, step: int, command: CallTool, re
     if isinstance(result, ToolResult):
         data.update(status="error" if result.is_error else "ok", latency_ms=result.latency_ms,
                     result_bytes=len(result.content.encode()))
-    audit_event_record(tenant=tenant, actor=Actor(kind="system", id="runtime"), action="tool.call",
-                       target_type="run", target_id=str(run_id), data=data)
+    return AuditEntry(actor_kind=RUNTIME.kind, actor_id=RUNTIME.id, action="tool.call", target_type="run",
+                      target_id=str(run_id), data=data)

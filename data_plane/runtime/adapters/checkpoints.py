@@ -2,8 +2,8 @@
 behind a transaction-pooling PgBouncer where a session's search_path cannot be trusted.
 
 A commit is one statement: the fenced update of the run (refused unless the caller holds the version it
-read), the checkpoint row, the appended messages, the changed values and the step's events. Bytes
-written per step are what the step changed, whatever the length of the conversation.
+read), the checkpoint row, the appended messages, the changed values, the step's events and its audit
+events. Bytes written per step are what the step changed, whatever the length of the conversation.
 
 Given a cipher that ``encrypts_payloads`` (the tenant's policy), the store seals each appended message, each
 changed value and the checkpoint's control (all but ``message_count``, which the reads' SQL needs), every one
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
@@ -72,6 +72,22 @@ class CommitResult:
 
 
 @dataclass(frozen=True)
+class AuditEntry:
+    """An event for the tenant's audit log (control_plane.audit's AuditEvent), written with a commit."""
+
+    actor_kind: str
+    actor_id: str
+    action: str
+    target_type: str = ""
+    target_id: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"actor_kind": self.actor_kind, "actor_id": self.actor_id, "action": self.action,
+                "target_type": self.target_type, "target_id": self.target_id, "data": dict(self.data)}
+
+
+@dataclass(frozen=True)
 class LoadedCheckpoint:
     id: UUID
     run_id: UUID
@@ -121,8 +137,20 @@ WITH fence AS (
   INSERT INTO {q}data_plane_runevent (run_id, seq, type, data, created_at)
   SELECT %(run_id)s, fence.base_seq + e.ord, e.value->>'type', e.value->'data', now()
   FROM fence, jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS e(value, ord)
-)
+){{audit}}
 SELECT version, pause_requested, base_seq, now() FROM fence"""
+        # The step's audit events, in the same statement (and so the same transaction) as the checkpoint: the
+        # audit log's insert trigger numbers, links and hashes each one and holds the tenant's chain lock until
+        # the statement commits. Inserted after the fence (they read from it), so nothing is logged for a
+        # writer that was fenced off. A commit without audit events uses the statement without this part.
+        audited = f""", audit AS (
+  INSERT INTO {q}audit_auditevent (id, occurred_at, actor_kind, actor_id, action, target_type, target_id, data)
+  SELECT gen_random_uuid(), now(), a.value->>'actor_kind', a.value->>'actor_id', a.value->>'action',
+         a.value->>'target_type', a.value->>'target_id', a.value->'data'
+  FROM fence, jsonb_array_elements(%(audit)s::jsonb) WITH ORDINALITY AS a(value, ord) ORDER BY a.ord
+)"""
+        self._audited_commit_sql = self._commit_sql.replace("{audit}", audited)
+        self._commit_sql = self._commit_sql.replace("{audit}", "")
         messages_of = (f"SELECT string_agg(m.message, ',' ORDER BY m.seq) FROM {q}data_plane_runmessage m "
                        "WHERE m.run_id = {run} AND m.seq >= {first} AND m.seq < {upto}")
         # Each value as [value, step, sealed value]: a sealed one is opened in Python, bound to its step.
@@ -147,8 +175,12 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
     def commit(self, *, run_id: UUID, expected_version: int, checkpoint_id: UUID, parent_id: UUID | None, step: int,
                previous: RunState | None, state: RunState, run_status: str, reason: str = "",
                events: Sequence[Mapping[str, Any]] = (), release_lease: bool = False,
-               lease_seconds: float = 30.0, changed_values: Mapping[str, Any] | None = None) -> CommitResult:
+               lease_seconds: float = 30.0, changed_values: Mapping[str, Any] | None = None,
+               audit: Sequence[AuditEntry] = ()) -> CommitResult:
         """Commit ``state`` as the run's next checkpoint. Raises Fenced when the version moved on.
+
+        ``audit`` events (a tool call, the run's end) are appended to the tenant's audit log by the same
+        statement: a step's tool calls are logged exactly when, and only if, the step commits.
 
         Releasing the lease hands the run to whichever task is dispatched for this step next; keeping it
         extends it by ``lease_seconds`` (the writer goes on with the next step itself). Runs in the caller's
@@ -181,8 +213,10 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
             "control": _dumps(control), "first_seq": old_count, "sealed": cipher is not None,
             "messages": _dumps(messages), "values": _dumps(values), "events": _dumps(list(events)),
         }
+        if audit:
+            params["audit"] = _dumps([entry.to_json() for entry in audit])
         with self.connection.cursor() as cursor:
-            cursor.execute(self._commit_sql, params)
+            cursor.execute(self._audited_commit_sql if audit else self._commit_sql, params)
             row = cursor.fetchone()
         if row is None:
             raise Fenced(f"Run {run_id} moved past version {expected_version}; this writer stops.")

@@ -111,3 +111,33 @@ def test_a_fork_reads_its_source_history_and_its_own_changes(tenant_a):
     # the original branch is untouched
     assert store.load(c1).state == s1
     assert store.load(c0).state == s0
+
+
+def test_audit_events_are_written_by_the_commit_statement_and_chained(tenant_a):
+    """A step's audit events go into the tenant's audit log with its checkpoint, in the one statement: numbered,
+    linked and hashed by the log's trigger like any other event; a fenced writer logs nothing."""
+    from control_plane.audit.models import AuditEvent
+    from control_plane.audit.selectors import audit_chain_verify
+    from data_plane.runtime.adapters.checkpoints import AuditEntry
+
+    store = PostgresCheckpointStore(schema=tenant_a.schema, connection=connection)
+    run = new_run(tenant_a.schema)
+    before = AuditEvent.objects.count()
+    audit = [AuditEntry(actor_kind="system", actor_id="runtime", action="tool.call", target_type="run",
+                        target_id=str(run.id), data={"tool": "calculator", "arguments": {"expression": "1+1"}}),
+             AuditEntry(actor_kind="system", actor_id="runtime", action="run.completed", target_type="run",
+                        target_id=str(run.id), data={"step": 0})]
+    checkpoint_id = uuid.uuid4()
+    store.commit(run_id=run.id, expected_version=0, checkpoint_id=checkpoint_id, parent_id=None, step=0,
+                 previous=None, state=state_with(1), run_status="running", audit=audit)
+    logged = list(AuditEvent.objects.order_by("seq")[before:])
+    assert [(e.action, e.actor_kind, e.actor_id, e.target_type, e.target_id, e.data) for e in logged] == [
+        (a.action, a.actor_kind, a.actor_id, a.target_type, a.target_id, a.data) for a in audit]
+    assert logged[1].seq == logged[0].seq + 1 and logged[1].prev_hash == logged[0].hash and logged[0].hash
+    report = audit_chain_verify(tenant_schema=tenant_a.schema)
+    assert report.ok and report.head_seq == logged[-1].seq
+
+    with pytest.raises(Fenced):  # a writer that lost the run: neither checkpoint nor audit events
+        store.commit(run_id=run.id, expected_version=0, checkpoint_id=uuid.uuid4(), parent_id=checkpoint_id, step=1,
+                     previous=state_with(1), state=state_with(2), run_status="running", audit=audit)
+    assert AuditEvent.objects.count() == before + 2
