@@ -1,9 +1,12 @@
 """Checkpoint figures: write latency against a plain INSERT, read-back, bytes per step, and LangGraph's
 PostgresSaver on the same database as the baseline.
 
-Every write goes through the real adapter (PostgresCheckpointStore.commit inside transaction.atomic(),
-as RunStepper._commit does). The floor and LangGraph run interleaved with it, step for step on the same
-conversation, so a noisy neighbour hits all three alike.
+Every write goes through the real adapter the way RunStepper._commit commits a model step: the events the
+executor makes for it (_step_events: the reply's preview, its usage, the checkpoint marker), and the one
+statement in autocommit, its own transaction (a step's commit joins a transaction only when an approval is
+recorded with it). The floor is a plain INSERT of the same bytes, also its own transaction; the same INSERT
+as BEGIN, INSERT, COMMIT (three round trips) is reported beside it. The floors and LangGraph run interleaved
+with ours, step for step on the same conversation, so a noisy neighbour hits them all alike.
 """
 
 from __future__ import annotations
@@ -25,14 +28,16 @@ from langgraph.checkpoint.postgres import PostgresSaver
 
 from bench.measure import percentile, prose, rows_bytes
 from data_plane.runtime.adapters.checkpoints import CommitResult, PostgresCheckpointStore
-from data_plane.runtime.core.messages import Message
+from data_plane.executor import _step_events
+from data_plane.runtime.core.machine import CallModel
+from data_plane.runtime.core.messages import Message, Usage
+from data_plane.runtime.core.ports import ModelReply, ModelRequest
 from data_plane.runtime.core.state import RunState
 from tenants.db_roles import owner_context
 
 MESSAGE_BYTES = 2048
 SEED_MESSAGES = 25  # 25 x 2 KB: the ~50 KB conversation the write figures start from
-USAGE = {"model": "bench/zero", "input_tokens": 10, "output_tokens": 5, "cached_input_tokens": 0, "cost_usd": 0.0,
-         "latency_ms": 0.0, "attempts": 1}
+USAGE = Usage(model="bench/zero", input_tokens=10, output_tokens=5)
 
 
 def conversation_message(index: int) -> Message:
@@ -40,10 +45,16 @@ def conversation_message(index: int) -> Message:
     return Message(role=role, content=prose(MESSAGE_BYTES, seed=index))
 
 
-def step_events(message: Message, checkpoint_id: UUID, step: int) -> list[dict[str, Any]]:
-    """The events a model step commits (executor._step_events): the reply, then the checkpoint marker."""
-    return [{"type": "model.reply", "data": {"node": "llm", "message": message.to_json(), "usage": USAGE}},
-            {"type": "checkpoint.committed", "data": {"checkpoint_id": str(checkpoint_id), "step": step}}]
+def step_events(previous: RunState, state: RunState, checkpoint_id: UUID, step: int) -> list[dict[str, Any]]:
+    """The events the executor commits for a model step that appended the reply (its own _step_events)."""
+    reply = state.messages[-1]
+    context = {"tokens": 3 + len(state.messages) * 520, "budget": 126_000, "summarised_messages": 0,
+               "messages": len(previous.messages), "truncated_messages": 0}  # what fit() reports
+    command = CallModel(key=f"llm:{step}", node_id="llm",
+                        request=ModelRequest(models=("bench/zero",), messages=previous.messages,
+                                             metadata={"context": context}))
+    return _step_events([command], {command.key: ModelReply(message=reply, usage=USAGE)}, step, checkpoint_id,
+                        previous, state, "running")
 
 
 @dataclass(frozen=True)
@@ -79,14 +90,13 @@ class OurConversation:
         new_state = self.state.evolve(messages=self.state.messages + (message,),
                                       values={**self.state.values, "counter": step}, steps=self.state.steps + 1)
         checkpoint_id = uuid.uuid4()
-        events = step_events(message, checkpoint_id, step)
+        events = step_events(self.state, new_state, checkpoint_id, step)
 
-        def timed() -> None:
-            with transaction.atomic():
-                result = self.store.commit(
-                    run_id=self.run_id, expected_version=self.version, checkpoint_id=checkpoint_id,
-                    parent_id=self.head_id, step=step, previous=self.state, state=new_state, run_status="running",
-                    events=events, release_lease=True)
+        def timed() -> None:  # in autocommit, as RunStepper._commit commits a step that no other row joins
+            result = self.store.commit(
+                run_id=self.run_id, expected_version=self.version, checkpoint_id=checkpoint_id,
+                parent_id=self.head_id, step=step, previous=self.state, state=new_state, run_status="running",
+                events=events, release_lease=True)
             self.version, self.head_id, self.step, self.state = result.version, checkpoint_id, step, new_state
             self.last, self.last_event_count = result, len(events)
 
@@ -180,28 +190,36 @@ def bench_write(*, schema: str, start_run: Callable[[], Any], database_url: str,
     with owner_context(), connection.cursor() as cursor:  # DDL: the schema's owner
         cursor.execute(f"CREATE TABLE {table} (id bigserial, payload jsonb)")
     insert_sql = f"INSERT INTO {table} (payload) VALUES (%s::jsonb)"
-    floor = psycopg.connect(database_url, autocommit=False)
+    # plain psycopg connections, their statements prepared as ours are (the settings' prepare_threshold)
+    floor = psycopg.connect(database_url, autocommit=True, prepare_threshold=2)
+    floor_txn = psycopg.connect(database_url, autocommit=False, prepare_threshold=2)
 
     def floor_insert(payload: str) -> Callable[[], None]:
-        def timed() -> None:
-            with floor.cursor() as cursor:  # a plain psycopg connection: BEGIN, INSERT, COMMIT
+        def timed() -> None:  # INSERT, its own transaction: one round trip, committed when it returns
+            floor.execute(insert_sql, [payload])
+        return timed
+
+    def floor_txn_insert(payload: str) -> Callable[[], None]:
+        def timed() -> None:  # BEGIN, INSERT, COMMIT
+            with floor_txn.cursor() as cursor:
                 cursor.execute(insert_sql, [payload])
-            floor.commit()
+            floor_txn.commit()
         return timed
 
     def django_insert(payload: str) -> Callable[[], None]:
         def timed() -> None:
-            with transaction.atomic(), connection.cursor() as cursor:  # the same path our store takes
+            with connection.cursor() as cursor:  # the connection and autocommit our store's commit uses
                 cursor.execute(insert_sql, [payload])
         return timed
 
-    samples: dict[str, list[float]] = {"ours": [], "floor": [], "django": [], "langgraph": []}
+    samples: dict[str, list[float]] = {"ours": [], "floor": [], "floor_txn": [], "django": [], "langgraph": []}
     try:
         for index in range(warmup + steps):
             message = conversation_message(1000 + index)
             prepared = ours.prepare(message)
             payload = prepared.payload()  # the floor writes the same bytes this step writes
-            actions = [("ours", prepared.run), ("floor", floor_insert(payload)), ("django", django_insert(payload)),
+            actions = [("ours", prepared.run), ("floor", floor_insert(payload)),
+                       ("floor_txn", floor_txn_insert(payload)), ("django", django_insert(payload)),
                        ("langgraph", theirs.put([message.to_json()]))]
             rotation = index % len(actions)  # rotate the order so no one always runs right after another's fsync
             for name, action in actions[rotation:] + actions[:rotation]:
@@ -210,10 +228,12 @@ def bench_write(*, schema: str, start_run: Callable[[], Any], database_url: str,
                     samples[name].append(elapsed)
     finally:
         floor.close()
+        floor_txn.close()
     return {
         "checkpoint_write_p50_ms": percentile(samples["ours"], 50),
         "checkpoint_write_p99_ms": percentile(samples["ours"], 99),
         "insert_floor_p50_ms": percentile(samples["floor"], 50),
+        "insert_floor_txn_p50_ms": percentile(samples["floor_txn"], 50),
         "insert_floor_django_p50_ms": percentile(samples["django"], 50),
         "langgraph_put_p50_ms": percentile(samples["langgraph"], 50),
         "langgraph_put_p99_ms": percentile(samples["langgraph"], 99),

@@ -115,7 +115,9 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, float]], bool] | None]] = [
     ("guard_check_secrets_p99_ms", "< 10", lambda f: f["guard_check_secrets_p99_ms"] < 10),
 ]
 DIAGNOSTICS = {
-    "insert_floor_django_p50_ms": "the floor's INSERT through Django's connection in atomic()",
+    "insert_floor_django_p50_ms": "the floor's INSERT through Django's connection (autocommit, as ours)",
+    "insert_floor_txn_p50_ms": "the floor's INSERT as BEGIN, INSERT, COMMIT (three round trips)",
+    "checkpoint_write_vs_txn_floor": "checkpoint_write_p50_ms / insert_floor_txn_p50_ms",
     "langgraph_put_p99_ms": "",
     "langgraph_bytes_step10": "",
     "langgraph_bytes_ratio": "step500 / step10",
@@ -194,6 +196,7 @@ def derive(figures: dict[str, float]) -> None:
               "checkpoint_bytes_ratio": ("checkpoint_bytes_step500", "checkpoint_bytes_step10"),
               "langgraph_bytes_ratio": ("langgraph_bytes_step500", "langgraph_bytes_step10"),
               "checkpoint_write_vs_langgraph_put": ("checkpoint_write_p50_ms", "langgraph_put_p50_ms"),
+              "checkpoint_write_vs_txn_floor": ("checkpoint_write_p50_ms", "insert_floor_txn_p50_ms"),
               "memory_search_ratio_100k": ("memory_search_p99_ms_100k", "memory_search_floor_p99_ms_100k"),
               "memory_search_ratio_1m": ("memory_search_p99_ms_1m", "memory_search_floor_p99_ms_1m")}
     for name, (numerator, denominator) in ratios.items():
