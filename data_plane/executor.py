@@ -34,7 +34,8 @@ from common.timestamps import format_ts
 from data_plane import streams
 from data_plane.guarding import OutputBlocked, RunGuard
 from data_plane.models import Approval, EffectRecord, Run
-from data_plane.runtime.adapters.checkpoints import AuditEntry, CommitResult, Fenced, LoadedCheckpoint, PostgresCheckpointStore
+from data_plane.runtime.adapters.checkpoints import (AuditEntry, CommitResult, Fenced, LoadedCheckpoint,
+                                                    PostgresCheckpointStore)
 from data_plane.runtime.core import context, machine
 from data_plane.runtime.core.context import SUMMARY_KEY, EstimatedTokens, Meter
 from data_plane.runtime.core.machine import CallModel, CallTool, Command, EffectFailed, StartSubRun, SubRunResult

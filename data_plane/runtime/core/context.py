@@ -233,8 +233,9 @@ def fit(draft: ModelRequest, *, state: RunState, instructions: str, settings: Co
             return Overflow(f"The last {len(tail)} messages do not fit in the {room} tokens the context budget of "
                             f"{budget} leaves for them, even truncated. Raise context.max_input_tokens or lower "
                             "context.min_recent_messages.")
-        tail, truncated = fitted
-        costs = [size.message(m) for m in tail]  # the cut messages are new: measured, not kept
+        cut, truncated = fitted  # the same positions: a cut message is a new one, measured (not kept)
+        costs = [cost if kept is message else size.message(kept) for message, kept, cost in zip(tail, cut, costs)]
+        tail = cut
     messages = ((Message(role="system", content=system),) if system else ()) + tuple(tail)
     # The request's tokens as the fitting counted them: its fixed part, the system message and each message's
     # kept size. Counting the whole request again would tokenize the whole conversation at every step (with
