@@ -153,11 +153,20 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
         self._commit_sql = self._commit_sql.replace("{audit}", "")
         messages_of = (f"SELECT string_agg(m.message, ',' ORDER BY m.seq) FROM {q}data_plane_runmessage m "
                        "WHERE m.run_id = {run} AND m.seq >= {first} AND m.seq < {upto}")
-        # Each value as [value, step, sealed value]: a sealed one is opened in Python, bound to its step.
-        values_of = (f"SELECT json_object_agg(v.key, json_build_array(v.value, v.step, v.sealed_value))::text "
-                     f"FROM (SELECT DISTINCT ON (key) key, value, step, sealed_value "
-                     f"FROM {q}data_plane_runvalue WHERE run_id = {{run}} AND step <= {{step}} "
-                     "ORDER BY key, step DESC) v")
+        # Each value as [value, step, sealed value]: a sealed one is opened in Python, bound to its step. The
+        # latest version of each key up to the step, found through the (run, key, step) index: the run's keys
+        # one after another (a skip scan), then each key's latest version, so a read costs the number of keys,
+        # not the number of versions (a value that changes at every step has as many as the run has steps).
+        values_of = (
+            "SELECT json_object_agg(v.key, json_build_array(v.value, v.step, v.sealed_value))::text FROM ("
+            "WITH RECURSIVE keys(key) AS ("
+            f"(SELECT k.key FROM {q}data_plane_runvalue k WHERE k.run_id = {{run}} AND k.step <= {{step}} "
+            "ORDER BY k.key LIMIT 1) UNION ALL "
+            f"SELECT (SELECT k.key FROM {q}data_plane_runvalue k WHERE k.run_id = {{run}} AND k.step <= {{step}} "
+            "AND k.key > keys.key ORDER BY k.key LIMIT 1) FROM keys WHERE keys.key IS NOT NULL) "
+            "SELECT latest.* FROM keys CROSS JOIN LATERAL (SELECT l.key, l.value, l.step, l.sealed_value "
+            f"FROM {q}data_plane_runvalue l WHERE l.run_id = {{run}} AND l.key = keys.key AND l.step <= {{step}} "
+            "ORDER BY l.step DESC LIMIT 1) latest) v")
         # One round trip for a run's own checkpoint: the row, its run's lineage, and the run's messages
         # (joined into a JSON array's body, parsed in one call) and latest values up to it.
         self._checkpoint_sql = (

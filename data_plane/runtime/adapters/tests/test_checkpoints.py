@@ -141,3 +141,23 @@ def test_audit_events_are_written_by_the_commit_statement_and_chained(tenant_a):
         store.commit(run_id=run.id, expected_version=0, checkpoint_id=uuid.uuid4(), parent_id=checkpoint_id, step=1,
                      previous=state_with(1), state=state_with(2), run_status="running", audit=audit)
     assert AuditEvent.objects.count() == before + 2
+
+
+def test_every_checkpoint_reads_back_the_values_as_they_were_at_its_step(tenant_a):
+    """Values that change at different rates, one first set late and one set to null: each checkpoint, not only
+    the last, reads back exactly the values committed with it (the latest version of each key up to its step)."""
+    store = PostgresCheckpointStore(schema=tenant_a.schema, connection=connection)
+    run = new_run(tenant_a.schema)
+    previous, parent, version, committed = None, None, 0, []
+    for step in range(25):
+        values = {"a_every_step": step, "m_every_third": step // 3, "z_constant": {"kind": "same"}}
+        if step >= 10:
+            values["b_from_ten"] = [step % 4]
+        if step >= 20:
+            values["m_every_third"] = None
+        state = state_with(step + 1, **values)
+        parent, result = commit(store, run, version=version, step=step, previous=previous, state=state, parent=parent)
+        previous, version = state, result.version
+        committed.append((parent, state))
+    for checkpoint_id, state in committed:
+        assert store.load(checkpoint_id).state == state
