@@ -31,11 +31,11 @@ from common.actors import Actor
 from common.commits import ASYNC_COMMIT
 from common.schemas import in_schema
 from common.timestamps import format_ts
+from control_plane.audit.sql import AuditEntry
 from data_plane import streams
 from data_plane.guarding import OutputBlocked, RunGuard
 from data_plane.models import Approval, EffectRecord, Run
-from data_plane.runtime.adapters.checkpoints import (AuditEntry, CommitResult, Fenced, LoadedCheckpoint,
-                                                    PostgresCheckpointStore)
+from data_plane.runtime.adapters.checkpoints import CommitResult, Fenced, LoadedCheckpoint, PostgresCheckpointStore
 from data_plane.runtime.core import context, machine
 from data_plane.runtime.core.context import SUMMARY_KEY, EstimatedTokens, Meter
 from data_plane.runtime.core.machine import CallModel, CallTool, Command, EffectFailed, StartSubRun, SubRunResult

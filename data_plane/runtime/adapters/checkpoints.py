@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
+from control_plane.audit.sql import AuditEntry, audit_insert_part
 from data_plane.runtime.core.messages import Message
 from data_plane.runtime.core.state import RunState
 
@@ -69,22 +70,6 @@ class CommitResult:
     pause_requested: bool
     first_event_seq: int
     committed_at: datetime  # the transaction's time: every event of the commit carries it
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    """An event for the tenant's audit log (control_plane.audit's AuditEvent), written with a commit."""
-
-    actor_kind: str
-    actor_id: str
-    action: str
-    target_type: str = ""
-    target_id: str = ""
-    data: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"actor_kind": self.actor_kind, "actor_id": self.actor_id, "action": self.action,
-                "target_type": self.target_type, "target_id": self.target_id, "data": dict(self.data)}
 
 
 @dataclass(frozen=True)
@@ -139,16 +124,10 @@ WITH fence AS (
   FROM fence, jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS e(value, ord)
 ){{audit}}
 SELECT version, pause_requested, base_seq, now() FROM fence"""
-        # The step's audit events, in the same statement (and so the same transaction) as the checkpoint: the
-        # audit log's insert trigger numbers, links and hashes each one and holds the tenant's chain lock until
-        # the statement commits. Inserted after the fence (they read from it), so nothing is logged for a
-        # writer that was fenced off. A commit without audit events uses the statement without this part.
-        audited = f""", audit AS (
-  INSERT INTO {q}audit_auditevent (id, occurred_at, actor_kind, actor_id, action, target_type, target_id, data)
-  SELECT gen_random_uuid(), now(), a.value->>'actor_kind', a.value->>'actor_id', a.value->>'action',
-         a.value->>'target_type', a.value->>'target_id', a.value->'data'
-  FROM fence, jsonb_array_elements(%(audit)s::jsonb) WITH ORDINALITY AS a(value, ord) ORDER BY a.ord
-)"""
+        # The step's audit events, in the same statement (and so the same transaction) as the checkpoint, by
+        # the audit log's own part (control_plane.audit.sql): after the fence, so a writer that was fenced off
+        # logs nothing. A commit without audit events uses the statement without this part.
+        audited = ", " + audit_insert_part(qualifier=q, param="audit", after="fence")
         self._audited_commit_sql = self._commit_sql.replace("{audit}", audited)
         self._commit_sql = self._commit_sql.replace("{audit}", "")
         messages_of = (f"SELECT string_agg(m.message, ',' ORDER BY m.seq) FROM {q}data_plane_runmessage m "

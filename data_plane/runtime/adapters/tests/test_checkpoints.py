@@ -118,7 +118,7 @@ def test_audit_events_are_written_by_the_commit_statement_and_chained(tenant_a):
     linked and hashed by the log's trigger like any other event; a fenced writer logs nothing."""
     from control_plane.audit.models import AuditEvent
     from control_plane.audit.selectors import audit_chain_verify
-    from data_plane.runtime.adapters.checkpoints import AuditEntry
+    from control_plane.audit.sql import AuditEntry
 
     store = PostgresCheckpointStore(schema=tenant_a.schema, connection=connection)
     run = new_run(tenant_a.schema)
