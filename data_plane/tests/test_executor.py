@@ -138,3 +138,26 @@ def test_a_retried_run_does_not_pay_again_for_what_was_recorded(tenant):
     with schema_context(tenant.schema):
         reused = list(EffectRecord.objects.filter(run=run).exclude(reused_from=None).values_list("key", flat=True))
     assert reused == ["fast"]
+
+
+def test_a_runs_tool_calls_and_its_end_are_in_the_audit_log_with_the_steps_that_made_them(tenant):
+    """The commit statement writes them: each tool call at the step that recorded its result, the run's end at
+    its last step, by the runtime, in a chain that verifies."""
+    from control_plane.audit.models import AuditEvent
+    from control_plane.audit.selectors import audit_chain_verify
+
+    run, dispatched = start(tenant), []
+    stepper = stepper_for(tenant, FakeChatModel(REPLIES), dispatched, steps_per_task=10)
+    outcome = stepper.run_step(run.id, 0)
+    assert (outcome.run_status, outcome.step) == ("completed", 5)
+    with schema_context(tenant.schema):
+        logged = [(e.action, e.actor_kind, e.actor_id, e.data) for e in
+                  AuditEvent.objects.filter(target_id=str(run.id)).exclude(action="run.start").order_by("seq")]
+        report = audit_chain_verify(tenant_schema=tenant.schema)
+    [(call_action, *call_actor, call), (end_action, *end_actor, end)] = logged
+    assert (call_action, call_actor, end_action, end_actor) == (
+        "tool.call", ["system", "runtime"], "run.completed", ["system", "runtime"])
+    assert (call["tool"], call["arguments"], call["status"], call["step"]) == (
+        "calculator", {"expression": "6*7"}, "ok", 3)
+    assert end == {"step": 5}
+    assert report.ok

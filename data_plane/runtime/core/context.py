@@ -296,9 +296,8 @@ def with_memories(request: ModelRequest, memories: Sequence[str], counter: Token
     else:
         messages.insert(0, Message(role="system", content=section))
         added = size.system(section)
-    # the fitted count plus what the memories added (not the whole conversation counted again: see fit)
-    context["tokens"] = (context["tokens"] + added if "tokens" in context
-                         else counter.count(model=request.models[0], messages=messages, tools=request.tools))
+    # fit's count (fit alone asks for recalls) plus what the memories added: the conversation is not counted again
+    context["tokens"] += added
     return replace(request, messages=tuple(messages), metadata={**request.metadata, "context": context})
 
 
