@@ -2,7 +2,8 @@
 PostgresSaver on the same database as the baseline.
 
 Every write goes through the real adapter the way RunStepper._commit commits a model step: the events the
-executor makes for it (_step_events: the reply's preview, its usage, the checkpoint marker), and the one
+executor makes for it (_step_events: the reply's preview, its usage, the checkpoint marker), the model call's
+journal entry (_prepare, as a fresh step records its call with the commit), and the one
 statement in autocommit, its own transaction (a step's commit joins a transaction only when an approval is
 recorded with it). The floor is a plain INSERT of the same bytes, also its own transaction; the same INSERT
 as BEGIN, INSERT, COMMIT (three round trips) is reported beside it. The floors and LangGraph run interleaved
@@ -27,8 +28,8 @@ from langgraph.checkpoint.base.id import uuid6
 from langgraph.checkpoint.postgres import PostgresSaver
 
 from bench.measure import percentile, prose, rows_bytes
-from data_plane.runtime.adapters.checkpoints import CommitResult, PostgresCheckpointStore
-from data_plane.executor import _step_events
+from data_plane.runtime.adapters.checkpoints import CommitResult, JournalEntry, PostgresCheckpointStore
+from data_plane.executor import _prepare, _step_events
 from data_plane.runtime.core.machine import CallModel
 from data_plane.runtime.core.messages import Message, Usage
 from data_plane.runtime.core.ports import ModelReply, ModelRequest
@@ -45,16 +46,19 @@ def conversation_message(index: int) -> Message:
     return Message(role=role, content=prose(MESSAGE_BYTES, seed=index))
 
 
-def step_events(previous: RunState, state: RunState, checkpoint_id: UUID, step: int) -> list[dict[str, Any]]:
-    """The events the executor commits for a model step that appended the reply (its own _step_events)."""
+def step_events(run_id: UUID, previous: RunState, state: RunState, checkpoint_id: UUID, step: int
+                ) -> tuple[list[dict[str, Any]], JournalEntry]:
+    """The events the executor commits for a model step that appended the reply (its own _step_events), and the
+    model call's journal entry the same commit records (its own _prepare; a fresh step's call)."""
     reply = state.messages[-1]
     context = {"tokens": 3 + len(state.messages) * 520, "budget": 126_000, "summarised_messages": 0,
                "messages": len(previous.messages), "truncated_messages": 0}  # what fit() reports
-    command = CallModel(key=f"llm:{step}", node_id="llm",
+    command = CallModel(key="llm", node_id="llm",
                         request=ModelRequest(models=("bench/zero",), messages=previous.messages,
                                              metadata={"context": context}))
-    return _step_events([command], {command.key: ModelReply(message=reply, usage=USAGE)}, step, checkpoint_id,
-                        previous, state, "running")
+    result = ModelReply(message=reply, usage=USAGE)
+    entry = _prepare(run_id, step - 1, command).entry(step - 1, command.key, result, USAGE, time.monotonic())
+    return _step_events([command], {command.key: result}, step, checkpoint_id, previous, state, "running"), entry
 
 
 @dataclass(frozen=True)
@@ -64,11 +68,14 @@ class PreparedStep:
     state: RunState
     message: Message
     events: list[dict[str, Any]]
+    journal: JournalEntry
 
     def payload(self) -> str:
-        """The bytes this step writes, as one JSON document: control, appended message, values, events."""
+        """The bytes this step writes, as one JSON document: control, appended message, values, events and the
+        model call's journal entry."""
         return json.dumps({"control": self.state.control_json(), "messages": [self.message.to_json()],
-                           "values": {"counter": self.step}, "events": self.events}, separators=(",", ":"))
+                           "values": {"counter": self.step}, "events": self.events,
+                           "effects": [self.journal.to_json(now=self.journal.finished)]}, separators=(",", ":"))
 
 
 @dataclass
@@ -90,17 +97,17 @@ class OurConversation:
         new_state = self.state.evolve(messages=self.state.messages + (message,),
                                       values={**self.state.values, "counter": step}, steps=self.state.steps + 1)
         checkpoint_id = uuid.uuid4()
-        events = step_events(self.state, new_state, checkpoint_id, step)
+        events, journal = step_events(self.run_id, self.state, new_state, checkpoint_id, step)
 
         def timed() -> None:  # in autocommit, as RunStepper._commit commits a step that no other row joins
             result = self.store.commit(
                 run_id=self.run_id, expected_version=self.version, checkpoint_id=checkpoint_id,
                 parent_id=self.head_id, step=step, previous=self.state, state=new_state, run_status="running",
-                events=events, release_lease=True)
+                events=events, release_lease=True, effects=[journal])
             self.version, self.head_id, self.step, self.state = result.version, checkpoint_id, step, new_state
             self.last, self.last_event_count = result, len(events)
 
-        return PreparedStep(run=timed, step=step, state=new_state, message=message, events=events)
+        return PreparedStep(run=timed, step=step, state=new_state, message=message, events=events, journal=journal)
 
     def commit_many(self, messages: list[Message]) -> None:
         """One step appending several messages (the seed of the 50 KB conversation)."""

@@ -9,9 +9,9 @@ may lose the last fraction of a second of such commits. The next synchronous com
 the WAL up to it, so once a step's checkpoint is acknowledged, the async commits before it are durable too.
 
 Used where a lost write costs money or a retry, never a promise: a run's claim (lost, the step is claimed
-again), a fresh model call's journal entry (lost, the call is made again), a tool call's "started" mark (lost,
-the retry calls the tool with the same idempotency key, as it would anyway) and budget holds and settlements
-(the journal keeps the costs). Never for a checkpoint, an approval, a tool's recorded result or an audit event.
+again), a tool call's "started" mark (lost, the retry calls the tool with the same idempotency key, as it would
+anyway) and budget holds and settlements (the journal keeps the costs). Never for a checkpoint, an approval, a
+call's recorded result (the step's commit journals it) or an audit event.
 """
 
 ASYNC_COMMIT = "set_config('synchronous_commit', 'off', true)"

@@ -35,7 +35,8 @@ from control_plane.audit.sql import AuditEntry
 from data_plane import streams
 from data_plane.guarding import OutputBlocked, RunGuard
 from data_plane.models import Approval, EffectRecord, Run
-from data_plane.runtime.adapters.checkpoints import CommitResult, Fenced, LoadedCheckpoint, PostgresCheckpointStore
+from data_plane.runtime.adapters.checkpoints import CommitResult, Fenced, JournalEntry, LoadedCheckpoint, \
+    PostgresCheckpointStore
 from data_plane.runtime.core import context, machine
 from data_plane.runtime.core.context import SUMMARY_KEY, EstimatedTokens, Meter
 from data_plane.runtime.core.machine import CallModel, CallTool, Command, EffectFailed, StartSubRun, SubRunResult
@@ -182,20 +183,33 @@ class RunStepper:
             commands = machine.pending_commands(state, spec, self.meter)
             sent: dict[str, dict[str, Any]] = {}  # model calls' context as sent (after recalled memories)
             guard = self._guard(run_id, claim.agent_version_id, loaded.step + 1)
+            # The step's finished calls, recorded in the journal by its commit (or on their own when it does not
+            # commit: whatever was paid for stays recorded for the retry).
+            journal: dict[str, JournalEntry] = {}
             try:
                 # Within one task, a step after the first cannot have anything recorded yet (this task is the
                 # run's only driver and created the step), unless the run replays a source branch.
                 fresh = head_id != claim.head_id and claim.base_run_id is None
                 self._run_limits[run_id] = (spec.limits.max_cost_usd, state.cost_usd, claim.agent_version_id)
-                results = run_coroutine(self._execute(run_id, loaded.step, commands, spec, claim, fresh, after_seq,
-                                                      sent, guard))
+                prepared = {command.key: _prepare(run_id, loaded.step, command) for command in commands
+                            if not isinstance(command, StartSubRun)}
+                results = self._begin(run_id, loaded.step, commands, prepared, claim, fresh)
+                remaining = [command for command in commands if command.key not in results]
+                if remaining:
+                    results.update(run_coroutine(self._execute(run_id, loaded.step, remaining, spec, claim, prepared,
+                                                               journal, fresh, after_seq, sent, guard)))
             except TransientStepError as exc:
+                self._record_alone(store, run_id, journal)
                 self._release(run_id, claim.version, loaded.step)
                 logger.warning("Run %s step %s: transient failure, will retry: %s", run_id, loaded.step, exc)
                 return StepOutcome(kind="transient", retry_in=1.0, step=loaded.step)
             except Fenced:  # cancelled or taken over: this worker's resources for the run go
+                self._record_alone(store, run_id, journal)
                 self._stopped(run_id)
                 return StepOutcome(kind="fenced", step=loaded.step)
+            except BaseException:
+                self._record_alone(store, run_id, journal)
+                raise
             new_state, _ = machine.step(state, machine.EffectsCompleted(results=results, now=self.clock()), spec=spec,
                                         meter=self.meter)
             if guard is not None and new_state.status == Status.COMPLETED:
@@ -206,7 +220,8 @@ class RunStepper:
                                                                 f"{final.explanation()}"})
             outcome, committed = self._commit(run_id, claim, store, loaded.id, loaded.step, state, new_state,
                                               commands, results, keep_going=budget > 0, sent=sent,
-                                              extra_events=guard.events if guard is not None else ())
+                                              extra_events=guard.events if guard is not None else (),
+                                              journal=list(journal.values()))
             if committed is None:
                 if outcome.run_status in ("completed", "failed") and self.on_finished is not None:
                     self.on_finished(run_id, outcome.run_status, spec)
@@ -314,9 +329,36 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
 
     # --- effects ----------------------------------------------------------------------------------
 
+    def _begin(self, run_id: UUID, step: int, commands: list[Command], prepared: dict[str, _Prepared],
+               claim: Claim, fresh: bool) -> dict[str, machine.EffectResult]:
+        """Mark the step's calls started in the journal (in this thread, before any is made), one statement a
+        call; the results already recorded for some of them (this run's, or a source branch's on a replay)."""
+        recorded: dict[str, machine.EffectResult] = {}
+        for command in commands:
+            effect = prepared.get(command.key)
+            # A model call has no effect to guard, only a result to keep: on a fresh step it is recorded once, with
+            # the commit. A tool call is always marked started first, so a retry is known as one.
+            if effect is None or (fresh and effect.kind == EffectRecord.Kind.MODEL):
+                continue
+            result = self._journal_begin(run_id, step, command.key, effect, claim, command.node_id)
+            if result is not None:
+                recorded[command.key] = result
+        return recorded
+
+    def _record_alone(self, store: PostgresCheckpointStore, run_id: UUID, journal: dict[str, JournalEntry]) -> None:
+        """Record a step's finished calls without its commit (the step ends another way), best effort: a call
+        left "started" is made again with the same idempotency key by the retry."""
+        if not journal:
+            return
+        try:
+            store.record_effects(run_id=run_id, effects=list(journal.values()))
+        except DatabaseError:
+            logger.exception("Run %s: recording %d finished calls failed; a retry makes them again with the same "
+                             "idempotency keys", run_id, len(journal))
+
     async def _execute(self, run_id: UUID, step: int, commands: list[Command], spec: AgentSpec,
-                       claim: Claim, fresh: bool = False, after_seq: int = 0,
-                       sent: dict[str, dict[str, Any]] | None = None,
+                       claim: Claim, prepared: dict[str, _Prepared], journal: dict[str, JournalEntry],
+                       fresh: bool = False, after_seq: int = 0, sent: dict[str, dict[str, Any]] | None = None,
                        guard: RunGuard | None = None) -> dict[str, machine.EffectResult]:
         if not commands:
             return {}
@@ -324,7 +366,8 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         memory = self.memory_recall_factory(str(run_id)) if self.memory_recall_factory is not None else None
         sent = {} if sent is None else sent
         work = asyncio.ensure_future(asyncio.gather(
-            *(self._effect(run_id, step, command, tools, claim, fresh, after_seq, sent, memory, guard)
+            *(self._effect(run_id, step, command, prepared.get(command.key), journal, tools, claim, fresh, after_seq,
+                           sent, memory, guard)
               for command in commands),
             return_exceptions=True))
         while not work.done():
@@ -346,45 +389,20 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
             raise TransientStepError(str(transient))
         return results
 
-    async def _effect(self, run_id: UUID, step: int, command: Command, tools: ToolRunner,
-                      claim: Claim, fresh: bool, after_seq: int, sent: dict[str, dict[str, Any]],
-                      memory: MemoryRecall | None = None, guard: RunGuard | None = None
-                      ) -> machine.EffectResult | None:
+    async def _effect(self, run_id: UUID, step: int, command: Command, effect: _Prepared | None,
+                      journal: dict[str, JournalEntry], tools: ToolRunner, claim: Claim, fresh: bool, after_seq: int,
+                      sent: dict[str, dict[str, Any]], memory: MemoryRecall | None = None,
+                      guard: RunGuard | None = None) -> machine.EffectResult | None:
         if isinstance(command, StartSubRun):
             return await asyncio.to_thread(self._subrun, run_id, command)
-        idempotency_key = f"{run_id}:{step}:{command.key}"
-        if isinstance(command, CallModel) and command.key == SUMMARY_KEY:
-            kind, name = EffectRecord.Kind.MODEL, command.request.models[0]
-            # the transcript is the run's messages again: the journal keeps its digest and what it covers
-            request = {"models": list(command.request.models), "node": command.node_id, "purpose": "summary",
-                       "summarises": command.request.metadata["summarises"],
-                       "digest": digest([m.to_json() for m in command.request.messages]),
-                       **_route_of(command.request)}
-        elif isinstance(command, CallModel):
-            kind, name = EffectRecord.Kind.MODEL, command.request.models[0]
-            messages = command.request.messages
-            # The conversation itself is in the run's messages; the journal keeps a bounded identity of the
-            # request: a replay's identical request (same lineage position, same last messages) matches it.
-            # Recalled memories are added after this, so a replay of the same conversation reuses its answer.
-            request = {"models": list(command.request.models), "node": command.node_id,
-                       "message_count": len(messages), "tools": [t.name for t in command.request.tools],
-                       "system": digest(messages[0].to_json()) if messages and messages[0].role == "system" else None,
-                       "tail": [m.to_json() for m in messages[-2:]], **_route_of(command.request)}
-        else:
-            assert isinstance(command, CallTool)
-            kind, name = EffectRecord.Kind.TOOL, command.call.name
-            request = {"name": command.call.name, "arguments": command.call.arguments, "call_id": command.call.id}
-        effect_digest = digest({"kind": kind, **request})
-        # A model call has no effect to guard, only a result to keep: on a fresh step it is recorded once,
-        # when it arrives. A tool call is always marked started first, so a retry is known as one.
-        if not (fresh and kind == EffectRecord.Kind.MODEL):
-            recorded = await asyncio.to_thread(self._journal_begin, run_id, step, command.key, kind, name,
-                                               idempotency_key, effect_digest, request, claim, command.node_id)
-            if recorded is not None:
-                return recorded
-        record = partial(self._journal_record, run_id, step, command.key, kind, name, effect_digest, request) \
-            if fresh and kind == EffectRecord.Kind.MODEL else None
-        started = time.perf_counter()
+        assert effect is not None
+        idempotency_key = effect.idempotency_key
+        started = time.monotonic()
+
+        def finished(result: Any, usage: Usage | None = None) -> Any:  # journalled with the step's commit
+            journal[command.key] = effect.entry(step, command.key, result, usage, started)
+            return result
+
         if isinstance(command, CallModel):
             guarded = guard if command.key != SUMMARY_KEY else None  # a summary is bookkeeping, not an answer
             deltas = _DeltaStream(schema=self.schema, run_id=run_id, after_seq=after_seq, node=command.node_id,
@@ -397,9 +415,8 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
             held = await asyncio.to_thread(self._spend_hold, run_id, idempotency_key, model_request) \
                 if self.spend_guard is not None else None
             if isinstance(held, EffectFailed):  # refused before the call: nothing paid, nothing recorded as paid
-                if record is None:
-                    await asyncio.to_thread(self._journal_end, idempotency_key, held, None, started)
-                return held
+                # (a fresh call has no journal row; one marked started is closed, so its retry is refused too)
+                return held if fresh else finished(held)
             paid: Usage | None = None
             try:
                 reply = await self.chat_model.complete(model_request, on_delta=deltas.send, on_retry=deltas.restart,
@@ -408,28 +425,22 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
                 if guarded is not None:
                     reply = await guarded.reply(reply, await deltas.finish(), node=command.node_id)
             except ProviderRejected as exc:
-                failed = EffectFailed(code="model_rejected", message=str(exc))
-                await asyncio.to_thread(record or self._journal_end, idempotency_key, failed, None, started)
-                return failed
+                return finished(EffectFailed(code="model_rejected", message=str(exc)))
             except OutputBlocked as blocked:
                 assert guarded is not None
                 await guarded.stopped(blocked, node=command.node_id)
-                failed = EffectFailed(code="guardrail_blocked",
-                                      message=f"The guardrails stopped the model's answer: {blocked}")
-                await asyncio.to_thread(record or self._journal_end, idempotency_key, failed, None, started)
-                return failed
+                return finished(EffectFailed(code="guardrail_blocked",
+                                             message=f"The guardrails stopped the model's answer: {blocked}"))
             finally:
                 if held is not None:  # the actual cost counted, the hold freed, whatever happened to the call
                     await asyncio.to_thread(self._spend_settle, held, paid)
-            await asyncio.to_thread(record or self._journal_end, idempotency_key, reply, reply.usage, started)
-            return reply
+            return finished(reply, reply.usage)
         call, refused = (command.call, None) if guard is None else await guard.before_call(command.call,
                                                                                             node=command.node_id)
         result = refused or await tools.call(call, idempotency_key=idempotency_key)
         if guard is not None and refused is None:
             result = await guard.after_call(call, result, node=command.node_id)
-        await asyncio.to_thread(self._journal_end, idempotency_key, result, None, started)
-        return result
+        return finished(result)
 
     def _spend_hold(self, run_id: UUID, idempotency_key: str, request: ModelRequest) -> HeldSpend | EffectFailed:
         """Hold the call's worst case, or the failure that stops the run: a budget refused it."""
@@ -481,15 +492,15 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
             return context.with_memories(request, [], self.meter.counter)
         return context.with_memories(request, memories, self.meter.counter)
 
-    def _journal_begin(self, run_id: UUID, step: int, key: str, kind: str, name: str, idempotency_key: str,
-                       effect_digest: str, request: dict[str, Any], claim: Claim,
+    def _journal_begin(self, run_id: UUID, step: int, key: str, effect: _Prepared, claim: Claim,
                        node_id: str) -> machine.EffectResult | None:
         """A recorded result for this effect (this run's, or the source branch's on a replay), or None after
         marking the effect started. A tool call marked started gets its tool.started event in the same
         statement (numbered after the run's last event, fenced by the claim's version). One statement in the
         common case; explicit schema in the SQL. The mark commits without waiting for the disk: lost in a crash
         of Postgres, the retry calls the tool again with the same idempotency key, as it would anyway."""
-        close_old_connections()
+        kind, name, idempotency_key, effect_digest, request = (effect.kind, effect.name, effect.idempotency_key,
+                                                               effect.digest, effect.request)
         q = self.q
         with in_schema(self.schema), connection.cursor() as cursor:
             cursor.execute(
@@ -542,36 +553,6 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
                                                                          record_id])
         return _decode_result(kind, _json(source[1]))
 
-    def _journal_record(self, run_id: UUID, step: int, key: str, kind: str, name: str, effect_digest: str,
-                        request: dict[str, Any], idempotency_key: str, result: Any, usage: Usage | None,
-                        started: float) -> None:
-        """Record a finished effect in one statement (a fresh step's model call)."""
-        close_old_connections()
-        status = EffectRecord.Status.FAILED if isinstance(result, EffectFailed) else EffectRecord.Status.SUCCEEDED
-        tokens_in, tokens_out, cost = (usage.input_tokens, usage.output_tokens, usage.cost_usd) if usage else (0, 0, 0)
-        with in_schema(self.schema), connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {self.q}data_plane_effectrecord (run_id, step, key, kind, idempotency_key, digest, name, "
-                "request, result, status, attempts, latency_ms, input_tokens, output_tokens, cost_usd, started_at, "
-                "finished_at) SELECT %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, 1, %s, %s, %s, %s, "
-                f"now(), now() WHERE {ASYNC_COMMIT} = 'off' ON CONFLICT (idempotency_key) DO NOTHING",
-                [run_id, step, key, kind, idempotency_key, effect_digest, usage.model if usage else name,
-                 json.dumps(request), json.dumps(_encode_result(result)), status,
-                 round((time.perf_counter() - started) * 1000, 3), tokens_in, tokens_out, cost])
-
-    def _journal_end(self, idempotency_key: str, result: Any, usage: Usage | None, started: float) -> None:
-        close_old_connections()
-        status = EffectRecord.Status.FAILED if isinstance(result, EffectFailed) else EffectRecord.Status.SUCCEEDED
-        tokens_in, tokens_out, cost, model = (usage.input_tokens, usage.output_tokens, usage.cost_usd, usage.model) \
-            if usage is not None else (0, 0, 0, None)
-        with in_schema(self.schema), connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {self.q}data_plane_effectrecord SET result = %s::jsonb, status = %s, finished_at = now(), "
-                "latency_ms = %s, input_tokens = %s, output_tokens = %s, cost_usd = %s, name = coalesce(%s, name) "
-                "WHERE idempotency_key = %s",
-                [json.dumps(_encode_result(result)), status, round((time.perf_counter() - started) * 1000, 3),
-                 tokens_in, tokens_out, cost, model, idempotency_key])
-
     def _subrun(self, run_id: UUID, command: StartSubRun) -> SubRunResult | None:
         """The child run's result when it has finished; otherwise start it (once) and return None."""
         from data_plane import services  # the run services create runs; they import this module's users
@@ -593,8 +574,8 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
     def _commit(self, run_id: UUID, claim: Claim, store: PostgresCheckpointStore, parent_id: UUID, parent_step: int,
                 previous: RunState, state: RunState, commands: list[Command],
                 results: dict[str, machine.EffectResult], *, keep_going: bool,
-                sent: dict[str, dict[str, Any]] | None = None, extra_events: Sequence[dict[str, Any]] = ()
-                ) -> tuple[StepOutcome, tuple[int, UUID, int] | None]:
+                sent: dict[str, dict[str, Any]] | None = None, extra_events: Sequence[dict[str, Any]] = (),
+                journal: Sequence[JournalEntry] = ()) -> tuple[StepOutcome, tuple[int, UUID, int] | None]:
         """Commit the step. Returns its outcome, and (new version, checkpoint, last event's seq) when this task
         goes on with the run's next step itself (it keeps the lease) instead of dispatching it."""
         step = parent_step + 1
@@ -623,17 +604,23 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
                                          parent_id=parent_id, step=step, previous=previous, state=state,
                                          run_status=run_status, reason=(state.error or {}).get("message", ""),
                                          events=events, release_lease=not continues, lease_seconds=self.lease_seconds,
-                                         audit=audit)
+                                         audit=audit, effects=journal)
                 if joined:
                     with in_schema(self.schema):
                         record_pending_approval(run_id, state)
-        except Fenced:
+        except Fenced:  # the run's next owner may reuse what this writer's calls got
+            self._record_alone(store, run_id, {entry.key: entry for entry in journal})
             self._stopped(run_id)
             return StepOutcome(kind="fenced", step=parent_step), None
+        except Exception:
+            self._record_alone(store, run_id, {entry.key: entry for entry in journal})
+            raise
         # exactly what a reload would give: control and values as they round-trip through JSON
         reloaded = RunState.from_parts(control=json.loads(json.dumps(state.control_json(), default=str)),
                                        messages=state.messages,
                                        values=json.loads(json.dumps(dict(state.values), default=str)))
+        if reloaded == state:  # the same state: the next step plans from the object the core just planned
+            reloaded = state
         with _CACHE_LOCK:
             _STATES.remember((self.schema, checkpoint_id), LoadedCheckpoint(id=checkpoint_id, run_id=run_id, step=step,
                                                                             state=reloaded))
@@ -770,6 +757,57 @@ def routed(spec: AgentSpec, run_routing: Any) -> AgentSpec:
     if not run_routing:
         return spec
     return replace(spec, run_routing=RunRouting.from_json(_json(run_routing)))
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A model or tool call as the journal knows it: its kind, name, bounded request and their digest."""
+
+    kind: str
+    name: str
+    request: dict[str, Any]
+    digest: str
+    idempotency_key: str
+
+    def entry(self, step: int, key: str, result: Any, usage: Usage | None, started: float) -> JournalEntry:
+        """The call's journal entry, now that it finished with ``result`` (paid ``usage``)."""
+        now = time.monotonic()
+        return JournalEntry(
+            step=step, key=key, kind=self.kind, idempotency_key=self.idempotency_key, digest=self.digest,
+            name=usage.model if usage is not None and usage.model else self.name, request=self.request,
+            result=_encode_result(result),
+            status=EffectRecord.Status.FAILED if isinstance(result, EffectFailed) else EffectRecord.Status.SUCCEEDED,
+            latency_ms=round((now - started) * 1000, 3), finished=now,
+            input_tokens=usage.input_tokens if usage is not None else 0,
+            output_tokens=usage.output_tokens if usage is not None else 0,
+            cost_usd=usage.cost_usd if usage is not None else 0.0)
+
+
+def _prepare(run_id: UUID, step: int, command: Command) -> _Prepared:
+    idempotency_key = f"{run_id}:{step}:{command.key}"
+    if isinstance(command, CallModel) and command.key == SUMMARY_KEY:
+        kind, name = EffectRecord.Kind.MODEL, command.request.models[0]
+        # the transcript is the run's messages again: the journal keeps its digest and what it covers
+        request = {"models": list(command.request.models), "node": command.node_id, "purpose": "summary",
+                   "summarises": command.request.metadata["summarises"],
+                   "digest": digest([m.to_json() for m in command.request.messages]),
+                   **_route_of(command.request)}
+    elif isinstance(command, CallModel):
+        kind, name = EffectRecord.Kind.MODEL, command.request.models[0]
+        messages = command.request.messages
+        # The conversation itself is in the run's messages; the journal keeps a bounded identity of the
+        # request: a replay's identical request (same lineage position, same last messages) matches it.
+        # Recalled memories are added after this, so a replay of the same conversation reuses its answer.
+        request = {"models": list(command.request.models), "node": command.node_id,
+                   "message_count": len(messages), "tools": [t.name for t in command.request.tools],
+                   "system": digest(messages[0].to_json()) if messages and messages[0].role == "system" else None,
+                   "tail": [m.to_json() for m in messages[-2:]], **_route_of(command.request)}
+    else:
+        assert isinstance(command, CallTool)
+        kind, name = EffectRecord.Kind.TOOL, command.call.name
+        request = {"name": command.call.name, "arguments": command.call.arguments, "call_id": command.call.id}
+    return _Prepared(kind=kind, name=name, request=request, digest=digest({"kind": kind, **request}),
+                     idempotency_key=idempotency_key)
 
 
 def _route_of(request: ModelRequest) -> dict[str, Any]:

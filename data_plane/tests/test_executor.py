@@ -161,3 +161,49 @@ def test_a_runs_tool_calls_and_its_end_are_in_the_audit_log_with_the_steps_that_
         "calculator", {"expression": "6*7"}, "ok", 3)
     assert end == {"step": 5}
     assert report.ok
+
+
+def test_a_writer_fenced_off_at_its_commit_leaves_its_tool_result_for_the_runs_next_owner(tenant):
+    """A step's tool results are journalled by its commit; when that commit is refused (another worker took the
+    run over during the call), they are recorded on their own, so the next owner reuses them: the tool's effect
+    happens once."""
+    import asyncio
+
+    from django.db.models import F
+
+    run, dispatched, made = start(tenant), [], []
+
+    class TakenOverDuringTheCall:
+        def __init__(self, run_id):
+            self.runner = BuiltinToolRunner(tenant_schema=tenant.schema, run_id=run_id)
+
+        async def call(self, call, *, idempotency_key):
+            made.append(idempotency_key)
+            if len(made) == 1:  # another worker claims the run while the tool runs
+                await asyncio.to_thread(bump_version)
+            return await self.runner.call(call, idempotency_key=idempotency_key)
+
+    def bump_version():
+        with schema_context(tenant.schema):
+            Run.objects.filter(id=run.id).update(version=F("version") + 1)
+
+    def stepper(owner):
+        return RunStepper(tenant_schema=tenant.schema, chat_model=FakeChatModel(REPLIES), owner=owner,
+                          tool_runner_factory=TakenOverDuringTheCall, dispatch=lambda run_id, step: dispatched.append(step),
+                          tenant=tenant.tenant)
+
+    first = stepper("first")
+    assert [first.run_step(run.id, step).kind for step in (0, 1)] == ["advanced", "advanced"]
+    # when: the tool step's commit is fenced
+    assert first.run_step(run.id, 2).kind == "fenced"
+    with schema_context(tenant.schema):
+        record = EffectRecord.objects.get(run=run, key="observe:c1")
+        assert Run.objects.get(id=run.id).step == 2  # the step did not commit
+    assert (record.status, record.result["content"]) == ("succeeded", "42")
+    # then: the run's next owner finishes the step with the recorded result, without calling the tool again
+    with schema_context(tenant.schema):
+        Run.objects.filter(id=run.id).update(lease_owner="", lease_expires_at=None)
+    assert stepper("second").run_step(run.id, 2).kind == "advanced"
+    assert len(made) == 1
+    with schema_context(tenant.schema):
+        assert Run.objects.get(id=run.id).step == 3

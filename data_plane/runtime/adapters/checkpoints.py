@@ -2,8 +2,8 @@
 behind a transaction-pooling PgBouncer where a session's search_path cannot be trusted.
 
 A commit is one statement: the fenced update of the run (refused unless the caller holds the version it
-read), the checkpoint row, the appended messages, the changed values, the step's events and its audit
-events. Bytes written per step are what the step changed, whatever the length of the conversation.
+read), the checkpoint row, the appended messages, the changed values, the step's events, its finished calls'
+journal entries and its audit events. Bytes written per step are what the step changed, whatever the length of the conversation.
 
 Given a cipher that ``encrypts_payloads`` (the tenant's policy), the store seals each appended message, each
 changed value and the checkpoint's control (all but ``message_count``, which the reads' SQL needs), every one
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -80,6 +81,54 @@ class LoadedCheckpoint:
     state: RunState
 
 
+@dataclass(frozen=True)
+class JournalEntry:
+    """A finished model or tool call for the run's effect journal: written by the step's commit statement
+    (durable exactly when the checkpoint that used it is), or alone by ``record_effects`` when the step does
+    not commit. It completes the call's "started" row, or is inserted whole (a fresh step's model call)."""
+
+    step: int
+    key: str
+    kind: str
+    idempotency_key: str
+    digest: str
+    name: str
+    request: Mapping[str, Any]
+    result: Mapping[str, Any]
+    status: str
+    latency_ms: float
+    finished: float  # time.monotonic() when the call finished: the row's finished_at is that long before now()
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def to_json(self, *, now: float) -> dict[str, Any]:
+        return {"step": self.step, "key": self.key, "kind": self.kind, "idempotency_key": self.idempotency_key,
+                "digest": self.digest, "name": self.name, "request": self.request, "result": self.result,
+                "status": self.status, "latency_ms": self.latency_ms, "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens, "cost_usd": self.cost_usd,
+                "ago": max(0.0, round(now - self.finished, 6))}
+
+
+def _journal_part(q: str, *, after: str) -> str:
+    """``effects AS (...)``: the journal entries of ``%(effects)s`` (a JSON array of ``JournalEntry.to_json``) for
+    run ``%(run_id)s``, once for each row of ``after`` (a fenced writer's part returns none). A row that is no
+    longer "started" (another writer recorded it) is left as it is."""
+    return (
+        f"effects AS (\n  INSERT INTO {q}data_plane_effectrecord (run_id, step, key, kind, idempotency_key, digest, name, "
+        "request, result, status, attempts, latency_ms, input_tokens, output_tokens, cost_usd, started_at, finished_at)\n"
+        "  SELECT %(run_id)s, e.step, e.key, e.kind, e.idempotency_key, e.digest, e.name, e.request, e.result, "
+        "e.status, 1, e.latency_ms, e.input_tokens, e.output_tokens, e.cost_usd, "
+        "now() - make_interval(secs => e.ago), now() - make_interval(secs => e.ago)\n"
+        f"  FROM {after}jsonb_to_recordset(%(effects)s::jsonb) AS e(step int, key text, kind text, "
+        "idempotency_key text, digest text, name text, request jsonb, result jsonb, status text, latency_ms float8, "
+        "input_tokens int, output_tokens int, cost_usd numeric, ago float8)\n"
+        "  ON CONFLICT (idempotency_key) DO UPDATE SET result = excluded.result, status = excluded.status, "
+        "finished_at = excluded.finished_at, latency_ms = excluded.latency_ms, input_tokens = excluded.input_tokens, "
+        "output_tokens = excluded.output_tokens, cost_usd = excluded.cost_usd, name = excluded.name "
+        f"WHERE {q}data_plane_effectrecord.status = 'started'\n)")
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
@@ -122,14 +171,20 @@ WITH fence AS (
   INSERT INTO {q}data_plane_runevent (run_id, seq, type, data, created_at)
   SELECT %(run_id)s, fence.base_seq + e.ord, e.value->>'type', e.value->'data', now()
   FROM fence, jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS e(value, ord)
-){{audit}}
+){{effects}}{{audit}}
 SELECT version, pause_requested, base_seq, now() FROM fence"""
-        # The step's audit events, in the same statement (and so the same transaction) as the checkpoint, by
-        # the audit log's own part (control_plane.audit.sql): after the fence, so a writer that was fenced off
-        # logs nothing. A commit without audit events uses the statement without this part.
+        # The step's finished calls complete their journal rows in the same statement: a result is recorded
+        # exactly when the checkpoint that used it commits (before it, a crash retries a tool call with its
+        # idempotency key, as the journal's "started" row says). The step's audit events come last, by the audit
+        # log's own part (control_plane.audit.sql): after the fence, so a writer that was fenced off logs
+        # nothing. A commit without effects or audit events uses a statement without those parts.
+        journal = ", " + _journal_part(q, after="fence, ")
         audited = ", " + audit_insert_part(qualifier=q, param="audit", after="fence")
-        self._audited_commit_sql = self._commit_sql.replace("{audit}", audited)
-        self._commit_sql = self._commit_sql.replace("{audit}", "")
+        self._commit_sqls = {
+            (with_effects, with_audit): self._commit_sql.replace("{effects}", journal if with_effects else "")
+            .replace("{audit}", audited if with_audit else "")
+            for with_effects in (False, True) for with_audit in (False, True)}
+        self._record_effects_sql = "WITH " + _journal_part(q, after="") + " SELECT 1"
         messages_of = (f"SELECT string_agg(m.message, ',' ORDER BY m.seq) FROM {q}data_plane_runmessage m "
                        "WHERE m.run_id = {run} AND m.seq >= {first} AND m.seq < {upto}")
         # Each value as [value, step, sealed value]: a sealed one is opened in Python, bound to its step. The
@@ -164,8 +219,11 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
                previous: RunState | None, state: RunState, run_status: str, reason: str = "",
                events: Sequence[Mapping[str, Any]] = (), release_lease: bool = False,
                lease_seconds: float = 30.0, changed_values: Mapping[str, Any] | None = None,
-               audit: Sequence[AuditEntry] = ()) -> CommitResult:
+               audit: Sequence[AuditEntry] = (), effects: Sequence[JournalEntry] = ()) -> CommitResult:
         """Commit ``state`` as the run's next checkpoint. Raises Fenced when the version moved on.
+
+        ``effects``, the step's finished model and tool calls, are recorded in the run's effect journal by the
+        same statement (a fenced writer records nothing: it can ``record_effects`` them on their own).
 
         ``audit`` events (a tool call, the run's end) are appended to the tenant's audit log by the same
         statement: a step's tool calls are logged exactly when, and only if, the step commits.
@@ -203,12 +261,25 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
         }
         if audit:
             params["audit"] = _dumps([entry.to_json() for entry in audit])
+        if effects:
+            now = time.monotonic()
+            params["effects"] = _dumps([entry.to_json(now=now) for entry in effects])
         with self.connection.cursor() as cursor:
-            cursor.execute(self._audited_commit_sql if audit else self._commit_sql, params)
+            cursor.execute(self._commit_sqls[bool(effects), bool(audit)], params)
             row = cursor.fetchone()
         if row is None:
             raise Fenced(f"Run {run_id} moved past version {expected_version}; this writer stops.")
         return CommitResult(version=row[0], pause_requested=row[1], first_event_seq=row[2] + 1, committed_at=row[3])
+
+    def record_effects(self, *, run_id: UUID, effects: Sequence[JournalEntry]) -> None:
+        """Record finished calls in the run's journal on their own (a step that will not commit them: a
+        transient failure of another call, a fenced writer), so a retry reuses what was already paid for."""
+        if not effects:
+            return
+        now = time.monotonic()
+        with self.connection.cursor() as cursor:
+            cursor.execute(self._record_effects_sql, {
+                "run_id": run_id, "effects": _dumps([entry.to_json(now=now) for entry in effects])})
 
     def load(self, checkpoint_id: UUID) -> LoadedCheckpoint:
         """Rebuild the full state at a checkpoint: its control, and the messages and values of its lineage."""

@@ -7,6 +7,7 @@ A step applies one event to the state and returns the new state and the effects 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -171,9 +172,30 @@ def pending_commands(state: RunState, spec: AgentSpec, meter: Meter = ESTIMATE) 
     return [command for command in _plan(state, spec, meter)[0] if command.key not in state.collected]
 
 
+class _LastPlan(threading.local):
+    """Each thread's last plan, kept by the identity of the state, spec and meter it was made for. A step plans
+    the same state twice (its commands before the effects, then again to apply their results) and the state
+    it returns becomes the next step's: without this, a model call's context would be fitted two or three
+    times a step. States, specs and meters are immutable; the entry holds them, so no identity is reused."""
+
+    entry: tuple[RunState, AgentSpec, Meter, tuple[Command, ...], dict[str, str]] | None = None
+
+
+_last_plan = _LastPlan()
+
+
 def _plan(state: RunState, spec: AgentSpec, meter: Meter) -> tuple[list[Command], dict[str, str]]:
     """The frontier's commands, and the LLM nodes held back: waiting for the conversation's summary (''),
     or unable to fit their context (why)."""
+    entry = _last_plan.entry
+    if entry is not None and entry[0] is state and entry[1] is spec and entry[2] is meter:
+        return list(entry[3]), dict(entry[4])
+    commands, held = _make_plan(state, spec, meter)
+    _last_plan.entry = (state, spec, meter, tuple(commands), dict(held))
+    return commands, held
+
+
+def _make_plan(state: RunState, spec: AgentSpec, meter: Meter) -> tuple[list[Command], dict[str, str]]:
     graph = spec.workflow
     commands: list[Command] = []
     held: dict[str, str] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -161,3 +162,47 @@ def test_every_checkpoint_reads_back_the_values_as_they_were_at_its_step(tenant_
         committed.append((parent, state))
     for checkpoint_id, state in committed:
         assert store.load(checkpoint_id).state == state
+
+
+def test_a_steps_finished_calls_are_journalled_by_its_commit_and_not_by_a_fenced_one(tenant_a):
+    """The commit completes a tool call's "started" row and inserts a fresh model call's row whole, in the same
+    statement; a fenced commit records nothing (record_effects does, on its own), and never overwrites a row
+    another writer already finished."""
+    from data_plane.models import EffectRecord
+    from data_plane.runtime.adapters.checkpoints import JournalEntry
+
+    store = PostgresCheckpointStore(schema=tenant_a.schema, connection=connection)
+    run = new_run(tenant_a.schema)
+    EffectRecord.objects.create(run=run, step=1, key="tools:c1", kind="tool", idempotency_key=f"{run.id}:1:tools:c1",
+                                digest="d-tool", name="calculator", request={"name": "calculator"})
+
+    def entry(key, kind, name, result, *, step=1, **usage):
+        return JournalEntry(step=step, key=key, kind=kind, idempotency_key=f"{run.id}:{step}:{key}",
+                            digest=f"d-{kind}", name=name, request={"name": name}, result=result, status="succeeded",
+                            latency_ms=12.5, finished=time.monotonic() - 2.0, **usage)
+
+    tool = entry("tools:c1", "tool", "calculator", {"content": "42"})
+    model = entry("llm", "model", "openai/x", {"message": {"role": "assistant", "content": "hi"}}, input_tokens=7,
+                  output_tokens=3, cost_usd=0.25)
+    first = uuid.uuid4()
+    store.commit(run_id=run.id, expected_version=0, checkpoint_id=first, parent_id=None, step=0, previous=None,
+                 state=state_with(1), run_status="running", effects=[tool, model])
+    rows = {row.key: row for row in EffectRecord.objects.filter(run=run)}
+    assert {key: (row.status, row.result, row.latency_ms, row.attempts) for key, row in rows.items()} == {
+        "tools:c1": ("succeeded", {"content": "42"}, 12.5, 1),
+        "llm": ("succeeded", {"message": {"role": "assistant", "content": "hi"}}, 12.5, 1)}
+    assert (rows["llm"].input_tokens, rows["llm"].output_tokens, float(rows["llm"].cost_usd)) == (7, 3, 0.25)
+    # finished when the call did (two seconds before the commit), not when the commit ran
+    assert 1.5 < (Checkpoint.objects.get(id=first).created_at - rows["tools:c1"].finished_at).total_seconds() < 10
+
+    # a fenced writer's commit journals nothing ...
+    late = entry("tools:c2", "tool", "calculator", {"content": "7"}, step=2)
+    with pytest.raises(Fenced):
+        store.commit(run_id=run.id, expected_version=0, checkpoint_id=uuid.uuid4(), parent_id=first, step=1,
+                     previous=state_with(1), state=state_with(2), run_status="running", effects=[late])
+    assert not EffectRecord.objects.filter(key="tools:c2").exists()
+    # ... until it records its calls on their own; and a row another writer finished stays as that one left it
+    overwrite = entry("tools:c1", "tool", "calculator", {"content": "a different answer"})
+    store.record_effects(run_id=run.id, effects=[late, overwrite])
+    assert EffectRecord.objects.get(key="tools:c2").result == {"content": "7"}
+    assert EffectRecord.objects.get(key="tools:c1").result == {"content": "42"}
