@@ -1,8 +1,9 @@
 """Live notifications through the Channels layer (Redis). Group names carry the tenant's schema.
 
 Best effort: the database stays the truth (clients resume from it), so a publish that fails is logged,
-never raised into the step or request that committed the change. Sends are handed to the process's IO
-loop without waiting, in order, and the channel layer's connection pool lives across steps.
+never raised into the step or request that committed the change. A commit's events are sent by the thread
+that committed, one Redis round trip (common/channel_layer.py), so a run's events go out in commit order;
+token deltas are sent from the IO loop, where the model's stream is read.
 
 Token deltas are not in the database: each is appended to the run's delta log in Redis (a stream with
 contiguous numbers, trimmed and expiring) and then sent to the run's group. A subscriber that reconnects in
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import weakref
 from datetime import datetime, timezone
 from functools import partial
@@ -86,9 +88,32 @@ async def _send(group: str, messages: list[dict[str, Any]]) -> None:
         await layer.group_send(group, message)
 
 
+# After a blocking send failed, publishes are dropped (logged) for this long: a Redis that is down must not make
+# every commit wait out a timeout. Subscribers resume from the database.
+PUBLISH_PAUSE_SECONDS = 5.0
+_publish_paused_until = 0.0
+
+
 def _publish(group: str, messages: list[dict[str, Any]]) -> None:
-    """Hand the messages to the IO loop and return at once; they are sent in order (failures are logged)."""
-    submit_in_order(partial(_send, group, messages))
+    """Send the messages in order, from the calling thread when the layer can (a step's or a request's: one
+    Redis round trip, no hand-off to the IO loop's thread), else handed to the IO loop (in order, without
+    waiting). Failures are logged, never raised."""
+    global _publish_paused_until
+    layer = get_channel_layer()
+    send = getattr(layer, "group_send_blocking", None)
+    if send is None:
+        submit_in_order(partial(_send, group, messages))
+        return
+    if time.monotonic() < _publish_paused_until:
+        logger.debug("Publishing paused after a failure; dropped %d messages to %s", len(messages), group)
+        return
+    try:
+        for message in messages:
+            send(group, message)
+    except Exception:
+        _publish_paused_until = time.monotonic() + PUBLISH_PAUSE_SECONDS
+        logger.warning("Could not publish to %s; publishing pauses for %.0f s (subscribers resume from the "
+                       "database)", group, PUBLISH_PAUSE_SECONDS, exc_info=True)
 
 
 def ping_publish(*, tenant_schema: str, ping_id: UUID, ping: dict[str, Any]) -> None:

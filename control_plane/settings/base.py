@@ -215,7 +215,8 @@ CHANNEL_LAYER_HOST = {"address": CHANNEL_LAYER_REDIS_URL, "max_connections": CHA
                       "socket_timeout": CHANNEL_LAYER_SOCKET_TIMEOUT}
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # channels_redis's layer, with a group send in one or two round trips (common/channel_layer.py)
+        "BACKEND": "common.channel_layer.FastGroupRedisChannelLayer",
         # Token streams burst far past the default capacity of 100 messages per channel.
         "CONFIG": {"hosts": [CHANNEL_LAYER_HOST], "capacity": 5000, "expiry": 60},
     }

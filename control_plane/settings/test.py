@@ -16,7 +16,7 @@ CHANNEL_LAYER_REDIS_URL = env.string("CHANNEL_LAYER_REDIS_URL", redis_url_with_d
 CHECKOUT_ID = hashlib.sha1(str(BASE_DIR).encode()).hexdigest()[:8]
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": CHANNEL_LAYERS["default"]["BACKEND"],  # noqa: F405 (base's layer)
         "CONFIG": {"hosts": [{**CHANNEL_LAYER_HOST, "address": CHANNEL_LAYER_REDIS_URL}], "capacity": 5000, "expiry": 60,
                    "prefix": f"asgi-{CHECKOUT_ID}"},
     }
