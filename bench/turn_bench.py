@@ -11,7 +11,7 @@ node with ``openai/echo`` (answers at once), then end.
 - ``agent_start``: the same POST until its first event (``run.status`` queued) arrives on that group. The run
   id is only known once the request has published it, so this process subscribes a listener channel to the
   group just before the request's own publish (a wrapper around ``data_plane.streams._publish``, installed
-  for this section only, queues a group_add ahead of the send on the IO loop): one more round trip to Redis
+  for this section only, makes a group_add and waits for it before the send): one more round trip to Redis
   before the event, which the figure includes.
 - ``turns_per_second``: many runs started with ``run_start`` (the service, not HTTP: the workers are
   measured, not the API) while their step messages are held in a second queue; then all are moved into the
@@ -40,7 +40,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,6 @@ from django_tenants.utils import schema_context
 from bench.measure import percentile
 from common.actors import Actor
 from data_plane import services, streams
-from data_plane.runtime.loop import submit_in_order
 from tenants import services as tenant_services
 
 REPO = Path(__file__).resolve().parent.parent
@@ -217,14 +215,14 @@ class Listener:
                     self.changed.notify_all()
 
     def install(self) -> None:
-        """Wrap ``streams._publish`` (called on commit): a run's first publish first subscribes our channel,
-        on the same in-order IO queue as the sends, so the group_add goes before the event."""
+        """Wrap ``streams._publish`` (called on commit, by the committing thread): a run's first publish first
+        subscribes our channel (a group_add on the listener's loop, waited for), so the event finds it."""
         original, listener = self._original_publish, self
 
         def subscribing_publish(group: str, messages: list[dict[str, Any]]) -> None:
             if listener.enabled and group.startswith(listener.prefix) and group not in listener.subscribed:
                 listener.subscribed[group] = time.time()
-                submit_in_order(partial(listener.layer.group_add, group, listener.channel))
+                listener._call(listener.layer.group_add(group, listener.channel))
             original(group, messages)
 
         streams._publish = subscribing_publish  # type: ignore[assignment]

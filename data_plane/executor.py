@@ -419,11 +419,14 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
                 return held if fresh else finished(held)
             paid: Usage | None = None
             try:
-                reply = await self.chat_model.complete(model_request, on_delta=deltas.send, on_retry=deltas.restart,
-                                                       **media)
-                paid = reply.usage
-                if guarded is not None:
-                    reply = await guarded.reply(reply, await deltas.finish(), node=command.node_id)
+                try:
+                    reply = await self.chat_model.complete(model_request, on_delta=deltas.send,
+                                                           on_retry=deltas.restart, **media)
+                    paid = reply.usage
+                    if guarded is not None:
+                        reply = await guarded.reply(reply, await deltas.finish(), node=command.node_id)
+                finally:  # the deltas go out before the step's events (the reply supersedes them)
+                    await deltas.flush()
             except ProviderRejected as exc:
                 return finished(EffectFailed(code="model_rejected", message=str(exc)))
             except OutputBlocked as blocked:
@@ -676,8 +679,13 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
 
 
 class _DeltaStream:
-    """Publishes one model call's token deltas; a retried attempt streams again under a new name, so a
-    subscriber drops the failed attempt's text."""
+    """Publishes one model call's token deltas, in order; a retried attempt streams again under a new name, so
+    a subscriber drops the failed attempt's text.
+
+    One publish at a time: fragments that arrive while one is in flight are sent together after it, as one
+    delta (their text joined). A model streaming slower than a publish (every real one) gets a delta per
+    fragment, as soon as it arrives; a burst (a fast or cached model) costs a few Redis round trips, not one
+    pair per fragment. ``flush`` waits until everything sent is published."""
 
     def __init__(self, *, schema: str, run_id: UUID, after_seq: int, node: str, name: str,
                  guard: RunGuard | None = None) -> None:
@@ -685,6 +693,8 @@ class _DeltaStream:
         self.attempt = 1
         self.guard = guard
         self.stream_guard = guard.stream() if guard is not None else None
+        self._pending: list[tuple[str, str]] = []  # (stream, text) not yet published
+        self._publishing: asyncio.Future[None] | None = None
 
     async def send(self, text: str) -> None:
         """Publish a fragment; with guardrails, what the output rail lets through (redacted, held back a few
@@ -694,7 +704,7 @@ class _DeltaStream:
             if blocked is not None:
                 raise OutputBlocked(blocked)
         if text:
-            await self._publish(text)
+            self._queue(text)
 
     async def finish(self) -> Outcome | None:
         """The end of the stream: publish what was held back; the output rail's outcome on the whole text."""
@@ -704,12 +714,26 @@ class _DeltaStream:
         if outcome.blocked:
             raise OutputBlocked(outcome)
         if rest:
-            await self._publish(rest)
+            self._queue(rest)
         return outcome
 
-    async def _publish(self, text: str) -> None:
-        await streams.delta_publish(tenant_schema=self.schema, run_id=self.run_id, after_seq=self.after_seq,
-                                    node=self.node, text=text, stream=f"{self.name}.{self.attempt}")
+    async def flush(self) -> None:
+        if self._publishing is not None:
+            await self._publishing
+
+    def _queue(self, text: str) -> None:
+        self._pending.append((f"{self.name}.{self.attempt}", text))
+        if self._publishing is None or self._publishing.done():
+            self._publishing = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        while self._pending:
+            stream = self._pending[0][0]
+            count = next((i for i, (name, _) in enumerate(self._pending) if name != stream), len(self._pending))
+            text = "".join(fragment for _, fragment in self._pending[:count])
+            del self._pending[:count]
+            await streams.delta_publish(tenant_schema=self.schema, run_id=self.run_id, after_seq=self.after_seq,
+                                        node=self.node, text=text, stream=stream)
 
     async def restart(self, notice: RetryNotice) -> None:
         self.attempt += 1

@@ -207,3 +207,44 @@ def test_a_writer_fenced_off_at_its_commit_leaves_its_tool_result_for_the_runs_n
     assert len(made) == 1
     with schema_context(tenant.schema):
         assert Run.objects.get(id=run.id).step == 3
+
+
+def test_a_burst_of_fragments_is_published_as_few_deltas_and_a_paced_stream_as_one_each():
+    """A model call's deltas, read back from the run's delta log: fragments that arrive while a publish is in
+    flight go out together (in order, none lost, numbered without gaps), a retried attempt's are never joined
+    with the failed one's, and fragments that arrive slower than a publish get a delta each."""
+    import asyncio
+
+    from data_plane import streams
+    from data_plane.executor import _DeltaStream
+
+    async def scenario():
+        run_id = uuid.uuid4()
+        deltas = _DeltaStream(schema="t_deltas", run_id=run_id, after_seq=3, node="llm", name="7.llm")
+        for index in range(40):  # a burst: nothing waits between fragments
+            await deltas.send(f"w{index} ")
+        await deltas.restart(None)
+        for index in range(5):
+            await deltas.send(f"r{index} ")
+        await deltas.flush()
+        burst = await streams.delta_range(tenant_schema="t_deltas", run_id=run_id, after=0)
+        paced_run = uuid.uuid4()
+        paced = _DeltaStream(schema="t_deltas", run_id=paced_run, after_seq=0, node="llm", name="8.llm")
+        for index in range(5):
+            await paced.send(f"p{index} ")
+            await asyncio.sleep(0.05)
+        await paced.flush()
+        paced_deltas = await streams.delta_range(tenant_schema="t_deltas", run_id=paced_run, after=0)
+        for run in (run_id, paced_run):
+            await streams._redis().delete(*streams._delta_keys("t_deltas", run))
+        return burst, paced_deltas
+
+    burst, paced = asyncio.run(scenario())
+    assert [d["n"] for d in burst] == list(range(1, len(burst) + 1)) and len(burst) < 10
+    first = [d for d in burst if d["stream"] == "7.llm.1"]
+    retried = [d for d in burst if d["stream"] == "7.llm.2"]
+    assert first + retried == burst  # the failed attempt's text, then the retry's
+    assert "".join(d["text"] for d in first) == "".join(f"w{i} " for i in range(40))
+    assert "".join(d["text"] for d in retried) == "".join(f"r{i} " for i in range(5))
+    assert {(d["after_seq"], d["node"]) for d in burst} == {(3, "llm")}
+    assert [d["text"] for d in paced] == [f"p{i} " for i in range(5)]
