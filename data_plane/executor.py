@@ -82,6 +82,7 @@ class Claim:
     was_retried: bool = False
     event_seq: int = 0  # the run's last event when claimed: the first step's deltas follow it
     routing: Any = None  # the run's routing (RunRouting JSON), fixed when it was created; None: the spec's models
+    fresh: bool = False  # no task began the head step's effects before: nothing of it is journalled
 
 
 class _Lru(OrderedDict):  # type: ignore[type-arg]
@@ -188,8 +189,10 @@ class RunStepper:
             journal: dict[str, JournalEntry] = {}
             try:
                 # Within one task, a step after the first cannot have anything recorded yet (this task is the
-                # run's only driver and created the step), unless the run replays a source branch.
-                fresh = head_id != claim.head_id and claim.base_run_id is None
+                # run's only driver and created the step), unless the run replays a source branch; nor can the
+                # first, when no task began it before this claim (and the run was not retried from a failure).
+                fresh = claim.base_run_id is None and (
+                    head_id != claim.head_id or (claim.fresh and not claim.was_retried))
                 self._run_limits[run_id] = (spec.limits.max_cost_usd, state.cost_usd, claim.agent_version_id)
                 prepared = {command.key: _prepare(run_id, loaded.step, command) for command in commands
                             if not isinstance(command, StartSubRun)}
@@ -200,6 +203,8 @@ class RunStepper:
                                                                journal, fresh, after_seq, sent, guard)))
             except TransientStepError as exc:
                 self._record_alone(store, run_id, journal)
+                if fresh:  # its model calls that got no answer were attempted: the retry counts a second attempt
+                    self._mark_attempted(run_id, loaded.step, commands, prepared, journal, claim)
                 self._release(run_id, claim.version, loaded.step)
                 logger.warning("Run %s step %s: transient failure, will retry: %s", run_id, loaded.step, exc)
                 return StepOutcome(kind="transient", retry_in=1.0, step=loaded.step)
@@ -290,14 +295,19 @@ class RunStepper:
     # --- claim and lease --------------------------------------------------------------------------
 
     def _claim(self, run_id: UUID, expected_step: int) -> Claim | StepOutcome:
+        # ``fresh``: no task began the effects of the run's head step before this claim (attempted_step, read
+        # under the row's lock, is behind it), so nothing of that step can be in the journal.
         sql = f"""
-UPDATE {self.q}data_plane_run SET lease_owner = %(owner)s,
-  lease_expires_at = now() + make_interval(secs => %(ttl)s), version = version + 1,
-  status = CASE WHEN status = 'queued' THEN 'running' ELSE status END, started_at = coalesce(started_at, now())
-WHERE id = %(id)s AND driver_step = %(step)s AND status IN ('queued', 'running')
-  AND (lease_owner = '' OR lease_expires_at IS NULL OR lease_expires_at < now()) AND {ASYNC_COMMIT} = 'off'
-RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run_id, was_retried, event_seq,
-  routing"""
+WITH before AS (SELECT attempted_step FROM {self.q}data_plane_run WHERE id = %(id)s FOR UPDATE)
+UPDATE {self.q}data_plane_run r SET lease_owner = %(owner)s,
+  lease_expires_at = now() + make_interval(secs => %(ttl)s), version = r.version + 1,
+  status = CASE WHEN r.status = 'queued' THEN 'running' ELSE r.status END,
+  started_at = coalesce(r.started_at, now()), attempted_step = r.step
+FROM before
+WHERE r.id = %(id)s AND r.driver_step = %(step)s AND r.status IN ('queued', 'running')
+  AND (r.lease_owner = '' OR r.lease_expires_at IS NULL OR r.lease_expires_at < now()) AND {ASYNC_COMMIT} = 'off'
+RETURNING r.version, r.head_id, r.agent_version_id, r.reexecute, r.base_run_id, r.parent_run_id, r.was_retried,
+  r.event_seq, r.routing, before.attempted_step IS NULL OR before.attempted_step < r.step"""
         with connection.cursor() as cursor:
             cursor.execute(sql, {"owner": self.owner, "ttl": self.lease_seconds, "id": run_id, "step": expected_step})
             row = cursor.fetchone()
@@ -355,6 +365,18 @@ RETURNING version, head_id, agent_version_id, reexecute, base_run_id, parent_run
         except DatabaseError:
             logger.exception("Run %s: recording %d finished calls failed; a retry makes them again with the same "
                              "idempotency keys", run_id, len(journal))
+
+    def _mark_attempted(self, run_id: UUID, step: int, commands: list[Command], prepared: dict[str, _Prepared],
+                        journal: dict[str, JournalEntry], claim: Claim) -> None:
+        """Mark a fresh step's model calls that were made without an answer as started (they had no journal row),
+        so the journal counts the retry's call as their second attempt. Best effort."""
+        try:
+            for command in commands:
+                effect = prepared.get(command.key)
+                if effect is not None and effect.kind == EffectRecord.Kind.MODEL and command.key not in journal:
+                    self._journal_begin(run_id, step, command.key, effect, claim, command.node_id)
+        except DatabaseError:
+            logger.exception("Run %s: marking step %s's unanswered model calls failed", run_id, step)
 
     async def _execute(self, run_id: UUID, step: int, commands: list[Command], spec: AgentSpec,
                        claim: Claim, prepared: dict[str, _Prepared], journal: dict[str, JournalEntry],

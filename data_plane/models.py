@@ -111,6 +111,10 @@ class Run(models.Model):
     # The step named by the task that owns the run: a worker may run several steps in one task, and a
     # redelivery of that task (its worker died) must still match, while stale duplicates must not.
     driver_step = models.PositiveIntegerField(default=0)
+    # The last step whose effects a task began (None: none yet): set when a task claims the run (at its head)
+    # and when it commits a step and goes on with the next. A claim at a head past it finds nothing of that
+    # step in the journal, so its model calls are recorded once answered, without a "started" mark first.
+    attempted_step = models.PositiveIntegerField(null=True, blank=True)
     version = models.PositiveBigIntegerField(default=0)
     lease_owner = models.CharField(max_length=200, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)

@@ -248,3 +248,47 @@ def test_a_burst_of_fragments_is_published_as_few_deltas_and_a_paced_stream_as_o
     assert "".join(d["text"] for d in retried) == "".join(f"r{i} " for i in range(5))
     assert {(d["after_seq"], d["node"]) for d in burst} == {(3, "llm")}
     assert [d["text"] for d in paced] == [f"p{i} " for i in range(5)]
+
+
+def test_a_first_claim_records_its_model_call_once_answered_and_a_later_claim_of_the_step_reuses_it(tenant):
+    """A task that claims a step no task began records its model call whole when answered (no "started" mark
+    first); a task that claims a step another began (here: fenced off at its commit) looks in the journal first
+    and reuses the answer instead of paying for it again."""
+    import asyncio
+
+    from django.db.models import F
+
+    run, dispatched = start(tenant), []
+
+    def bump_version():
+        with schema_context(tenant.schema):
+            Run.objects.filter(id=run.id).update(version=F("version") + 1)
+
+    class TakenOverWhileAnswering(FakeChatModel):
+        async def complete(self, request, **kwargs):
+            await asyncio.to_thread(bump_version)
+            return await super().complete(request, **kwargs)
+
+    def stepper(model):
+        return RunStepper(tenant_schema=tenant.schema, chat_model=model, dispatch=lambda run_id, step: dispatched.append(step),
+                          tool_runner_factory=lambda run_id: BuiltinToolRunner(tenant_schema=tenant.schema, run_id=run_id),
+                          tenant=tenant.tenant, owner=f"w-{uuid.uuid4().hex[:6]}")
+
+    first_model = TakenOverWhileAnswering(REPLIES)
+    assert stepper(first_model).run_step(run.id, 0).kind == "fenced"
+    with schema_context(tenant.schema):
+        answered = EffectRecord.objects.get(run=run, step=0)
+        Run.objects.filter(id=run.id).update(lease_owner="", lease_expires_at=None)  # its lease ran out
+    # recorded whole, once answered (it was the step's first attempt), by the fenced writer on its own
+    assert (answered.status, answered.attempts, answered.started_at) == ("succeeded", 1, answered.finished_at)
+    # when: another task claims the same step
+    second_model = FakeChatModel(REPLIES)
+    second = stepper(second_model)
+    assert second.run_step(run.id, 0).kind == "advanced"
+    # then: the answer was reused, not paid for again
+    assert len(first_model.requests) == 1 and second_model.requests == []
+    # and the next step, which no task began, is recorded whole once answered again
+    assert second.run_step(run.id, 1).kind == "advanced" and len(second_model.requests) == 1
+    with schema_context(tenant.schema):
+        following = EffectRecord.objects.get(run=run, step=1)
+    assert (following.attempts, following.started_at) == (1, following.finished_at)

@@ -152,7 +152,8 @@ WITH fence AS (
     lease_owner = CASE WHEN %(release)s THEN '' ELSE lease_owner END,
     lease_expires_at = CASE WHEN %(release)s THEN NULL
                             ELSE now() + make_interval(secs => %(lease_seconds)s::float8) END,
-    driver_step = CASE WHEN %(release)s THEN %(step)s ELSE driver_step END
+    driver_step = CASE WHEN %(release)s THEN %(step)s ELSE driver_step END,
+    attempted_step = CASE WHEN %(release)s THEN attempted_step ELSE %(step)s END
   WHERE id = %(run_id)s AND version = %(expected_version)s
   RETURNING version, pause_requested, event_seq - %(event_count)s AS base_seq
 ), checkpoint AS (
@@ -229,7 +230,8 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
         statement: a step's tool calls are logged exactly when, and only if, the step commits.
 
         Releasing the lease hands the run to whichever task is dispatched for this step next; keeping it
-        extends it by ``lease_seconds`` (the writer goes on with the next step itself). Runs in the caller's
+        extends it by ``lease_seconds`` (the writer goes on with the next step itself: the new step is then the
+        run's ``attempted_step``, so a task that claims it after a crash knows its effects may have begun). Runs in the caller's
         transaction when there is one, so related rows can join the same commit; in autocommit, the one
         statement is a transaction of its own (all of it or nothing, durable when acknowledged).
         """
