@@ -215,15 +215,15 @@ class Listener:
                     self.changed.notify_all()
 
     def install(self) -> None:
-        """Wrap ``streams._publish`` (called on commit, by the committing thread): a run's first publish first
-        subscribes our channel (a group_add on the listener's loop, waited for), so the event finds it."""
+        """Wrap ``streams._publish`` (called on commit): a run's first publish first subscribes our channel (a
+        group_add on the listener's loop, waited for by the committing thread), so the event finds it."""
         original, listener = self._original_publish, self
 
-        def subscribing_publish(group: str, messages: list[dict[str, Any]]) -> None:
+        def subscribing_publish(group: str, messages: list[dict[str, Any]], **options: Any) -> None:
             if listener.enabled and group.startswith(listener.prefix) and group not in listener.subscribed:
                 listener.subscribed[group] = time.time()
                 listener._call(listener.layer.group_add(group, listener.channel))
-            original(group, messages)
+            original(group, messages, **options)
 
         streams._publish = subscribing_publish  # type: ignore[assignment]
 

@@ -94,14 +94,15 @@ PUBLISH_PAUSE_SECONDS = 5.0
 _publish_paused_until = 0.0
 
 
-def _publish(group: str, messages: list[dict[str, Any]]) -> None:
-    """Send the messages in order, from the calling thread when the layer can (a step's or a request's: one
-    Redis round trip, no hand-off to the IO loop's thread), else handed to the IO loop (in order, without
-    waiting). Failures are logged, never raised."""
+def _publish(group: str, messages: list[dict[str, Any]], *, hand_off: bool = False) -> None:
+    """Send the messages in order: from the calling thread when the layer can (a step's: one or two Redis round
+    trips, where a hand-off to the IO loop's thread, busy with the step's effects, cost more), or handed to the
+    IO loop without waiting (``hand_off``: a request's, whose response and dispatch need not wait for Redis; or a
+    layer without a blocking send). Failures are logged, never raised."""
     global _publish_paused_until
     layer = get_channel_layer()
     send = getattr(layer, "group_send_blocking", None)
-    if send is None:
+    if send is None or hand_off:
         submit_in_order(partial(_send, group, messages))
         return
     if time.monotonic() < _publish_paused_until:
@@ -117,15 +118,18 @@ def _publish(group: str, messages: list[dict[str, Any]]) -> None:
 
 
 def ping_publish(*, tenant_schema: str, ping_id: UUID, ping: dict[str, Any]) -> None:
-    """Tell the ping's subscribers its new state."""
-    _publish(ping_group(tenant_schema=tenant_schema, ping_id=ping_id), [{"type": "ping.changed", "ping": ping}])
+    """Tell the ping's subscribers its new state (without waiting for Redis)."""
+    _publish(ping_group(tenant_schema=tenant_schema, ping_id=ping_id), [{"type": "ping.changed", "ping": ping}],
+             hand_off=True)
 
 
-def run_publish(*, tenant_schema: str, run_id: UUID | str, events: list[dict[str, Any]]) -> None:
+def run_publish(*, tenant_schema: str, run_id: UUID | str, events: list[dict[str, Any]],
+                hand_off: bool = False) -> None:
     """Send a commit's run events ({seq, type, data, ts}, in order) to the run's live subscribers, in one
-    message."""
+    message; from this thread, or handed to the IO loop (``hand_off``: see ``_publish``)."""
     if events:
-        _publish(run_group(tenant_schema=tenant_schema, run_id=run_id), [{"type": "run.events", "events": events}])
+        _publish(run_group(tenant_schema=tenant_schema, run_id=run_id), [{"type": "run.events", "events": events}],
+                 hand_off=hand_off)
 
 
 async def delta_publish(*, tenant_schema: str, run_id: UUID | str, after_seq: int, node: str, text: str,

@@ -78,7 +78,8 @@ def _commit(tenant_schema: str, *, events: list[dict[str, Any]], **fields: Any) 
     """Commit a checkpoint through the store (fenced) and publish its events once the transaction commits."""
     committed = _store(tenant_schema).commit(events=events, **fields)
     transaction.on_commit(partial(streams.run_publish, tenant_schema=tenant_schema, run_id=fields["run_id"],
-                                  events=numbered_events(events, committed, messages=fields["state"].messages)))
+                                  events=numbered_events(events, committed, messages=fields["state"].messages),
+                                  hand_off=True))
 
 
 def _wake_parent(run: Run, tenant_schema: str) -> None:
@@ -99,7 +100,7 @@ def _append_event(run: Run, type_: str, data: dict[str, Any], tenant_schema: str
     run.event_seq += 1
     event = RunEvent.objects.create(run=run, seq=run.event_seq, type=type_, data=data)
     transaction.on_commit(partial(streams.run_publish, tenant_schema=tenant_schema, run_id=run.id, events=[
-        {"seq": event.seq, "type": type_, "data": data, "ts": format_ts(event.created_at)}]))
+        {"seq": event.seq, "type": type_, "data": data, "ts": format_ts(event.created_at)}], hand_off=True))
 
 
 
