@@ -267,8 +267,10 @@ class EffectRecord(models.Model):
     step = models.PositiveIntegerField()
     key = models.CharField(max_length=200)
     kind = models.CharField(max_length=10, choices=Kind.choices)
-    idempotency_key = models.CharField(max_length=300, unique=True)
-    digest = models.CharField(max_length=64, db_index=True)
+    # Unique and indexed through Meta: a field's own unique=True or db_index=True on a CharField also builds a
+    # varchar_pattern_ops index for LIKE queries, which nothing here makes, and every step's commit paid for it.
+    idempotency_key = models.CharField(max_length=300)
+    digest = models.CharField(max_length=64)
     name = models.CharField(max_length=200)  # the model or the tool
     request = models.JSONField(default=dict)
     result = models.JSONField(null=True)
@@ -284,6 +286,8 @@ class EffectRecord(models.Model):
 
     class Meta:
         ordering = ["run", "step", "id"]
+        constraints = [models.UniqueConstraint(fields=["idempotency_key"], name="effect_idempotency_key_unique")]
+        indexes = [models.Index(fields=["digest"], name="effect_digest_idx")]
 
 
 class Note(models.Model):
