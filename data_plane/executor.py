@@ -174,6 +174,7 @@ class RunStepper:
         store = checkpoint_store(self.schema)
         spec = routed(self._spec(claim.agent_version_id), claim.routing)
         head_id, budget, after_seq = claim.head_id, self.steps_per_task, claim.event_seq
+        premarked: frozenset[str] = frozenset()  # the step's tool calls its parent's commit marked started
         while True:
             budget -= 1
             with _CACHE_LOCK:
@@ -196,7 +197,8 @@ class RunStepper:
                 self._run_limits[run_id] = (spec.limits.max_cost_usd, state.cost_usd, claim.agent_version_id)
                 prepared = {command.key: _prepare(run_id, loaded.step, command) for command in commands
                             if not isinstance(command, StartSubRun)}
-                results = self._begin(run_id, loaded.step, commands, prepared, claim, fresh)
+                results = self._begin(run_id, loaded.step, [c for c in commands if c.key not in premarked],
+                                      prepared, claim, fresh)
                 remaining = [command for command in commands if command.key not in results]
                 if remaining:
                     results.update(run_coroutine(self._execute(run_id, loaded.step, remaining, spec, claim, prepared,
@@ -215,8 +217,8 @@ class RunStepper:
             except BaseException:
                 self._record_alone(store, run_id, journal)
                 raise
-            new_state, _ = machine.step(state, machine.EffectsCompleted(results=results, now=self.clock()), spec=spec,
-                                        meter=self.meter)
+            new_state, next_commands = machine.step(state, machine.EffectsCompleted(results=results, now=self.clock()),
+                                                    spec=spec, meter=self.meter)
             if guard is not None and new_state.status == Status.COMPLETED:
                 final = guard.final(new_state.output or "", schema=spec.output_schema)
                 if final is not None and final.blocked:
@@ -226,13 +228,14 @@ class RunStepper:
             outcome, committed = self._commit(run_id, claim, store, loaded.id, loaded.step, state, new_state,
                                               commands, results, keep_going=budget > 0, sent=sent,
                                               extra_events=guard.events if guard is not None else (),
-                                              journal=list(journal.values()))
+                                              journal=list(journal.values()),
+                                              next_commands=next_commands if claim.base_run_id is None else ())
             if committed is None:
                 if outcome.run_status in ("completed", "failed") and self.on_finished is not None:
                     self.on_finished(run_id, outcome.run_status, spec)
                 return outcome
             claim = replace(claim, version=committed[0])
-            head_id, after_seq = committed[1], committed[2]
+            head_id, after_seq, premarked = committed[1], committed[2], committed[3]
 
     def _guard(self, run_id: UUID, agent_version_id: UUID, step: int) -> RunGuard | None:
         """The step's guardrails: the run's agent's pipeline (None when no guardrails are wired)."""
@@ -600,9 +603,12 @@ RETURNING r.version, r.head_id, r.agent_version_id, r.reexecute, r.base_run_id, 
                 previous: RunState, state: RunState, commands: list[Command],
                 results: dict[str, machine.EffectResult], *, keep_going: bool,
                 sent: dict[str, dict[str, Any]] | None = None, extra_events: Sequence[dict[str, Any]] = (),
-                journal: Sequence[JournalEntry] = ()) -> tuple[StepOutcome, tuple[int, UUID, int] | None]:
-        """Commit the step. Returns its outcome, and (new version, checkpoint, last event's seq) when this task
-        goes on with the run's next step itself (it keeps the lease) instead of dispatching it."""
+                journal: Sequence[JournalEntry] = (), next_commands: Sequence[Command] = ()
+                ) -> tuple[StepOutcome, tuple[int, UUID, int, frozenset[str]] | None]:
+        """Commit the step. Returns its outcome, and (new version, checkpoint, last event's seq, the next step's
+        calls marked started) when this task goes on with the run's next step itself (it keeps the lease)
+        instead of dispatching it: then the commit also marks that step's tool calls (``next_commands``, the
+        core's answer for ``state``) started, with their tool.started events, as the next step would first."""
         step = parent_step + 1
         run_status = run_status_for(state)
         waiting_subrun = state.status == Status.WAITING_SUBRUN
@@ -619,6 +625,24 @@ RETURNING r.version, r.head_id, r.agent_version_id, r.reexecute, r.base_run_id, 
             if run_status != "running":
                 audit.append(AuditEntry(actor_kind=RUNTIME.kind, actor_id=RUNTIME.id, action=f"run.{run_status}",
                                         target_type="run", target_id=str(run_id), data={"step": step}))
+        # exactly what a reload would give: control and values as they round-trip through JSON
+        reloaded = RunState.from_parts(control=json.loads(json.dumps(state.control_json(), default=str)),
+                                       messages=state.messages,
+                                       values=json.loads(json.dumps(dict(state.values), default=str)))
+        if reloaded == state:  # the same state: the next step plans from the object the core just planned
+            reloaded = state
+        # This task goes on with the next step: its tool calls are marked started here, with their tool.started
+        # events, instead of by a statement of their own before the calls (the step is fresh: nothing of it is
+        # recorded). Only when the next step plans from this very state, so the calls are the same. A pause or
+        # cancel that stops the run at this commit leaves them marked: resumed, they count a second attempt.
+        premarked: list[JournalEntry] = []
+        if continues and reloaded is state:
+            for command in next_commands:
+                if isinstance(command, CallTool):
+                    premarked.append(_prepare(run_id, step, command).started(step, command.key))
+                    events.append({"type": "tool.started", "data": {"node": command.node_id, "call": {
+                        "id": command.call.id, "name": command.call.name, "arguments": command.call.arguments},
+                        "attempt": 1}})
         joined = state.pending_approval is not None
         # The commit is one statement. When no other row joins it (an approval), it is its own transaction
         # (autocommit): as atomic and as durable, without the BEGIN and COMMIT round trips.
@@ -629,7 +653,7 @@ RETURNING r.version, r.head_id, r.agent_version_id, r.reexecute, r.base_run_id, 
                                          parent_id=parent_id, step=step, previous=previous, state=state,
                                          run_status=run_status, reason=(state.error or {}).get("message", ""),
                                          events=events, release_lease=not continues, lease_seconds=self.lease_seconds,
-                                         audit=audit, effects=journal)
+                                         audit=audit, effects=[*journal, *premarked])
                 if joined:
                     with in_schema(self.schema):
                         record_pending_approval(run_id, state)
@@ -640,12 +664,6 @@ RETURNING r.version, r.head_id, r.agent_version_id, r.reexecute, r.base_run_id, 
         except Exception:
             self._record_alone(store, run_id, {entry.key: entry for entry in journal})
             raise
-        # exactly what a reload would give: control and values as they round-trip through JSON
-        reloaded = RunState.from_parts(control=json.loads(json.dumps(state.control_json(), default=str)),
-                                       messages=state.messages,
-                                       values=json.loads(json.dumps(dict(state.values), default=str)))
-        if reloaded == state:  # the same state: the next step plans from the object the core just planned
-            reloaded = state
         with _CACHE_LOCK:
             _STATES.remember((self.schema, checkpoint_id), LoadedCheckpoint(id=checkpoint_id, run_id=run_id, step=step,
                                                                             state=reloaded))
@@ -658,7 +676,8 @@ RETURNING r.version, r.head_id, r.agent_version_id, r.reexecute, r.base_run_id, 
             self._stopped(run_id)
         if continues:
             return StepOutcome(kind="advanced", step=step, run_status=run_status), (
-                committed.version, checkpoint_id, committed.first_event_seq + len(events) - 1)
+                committed.version, checkpoint_id, committed.first_event_seq + len(events) - 1,
+                frozenset(entry.key for entry in premarked))
         if run_status == "running" and not waiting_subrun:
             self.dispatch(run_id, step)
         elif run_status in TERMINAL:
@@ -814,6 +833,12 @@ class _Prepared:
     request: dict[str, Any]
     digest: str
     idempotency_key: str
+
+    def started(self, step: int, key: str) -> JournalEntry:
+        """The call's journal entry marking it started (no result yet)."""
+        return JournalEntry(step=step, key=key, kind=self.kind, idempotency_key=self.idempotency_key,
+                            digest=self.digest, name=self.name, request=self.request, result=None,
+                            status=EffectRecord.Status.STARTED, latency_ms=None, finished=time.monotonic())
 
     def entry(self, step: int, key: str, result: Any, usage: Usage | None, started: float) -> JournalEntry:
         """The call's journal entry, now that it finished with ``result`` (paid ``usage``)."""

@@ -292,3 +292,46 @@ def test_a_first_claim_records_its_model_call_once_answered_and_a_later_claim_of
     with schema_context(tenant.schema):
         following = EffectRecord.objects.get(run=run, step=1)
     assert (following.attempts, following.started_at) == (1, following.finished_at)
+
+
+def test_a_task_going_on_with_a_tool_step_marks_its_calls_started_in_the_commit_before_it(tenant):
+    """When a task commits a step and goes on with the next, that step's tool calls are marked started by the
+    commit (with their tool.started events) instead of by a statement of their own: each call still has one
+    journal row (one attempt, then its result), one tool.started event before its tool.finished, and the run's
+    events are numbered without gaps."""
+    from data_plane.models import RunEvent
+
+    run, dispatched, made = start(tenant), [], []
+
+    class Counting:
+        def __init__(self, run_id):
+            self.runner = BuiltinToolRunner(tenant_schema=tenant.schema, run_id=run_id)
+
+        async def call(self, call, *, idempotency_key):
+            made.append(idempotency_key)
+            return await self.runner.call(call, idempotency_key=idempotency_key)
+
+    stepper = RunStepper(tenant_schema=tenant.schema, chat_model=FakeChatModel(REPLIES), tool_runner_factory=Counting,
+                         dispatch=lambda run_id, step: dispatched.append(step), tenant=tenant.tenant, steps_per_task=8)
+    outcome = stepper.run_step(run.id, 0)
+    assert (outcome.kind, outcome.run_status) == ("advanced", "completed")
+    with schema_context(tenant.schema):
+        tool_rows = list(EffectRecord.objects.filter(run=run, kind="tool").values_list(
+            "step", "idempotency_key", "attempts", "status", "result__content"))
+        events = list(RunEvent.objects.filter(run=run).order_by("seq").values_list("seq", "type", "data"))
+    assert tool_rows == [(2, f"{run.id}:2:observe:c1", 1, "succeeded", "42")] and made == [f"{run.id}:2:observe:c1"]
+    assert [seq for seq, *_ in events] == list(range(1, len(events) + 1))
+    kinds = [kind for _, kind, _ in events]
+    assert kinds.count("tool.started") == 1 and kinds.index("tool.started") < kinds.index("tool.finished")
+    started = next(data for _, kind, data in events if kind == "tool.started")
+    assert started == {"node": "observe", "attempt": 1,
+                       "call": {"id": "c1", "name": "calculator", "arguments": {"expression": "6*7"}}}
+    # it came with the commit of the step before the call: the same transaction's time as that checkpoint
+    assert kinds[kinds.index("tool.started") - 1] == "checkpoint.committed"
+    with schema_context(tenant.schema):
+        from data_plane.models import Checkpoint
+
+        committed_at = Checkpoint.objects.get(run=run, step=2).created_at
+        marked_at = EffectRecord.objects.get(run=run, kind="tool").started_at
+        event_at = RunEvent.objects.get(run=run, type="tool.started").created_at
+    assert marked_at == event_at == committed_at

@@ -85,7 +85,8 @@ class LoadedCheckpoint:
 class JournalEntry:
     """A finished model or tool call for the run's effect journal: written by the step's commit statement
     (durable exactly when the checkpoint that used it is), or alone by ``record_effects`` when the step does
-    not commit. It completes the call's "started" row, or is inserted whole (a fresh step's model call)."""
+    not commit. It completes the call's "started" row, or is inserted whole (a fresh step's model call). With
+    status "started" (no result), it marks a call of the next step started (its commit's writer makes it next)."""
 
     step: int
     key: str
@@ -94,9 +95,9 @@ class JournalEntry:
     digest: str
     name: str
     request: Mapping[str, Any]
-    result: Mapping[str, Any]
+    result: Mapping[str, Any] | None
     status: str
-    latency_ms: float
+    latency_ms: float | None
     finished: float  # time.monotonic() when the call finished: the row's finished_at is that long before now()
     input_tokens: int = 0
     output_tokens: int = 0
@@ -119,7 +120,8 @@ def _journal_part(q: str, *, after: str) -> str:
         "request, result, status, attempts, latency_ms, input_tokens, output_tokens, cost_usd, started_at, finished_at)\n"
         "  SELECT %(run_id)s, e.step, e.key, e.kind, e.idempotency_key, e.digest, e.name, e.request, e.result, "
         "e.status, 1, e.latency_ms, e.input_tokens, e.output_tokens, e.cost_usd, "
-        "now() - make_interval(secs => e.ago), now() - make_interval(secs => e.ago)\n"
+        "CASE WHEN e.status = 'started' THEN now() ELSE now() - make_interval(secs => e.ago) END, "
+        "CASE WHEN e.status = 'started' THEN NULL ELSE now() - make_interval(secs => e.ago) END\n"
         f"  FROM {after}jsonb_to_recordset(%(effects)s::jsonb) AS e(step int, key text, kind text, "
         "idempotency_key text, digest text, name text, request jsonb, result jsonb, status text, latency_ms float8, "
         "input_tokens int, output_tokens int, cost_usd numeric, ago float8)\n"
