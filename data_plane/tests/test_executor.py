@@ -47,6 +47,31 @@ def reload(tenant, run) -> Run:
         return Run.objects.get(id=run.id)
 
 
+def take_over(tenant, run) -> None:
+    """What another worker's claim does to the run: a new version, which fences this one's commit off."""
+    from django.db.models import F
+
+    with schema_context(tenant.schema):
+        Run.objects.filter(id=run.id).update(version=F("version") + 1)
+
+
+class RecordingTools:
+    """The built-in tools, recording each call's idempotency key in ``made``; ``first_call`` (if given) runs in a
+    thread during the first call."""
+
+    def __init__(self, tenant, run_id, made, first_call=None):
+        self.runner = BuiltinToolRunner(tenant_schema=tenant.schema, run_id=run_id)
+        self.made, self.first_call = made, first_call
+
+    async def call(self, call, *, idempotency_key):
+        import asyncio
+
+        self.made.append(idempotency_key)
+        if self.first_call is not None and len(self.made) == 1:
+            await asyncio.to_thread(self.first_call)
+        return await self.runner.call(call, idempotency_key=idempotency_key)
+
+
 def test_a_task_runs_several_steps_then_hands_the_run_back(tenant):
     # given
     run, dispatched = start(tenant), []
@@ -167,29 +192,14 @@ def test_a_writer_fenced_off_at_its_commit_leaves_its_tool_result_for_the_runs_n
     """A step's tool results are journalled by its commit; when that commit is refused (another worker took the
     run over during the call), they are recorded on their own, so the next owner reuses them: the tool's effect
     happens once."""
-    import asyncio
-
-    from django.db.models import F
-
     run, dispatched, made = start(tenant), [], []
 
-    class TakenOverDuringTheCall:
-        def __init__(self, run_id):
-            self.runner = BuiltinToolRunner(tenant_schema=tenant.schema, run_id=run_id)
-
-        async def call(self, call, *, idempotency_key):
-            made.append(idempotency_key)
-            if len(made) == 1:  # another worker claims the run while the tool runs
-                await asyncio.to_thread(bump_version)
-            return await self.runner.call(call, idempotency_key=idempotency_key)
-
-    def bump_version():
-        with schema_context(tenant.schema):
-            Run.objects.filter(id=run.id).update(version=F("version") + 1)
+    def tools(run_id):  # another worker claims the run while the tool runs
+        return RecordingTools(tenant, run_id, made, first_call=lambda: take_over(tenant, run))
 
     def stepper(owner):
         return RunStepper(tenant_schema=tenant.schema, chat_model=FakeChatModel(REPLIES), owner=owner,
-                          tool_runner_factory=TakenOverDuringTheCall, dispatch=lambda run_id, step: dispatched.append(step),
+                          tool_runner_factory=tools, dispatch=lambda run_id, step: dispatched.append(step),
                           tenant=tenant.tenant)
 
     first = stepper("first")
@@ -256,17 +266,11 @@ def test_a_first_claim_records_its_model_call_once_answered_and_a_later_claim_of
     and reuses the answer instead of paying for it again."""
     import asyncio
 
-    from django.db.models import F
-
     run, dispatched = start(tenant), []
-
-    def bump_version():
-        with schema_context(tenant.schema):
-            Run.objects.filter(id=run.id).update(version=F("version") + 1)
 
     class TakenOverWhileAnswering(FakeChatModel):
         async def complete(self, request, **kwargs):
-            await asyncio.to_thread(bump_version)
+            await asyncio.to_thread(take_over, tenant, run)
             return await super().complete(request, **kwargs)
 
     def stepper(model):
@@ -303,15 +307,8 @@ def test_a_task_going_on_with_a_tool_step_marks_its_calls_started_in_the_commit_
 
     run, dispatched, made = start(tenant), [], []
 
-    class Counting:
-        def __init__(self, run_id):
-            self.runner = BuiltinToolRunner(tenant_schema=tenant.schema, run_id=run_id)
-
-        async def call(self, call, *, idempotency_key):
-            made.append(idempotency_key)
-            return await self.runner.call(call, idempotency_key=idempotency_key)
-
-    stepper = RunStepper(tenant_schema=tenant.schema, chat_model=FakeChatModel(REPLIES), tool_runner_factory=Counting,
+    stepper = RunStepper(tenant_schema=tenant.schema, chat_model=FakeChatModel(REPLIES),
+                         tool_runner_factory=lambda run_id: RecordingTools(tenant, run_id, made),
                          dispatch=lambda run_id, step: dispatched.append(step), tenant=tenant.tenant, steps_per_task=8)
     outcome = stepper.run_step(run.id, 0)
     assert (outcome.kind, outcome.run_status) == ("advanced", "completed")
