@@ -62,6 +62,7 @@ class SpendRefused:
 class HeldSpend:
     idempotency_key: str
     worst: WorstCase
+    budgeted: bool = True  # held against budgets too (False: it settles in one statement)
 
 
 class SpendGuard(Protocol):
@@ -112,19 +113,20 @@ class BillingSpendGuard:
         worst = worst_case(request, counter=self.counter, pricing=self.pricing,
                            default_output_tokens=self.default_output_tokens)
         try:
-            billing_services.spend_reserve(
+            hold = billing_services.spend_reserve(
                 tenant_id=self.tenant.id, sla_tier=self.tenant.sla_tier, run_id=run_id, agent_id=agent_id,
                 idempotency_key=idempotency_key, amount_usd=worst.usd, tokens=worst.tokens,
                 run_limit_usd=Decimal(str(run_limit_usd)) if run_limit_usd is not None else None,
                 run_spent_usd=Decimal(str(run_spent_usd)), hold_seconds=self.hold_seconds, call=worst.description)
         except billing_services.BudgetExceeded as refused:
             return SpendRefused(message=refused.message)
-        return HeldSpend(idempotency_key=idempotency_key, worst=worst)
+        return HeldSpend(idempotency_key=idempotency_key, worst=worst, budgeted=hold.budgeted)
 
     def settle(self, held: HeldSpend, usage: Usage | None) -> None:
         if usage is None:
-            billing_services.spend_release(tenant=self.tenant, idempotency_key=held.idempotency_key)
+            billing_services.spend_release(tenant=self.tenant, idempotency_key=held.idempotency_key,
+                                           budgeted=held.budgeted)
             return
         billing_services.spend_settle(tenant=self.tenant, idempotency_key=held.idempotency_key,
                                       cost_usd=Decimal(str(usage.cost_usd)),
-                                      tokens=usage.input_tokens + usage.output_tokens)
+                                      tokens=usage.input_tokens + usage.output_tokens, budgeted=held.budgeted)

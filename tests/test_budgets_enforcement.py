@@ -407,3 +407,58 @@ def test_the_periodic_sweep_releases_expired_holds(tenant):
     assert TokenQuotaUsage.objects.get(tenant=tenant.tenant).reserved_tokens == 0
     assert RunSpend.objects.get(run_id=run_id).reserved_usd == 0
     assert SpendReservation.objects.get(idempotency_key=f"{run_id}:3:act").is_released
+
+
+def test_a_hold_against_no_budget_settles_in_one_statement_exactly_as_the_general_way(tenant):
+    """A call held against the quota and its run only (the tenant has no budget) settles in one statement; its
+    effect on the quota, the run's spend and the reservation is the general path's, settling again changes
+    nothing, and a hold that did take a budget settles the general way even when told it did not."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    run_id, a = uuid.uuid4(), agent(tenant)
+
+    def hold(key, *, tokens=100):
+        return billing_services.spend_reserve(tenant_id=tenant.tenant.id, sla_tier="standard", run_id=run_id,
+                                              agent_id=a.id, idempotency_key=key, amount_usd=Decimal("0.01"),
+                                              tokens=tokens)
+
+    def state():
+        quota = TokenQuotaUsage.objects.get(tenant_id=tenant.tenant.id)
+        spend = RunSpend.objects.get(tenant_id=tenant.tenant.id, run_id=run_id)
+        return (quota.used_tokens, quota.reserved_tokens, spend.spent_usd, spend.reserved_usd,
+                SpendReservation.objects.filter(tenant_id=tenant.tenant.id).count())
+
+    fast, general = hold("fast"), hold("general")
+    assert (fast.budgeted, general.budgeted) == (False, False)
+    before = state()
+    with schema_context(tenant.schema):
+        with CaptureQueriesContext(connection) as statements:
+            billing_services.spend_settle(tenant=tenant.tenant, idempotency_key="fast", cost_usd=Decimal("0.003"),
+                                          tokens=40, budgeted=False)
+        assert len([q for q in statements.captured_queries if "billing_" in q["sql"]]) == 1  # no BEGIN, no COMMIT
+        after_fast = state()
+        billing_services.spend_settle(tenant=tenant.tenant, idempotency_key="general", cost_usd=Decimal("0.003"),
+                                      tokens=40)
+        after_general = state()
+        # when: the fast one is settled again (a retry of the bookkeeping)
+        billing_services.spend_settle(tenant=tenant.tenant, idempotency_key="fast", cost_usd=Decimal("0.003"),
+                                      tokens=40, budgeted=False)
+        assert state() == after_general
+    # then: the same change each way: 40 tokens used and 100 freed, $0.003 spent and $0.01 freed, the hold gone
+    def change(start, end):
+        return tuple(b - a for a, b in zip(start, end))
+
+    assert change(before, after_fast) == change(after_fast, after_general) == (
+        40, -100, Decimal("0.003"), Decimal("-0.01"), -1)
+
+    # and a hold with a budget, settled as if it had none, still counts against the budget
+    budget = budget_of(tenant, scope="tenant", period="total", limit_usd=Decimal("1"))
+    budgeted = hold("budgeted")
+    assert budgeted.budgeted
+    with schema_context(tenant.schema):
+        billing_services.spend_settle(tenant=tenant.tenant, idempotency_key="budgeted", cost_usd=Decimal("0.005"),
+                                      tokens=40, budgeted=False)
+    spend = BudgetSpend.objects.get(budget=budget)
+    assert (spend.spent_usd, spend.reserved_usd) == (Decimal("0.005"), Decimal("0"))
+    assert not SpendReservation.objects.filter(tenant_id=tenant.tenant.id).exists()

@@ -240,6 +240,7 @@ class SpendHold:
     idempotency_key: str
     amount_usd: Decimal
     tokens: int
+    budgeted: bool = True  # held against budgets too (its settlement may cross their alert thresholds)
 
 
 class _Refused(Exception):
@@ -351,7 +352,8 @@ def _reserve(*, tenant_id: UUID, run_id: UUID, agent_id: UUID | None, key: str, 
             raise _Refused("quota", {"period_start": month})
         if reservation is None:
             raise _Refused("run", {"run_id": run_id, "spec_limit": run_limit})
-    return SpendHold(tenant_id=tenant_id, idempotency_key=key, amount_usd=amount, tokens=tokens)
+    return SpendHold(tenant_id=tenant_id, idempotency_key=key, amount_usd=amount, tokens=tokens,
+                     budgeted=bool(spend_ids))
 
 
 def _json(value: Any) -> Any:
@@ -442,10 +444,35 @@ class AlertRaised:
     period_start: datetime
 
 
-def spend_settle(*, tenant: Any, idempotency_key: str, cost_usd: Decimal, tokens: int) -> list[AlertRaised]:
+# A hold held against no budget (the quota's and the run's only) settles in one statement, its own transaction:
+# no budget threshold can be crossed, so nothing else must commit with it. The same rows, changes and lock order
+# (the reservation, the quota, the run) as the general path below, which a hold with budgets takes.
+_SETTLE_UNBUDGETED = (
+    "WITH held AS (DELETE FROM public.billing_spendreservation WHERE tenant_id = %(t)s AND idempotency_key = %(k)s "
+    f"AND budget_spend_ids = '[]'::jsonb AND {ASYNC_COMMIT} = 'off' "
+    "RETURNING CASE WHEN is_released THEN 0 ELSE amount_usd END AS freed, "
+    "CASE WHEN is_released THEN 0 ELSE tokens END AS freed_tokens, token_usage_id, run_spend_id), "
+    "quota AS (UPDATE public.billing_tokenquotausage q SET used_tokens = q.used_tokens + %(n)s, "
+    "reserved_tokens = greatest(q.reserved_tokens - held.freed_tokens, 0), updated_at = now() FROM held "
+    "WHERE q.id = held.token_usage_id RETURNING q.id), "
+    "run AS (UPDATE public.billing_runspend r SET spent_usd = r.spent_usd + %(c)s, "
+    "reserved_usd = greatest(r.reserved_usd - held.freed, 0) FROM held "
+    "WHERE r.id = held.run_spend_id AND (SELECT count(*) FROM quota) >= 0 RETURNING r.id) "
+    "SELECT count(*) FROM held")
+
+
+def spend_settle(*, tenant: Any, idempotency_key: str, cost_usd: Decimal, tokens: int,
+                 budgeted: bool = True) -> list[AlertRaised]:
     """Count an LLM call's actual cost and tokens against what its hold named, and free the hold (a call that
     failed settles 0). Budget thresholds its spend crossed are alerted once each (recorded, audit-logged,
-    logged). Idempotent: a second settlement of the same call finds no hold and changes nothing."""
+    logged). Idempotent: a second settlement of the same call finds no hold and changes nothing.
+    ``budgeted=False`` (the hold said it held no budget): one statement, unless the hold turns out to have
+    budgets after all (a later attempt of the call held it again), which then settles the general way."""
+    if not budgeted and not connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute(_SETTLE_UNBUDGETED, {"t": tenant.id, "k": idempotency_key, "n": tokens, "c": cost_usd})
+            if cursor.fetchone()[0]:
+                return []
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             "DELETE FROM public.billing_spendreservation WHERE tenant_id = %s AND idempotency_key = %s "
@@ -485,9 +512,9 @@ def spend_settle(*, tenant: Any, idempotency_key: str, cost_usd: Decimal, tokens
         return _alerts_record(tenant=tenant, crossed=crossed)
 
 
-def spend_release(*, tenant: Any, idempotency_key: str) -> None:
+def spend_release(*, tenant: Any, idempotency_key: str, budgeted: bool = True) -> None:
     """Free a hold whose call was not made or failed without a reply (nothing spent). Idempotent."""
-    spend_settle(tenant=tenant, idempotency_key=idempotency_key, cost_usd=Decimal(0), tokens=0)
+    spend_settle(tenant=tenant, idempotency_key=idempotency_key, cost_usd=Decimal(0), tokens=0, budgeted=budgeted)
 
 
 def _alerts_record(*, tenant: Any, crossed: Sequence[AlertRaised]) -> list[AlertRaised]:
