@@ -409,10 +409,15 @@ def test_the_periodic_sweep_releases_expired_holds(tenant):
     assert SpendReservation.objects.get(idempotency_key=f"{run_id}:3:act").is_released
 
 
-def test_a_hold_against_no_budget_settles_in_one_statement_exactly_as_the_general_way(tenant):
-    """A call held against the quota and its run only (the tenant has no budget) settles in one statement; its
-    effect on the quota, the run's spend and the reservation is the general path's, settling again changes
-    nothing, and a hold that did take a budget settles the general way even when told it did not."""
+def billing_statements(captured) -> int:
+    return len([query for query in captured.captured_queries if "billing_" in query["sql"]])
+
+
+def test_a_call_against_no_budget_is_held_and_settled_in_one_statement_each_exactly_as_the_general_way(tenant):
+    """A call held against the quota and its run only (the tenant has no budget, the run no limit) is held in one
+    statement and settles in one; its effect on the quota, the run's spend and the reservation is the general
+    path's, settling again changes nothing, and a hold that did take a budget settles the general way even when
+    told it did not."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -429,14 +434,17 @@ def test_a_hold_against_no_budget_settles_in_one_statement_exactly_as_the_genera
         return (quota.used_tokens, quota.reserved_tokens, spend.spent_usd, spend.reserved_usd,
                 SpendReservation.objects.filter(tenant_id=tenant.tenant.id).count())
 
-    fast, general = hold("fast"), hold("general")
-    assert (fast.budgeted, general.budgeted) == (False, False)
+    with CaptureQueriesContext(connection) as statements:
+        fast = hold("fast")
+    assert billing_statements(statements) == 1 and not fast.budgeted  # no BEGIN, no COMMIT
+    general = hold("general")
+    assert state()[1] == 200 and SpendReservation.objects.get(idempotency_key="fast").budget_spend_ids == []
     before = state()
     with schema_context(tenant.schema):
         with CaptureQueriesContext(connection) as statements:
             billing_services.spend_settle(tenant=tenant.tenant, idempotency_key="fast", cost_usd=Decimal("0.003"),
                                           tokens=40, budgeted=False)
-        assert len([q for q in statements.captured_queries if "billing_" in q["sql"]]) == 1  # no BEGIN, no COMMIT
+        assert billing_statements(statements) == 1
         after_fast = state()
         billing_services.spend_settle(tenant=tenant.tenant, idempotency_key="general", cost_usd=Decimal("0.003"),
                                       tokens=40)
@@ -462,3 +470,18 @@ def test_a_hold_against_no_budget_settles_in_one_statement_exactly_as_the_genera
     spend = BudgetSpend.objects.get(budget=budget)
     assert (spend.spent_usd, spend.reserved_usd) == (Decimal("0.005"), Decimal("0"))
     assert not SpendReservation.objects.filter(tenant_id=tenant.tenant.id).exists()
+
+
+def test_a_runs_own_budget_still_refuses_a_call_that_does_not_fit(tenant):
+    """A run started with budget_usd has a limit of its own: its calls are held the general way, against it."""
+    run_id = uuid.uuid4()
+    with schema_context(tenant.schema):
+        billing_services.run_budget_set(tenant=tenant.tenant, run_id=run_id, limit_usd=Decimal("0.01"))
+    first = billing_services.spend_reserve(tenant_id=tenant.tenant.id, sla_tier="standard", run_id=run_id,
+                                           agent_id=None, idempotency_key="first", amount_usd=Decimal("0.008"),
+                                           tokens=10)
+    with pytest.raises(billing_services.BudgetExceeded) as refused:
+        billing_services.spend_reserve(tenant_id=tenant.tenant.id, sla_tier="standard", run_id=run_id, agent_id=None,
+                                       idempotency_key="second", amount_usd=Decimal("0.008"), tokens=10)
+    assert "run's budget_usd" in refused.value.message and first.amount_usd == Decimal("0.008")
+    assert RunSpend.objects.get(run_id=run_id).reserved_usd == Decimal("0.008")

@@ -261,6 +261,12 @@ def spend_reserve(*, tenant_id: UUID, sla_tier: str, run_id: UUID, agent_id: UUI
     message. Raises BudgetExceeded naming the budget, its limit, its spend and the call's worst case."""
     now = now or timezone.now()
     quota = plan_for(sla_tier).tokens_per_month
+    if run_limit_usd is None and not connection.in_atomic_block:
+        held = _reserve_unbudgeted(tenant_id=tenant_id, run_id=run_id, agent_id=agent_id, key=idempotency_key,
+                                   amount=amount_usd, tokens=tokens, run_spent=run_spent_usd, quota=quota,
+                                   hold_seconds=hold_seconds, now=now)
+        if held is not None:
+            return held
     for attempt in (1, 2):
         try:
             with transaction.atomic():
@@ -280,6 +286,50 @@ def spend_reserve(*, tenant_id: UUID, sla_tier: str, run_id: UUID, agent_id: UUI
 # every LLM call, twice): a database crash may lose the last fraction of a second of them (a hold lost with its
 # call's row; a settlement lost, so that call's cost is not counted against the budgets; the effect journal
 # keeps it). Never a lost update or a torn row: only the durability of the newest few commits (common.commits).
+
+
+# The common hold in one statement, its own transaction: when no budget applies to the call, the run has no limit
+# (neither the spec's nor its own budget_usd) and no earlier attempt of the call left a hold, only the quota can
+# refuse it, and a refused quota writes nothing (the run's and the reservation's inserts need its row). Otherwise
+# the statement writes nothing either, and the general path below (a transaction) decides. The same rows and
+# lock order (quota, run) as the general path.
+_RESERVE_UNBUDGETED = (
+    "WITH go AS (SELECT 1 WHERE " + ASYNC_COMMIT + " = 'off' "
+    "AND NOT EXISTS (SELECT 1 FROM public.billing_budget b WHERE b.tenant_id = %(t)s AND b.is_enabled "
+    "AND (b.scope = 'tenant' OR b.agent_id = %(a)s)) "
+    "AND NOT EXISTS (SELECT 1 FROM public.billing_spendreservation WHERE tenant_id = %(t)s AND idempotency_key = %(k)s) "
+    "AND NOT EXISTS (SELECT 1 FROM public.billing_runspend WHERE tenant_id = %(t)s AND run_id = %(r)s "
+    "AND limit_usd IS NOT NULL)), "
+    "quota AS (INSERT INTO public.billing_tokenquotausage (tenant_id, period_start, used_tokens, reserved_tokens, "
+    "updated_at) SELECT %(t)s, %(m)s, 0, %(n)s, now() FROM go WHERE %(n)s <= %(q)s "
+    "ON CONFLICT (tenant_id, period_start) DO UPDATE SET "
+    "reserved_tokens = billing_tokenquotausage.reserved_tokens + EXCLUDED.reserved_tokens, updated_at = now() "
+    "WHERE billing_tokenquotausage.used_tokens + billing_tokenquotausage.reserved_tokens "
+    "+ EXCLUDED.reserved_tokens <= %(q)s RETURNING id), "
+    "run AS (INSERT INTO public.billing_runspend (tenant_id, run_id, limit_usd, spent_usd, reserved_usd, created_at) "
+    "SELECT %(t)s, %(r)s, NULL, %(base)s, %(w)s, now() WHERE EXISTS (SELECT 1 FROM quota) "
+    "ON CONFLICT (tenant_id, run_id) DO UPDATE SET reserved_usd = billing_runspend.reserved_usd "
+    "+ EXCLUDED.reserved_usd RETURNING id), "
+    "held AS (INSERT INTO public.billing_spendreservation (tenant_id, idempotency_key, run_id, amount_usd, tokens, "
+    "budget_spend_ids, token_usage_id, run_spend_id, is_released, expires_at, created_at) "
+    "SELECT %(t)s, %(k)s, %(r)s, %(w)s, %(n)s, '[]'::jsonb, quota.id, run.id, false, "
+    "%(now)s + make_interval(secs => %(hold)s), now() FROM quota, run RETURNING id) "
+    "SELECT (SELECT id FROM held)")
+
+
+def _reserve_unbudgeted(*, tenant_id: UUID, run_id: UUID, agent_id: UUID | None, key: str, amount: Decimal,
+                        tokens: int, run_spent: Decimal, quota: int, hold_seconds: float,
+                        now: datetime) -> SpendHold | None:
+    """The hold in one statement when only the quota applies (see above); None when it did not apply or the quota
+    refused (nothing was written: the general path decides, and explains a refusal)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_RESERVE_UNBUDGETED, {
+            "t": tenant_id, "a": agent_id, "k": key, "r": run_id, "m": period_start(Budget.Period.MONTH, now),
+            "n": tokens, "q": quota, "base": run_spent, "w": amount, "now": now, "hold": hold_seconds})
+        reservation = cursor.fetchone()[0]
+    if reservation is None:
+        return None
+    return SpendHold(tenant_id=tenant_id, idempotency_key=key, amount_usd=amount, tokens=tokens, budgeted=False)
 
 
 def _reserve(*, tenant_id: UUID, run_id: UUID, agent_id: UUID | None, key: str, amount: Decimal, tokens: int,
