@@ -8,7 +8,7 @@ from typing import Any, BinaryIO
 from uuid import UUID
 
 from django.db import connection
-from django.db.models import F, IntegerField, Max, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Exists, F, IntegerField, Max, OuterRef, Q, QuerySet, Subquery
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
 
@@ -18,8 +18,8 @@ from data_plane.runtime.core.media import EXTENSIONS
 from common.timestamps import format_ts
 from data_plane.errors import AgentNotFound, ApprovalNotFound, AttachmentNotFound, CheckpointNotFound, \
     McpServerNotFound, PingNotFound, RunNotFound
-from data_plane.models import Agent, AgentVersion, Approval, Attachment, Checkpoint, EffectRecord, McpServer, McpTool, \
-    Ping, Run, RunEvent, RunMessage, ToolPermission, ToolSettings
+from data_plane.models import Agent, AgentVersion, Approval, Attachment, Checkpoint, EffectRecord, Experiment, \
+    McpServer, McpTool, Ping, Run, RunEvent, RunMessage, ToolPermission, ToolSettings
 from data_plane.sealing import checkpoint_store, run_message_open
 from data_plane.runtime.core.state import RunState
 
@@ -117,10 +117,16 @@ def agent_version_list(*, tenant_schema: str, agent_id: UUID) -> QuerySet[AgentV
     return AgentVersion.objects.filter(agent=agent).order_by("-version")
 
 
-def agent_version_get(*, tenant_schema: str, agent_id: UUID, version: int | None = None) -> AgentVersion:
-    """The agent's given version, or its latest (one query either way). Raises AgentNotFound."""
+def agent_version_get(*, tenant_schema: str, agent_id: UUID, version: int | None = None,
+                      note_running_experiment: bool = False) -> AgentVersion:
+    """The agent's given version, or its latest (one query either way). Raises AgentNotFound.
+    ``note_running_experiment``: the same query also says whether an experiment of the agent is running (the
+    version's ``running_experiment``), so a run's start looks for its variant only then."""
     require_schema(tenant_schema)
     versions = AgentVersion.objects.filter(agent_id=agent_id).select_related("agent")
+    if note_running_experiment:
+        versions = versions.annotate(running_experiment=Exists(Experiment.objects.filter(
+            agent_id=OuterRef("agent_id"), status=Experiment.Status.RUNNING)))
     found = versions.filter(version=version).first() if version is not None else versions.filter(
         version=F("agent__latest_version")).first()
     if found is None:

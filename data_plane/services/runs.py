@@ -178,10 +178,13 @@ def run_start(*, tenant, agent_id: UUID, input: str, actor: Actor, version: int 
     GuardrailBlocked, and TokenQuotaExhausted or BudgetExhausted (429) when the month's tokens or a tenant or agent
     budget is used up. The first step is dispatched after commit."""
     require_schema(tenant.schema_name)
-    assignment = None if version is not None else experiment_assignment(
-        tenant_schema=tenant.schema_name, agent_id=agent_id, key=assignment_key or end_user or uuid.uuid4().hex)
-    agent_version = assignment.agent_version if assignment else agent_version_get(
-        tenant_schema=tenant.schema_name, agent_id=agent_id, version=version)
+    agent_version = agent_version_get(tenant_schema=tenant.schema_name, agent_id=agent_id, version=version,
+                                      note_running_experiment=version is None)
+    assignment = experiment_assignment(
+        tenant_schema=tenant.schema_name, agent_id=agent_id, key=assignment_key or end_user or uuid.uuid4().hex,
+    ) if version is None and agent_version.running_experiment else None
+    if assignment is not None:
+        agent_version = assignment.agent_version
     if agent_version.agent.is_archived:
         raise AgentArchived(f"Agent {agent_version.agent.name!r} is archived; it takes no new runs.")
     billing_services.run_admission_check(tenant=tenant, agent_id=agent_version.agent_id)
