@@ -1,9 +1,10 @@
 """Live notifications through the Channels layer (Redis). Group names carry the tenant's schema.
 
 Best effort: the database stays the truth (clients resume from it), so a publish that fails is logged,
-never raised into the step or request that committed the change. A commit's events are sent by the thread
-that committed, one Redis round trip (common/channel_layer.py), so a run's events go out in commit order;
-token deltas are sent from the IO loop, where the model's stream is read.
+never raised into the step or request that committed the change. A step's events are sent by the thread that
+committed them, one or two Redis round trips (common/channel_layer.py), so a run's events go out in commit
+order; a request's are handed to the process's IO loop (in order, without waiting), where token deltas are
+sent too, as the model's stream is read. After a send that failed, sends pause for a few seconds.
 
 Token deltas are not in the database: each is appended to the run's delta log in Redis (a stream with
 contiguous numbers, trimmed and expiring) and then sent to the run's group. A subscriber that reconnects in

@@ -274,8 +274,9 @@ def test_a_first_claim_records_its_model_call_once_answered_and_a_later_claim_of
             return await super().complete(request, **kwargs)
 
     def stepper(model):
-        return RunStepper(tenant_schema=tenant.schema, chat_model=model, dispatch=lambda run_id, step: dispatched.append(step),
-                          tool_runner_factory=lambda run_id: BuiltinToolRunner(tenant_schema=tenant.schema, run_id=run_id),
+        return RunStepper(tenant_schema=tenant.schema, chat_model=model,
+                          dispatch=lambda run_id, step: dispatched.append(step),
+                          tool_runner_factory=lambda run_id: RecordingTools(tenant, run_id, []),
                           tenant=tenant.tenant, owner=f"w-{uuid.uuid4().hex[:6]}")
 
     first_model = TakenOverWhileAnswering(REPLIES)

@@ -3,7 +3,8 @@ behind a transaction-pooling PgBouncer where a session's search_path cannot be t
 
 A commit is one statement: the fenced update of the run (refused unless the caller holds the version it
 read), the checkpoint row, the appended messages, the changed values, the step's events, its finished calls'
-journal entries and its audit events. Bytes written per step are what the step changed, whatever the length of the conversation.
+journal entries and its audit events. Bytes written per step are what the step changed, whatever the length of
+the conversation.
 
 Given a cipher that ``encrypts_payloads`` (the tenant's policy), the store seals each appended message, each
 changed value and the checkpoint's control (all but ``message_count``, which the reads' SQL needs), every one
@@ -116,8 +117,9 @@ def _journal_part(q: str, *, after: str) -> str:
     run ``%(run_id)s``, once for each row of ``after`` (a fenced writer's part returns none). A row that is no
     longer "started" (another writer recorded it) is left as it is."""
     return (
-        f"effects AS (\n  INSERT INTO {q}data_plane_effectrecord (run_id, step, key, kind, idempotency_key, digest, name, "
-        "request, result, status, attempts, latency_ms, input_tokens, output_tokens, cost_usd, started_at, finished_at)\n"
+        f"effects AS (\n  INSERT INTO {q}data_plane_effectrecord (run_id, step, key, kind, idempotency_key, digest, "
+        "name, request, result, status, attempts, latency_ms, input_tokens, output_tokens, cost_usd, started_at, "
+        "finished_at)\n"
         "  SELECT %(run_id)s, e.step, e.key, e.kind, e.idempotency_key, e.digest, e.name, e.request, e.result, "
         "e.status, 1, e.latency_ms, e.input_tokens, e.output_tokens, e.cost_usd, "
         "CASE WHEN e.status = 'started' THEN now() ELSE now() - make_interval(secs => e.ago) END, "
@@ -233,9 +235,9 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
 
         Releasing the lease hands the run to whichever task is dispatched for this step next; keeping it
         extends it by ``lease_seconds`` (the writer goes on with the next step itself: the new step is then the
-        run's ``attempted_step``, so a task that claims it after a crash knows its effects may have begun). Runs in the caller's
-        transaction when there is one, so related rows can join the same commit; in autocommit, the one
-        statement is a transaction of its own (all of it or nothing, durable when acknowledged).
+        run's ``attempted_step``, so a task that claims it after a crash knows its effects may have begun). Runs
+        in the caller's transaction when there is one, so related rows can join the same commit; in autocommit,
+        the one statement is a transaction of its own (all of it or nothing, durable when acknowledged).
         """
         old_count = len(previous.messages) if previous else 0
         appended = state.messages[old_count:]
