@@ -4,8 +4,8 @@ channels_redis 4 sends to a group in four round trips: drop the group's expired 
 drop each member channel's expired messages (a pipeline), then add the message to each channel (a script).
 Every committed step of every run publishes its events to the run's group, most of them with nobody
 listening, so on a step worker that is two Redis round trips a step for nothing, on the IO loop the steps
-share (it cost the per-step benchmark 0.7 ms a step). Here it is one script for the members (none: done)
-and one script that drops the expired messages and adds the message, with the same keys, scores, capacity
+share (publishing cost the per-step benchmark 0.7 ms a step). Here it is one script for the members (none:
+done) and one script that drops the expired messages and adds the message, with the same keys, scores, capacity
 and expiry rules and the same message format, so the library's receive, group_add and group_discard work
 unchanged.
 
