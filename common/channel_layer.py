@@ -7,7 +7,9 @@ listening, so on a step worker that is two Redis round trips a step for nothing,
 share (publishing cost the per-step benchmark 0.7 ms a step). Here it is one script for the members (none:
 done) and one script that drops the expired messages and adds the message, with the same keys, scores, capacity
 and expiry rules and the same message format, so the library's receive, group_add and group_discard work
-unchanged.
+unchanged. It leans on the library's own helpers (``_map_channel_keys_to_connection``, ``_group_key``,
+``connection``), which is why channels-redis is pinned exactly in pyproject.toml; common/tests/
+test_channel_layer.py checks the sends against the library's receive.
 
 ``group_send_blocking`` is the same send from a plain (non-async) thread, with a synchronous Redis client:
 a step's thread publishing its commit's events itself waits one round trip, where handing the send to the

@@ -240,10 +240,9 @@ def test_a_burst_of_fragments_is_published_as_few_deltas_and_a_paced_stream_as_o
         burst = await streams.delta_range(tenant_schema="t_deltas", run_id=run_id, after=0)
         paced_run = uuid.uuid4()
         paced = _DeltaStream(schema="t_deltas", run_id=paced_run, after_seq=0, node="llm", name="8.llm")
-        for index in range(5):
+        for index in range(5):  # each fragment arrives when the previous one is out (as a real model's do)
             await paced.send(f"p{index} ")
-            await asyncio.sleep(0.05)
-        await paced.flush()
+            await paced.flush()
         paced_deltas = await streams.delta_range(tenant_schema="t_deltas", run_id=paced_run, after=0)
         for run in (run_id, paced_run):
             await streams._redis().delete(*streams._delta_keys("t_deltas", run))

@@ -336,3 +336,27 @@ def test_a_growing_conversation_is_counted_a_message_at_a_time_never_whole():
         assert max(counter.sizes) <= 1
         assert remembered.metadata["context"]["tokens"] == Words().count(model="m1", messages=remembered.messages)
         messages.append(assistant(turn) if turn % 2 else user(turn))
+
+
+def test_a_step_fits_its_model_calls_context_once():
+    """A step plans its state for the effects and again to apply their results: the second time comes from the
+    first (the context is fitted once), and the answer is the same."""
+
+    class CountingLimits(Words):
+        fits = 0
+
+        def input_limit(self, model):  # asked once by each fitting of a context
+            CountingLimits.fits += 1
+            return None
+
+    meter = Meter(counter=CountingLimits())
+    s = spec()  # no max_input_tokens: every fitting asks the counter for the model's limit
+    state = state_of(user(0))
+    commands = machine.pending_commands(state, s, meter)
+    assert CountingLimits.fits == 1
+    reply = ModelReply(message=Message(role="assistant", content="Done."), usage=Usage(model="m1"))
+    finished, _ = machine.step(state, EffectsCompleted(results={commands[0].key: reply}, now=1.0), spec=s,
+                               meter=meter)
+    assert CountingLimits.fits == 1 and finished.status == Status.COMPLETED and finished.output == "Done."
+    assert machine.pending_commands(state_of(user(0)), s, meter) == commands  # an equal state: fitted anew
+    assert CountingLimits.fits == 2
