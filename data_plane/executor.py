@@ -869,10 +869,16 @@ def _prepare(run_id: UUID, step: int, command: Command) -> _Prepared:
         # The conversation itself is in the run's messages; the journal keeps a bounded identity of the
         # request: a replay's identical request (same lineage position, same last messages) matches it.
         # Recalled memories are added after this, so a replay of the same conversation reuses its answer.
+        # The last messages count in the digest as they are, but the row keeps only their digest: they are the
+        # run's messages already, and copying them (often most of a step's bytes) into the journal's plaintext
+        # would leave a sealed conversation readable there.
+        tail = [m.to_json() for m in messages[-2:]]
         request = {"models": list(command.request.models), "node": command.node_id,
                    "message_count": len(messages), "tools": [t.name for t in command.request.tools],
                    "system": digest(messages[0].to_json()) if messages and messages[0].role == "system" else None,
-                   "tail": [m.to_json() for m in messages[-2:]], **_route_of(command.request)}
+                   **_route_of(command.request)}
+        return _Prepared(kind=kind, name=name, request={**request, "tail_digest": digest(tail)},
+                         digest=digest({"kind": kind, **request, "tail": tail}), idempotency_key=idempotency_key)
     else:
         assert isinstance(command, CallTool)
         kind, name = EffectRecord.Kind.TOOL, command.call.name

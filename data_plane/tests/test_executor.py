@@ -1,5 +1,6 @@
 """The step executor against the real database, with a scripted model at the edge (no Celery)."""
 
+import json
 import uuid
 
 import pytest
@@ -110,6 +111,23 @@ def test_a_duplicate_of_a_finished_task_is_dropped(tenant):
     with schema_context(tenant.schema):
         assert EffectRecord.objects.filter(run=run).count() == 1
     assert reload(tenant, run).step == 1
+
+
+def test_a_model_calls_journal_row_keeps_no_copy_of_the_conversation(tenant):
+    """The request's last messages count in the call's digest (a replay of the same conversation matches it, as
+    before) but the row keeps only their digest: they are the run's messages already."""
+    from data_plane.executor import digest
+
+    run, dispatched = start(tenant), []
+    model = FakeChatModel(REPLIES)
+    stepper_for(tenant, model, dispatched).run_step(run.id, 0)
+    with schema_context(tenant.schema):
+        record = EffectRecord.objects.get(run=run)
+    sent = [m.to_json() for m in model.requests[0].messages]
+    assert "tail" not in record.request and record.request["tail_digest"] == digest(sent[-2:])
+    assert run.input not in json.dumps(record.request)
+    stored = {k: v for k, v in record.request.items() if k != "tail_digest"}
+    assert record.digest == digest({"kind": "model", **stored, "tail": sent[-2:]})
 
 
 def test_a_run_held_by_another_worker_is_busy_not_stolen(tenant):

@@ -66,13 +66,15 @@ class Message:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Message:
+        # Called for every message of a conversation read back: no generator unless there is something in it.
+        tool_calls, attachments = data.get("tool_calls"), data.get("attachments")
         return cls(
             role=data["role"],
             content=data.get("content") or "",
-            tool_calls=tuple(ToolCall.from_json(c) for c in data.get("tool_calls") or ()),
+            tool_calls=tuple(ToolCall.from_json(c) for c in tool_calls) if tool_calls else (),
             tool_call_id=data.get("tool_call_id"),
             name=data.get("name"),
-            attachments=tuple(AttachmentPart.from_json(p) for p in data.get("attachments") or ()),
+            attachments=tuple(AttachmentPart.from_json(p) for p in attachments) if attachments else (),
         )
 
 
