@@ -253,7 +253,8 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
         self._run_lineage_sql = f"SELECT base_run_id, base_message_count, base_step FROM {q}data_plane_run WHERE id = %s"
         # A fork's earlier segments (its source runs'), one round trip each: the values, then the messages.
         self._segment_sql = ("SELECT -1, (" + values_of.format(run="%(run)s", step="%(step)s") + "), NULL UNION ALL "
-                             + messages_of.format(blanks="NULL, ", source="", run="%(run)s", first="%(first)s", upto="%(upto)s")
+                             + messages_of.format(blanks="NULL, ", source="", run="%(run)s", first="%(first)s",
+                                                  upto="%(upto)s")
                              + " ORDER BY 1")
 
     def commit(self, *, run_id: UUID, expected_version: int, checkpoint_id: UUID, parent_id: UUID | None, step: int,
