@@ -66,36 +66,36 @@ class FastGroupRedisChannelLayer(RedisChannelLayer):
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         """Send ``message`` to every channel in ``group``: one round trip when the group is empty, two when not
         (per Redis host of its channels), instead of four."""
-        assert self.require_valid_group_name(group), "Group name not valid"
-        connection = self.connection(self.consistent_hash(group))
-        members = await connection.eval(_MEMBERS, 1, self._group_key(group), int(time.time()) - self.group_expiry)
-        if not members:
-            return
-        channel_names = [name.decode("utf8") for name in members]
-        by_connection, messages, capacities = self._map_channel_keys_to_connection(channel_names, message)
-        for index, keys in by_connection.items():
-            over_capacity = await self.connection(index).eval(
-                _SEND, len(keys), *keys, *(messages[key] for key in keys), *(capacities[key] for key in keys),
-                int(time.time()) - int(self.expiry), time.time(), self.expiry)
-            if over_capacity > 0:
-                logger.info("%s of %s channels over capacity in group %s", over_capacity, len(channel_names), group)
+        members = await self.connection(self.consistent_hash(group)).eval(_MEMBERS, 1, *self._members_of(group))
+        for index, args in self._sends(members, message):
+            self._note_over_capacity(await self.connection(index).eval(_SEND, *args), len(members), group)
 
     def group_send_blocking(self, group: str, message: dict[str, Any]) -> None:
         """``group_send`` from a thread without an event loop: the same scripts, keys and message, through a
         synchronous client (thread-safe, one pool per Redis host). Raises what Redis raises."""
+        members = self._blocking(self.consistent_hash(group)).eval(_MEMBERS, 1, *self._members_of(group))
+        for index, args in self._sends(members, message):
+            self._note_over_capacity(self._blocking(index).eval(_SEND, *args), len(members), group)
+
+    def _members_of(self, group: str) -> tuple[str, int]:
+        """_MEMBERS' key and argument for ``group``."""
         assert self.require_valid_group_name(group), "Group name not valid"
-        connection = self._blocking(self.consistent_hash(group))
-        members = connection.eval(_MEMBERS, 1, self._group_key(group), int(time.time()) - self.group_expiry)
+        return self._group_key(group), int(time.time()) - self.group_expiry
+
+    def _sends(self, members: list[bytes], message: dict[str, Any]) -> list[tuple[int, list[Any]]]:
+        """For each Redis host of the members' channels: its index and _SEND's key count, keys and arguments."""
         if not members:
-            return
-        channel_names = [name.decode("utf8") for name in members]
-        by_connection, messages, capacities = self._map_channel_keys_to_connection(channel_names, message)
-        for index, keys in by_connection.items():
-            over_capacity = self._blocking(index).eval(
-                _SEND, len(keys), *keys, *(messages[key] for key in keys), *(capacities[key] for key in keys),
-                int(time.time()) - int(self.expiry), time.time(), self.expiry)
-            if over_capacity > 0:
-                logger.info("%s of %s channels over capacity in group %s", over_capacity, len(channel_names), group)
+            return []
+        by_connection, messages, capacities = self._map_channel_keys_to_connection(
+            [name.decode("utf8") for name in members], message)
+        oldest, now = int(time.time()) - int(self.expiry), time.time()
+        return [(index, [len(keys), *keys, *(messages[key] for key in keys), *(capacities[key] for key in keys),
+                         oldest, now, self.expiry]) for index, keys in by_connection.items()]
+
+    @staticmethod
+    def _note_over_capacity(over_capacity: int, members: int, group: str) -> None:
+        if over_capacity > 0:
+            logger.info("%s of %s channels over capacity in group %s", over_capacity, members, group)
 
     def _blocking(self, index: int) -> redis.Redis:
         client = self._blocking_clients.get(index)

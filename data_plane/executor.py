@@ -855,6 +855,8 @@ class _Prepared:
 
 
 def _prepare(run_id: UUID, step: int, command: Command) -> _Prepared:
+    """The call as the journal keeps it (``request``) and its digest, taken over ``identity``: what makes two
+    calls the same call, which for a model call includes its last messages whole."""
     idempotency_key = f"{run_id}:{step}:{command.key}"
     if isinstance(command, CallModel) and command.key == SUMMARY_KEY:
         kind, name = EffectRecord.Kind.MODEL, command.request.models[0]
@@ -863,6 +865,7 @@ def _prepare(run_id: UUID, step: int, command: Command) -> _Prepared:
                    "summarises": command.request.metadata["summarises"],
                    "digest": digest([m.to_json() for m in command.request.messages]),
                    **_route_of(command.request)}
+        identity = request
     elif isinstance(command, CallModel):
         kind, name = EffectRecord.Kind.MODEL, command.request.models[0]
         messages = command.request.messages
@@ -873,17 +876,17 @@ def _prepare(run_id: UUID, step: int, command: Command) -> _Prepared:
         # run's messages already, and copying them (often most of a step's bytes) into the journal's plaintext
         # would leave a sealed conversation readable there.
         tail = [m.to_json() for m in messages[-2:]]
-        request = {"models": list(command.request.models), "node": command.node_id,
-                   "message_count": len(messages), "tools": [t.name for t in command.request.tools],
-                   "system": digest(messages[0].to_json()) if messages and messages[0].role == "system" else None,
-                   **_route_of(command.request)}
-        return _Prepared(kind=kind, name=name, request={**request, "tail_digest": digest(tail)},
-                         digest=digest({"kind": kind, **request, "tail": tail}), idempotency_key=idempotency_key)
+        shape = {"models": list(command.request.models), "node": command.node_id,
+                 "message_count": len(messages), "tools": [t.name for t in command.request.tools],
+                 "system": digest(messages[0].to_json()) if messages and messages[0].role == "system" else None,
+                 **_route_of(command.request)}
+        request, identity = {**shape, "tail_digest": digest(tail)}, {**shape, "tail": tail}
     else:
         assert isinstance(command, CallTool)
         kind, name = EffectRecord.Kind.TOOL, command.call.name
         request = {"name": command.call.name, "arguments": command.call.arguments, "call_id": command.call.id}
-    return _Prepared(kind=kind, name=name, request=request, digest=digest({"kind": kind, **request}),
+        identity = request
+    return _Prepared(kind=kind, name=name, request=request, digest=digest({"kind": kind, **identity}),
                      idempotency_key=idempotency_key)
 
 
