@@ -263,7 +263,12 @@ class EffectRecord(models.Model):
         FAILED = "failed"
 
     id = models.BigAutoField(primary_key=True)
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="effects")
+    # No database constraint, as for the other tables a step's commit writes: the check of a deferred foreign key
+    # locks the run's row at COMMIT, the row the same statement's fence just updated. That was a fifth of a
+    # step's commit (bench/checkpoint_bench.py). Rows are written for a run that exists (the fenced commit, or a
+    # worker holding the run's lease); runs are never deleted but with their tenant's schema, and the ORM still
+    # follows the reference (on_delete).
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="effects", db_constraint=False)
     step = models.PositiveIntegerField()
     key = models.CharField(max_length=200)
     kind = models.CharField(max_length=10, choices=Kind.choices)

@@ -152,6 +152,19 @@ def test_a_steps_rows_of_up_to_a_page_are_stored_uncompressed(tenant_a):
     assert large_stored < large_length / 4
 
 
+def test_the_tables_a_step_writes_check_no_foreign_keys(tenant_a):
+    """A foreign key's check runs at every row a step inserts; the journal's locked the run's row at each COMMIT.
+    The fenced commit only writes rows for the run whose row it matched, so none of these tables has one."""
+    step_tables = ["data_plane_checkpoint", "data_plane_runmessage", "data_plane_runvalue", "data_plane_runevent",
+                   "data_plane_effectrecord"]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT c.relname, count(k.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                       "LEFT JOIN pg_constraint k ON k.conrelid = c.oid AND k.contype = 'f' "
+                       "WHERE n.nspname = %s AND c.relname = ANY(%s) GROUP BY c.relname ORDER BY c.relname",
+                       [tenant_a.schema, step_tables])
+        assert cursor.fetchall() == [(table, 0) for table in sorted(step_tables)]
+
+
 def test_audit_events_are_written_by_the_commit_statement_and_chained(tenant_a):
     """A step's audit events go into the tenant's audit log with its checkpoint, in the one statement: numbered,
     linked and hashed by the log's trigger like any other event; a fenced writer logs nothing."""
