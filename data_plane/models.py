@@ -264,8 +264,8 @@ class EffectRecord(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     # No database constraint, as for the other tables a step's commit writes: the check of a deferred foreign key
-    # locks the run's row at COMMIT, the row the same statement's fence just updated. That was a fifth of a
-    # step's commit (bench/checkpoint_bench.py). Rows are written for a run that exists (the fenced commit, or a
+    # locks the run's row at COMMIT, the row the same statement's fence just updated: 0.03-0.09 ms of a 0.75-0.9 ms
+    # commit, measured with copies of the tables. Rows are written for a run that exists (the fenced commit, or a
     # worker holding the run's lease); runs are never deleted but with their tenant's schema, and the ORM still
     # follows the reference (on_delete).
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="effects", db_constraint=False)
