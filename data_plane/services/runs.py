@@ -153,13 +153,16 @@ def _create_run(*, tenant_schema: str, agent_version: Any, input: str, values: M
                              routing=run_routing_resolve(spec, task_kind=task_kind))
     attachments_link(run_id=run.id, parts=attachments)
     status = _initial_status(state)
+    if status == "queued":
+        # Dispatched first once the transaction commits, before its events are handed to the publisher: the
+        # step's task is on the turn's critical path, its subscribers' "queued" event is not (the worker's own
+        # events come milliseconds later, after its commit).
+        dispatcher(tenant_schema)(run.id, 0)
     _commit(tenant_schema, run_id=run.id, expected_version=0, checkpoint_id=uuid.uuid4(), parent_id=None, step=0,
             previous=None, state=state, run_status=status, release_lease=True,
             events=[*guard_events, {"type": "run.status", "data": {
                 "status": status, **({"experiment": assignment.data()} if assignment else {})}}])
     record_pending_approval(run.id, state)
-    if status == "queued":
-        dispatcher(tenant_schema)(run.id, 0)
     run.refresh_from_db()  # the commit statement moved its status, version and head
     run.agent_version = agent_version  # refreshing forgot it: kept, the answer's serializer reads no more rows
     return run

@@ -71,6 +71,20 @@ def test_start_run_is_202_queued_with_a_step_0_checkpoint_holding_the_input(clie
     assert client.get(f"/v1/runs/{run['id']}", **bearer(tenant_a.key)).json() == run
 
 
+def test_a_started_runs_step_is_sent_before_its_events_are_published(client, tenant_a,
+                                                                   django_capture_on_commit_callbacks):
+    """Once the start commits, the step's task goes out first: it is on the turn's critical path, the "queued"
+    event to the run's subscribers is not (they fill any gap from the database)."""
+    from data_plane import streams, tasks
+
+    agent = create_agent(client, tenant_a.key)
+    with django_capture_on_commit_callbacks() as callbacks:
+        start_run(client, tenant_a.key, agent["id"])
+    called = [getattr(callback, "func", callback) for callback in callbacks]
+    assert tasks.run_step_task.apply_async in called and streams.run_publish in called
+    assert called.index(tasks.run_step_task.apply_async) < called.index(streams.run_publish)
+
+
 def test_start_runs_a_given_version_or_the_latest(client, tenant_a):
     # given
     agent = create_agent(client, tenant_a.key)
