@@ -188,7 +188,8 @@ def _new_conversation(start_run: Callable[[], Any], store: PostgresCheckpointSto
 def bench_write(*, schema: str, start_run: Callable[[], Any], database_url: str, saver: PostgresSaver,
                 steps: int, warmup: int) -> dict[str, float]:
     """checkpoint_write_p50/p99, insert_floor_p50 (and the same INSERT through Django's connection),
-    langgraph_put_p50/p99: one ~50 KB conversation, each step appending a 2 KB message."""
+    langgraph_put_p50/p99, and two other designs' commits (design_one_row_p50, design_row_alone_p50): one ~50 KB
+    conversation, each step appending a 2 KB message."""
     store = PostgresCheckpointStore(schema=schema, connection=connection)
     ours = _new_conversation(start_run, store)
     seed = [conversation_message(i) for i in range(1, SEED_MESSAGES + 1)]
@@ -222,7 +223,48 @@ def bench_write(*, schema: str, start_run: Callable[[], Any], database_url: str,
                 cursor.execute(insert_sql, [payload])
         return timed
 
-    samples: dict[str, list[float]] = {"ours": [], "floor": [], "floor_txn": [], "django": [], "langgraph": []}
+    # Two storage designs, measured beside ours as diagnostics (what a step would cost if its commit were one row
+    # holding everything it writes): with the run's fenced update, as ours has (on a run of its own), and the row
+    # alone, fenced by its unique (run, step) key instead of the run's row (no run row: a made-up run id).
+    design_table = f'"{schema}".bench_design_step'
+    with owner_context(), connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {design_table} (id uuid PRIMARY KEY, run_id uuid NOT NULL, step int NOT NULL, "
+                       "parent_id uuid, payload jsonb NOT NULL, created_at timestamptz NOT NULL, "
+                       "UNIQUE (run_id, step)) WITH (toast_tuple_target = 8160)")
+    design_insert = (f"INSERT INTO {design_table} (id, run_id, step, parent_id, payload, created_at) "
+                     "SELECT %(id)s, %(run)s, %(step)s, %(parent)s, %(payload)s::jsonb, now()")
+    one_row_sql = (
+        f'WITH fence AS (UPDATE "{schema}".data_plane_run SET version = version + 1, step = %(step)s, '
+        "head_id = %(id)s, status = 'running', event_seq = event_seq + %(events)s, updated_at = now(), "
+        "lease_owner = '', lease_expires_at = NULL, driver_step = %(step)s "
+        f"WHERE id = %(run)s AND version = %(version)s RETURNING version), step AS ({design_insert} FROM fence) "
+        "SELECT version FROM fence")
+    design_run = start_run()
+    one_row = {"run": design_run.id, "version": design_run.version, "step": 0, "parent": design_run.head_id}
+    alone = {"run": uuid.uuid4(), "step": 0, "parent": None}
+
+    # Like ours, each serializes the step (its payload()) in the timed part; the floor is given the bytes.
+    def one_row_commit(prepared: PreparedStep) -> Callable[[], None]:
+        def timed() -> None:
+            step, checkpoint_id = one_row["step"] + 1, uuid.uuid4()
+            with connection.cursor() as cursor:  # as ours: Django's connection, autocommit
+                cursor.execute(one_row_sql, {"id": checkpoint_id, "run": one_row["run"], "step": step,
+                                             "parent": one_row["parent"], "payload": prepared.payload(),
+                                             "events": len(prepared.events), "version": one_row["version"]})
+                one_row.update(version=cursor.fetchone()[0], step=step, parent=checkpoint_id)
+        return timed
+
+    def row_alone_commit(prepared: PreparedStep) -> Callable[[], None]:
+        def timed() -> None:
+            step, checkpoint_id = alone["step"] + 1, uuid.uuid4()
+            with connection.cursor() as cursor:
+                cursor.execute(design_insert, {"id": checkpoint_id, "run": alone["run"], "step": step,
+                                               "parent": alone["parent"], "payload": prepared.payload()})
+            alone.update(step=step, parent=checkpoint_id)
+        return timed
+
+    samples: dict[str, list[float]] = {"ours": [], "floor": [], "floor_txn": [], "django": [], "langgraph": [],
+                                       "one_row": [], "row_alone": []}
     order = random.Random(SHUFFLE_SEED)
     try:
         for index in range(warmup + steps):
@@ -231,7 +273,8 @@ def bench_write(*, schema: str, start_run: Callable[[], Any], database_url: str,
             payload = prepared.payload()  # the floor writes the same bytes this step writes
             actions = [("ours", prepared.run), ("floor", floor_insert(payload)),
                        ("floor_txn", floor_txn_insert(payload)), ("django", django_insert(payload)),
-                       ("langgraph", theirs.put([message.to_json()]))]
+                       ("langgraph", theirs.put([message.to_json()])),
+                       ("one_row", one_row_commit(prepared)), ("row_alone", row_alone_commit(prepared))]
             # A fresh order each step: each write follows each other one equally often. Rotating a fixed order
             # does not do that (ours always followed LangGraph's put, by far the largest write, and paid for it:
             # 0.1 to 0.4 ms a commit, measured with the order shuffled against rotated).
@@ -251,6 +294,8 @@ def bench_write(*, schema: str, start_run: Callable[[], Any], database_url: str,
         "insert_floor_django_p50_ms": percentile(samples["django"], 50),
         "langgraph_put_p50_ms": percentile(samples["langgraph"], 50),
         "langgraph_put_p99_ms": percentile(samples["langgraph"], 99),
+        "design_one_row_p50_ms": percentile(samples["one_row"], 50),
+        "design_row_alone_p50_ms": percentile(samples["row_alone"], 50),
     }
 
 

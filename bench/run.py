@@ -118,6 +118,11 @@ DIAGNOSTICS = {
     "insert_floor_django_p50_ms": "the floor's INSERT through Django's connection (autocommit, as ours)",
     "insert_floor_txn_p50_ms": "the floor's INSERT as BEGIN, INSERT, COMMIT (three round trips)",
     "checkpoint_write_vs_txn_floor": "checkpoint_write_p50_ms / insert_floor_txn_p50_ms",
+    "design_one_row_p50_ms": "another design: a step's commit as one row holding all it writes, and the run's "
+                             "fenced update",
+    "design_one_row_ratio": "design_one_row_p50_ms / insert_floor_p50_ms",
+    "design_row_alone_p50_ms": "that row alone, fenced by its unique (run, step) key instead of the run's row",
+    "design_row_alone_ratio": "design_row_alone_p50_ms / insert_floor_p50_ms",
     "langgraph_put_p99_ms": "",
     "langgraph_bytes_step10": "",
     "langgraph_bytes_ratio": "step500 / step10",
@@ -197,6 +202,8 @@ def derive(figures: dict[str, float]) -> None:
               "langgraph_bytes_ratio": ("langgraph_bytes_step500", "langgraph_bytes_step10"),
               "checkpoint_write_vs_langgraph_put": ("checkpoint_write_p50_ms", "langgraph_put_p50_ms"),
               "checkpoint_write_vs_txn_floor": ("checkpoint_write_p50_ms", "insert_floor_txn_p50_ms"),
+              "design_one_row_ratio": ("design_one_row_p50_ms", "insert_floor_p50_ms"),
+              "design_row_alone_ratio": ("design_row_alone_p50_ms", "insert_floor_p50_ms"),
               "memory_search_ratio_100k": ("memory_search_p99_ms_100k", "memory_search_floor_p99_ms_100k"),
               "memory_search_ratio_1m": ("memory_search_p99_ms_1m", "memory_search_floor_p99_ms_1m")}
     for name, (numerator, denominator) in ratios.items():
