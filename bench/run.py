@@ -301,10 +301,8 @@ def main() -> int:
                 in_tenant(lambda: checkpoint_bench.bench_long_conversation(
                     schema=schema, start_run=start_run, saver=saver, lg_connection=langgraph_connection,
                     steps=LONG_STEPS, reads=READS)))
-        section("step", "step overhead of our runtime", lambda: step_bench.bench_ours(
-            tenant=tenant, actor=ACTOR, steps=STEPS, warmup=WARMUP))
-        section("step", "LangGraph running the same graph", lambda: step_bench.bench_langgraph(
-            saver=saver, steps=STEPS, warmup=WARMUP))
+        section("step", "step overhead of our runtime and of LangGraph on the same graph, in alternating rounds",
+                lambda: step_bench.bench_steps(tenant=tenant, actor=ACTOR, saver=saver, steps=STEPS, warmup=WARMUP))
         section("turn", f"turns through the API and {turn_bench.WORKERS} Celery workers (zero-latency model)",
                 lambda: turn_bench.bench_turns(tenant=tenant, actor=ACTOR, samples=TURNS, burst=TURN_BURST))
         section("stream", "streaming: model server, Daphne and a worker; time to first token added, with 1 and 200 "
