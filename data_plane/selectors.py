@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -8,7 +9,7 @@ from typing import Any, BinaryIO
 from uuid import UUID
 
 from django.db import connection
-from django.db.models import Exists, F, IntegerField, Max, OuterRef, Q, QuerySet, Subquery
+from django.db.models import F, IntegerField, Max, OuterRef, Q, QuerySet, Subquery
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
 
@@ -119,21 +120,50 @@ def agent_version_list(*, tenant_schema: str, agent_id: UUID) -> QuerySet[AgentV
 
 def agent_version_get(*, tenant_schema: str, agent_id: UUID, version: int | None = None,
                       note_running_experiment: bool = False) -> AgentVersion:
-    """The agent's given version, or its latest (one query either way). Raises AgentNotFound.
+    """The agent's given version, or its latest, with its agent (one query either way). Raises AgentNotFound.
     ``note_running_experiment``: the same query also says whether an experiment of the agent is running (the
-    version's ``running_experiment``), so a run's start looks for its variant only then."""
+    version's ``running_experiment``), so a run's start looks for its variant only then.
+
+    Every run's start reads it, so the query is written once, not built by the ORM at each call (the ORM took
+    about 1 ms to build it, against 0.1 ms for the round trip); the rows become models as the ORM's would."""
     require_schema(tenant_schema)
-    versions = AgentVersion.objects.filter(agent_id=agent_id).select_related("agent")
-    if note_running_experiment:
-        versions = versions.annotate(running_experiment=Exists(Experiment.objects.filter(
-            agent_id=OuterRef("agent_id"), status=Experiment.Status.RUNNING)))
-    found = versions.filter(version=version).first() if version is not None else versions.filter(
-        version=F("agent__latest_version")).first()
-    if found is None:
+    with connection.cursor() as cursor:
+        cursor.execute(_AGENT_VERSION_SQL[note_running_experiment], [agent_id, version])
+        row = cursor.fetchone()
+    if row is None:
         agent = agent_get(tenant_schema=tenant_schema, agent_id=agent_id)  # raises AgentNotFound
         number = version if version is not None else agent.latest_version
         raise AgentNotFound(f"Agent {agent.name!r} has no version {number} (latest: {agent.latest_version}).")
+    split = len(_VERSION_FIELDS)
+    found = _from_row(AgentVersion, _VERSION_FIELDS, row[:split])
+    found.agent = _from_row(Agent, _AGENT_FIELDS, row[split:split + len(_AGENT_FIELDS)])
+    if note_running_experiment:
+        found.running_experiment = row[-1]  # type: ignore[attr-defined]
     return found
+
+
+_VERSION_FIELDS = AgentVersion._meta.concrete_fields
+_AGENT_FIELDS = Agent._meta.concrete_fields
+
+
+def _agent_version_sql(*, note_running_experiment: bool) -> str:
+    columns = [f"v.{field.column}" for field in _VERSION_FIELDS] + [f"a.{field.column}" for field in _AGENT_FIELDS]
+    if note_running_experiment:
+        columns.append(f"EXISTS (SELECT 1 FROM {Experiment._meta.db_table} e WHERE e.agent_id = v.agent_id "
+                       f"AND e.status = '{Experiment.Status.RUNNING.value}')")
+    return (f"SELECT {', '.join(columns)} FROM {AgentVersion._meta.db_table} v "
+            f"JOIN {Agent._meta.db_table} a ON a.id = v.agent_id "
+            "WHERE v.agent_id = %s AND v.version = coalesce(%s::integer, a.latest_version)")
+
+
+_AGENT_VERSION_SQL = {noted: _agent_version_sql(note_running_experiment=noted) for noted in (False, True)}
+
+
+def _from_row(model: Any, fields: Any, values: Sequence[Any]) -> Any:
+    """A model instance from its concrete fields' column values, converted as the ORM converts them."""
+    converted = [field.from_db_value(value, None, connection) if hasattr(field, "from_db_value") else value
+                 for field, value in zip(fields, values)]
+    return model.from_db(connection.alias, [field.attname for field in fields], converted)
 
 
 def run_list(*, tenant_schema: str, status: str | None = None, agent_id: UUID | None = None,

@@ -295,3 +295,30 @@ def test_results_per_variant_with_intervals_and_tests_against_the_control(tenant
     assert m.vs_control["score"] == statistics.welch_t_test([0.75, 0.25], [1.0, 0.5])
     assert m.vs_control["cost_usd"].difference == pytest.approx(-0.018)
     assert results.caveats == ["Runs still active are counted in 'runs' and 'active' only, not in the rates or means."]
+
+
+def test_agent_version_get_reads_the_version_and_its_agent_as_the_orm_does(tenant_a, agent):
+    """The selector writes its query by hand: every field of the version and of its agent reads back as the ORM
+    reads it (the spec decoded, times aware), the latest or a given version, with whether an experiment runs."""
+    from data_plane.errors import AgentNotFound
+    from data_plane.selectors import agent_version_get
+
+    def fields(instance):
+        return {field.attname: getattr(instance, field.attname) for field in instance._meta.concrete_fields}
+
+    with schema_context(tenant_a.schema):
+        services.agent_update(tenant=tenant_a.tenant, agent_id=agent.id, spec={**SPEC, "instructions": "v2"},
+                              actor=TEST_ACTOR)
+        for version, number in ((None, 2), (1, 1)):
+            found = agent_version_get(tenant_schema=tenant_a.schema, agent_id=agent.id, version=version,
+                                      note_running_experiment=True)
+            expected = AgentVersion.objects.select_related("agent").get(agent_id=agent.id, version=number)
+            assert fields(found) == fields(expected) and fields(found.agent) == fields(expected.agent)
+            assert found.spec["instructions"] == ("v2" if number == 2 else "Be exact.")
+            assert found.running_experiment is False and found.created_at.tzinfo is not None
+        create(tenant_a, agent)
+        assert agent_version_get(tenant_schema=tenant_a.schema, agent_id=agent.id,
+                                 note_running_experiment=True).running_experiment is True
+        with pytest.raises(AgentNotFound) as missing:
+            agent_version_get(tenant_schema=tenant_a.schema, agent_id=agent.id, version=9)
+        assert missing.value.message == "Agent 'helper' has no version 9 (latest: 2)."
