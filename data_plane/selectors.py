@@ -127,9 +127,11 @@ def agent_version_get(*, tenant_schema: str, agent_id: UUID, version: int | None
     Every run's start reads it, so the query is written once, not built by the ORM at each call (the ORM took
     about 1 ms to build it, against 0.1 ms for the round trip); the rows become models as the ORM's would."""
     require_schema(tenant_schema)
-    with connection.cursor() as cursor:
-        cursor.execute(_AGENT_VERSION_SQL[note_running_experiment], [agent_id, version])
-        row = cursor.fetchone()
+    row = None
+    if version is None or 0 <= version <= _LARGEST_VERSION:  # a larger number is no version (and no SQL integer)
+        with connection.cursor() as cursor:
+            cursor.execute(_AGENT_VERSION_SQL[note_running_experiment], [agent_id, version])
+            row = cursor.fetchone()
     if row is None:
         agent = agent_get(tenant_schema=tenant_schema, agent_id=agent_id)  # raises AgentNotFound
         number = version if version is not None else agent.latest_version
@@ -142,6 +144,7 @@ def agent_version_get(*, tenant_schema: str, agent_id: UUID, version: int | None
     return found
 
 
+_LARGEST_VERSION = 2 ** 31 - 1  # AgentVersion.version is a Postgres integer
 _VERSION_FIELDS = AgentVersion._meta.concrete_fields
 _AGENT_FIELDS = Agent._meta.concrete_fields
 

@@ -101,6 +101,19 @@ def test_start_runs_a_given_version_or_the_latest(client, tenant_a):
     assert missing.json()["code"] == "agent_not_found"
 
 
+def test_a_version_beyond_any_number_is_not_found_not_a_server_error(client, tenant_a):
+    """A version larger than the database's integers is simply no version of the agent: 404, nothing started."""
+    agent = create_agent(client, tenant_a.key)
+    huge = 2 ** 40
+    started = post(client, "/v1/runs", {"agent_id": agent["id"], "input": "x", "version": huge}, tenant_a.key)
+    read = client.get(f"/v1/agents/{agent['id']}/versions/{huge}", **bearer(tenant_a.key))
+    for response in (started, read):
+        assert response.status_code == 404, response.content
+        assert response.json()["code"] == "agent_not_found"
+        assert f"has no version {huge} (latest: 1)" in response.json()["detail"]
+    assert run_statuses(tenant_a) == []
+
+
 def test_start_run_input_errors(client, tenant_a):
     # when
     invalid = post(client, "/v1/runs", {"agent_id": "nope", "values": [1], "version": 0}, tenant_a.key)
