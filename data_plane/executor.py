@@ -941,12 +941,13 @@ def _step_events(commands: list[Command], results: dict[str, machine.EffectResul
                 "run": {"input_tokens": state.input_tokens, "output_tokens": state.output_tokens,
                         "cost_usd": state.cost_usd}}})
         elif isinstance(command, CallModel) and isinstance(result, ModelReply):
-            # The reply itself is in the checkpoint's messages (at message_seq); the event carries a preview,
-            # so a step's bytes are not written twice.
+            # The reply itself is in the checkpoint's messages (at message_seq, in the checkpoint of its step); the
+            # event carries a preview, so a step's bytes are not written twice.
             appended = state.messages[len(previous.messages):]
             offset = next((i for i, m in enumerate(appended) if m == result.message), None)
             events.append({"type": "model.reply", "data": {
                 "node": command.node_id, "message_seq": None if offset is None else len(previous.messages) + offset,
+                "step": step,
                 "preview": result.message.content[:280], "truncated": len(result.message.content) > 280,
                 "tool_calls": [call.to_json() for call in result.message.tool_calls],
                 "usage": result.usage.to_json(), **_route_of(command.request),

@@ -159,8 +159,17 @@ class RoutingPolicy(models.Model):
 
 
 class Checkpoint(models.Model):
-    """A run's state after a step. ``control`` is small and whole; messages and values are appended
-    to their own tables, so bytes written per step do not grow with the conversation."""
+    """A run's state after a step, and what the step changed: its ``control`` (small and whole), the messages it
+    appended and the values it changed. A state is read back from its run's checkpoints up to it (and its
+    source runs' for a fork), so bytes written per step do not grow with the conversation, and a step is one
+    row (see docs/checkpoint-storage.md).
+
+    - ``messages``: the appended messages as one JSON array text (NULL when none), the first at sequence number
+      ``first_seq``; each a JSON object, or a JSON string when sealed (data_plane.sealing).
+    - ``changed_values``, ``sealed_values``: the changed values as JSON object texts, plain and sealed.
+    - ``control`` is NULL once retention pruned the checkpoint: it can no longer be read, listed or forked, and
+      its row stays for the messages and values later states are made of.
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # Indexes are kept to what reads need (the unique (run, step) serves lookups by run): each one is paid
@@ -172,40 +181,18 @@ class Checkpoint(models.Model):
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
                                db_index=False, db_constraint=False)
     step = models.PositiveIntegerField()
-    control = models.JSONField()
+    control = models.JSONField(null=True)
+    first_seq = models.PositiveIntegerField(default=0)
+    # JSON texts: read back whole and in order, never queried inside, so they round-trip without jsonb's
+    # conversions and cost no parsing at the commit.
+    messages = models.TextField(null=True)
+    changed_values = models.TextField(null=True)
+    sealed_values = models.TextField(null=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["run", "step"]
         constraints = [models.UniqueConstraint(fields=["run", "step"], name="checkpoint_run_step_unique")]
-
-
-class RunMessage(models.Model):
-    """One message of a run's conversation, appended once. Stored as JSON text: it is only ever read back
-    whole, in order, so the text round-trips without jsonb's conversions."""
-
-    id = models.BigAutoField(primary_key=True)
-    # No database constraint: rows are only ever written by the fenced commit statement, which inserts
-    # nothing unless the run's own row matched; a constraint check per row at every commit buys nothing.
-    run = models.ForeignKey(Run, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False)
-    seq = models.PositiveIntegerField()
-    step = models.PositiveIntegerField()
-    message = models.TextField()
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["run", "seq"], name="run_message_seq_unique")]
-
-
-class RunValue(models.Model):
-    id = models.BigAutoField(primary_key=True)
-    run = models.ForeignKey(Run, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False)
-    step = models.PositiveIntegerField()
-    key = models.CharField(max_length=200)
-    value = models.JSONField(null=True)
-    sealed_value = models.TextField(null=True)  # the value sealed (then ``value`` is NULL): see data_plane.sealing
-
-    class Meta:
-        indexes = [models.Index(fields=["run", "key", "step"])]
 
 
 class RunEvent(models.Model):

@@ -8,6 +8,7 @@ runtime/adapters/checkpoints.py) and memories' text (``Memory.sealed_text``; ``t
 
 from __future__ import annotations
 
+import json
 from uuid import UUID
 
 from django.db import connection
@@ -16,6 +17,7 @@ from data_plane.runtime.adapters.checkpoints import (
     PostgresCheckpointStore,
     control_bound_to,
     message_bound_to,
+    payload_json,
     value_bound_to,
 )
 from control_plane.encryption.services import SealedLocation, TenantCipher, sealed_location_register, tenant_cipher
@@ -62,14 +64,21 @@ LOCATIONS = (
     SealedLocation(name="memory.text", table="data_plane_memory", key_sql="id", sealed_sql="sealed_text",
                    assign_sql="sealed_text = %(sealed)s",
                    bound_to=lambda schema, key: memory_text_bound_to(schema, key[0])),
-    # a sealed message is a JSON string: its text between the quotes (base64 needs no escaping)
-    SealedLocation(name="run_message.message", table="data_plane_runmessage", key_sql="run_id, seq",
-                   sealed_sql="CASE WHEN left(message, 1) = '\"' THEN substr(message, 2, length(message) - 2) END",
-                   assign_sql="message = '\"' || %(sealed)s || '\"'",
-                   bound_to=lambda schema, key: message_bound_to(schema, key[0], key[1])),
-    SealedLocation(name="run_value.value", table="data_plane_runvalue", key_sql="run_id, step, key",
-                   sealed_sql="sealed_value", assign_sql="sealed_value = %(sealed)s",
-                   bound_to=lambda schema, key: value_bound_to(schema, key[0], key[1], key[2])),
+    # A checkpoint's sealed messages are JSON strings in its messages' array (base64 needs no escaping), each
+    # bound to its number (first_seq + its index); its sealed values are a JSON object's, each bound to its step
+    # and key.
+    SealedLocation(name="checkpoint.messages", table="data_plane_checkpoint", key_sql="run_id, first_seq",
+                   sealed_sql="messages", assign_sql="messages = %(sealed)s",
+                   bound_to=lambda schema, key: message_bound_to(schema, key[0], key[1] + key[2]),
+                   parts=lambda text: {i: item for i, item in enumerate(json.loads(text)) if isinstance(item, str)},
+                   assemble=lambda text, parts: payload_json(
+                       [parts.get(i, item) for i, item in enumerate(json.loads(text))]),
+                   part_sql_re=r"[\[,]"),
+    SealedLocation(name="checkpoint.values", table="data_plane_checkpoint", key_sql="run_id, step",
+                   sealed_sql="sealed_values", assign_sql="sealed_values = %(sealed)s",
+                   bound_to=lambda schema, key: value_bound_to(schema, key[0], key[1], key[2]),
+                   parts=json.loads, assemble=lambda text, parts: payload_json({**json.loads(text), **parts}),
+                   part_sql_re=":"),
     SealedLocation(name="checkpoint.control", table="data_plane_checkpoint", key_sql="id",
                    sealed_sql="(control->>'sealed')",
                    assign_sql="control = jsonb_set(control, '{sealed}', to_jsonb(%(sealed)s::text))",

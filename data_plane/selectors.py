@@ -9,7 +9,8 @@ from typing import Any, BinaryIO
 from uuid import UUID
 
 from django.db import connection
-from django.db.models import F, IntegerField, Max, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Case, F, IntegerField, Max, Q, QuerySet, TextField, When
+from django.db.models.expressions import RawSQL
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
 
@@ -20,7 +21,7 @@ from common.timestamps import format_ts
 from data_plane.errors import AgentNotFound, ApprovalNotFound, AttachmentNotFound, CheckpointNotFound, \
     McpServerNotFound, PingNotFound, RunNotFound
 from data_plane.models import Agent, AgentVersion, Approval, Attachment, Checkpoint, EffectRecord, Experiment, \
-    McpServer, McpTool, Ping, Run, RunEvent, RunMessage, ToolPermission, ToolSettings
+    McpServer, McpTool, Ping, Run, RunEvent, ToolPermission, ToolSettings
 from data_plane.sealing import checkpoint_store, run_message_open
 from data_plane.runtime.core.state import RunState
 
@@ -200,16 +201,22 @@ def run_count_active(*, tenant_schema: str) -> int:
                               parent_run__isnull=True).count()
 
 
+# What the checkpoint APIs show of a checkpoint: not the step's messages and values (a state is read whole, by
+# checkpoint_state), which would be most of the bytes of a listing.
+_CHECKPOINT_PAYLOAD = ("messages", "changed_values", "sealed_values")
+
+
 def checkpoint_list(*, tenant_schema: str, run_id: UUID) -> QuerySet[Checkpoint]:
-    """The run's checkpoints, oldest first. Raises RunNotFound."""
+    """The run's checkpoints, oldest first, without those retention pruned. Raises RunNotFound."""
     run = run_get(tenant_schema=tenant_schema, run_id=run_id)
-    return Checkpoint.objects.filter(run=run).order_by("step")
+    return Checkpoint.objects.filter(run=run, control__isnull=False).defer(*_CHECKPOINT_PAYLOAD).order_by("step")
 
 
 def checkpoint_get(*, tenant_schema: str, run_id: UUID, checkpoint_id: UUID) -> Checkpoint:
     """Raises CheckpointNotFound (also when it belongs to another run or tenant)."""
     require_schema(tenant_schema)
-    found = Checkpoint.objects.filter(run_id=run_id, id=checkpoint_id).first()
+    found = (Checkpoint.objects.filter(run_id=run_id, id=checkpoint_id, control__isnull=False)
+             .defer(*_CHECKPOINT_PAYLOAD).first())
     if found is None:
         raise CheckpointNotFound(f"Checkpoint {checkpoint_id} of run {run_id} not found.")
     return found
@@ -241,15 +248,24 @@ def approval_get(*, tenant_schema: str, approval_id: UUID, for_update: bool = Fa
         raise ApprovalNotFound(f"Approval {approval_id} not found.") from None
 
 
+# A model reply's whole message, out of the messages of the checkpoint of its step (by the unique (run, step)):
+# element message_seq - first_seq of that step's array. Events written before the reply's step was put in its
+# data (migration 0021 added it to the older ones) find none.
+_REPLY_MESSAGE_SQL = (
+    "(SELECT (c.messages::json -> ((data_plane_runevent.data->>'message_seq')::int - c.first_seq))::text "
+    "FROM data_plane_checkpoint c WHERE c.run_id = data_plane_runevent.run_id "
+    "AND c.step = (data_plane_runevent.data->>'step')::int)")
+
+
 def run_event_list(*, tenant_schema: str, run_id: UUID, after_seq: int = 0) -> QuerySet[RunEvent]:
     """A run's events after ``after_seq``, in order; a model reply's whole message is annotated as
     ``message_json`` (the event itself keeps only a preview: the checkpoint holds the message). Raises
     RunNotFound."""
     run = run_get(tenant_schema=tenant_schema, run_id=run_id)
-    message = RunMessage.objects.filter(run_id=OuterRef("run_id"), seq=OuterRef("message_position"))
     return (RunEvent.objects.filter(run=run, seq__gt=after_seq).order_by("seq")
             .annotate(message_position=Cast(KeyTextTransform("message_seq", "data"), IntegerField()))
-            .annotate(message_json=Subquery(message.values("message")[:1])))
+            .annotate(message_json=Case(When(type="model.reply", then=RawSQL(_REPLY_MESSAGE_SQL, [])),
+                                        output_field=TextField())))
 
 
 def run_event_page(*, tenant_schema: str, run_id: UUID, after_seq: int, limit: int) -> list[dict[str, Any]]:

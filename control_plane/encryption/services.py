@@ -245,6 +245,12 @@ class SealedLocation:
     ``sealed_sql`` is an SQL expression of the row giving its sealed text (NULL or '' when it holds none);
     ``assign_sql`` writes ``%(sealed)s`` back; ``key_sql`` selects what ``bound_to`` needs, from the row. Rows
     are walked in ``id`` order. All SQL is run in the tenant's schema (its name is put in front of ``table``).
+
+    A column that holds several sealed values as JSON strings (a JSON array or object) also gives ``parts``: the
+    column's sealed values by their place in it (an array's index, an object's key), which ``bound_to`` gets
+    after the key columns; ``assemble``, the column with some of them replaced; and ``part_sql_re``, a regular
+    expression of what comes right before a sealed value's opening quote (after which its prefix follows), for
+    finding the rows that hold a stale one.
     """
 
     name: str
@@ -252,7 +258,10 @@ class SealedLocation:
     key_sql: str
     sealed_sql: str
     assign_sql: str
-    bound_to: Callable[[str, tuple[Any, ...]], str]  # (tenant schema, key columns) -> bound_to
+    bound_to: Callable[[str, tuple[Any, ...]], str]  # (tenant schema, key columns[, part]) -> bound_to
+    parts: Callable[[str], dict[Any, str]] | None = None
+    assemble: Callable[[str, dict[Any, str]], str] | None = None
+    part_sql_re: str = ""
 
 
 _LOCATIONS: dict[str, SealedLocation] = {}
@@ -285,8 +294,15 @@ class ResealReport:
 
 def _stale_filter(location: SealedLocation) -> str:
     # v1 values, and v2 values of another version than the current one
+    if location.parts is not None:  # a sealed part of the column is: v1, or v2 not followed by the version
+        return (f"(({location.sealed_sql}) ~ ('{location.part_sql_re}\"(v1:|v2:(?!' || "
+                f"split_part(%(current)s, ':', 2) || ':))'))")
     return (f"(({location.sealed_sql}) LIKE 'v1:%%' OR (({location.sealed_sql}) LIKE 'v2:%%' "
             f"AND ({location.sealed_sql}) NOT LIKE %(current)s))")
+
+
+def _is_stale(sealed: str, current: str) -> bool:
+    return sealed.startswith("v1:") or (sealed.startswith("v2:") and not sealed.startswith(current[:-1]))
 
 
 def _reseal_location(*, cipher: DataKeyCipher, tenant_schema: str, location: SealedLocation, batch: int
@@ -305,18 +321,25 @@ def _reseal_location(*, cipher: DataKeyCipher, tenant_schema: str, location: Sea
             rows = cursor.fetchall()
             for row in rows:
                 row_id, old = row[0], row[1]
-                bound_to = location.bound_to(tenant_schema, tuple(row[2:]))
-                try:
-                    plain = cipher.open_text(old, bound_to=bound_to)
-                except SecretUnreadable:
-                    logger.error("Sealed value %s %s of %s does not open; left as it is", location.name, row_id,
-                                 tenant_schema)
-                    unreadable += 1
+                if location.parts is None:
+                    stale = {None: old}
+                else:
+                    stale = {part: sealed for part, sealed in location.parts(old).items() if _is_stale(sealed, current)}
+                fresh = {}
+                for part, sealed in stale.items():
+                    bound_to = location.bound_to(tenant_schema, tuple(row[2:]) + ((part,) if location.parts else ()))
+                    try:
+                        fresh[part] = cipher.seal_text(cipher.open_text(sealed, bound_to=bound_to), bound_to=bound_to)
+                    except SecretUnreadable:
+                        logger.error("Sealed value %s %s%s of %s does not open; left as it is", location.name, row_id,
+                                     f" [{part}]" if location.parts else "", tenant_schema)
+                        unreadable += 1
+                if not fresh:
                     continue
+                new = fresh[None] if location.parts is None else location.assemble(old, fresh)  # type: ignore[misc]
                 cursor.execute(f"UPDATE {table} SET {location.assign_sql} WHERE id = %(id)s AND {location.sealed_sql} "
-                               f"= %(old)s", {"sealed": cipher.seal_text(plain, bound_to=bound_to), "id": row_id,
-                                              "old": old})
-                resealed += cursor.rowcount
+                               f"= %(old)s", {"sealed": new, "id": row_id, "old": old})
+                resealed += len(fresh) if cursor.rowcount else 0
         if len(rows) < batch:
             return resealed, unreadable
         after = rows[-1][0]

@@ -491,12 +491,14 @@ RETENTION_DAYS_BY_TIER = {"standard": 7, "professional": 30, "enterprise": 90}
 
 
 def checkpoints_prune(*, tenant, now=None) -> int:  # type: ignore[no-untyped-def]
-    """Delete checkpoints older than the tenant tier's retention, keeping every run's head (its current
-    state stays readable, and forks keep their history: a fork reads its source's messages, not its
-    checkpoints). Returns how many were deleted. Idempotent."""
+    """Prune checkpoints older than the tenant tier's retention, keeping every run's head: they can no longer
+    be read, listed, replayed or forked. One that changed no message or value is deleted; the others keep
+    their row without its control, as the later states (the head's, and forks') are made of their messages and
+    values. Returns how many were pruned. Idempotent."""
     require_schema(tenant.schema_name)
     days = RETENTION_DAYS_BY_TIER.get(tenant.sla_tier, 7)
     cutoff = (now or timezone.now()) - timezone.timedelta(days=days)
     heads = Run.objects.exclude(head_id=None).values("head_id")
-    deleted, _ = Checkpoint.objects.filter(created_at__lt=cutoff).exclude(id__in=heads).delete()
-    return deleted
+    expired = Checkpoint.objects.filter(created_at__lt=cutoff, control__isnull=False).exclude(id__in=heads)
+    deleted, _ = expired.filter(messages=None, changed_values=None, sealed_values=None).delete()
+    return deleted + expired.update(control=None)

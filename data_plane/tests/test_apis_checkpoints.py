@@ -6,12 +6,16 @@ import json
 import uuid
 from datetime import timedelta
 
+import pytest
 from django.utils import timezone
 from django_tenants.utils import schema_context
 
 from conftest import TEST_ACTOR, bearer
 from data_plane import selectors, services
+from data_plane.errors import CheckpointNotFound
 from data_plane.models import Checkpoint, Run
+from data_plane.runtime.adapters.checkpoints import CheckpointNotFound as StoredCheckpointNotFound
+from data_plane.sealing import checkpoint_store
 from data_plane.runtime.core.messages import Message
 from tenants.tests.factories import ApiKeyFactory
 
@@ -151,27 +155,44 @@ def test_forking_needs_runs_write(client, tenant_a):
         assert Run.objects.count() == 1
 
 
-def test_retention_prunes_old_checkpoints_but_keeps_every_head(tenant_a):
-    # given: a run and a fork of it, their checkpoints 8 days old (the standard tier keeps 7 days)
+def test_retention_prunes_old_checkpoints_but_keeps_every_head_and_every_state_whole(tenant_a):
+    # given: a run of two steps (its first checkpoint no longer its head), a fork of its first checkpoint, and a
+    # checkpoint that changed nothing; all 8 days old (the standard tier keeps 7 days), but one recent checkpoint
     with schema_context(tenant_a.schema):
         agent = services.agent_create(tenant=tenant_a.tenant, name="old", description="", actor=TEST_ACTOR, spec=SPEC)
         run = services.run_start(tenant=tenant_a.tenant, agent_id=agent.id, input="hi", actor=TEST_ACTOR)
         first = Checkpoint.objects.get(run=run)
         fork = services.run_fork(tenant=tenant_a.tenant, run_id=run.id, checkpoint_id=first.id, actor=TEST_ACTOR,
                                  append_messages=[Message(role="user", content="more")])
-        old_middle = Checkpoint.objects.create(run=run, parent=first, step=1, control=first.control)
+        store = checkpoint_store(tenant_a.schema)
+        started = store.load(first.id).state
+        run.refresh_from_db()
+        second = uuid.uuid4()
+        store.commit(run_id=run.id, expected_version=run.version, checkpoint_id=second, parent_id=first.id, step=1,
+                     previous=started, run_status="running", state=started.evolve(
+                         messages=started.messages + (Message(role="assistant", content="second"),)))
+        unchanged = Checkpoint.objects.create(run=run, parent=first, step=2, control=first.control)
         Checkpoint.objects.all().update(created_at=timezone.now() - timedelta(days=8))
-        recent = Checkpoint.objects.create(run=run, parent=first, step=2, control=first.control)
+        recent = Checkpoint.objects.create(run=run, parent=first, step=3, control=first.control)
         # when
-        deleted = services.checkpoints_prune(tenant=tenant_a.tenant)
-        # then: only the old checkpoint that is no run's head is gone
-        remaining = set(Checkpoint.objects.values_list("id", flat=True))
+        pruned = services.checkpoints_prune(tenant=tenant_a.tenant)
+        # then: the old checkpoints that are no run's head are pruned: the one that changed nothing is gone, the
+        # first keeps its row (its message is part of later states) but can no longer be read or listed
         fork_head = Run.objects.get(id=fork.id).head_id
-        assert deleted == 1
-        assert old_middle.id not in remaining and {first.id, recent.id, fork_head} <= remaining
-        # and the fork still reads its whole past (from its source's messages, not its checkpoints)
-        state = selectors.checkpoint_state(tenant_schema=tenant_a.schema, run_id=fork.id, checkpoint_id=fork_head)
-    assert [m.content for m in state.messages] == ["hi", "more"]
-    # a second pass deletes nothing more
+        assert pruned == 2
+        assert not Checkpoint.objects.filter(id=unchanged.id).exists()
+        assert Checkpoint.objects.get(id=first.id).control is None
+        listed = [c.id for c in selectors.checkpoint_list(tenant_schema=tenant_a.schema, run_id=run.id)]
+        assert listed == [second, recent.id]
+        with pytest.raises(CheckpointNotFound):
+            selectors.checkpoint_get(tenant_schema=tenant_a.schema, run_id=run.id, checkpoint_id=first.id)
+        with pytest.raises(StoredCheckpointNotFound):
+            store.load(first.id)
+        # and the head and the fork still read their whole past
+        head = selectors.checkpoint_state(tenant_schema=tenant_a.schema, run_id=run.id, checkpoint_id=second)
+        forked = selectors.checkpoint_state(tenant_schema=tenant_a.schema, run_id=fork.id, checkpoint_id=fork_head)
+    assert [m.content for m in head.messages] == ["hi", "second"]
+    assert [m.content for m in forked.messages] == ["hi", "more"]
+    # a second pass prunes nothing more
     with schema_context(tenant_a.schema):
         assert services.checkpoints_prune(tenant=tenant_a.tenant) == 0

@@ -59,11 +59,17 @@ def finished_run(tenant) -> Run:
 
 
 def raw_rows(tenant, run_id):
+    """The run's messages (JSON texts, in order), its values as (key, plain JSON text, sealed text), and its
+    checkpoints' controls, as the tables hold them."""
     q = f'"{tenant.schema}".'
     with schema_context(tenant.schema), connection.cursor() as cursor:  # what the tenant's own role reads
-        cursor.execute(f"SELECT message FROM {q}data_plane_runmessage WHERE run_id = %s ORDER BY seq", [run_id])
+        cursor.execute(f"SELECT m.value::text FROM {q}data_plane_checkpoint c, json_array_elements(c.messages::json) "
+                       "WITH ORDINALITY AS m(value, ord) WHERE c.run_id = %s ORDER BY c.step, m.ord", [run_id])
         messages = [row[0] for row in cursor.fetchall()]
-        cursor.execute(f"SELECT key, value::text, sealed_value FROM {q}data_plane_runvalue WHERE run_id = %s", [run_id])
+        cursor.execute(f"SELECT v.key, v.value::text, NULL FROM {q}data_plane_checkpoint c, "
+                       "json_each(c.changed_values::json) v WHERE c.run_id = %s UNION ALL "
+                       f"SELECT v.key, NULL, v.value FROM {q}data_plane_checkpoint c, "
+                       "json_each_text(c.sealed_values::json) v WHERE c.run_id = %s", [run_id, run_id])
         values = cursor.fetchall()
         cursor.execute(f"SELECT control::text FROM {q}data_plane_checkpoint WHERE run_id = %s ORDER BY step", [run_id])
         controls = [json.loads(row[0]) for row in cursor.fetchall()]
@@ -117,8 +123,14 @@ def test_a_sealed_message_moved_to_another_place_does_not_open(enterprise):
     run = finished_run(enterprise)
     q = f'"{enterprise.schema}".'
     with schema_context(enterprise.schema), connection.cursor() as cursor:  # copy message 0's sealed text over 1's
-        cursor.execute(f"UPDATE {q}data_plane_runmessage SET message = (SELECT message FROM {q}data_plane_runmessage "
-                       f"WHERE run_id = %s AND seq = 0) WHERE run_id = %s AND seq = 1", [run.id, run.id])
+        cursor.execute(f"SELECT step, first_seq, messages FROM {q}data_plane_checkpoint WHERE run_id = %s "
+                       "AND messages IS NOT NULL ORDER BY step", [run.id])
+        rows = [(step, first, json.loads(messages)) for step, first, messages in cursor.fetchall()]
+        message_0 = rows[0][2][0]
+        step, first, messages = next(row for row in rows if row[1] <= 1 < row[1] + len(row[2]))
+        messages[1 - first] = message_0
+        cursor.execute(f"UPDATE {q}data_plane_checkpoint SET messages = %s WHERE run_id = %s AND step = %s",
+                       [json.dumps(messages), run.id, step])
     # when / then
     with schema_context(enterprise.schema), pytest.raises(SecretUnreadable):
         checkpoint_store(enterprise.schema).load(run.head_id)

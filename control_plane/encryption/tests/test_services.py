@@ -17,6 +17,7 @@ from control_plane.audit.models import AuditEvent
 from data_plane.models import McpServer, MemorySettings
 from data_plane.sealing import checkpoint_store, mcp_server_bound_to, memory_settings_bound_to
 from data_plane.services.memory import memory_draft, memory_remember
+from data_plane.services.runs import run_fork
 from data_plane.services.tools import server_config
 from data_plane.memory_selectors import memory_get, memory_search
 from control_plane.encryption import services
@@ -170,8 +171,8 @@ def sealed_values(tenant) -> list[str]:
     with schema_context(tenant.schema), connection.cursor() as cursor:  # as the tenant's own database role
         cursor.execute(f"SELECT sealed_secrets FROM {q}data_plane_mcpserver UNION ALL "
                        f"SELECT sealed_text FROM {q}data_plane_memory UNION ALL "
-                       f"SELECT substr(message, 2, length(message) - 2) FROM {q}data_plane_runmessage UNION ALL "
-                       f"SELECT sealed_value FROM {q}data_plane_runvalue UNION ALL "
+                       f"SELECT json_array_elements_text(messages::json) FROM {q}data_plane_checkpoint UNION ALL "
+                       f"SELECT (json_each_text(sealed_values::json)).value FROM {q}data_plane_checkpoint UNION ALL "
                        f"SELECT control->>'sealed' FROM {q}data_plane_checkpoint")
         return [row[0] for row in cursor.fetchall()]
 
@@ -187,9 +188,13 @@ def test_a_tenant_rotation_reseals_everything_then_retires_the_old_version(encry
         memory = memory_remember(tenant=encrypted.tenant, actor=TEST_ACTOR,
                                  drafts=[memory_draft(text="Vandelay imports latex")])[0].memory
     run = finished_run(encrypted)
+    with schema_context(encrypted.schema):  # and a fork of it with two values: a checkpoint's sealed values
+        fork = run_fork(tenant=encrypted.tenant, run_id=run.id, checkpoint_id=run.head_id, actor=TEST_ACTOR,
+                        values={"plan": {"codeword": "bluebird"}, "n": 2})
     before = sealed_values(encrypted)
     with schema_context(encrypted.schema):
         state_before = checkpoint_store(encrypted.schema).load(run.head_id).state
+        fork_before = checkpoint_store(encrypted.schema).load(fork.head_id).state
     assert len(before) > 8 and all(v.startswith("v2:1:") for v in before)
     # when
     out = open(os.devnull, "w")
@@ -204,6 +209,7 @@ def test_a_tenant_rotation_reseals_everything_then_retires_the_old_version(encry
     services.tenant_cipher_forget()
     with schema_context(encrypted.schema):
         assert checkpoint_store(encrypted.schema).load(run.head_id).state == state_before
+        assert checkpoint_store(encrypted.schema).load(fork.head_id).state == fork_before
         server.refresh_from_db()
         assert server_config(tenant_schema=encrypted.schema, server=server).headers == CREDENTIALS["headers"]
         assert memory_get(tenant_schema=encrypted.schema, memory_id=memory.id).text == "Vandelay imports latex"
@@ -218,6 +224,8 @@ def test_a_tenant_rotation_reseals_everything_then_retires_the_old_version(encry
     assert finish["retired_versions"] == [1] and finish["remaining"] == 0 and finish["unreadable"] == {}
     assert sum(finish["resealed"].values()) == len(before)
     assert finish["resealed"]["mcp_server.credentials"] == 1 and finish["resealed"]["memory.text"] == 1
+    assert finish["resealed"]["checkpoint.values"] == 2 and finish["resealed"]["checkpoint.messages"] == len(
+        state_before.messages)
 
 
 def test_values_written_with_the_old_version_during_a_rotation_are_resealed_before_it_retires(encrypted):

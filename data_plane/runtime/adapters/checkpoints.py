@@ -2,16 +2,16 @@
 behind a transaction-pooling PgBouncer where a session's search_path cannot be trusted.
 
 A commit is one statement: the fenced update of the run (refused unless the caller holds the version it
-read), the checkpoint row, the appended messages, the changed values, the step's events, its finished calls'
-journal entries and its audit events. Bytes written per step are what the step changed, whatever the length of
-the conversation.
+read), the checkpoint row, which holds what the step changed (its appended messages, its changed values), the
+step's events, its finished calls' journal entries and its audit events. Bytes written per step are what the
+step changed, whatever the length of the conversation. A state is read back from the checkpoints up to it.
 
 Given a cipher that ``encrypts_payloads`` (the tenant's policy), the store seals each appended message, each
-changed value and the checkpoint's control (all but ``message_count``, which the reads' SQL needs), every one
+changed value and the checkpoint's control (all but ``message_count``, which stays plain), every one
 bound to its tenant and its place (run, sequence number, step, key, checkpoint): a sealed message is stored as
-a JSON string (plain ones are JSON objects), a sealed value in ``sealed_value`` (``value`` NULL), a sealed
-control as ``{"message_count": n, "sealed": "v2:…"}``. Reads open whatever is sealed, so a tenant's history
-reads back whole across a change of its policy.
+a JSON string in the ``messages`` array (plain ones are JSON objects), sealed values in ``sealed_values``
+(plain ones in ``changed_values``), a sealed control as ``{"message_count": n, "sealed": "v2:…"}``. Reads open
+whatever is sealed, so a tenant's history reads back whole across a change of its policy.
 """
 
 from __future__ import annotations
@@ -66,6 +66,10 @@ class Fenced(Exception):
 
 class CheckpointNotFound(Exception):
     pass
+
+
+class CheckpointCorrupt(Exception):
+    """A checkpoint's lineage does not hold the messages its control counts."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,8 @@ def _holds_huge_float(value: Any) -> bool:
     return False
 
 
-def _dumps(value: Any) -> str:
+def payload_json(value: Any) -> str:
+    """A payload's JSON text, as the store writes it (and re-sealing rewrites it)."""
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
@@ -191,17 +196,10 @@ WITH fence AS (
   WHERE id = %(run_id)s AND version = %(expected_version)s
   RETURNING version, pause_requested, event_seq - %(event_count)s AS base_seq
 ), checkpoint AS (
-  INSERT INTO {q}data_plane_checkpoint (id, run_id, parent_id, step, control, created_at)
-  SELECT %(checkpoint_id)s, %(run_id)s, %(parent_id)s, %(step)s, %(control)s::jsonb, now() FROM fence
-), messages AS (
-  INSERT INTO {q}data_plane_runmessage (run_id, seq, step, message)
-  SELECT %(run_id)s, %(first_seq)s + m.ord - 1, %(step)s, m.value::text
-  FROM fence, json_array_elements(%(messages)s::json) WITH ORDINALITY AS m(value, ord)
-), run_values AS (
-  INSERT INTO {q}data_plane_runvalue (run_id, step, key, value, sealed_value)
-  SELECT %(run_id)s, %(step)s, v.key, CASE WHEN %(sealed)s THEN NULL ELSE v.value END,
-         CASE WHEN %(sealed)s THEN v.value #>> '{{}}' END
-  FROM fence, jsonb_each(%(values)s::jsonb) AS v
+  INSERT INTO {q}data_plane_checkpoint (id, run_id, parent_id, step, control, first_seq, messages, changed_values,
+                                        sealed_values, created_at)
+  SELECT %(checkpoint_id)s, %(run_id)s, %(parent_id)s, %(step)s, %(control)s::jsonb, %(first_seq)s, %(messages)s,
+         %(values)s, %(sealed_values)s, now() FROM fence
 ), events AS (
   INSERT INTO {q}data_plane_runevent (run_id, seq, type, data, created_at)
   SELECT %(run_id)s, fence.base_seq + e.ord, e.value->>'type', e.value->'data', now()
@@ -220,42 +218,26 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
             .replace("{audit}", audited if with_audit else "")
             for with_effects in (False, True) for with_audit in (False, True)}
         self._record_effects_sql = "WITH " + _journal_part(q, after="") + " SELECT 1"
-        # A segment's messages come back as rows, after a first row for the rest, in one statement: Postgres
-        # joins a long conversation's texts (a megabyte at 500 steps of 2 KB) with string_agg about twice as
-        # slowly as it sends them row by row.
-        messages_of = (f"SELECT m.seq, {{blanks}}m.message FROM {{source}}{q}data_plane_runmessage m "
-                       "WHERE m.run_id = {run} AND m.seq >= {first} AND m.seq < {upto}")
-        # Each value as [value, step, sealed value]: a sealed one is opened in Python, bound to its step. The
-        # latest version of each key up to the step, found through the (run, key, step) index: the run's keys
-        # one after another (a skip scan), then each key's latest version, so a read costs the number of keys,
-        # not the number of versions (a value that changes at every step has as many as the run has steps).
-        values_of = (
-            "SELECT json_object_agg(v.key, json_build_array(v.value, v.step, v.sealed_value))::text FROM ("
-            "WITH RECURSIVE keys(key) AS ("
-            f"(SELECT k.key FROM {q}data_plane_runvalue k WHERE k.run_id = {{run}} AND k.step <= {{step}} "
-            "ORDER BY k.key LIMIT 1) UNION ALL "
-            f"SELECT (SELECT k.key FROM {q}data_plane_runvalue k WHERE k.run_id = {{run}} AND k.step <= {{step}} "
-            "AND k.key > keys.key ORDER BY k.key LIMIT 1) FROM keys WHERE keys.key IS NOT NULL) "
-            "SELECT latest.* FROM keys CROSS JOIN LATERAL (SELECT l.key, l.value, l.step, l.sealed_value "
-            f"FROM {q}data_plane_runvalue l WHERE l.run_id = {{run}} AND l.key = keys.key AND l.step <= {{step}} "
-            "ORDER BY l.step DESC LIMIT 1) latest) v")
-        # One round trip for a run's own checkpoint: a first row (ordered -1) with the checkpoint, its run's
-        # lineage and its latest values up to it, then the run's messages up to it, one row each, in order.
+        # What a run's checkpoints up to a step changed, in order: each row's first message's number, its
+        # messages (a JSON array text) and its changed values, plain and sealed. Rows that changed neither are
+        # left out; pruned ones (control NULL) are not, as later states are made of them.
+        deltas = ("SELECT 1, s.step, s.first_seq, s.messages, s.changed_values, s.sealed_values{blanks} "
+                  f"FROM {{source}}{q}data_plane_checkpoint s WHERE s.run_id = {{run}} AND s.step <= {{step}} "
+                  "AND (s.messages IS NOT NULL OR s.changed_values IS NOT NULL OR s.sealed_values IS NOT NULL)")
+        # One round trip for a run's own checkpoint: a first row (kind 0) with the checkpoint and its run's
+        # lineage, then its run's checkpoints up to it (kind 1), by step.
         self._checkpoint_sql = (
             f"WITH c AS (SELECT c.id, c.run_id, c.step, c.control, r.base_run_id, r.base_message_count, r.base_step "
-            f"FROM {q}data_plane_checkpoint c JOIN {q}data_plane_run r ON r.id = c.run_id WHERE c.id = %s) "
-            "SELECT -1, c.*, (" + values_of.format(run="c.run_id", step="c.step") + "), NULL FROM c UNION ALL "
-            + messages_of.format(
-                blanks="NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, ", source="c, ", run="c.run_id",
-                first="CASE WHEN c.base_run_id IS NULL THEN 0 ELSE c.base_message_count END",
-                upto="(c.control->>'message_count')::int")
-            + " ORDER BY 1")
+            f"FROM {q}data_plane_checkpoint c JOIN {q}data_plane_run r ON r.id = c.run_id "
+            "WHERE c.id = %s AND c.control IS NOT NULL) "
+            "SELECT 0, c.step, NULL::int, NULL, NULL, NULL, c.id, c.run_id, c.control, c.base_run_id, "
+            "c.base_message_count, c.base_step FROM c UNION ALL "
+            + deltas.format(blanks=", NULL, NULL, NULL, NULL, NULL, NULL", source="c, ", run="c.run_id",
+                            step="c.step")
+            + " ORDER BY 1, 2")
         self._run_lineage_sql = f"SELECT base_run_id, base_message_count, base_step FROM {q}data_plane_run WHERE id = %s"
-        # A fork's earlier segments (its source runs'), one round trip each: the values, then the messages.
-        self._segment_sql = ("SELECT -1, (" + values_of.format(run="%(run)s", step="%(step)s") + "), NULL UNION ALL "
-                             + messages_of.format(blanks="NULL, ", source="", run="%(run)s", first="%(first)s",
-                                                  upto="%(upto)s")
-                             + " ORDER BY 1")
+        # A fork's earlier segments (its source runs'), one round trip each.
+        self._segment_sql = deltas.format(blanks="", source="", run="%(run)s", step="%(step)s") + " ORDER BY 2"
 
     def commit(self, *, run_id: UUID, expected_version: int, checkpoint_id: UUID, parent_id: UUID | None, step: int,
                previous: RunState | None, state: RunState, run_status: str, reason: str = "",
@@ -286,27 +268,31 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
         values = dict(changed_values)
         cipher = self.cipher if self.cipher is not None and self.cipher.encrypts_payloads else None
         if cipher is not None:
-            messages = [cipher.seal_text(_dumps(m), bound_to=message_bound_to(self.schema, run_id, old_count + i))
+            messages = [cipher.seal_text(payload_json(m), bound_to=message_bound_to(self.schema, run_id, old_count + i))
                         for i, m in enumerate(messages)]
-            values = {k: cipher.seal_text(_dumps(v), bound_to=value_bound_to(self.schema, run_id, step, k))
+            values = {k: cipher.seal_text(payload_json(v), bound_to=value_bound_to(self.schema, run_id, step, k))
                       for k, v in values.items()}
             control = {"message_count": control["message_count"],
-                       "sealed": cipher.seal_text(_dumps(control), bound_to=control_bound_to(self.schema, checkpoint_id))}
+                       "sealed": cipher.seal_text(payload_json(control),
+                                                  bound_to=control_bound_to(self.schema, checkpoint_id))}
         params = {
             "run_id": run_id, "expected_version": expected_version, "checkpoint_id": checkpoint_id,
             "parent_id": parent_id, "step": step, "status": run_status, "reason": reason[:500],
-            "output": state.output or "", "error": _dumps(state.error) if state.error else None,
+            "output": state.output or "", "error": payload_json(state.error) if state.error else None,
             "cost_usd": state.cost_usd, "input_tokens": state.input_tokens, "output_tokens": state.output_tokens,
             "event_count": len(events), "terminal": state.is_terminal, "release": release_lease,
             "lease_seconds": lease_seconds,
-            "control": _dumps(control), "first_seq": old_count, "sealed": cipher is not None,
-            "messages": _dumps(messages), "values": _dumps(values), "events": _dumps(list(events)),
+            "control": payload_json(control), "first_seq": old_count,
+            "messages": payload_json(messages) if messages else None,
+            "values": payload_json(values) if values and cipher is None else None,
+            "sealed_values": payload_json(values) if values and cipher is not None else None,
+            "events": payload_json(list(events)),
         }
         if audit:
-            params["audit"] = _dumps([entry.to_json() for entry in audit])
+            params["audit"] = payload_json([entry.to_json() for entry in audit])
         if effects:
             now = time.monotonic()
-            params["effects"] = _dumps([entry.to_json(now=now) for entry in effects])
+            params["effects"] = payload_json([entry.to_json(now=now) for entry in effects])
         with self.connection.cursor() as cursor:
             cursor.execute(self._commit_sqls[bool(effects), bool(audit)], params)
             row = cursor.fetchone()
@@ -322,43 +308,66 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
         now = time.monotonic()
         with self.connection.cursor() as cursor:
             cursor.execute(self._record_effects_sql, {
-                "run_id": run_id, "effects": _dumps([entry.to_json(now=now) for entry in effects])})
+                "run_id": run_id, "effects": payload_json([entry.to_json(now=now) for entry in effects])})
 
     def load(self, checkpoint_id: UUID) -> LoadedCheckpoint:
-        """Rebuild the full state at a checkpoint: its control, and the messages and values of its lineage."""
+        """Rebuild the full state at a checkpoint: its control, and the messages and values its run's checkpoints
+        up to it changed (for a fork, after those of its source runs up to the fork's point). Raises
+        CheckpointNotFound for an unknown or pruned checkpoint."""
         with self.connection.cursor() as cursor:
             cursor.execute(self._checkpoint_sql, [checkpoint_id])
             rows = cursor.fetchall()
-            if not rows:
+            if not rows or rows[0][0] != 0:
                 raise CheckpointNotFound(f"Checkpoint {checkpoint_id} not found.")
-            _, checkpoint_id, run_id, step, control, base_run, base_count, base_step, own_values, _ = rows[0]
-            own_messages = ",".join(row[-1] for row in rows[1:])
+            *_, checkpoint_id, run_id, control, base_run, base_count, base_step = rows[0]
+            step = rows[0][1]
             control = control if isinstance(control, dict) else json.loads(control)
             if "sealed" in control:
                 control = json.loads(self._open(control["sealed"], control_bound_to(self.schema, checkpoint_id)))
             segments = self._lineage(cursor, run_id, control["message_count"], step, (base_run, base_count, base_step))
             parts = []
             for segment_run, first_seq, upto_seq, upto_step in segments[:-1]:
-                cursor.execute(self._segment_sql, {"run": segment_run, "first": first_seq, "upto": upto_seq,
-                                                   "step": upto_step})
-                segment_rows = cursor.fetchall()
-                parts.append((segment_run, first_seq, ",".join(row[-1] for row in segment_rows[1:]),
-                              segment_rows[0][1]))
-            parts.append((run_id, segments[-1][1], own_messages, own_values))
+                cursor.execute(self._segment_sql, {"run": segment_run, "step": upto_step})
+                parts.append((segment_run, first_seq, upto_seq, cursor.fetchall()))
+            parts.append((run_id, segments[-1][1], segments[-1][2], rows[1:]))
         messages: list[Message] = []
         values: dict[str, Any] = {}
-        for segment_run, first_seq, joined, segment_values in parts:  # oldest first: later values override
-            if joined:
-                for seq, item in enumerate(_parse_messages(joined), start=first_seq):
-                    if isinstance(item, str):  # sealed
-                        item = json.loads(self._open(item, message_bound_to(self.schema, segment_run, seq)))
-                    messages.append(Message.from_json(item))
-            if segment_values:
-                for key, (value, value_step, sealed) in json.loads(segment_values).items():
-                    values[key] = value if sealed is None else json.loads(
-                        self._open(sealed, value_bound_to(self.schema, segment_run, value_step, key)))
+        for segment_run, first_seq, upto_seq, deltas in parts:  # oldest first: later values override
+            self._read_messages(messages, segment_run, first_seq, upto_seq, deltas)
+            self._read_values(values, segment_run, deltas)
+        if len(messages) != control["message_count"]:
+            raise CheckpointCorrupt(f"Checkpoint {checkpoint_id} counts {control['message_count']} messages; its "
+                                    f"lineage holds {len(messages)}.")
         state = RunState.from_parts(control=control, messages=tuple(messages), values=values)
         return LoadedCheckpoint(id=checkpoint_id, run_id=run_id, step=step, state=state)
+
+    def _read_messages(self, messages: list[Message], run_id: UUID, first_seq: int, upto_seq: int,
+                       deltas: Sequence[tuple[Any, ...]]) -> None:
+        """Append the messages numbered ``first_seq`` up to ``upto_seq`` of the segment's rows (in step order,
+        so their messages are numbered on from the first row's ``first_seq``)."""
+        arrays = [(row[2], row[3]) for row in deltas if row[3] is not None]
+        if not arrays:
+            return
+        items = _parse_messages(",".join(text[1:-1] for _, text in arrays))
+        start = arrays[0][0]
+        skipped = max(0, first_seq - start)
+        for seq, item in enumerate(items[skipped:max(0, upto_seq - start)], start=start + skipped):
+            if isinstance(item, str):  # sealed
+                item = json.loads(self._open(item, message_bound_to(self.schema, run_id, seq)))
+            messages.append(Message.from_json(item))
+
+    def _read_values(self, values: dict[str, Any], run_id: UUID, deltas: Sequence[tuple[Any, ...]]) -> None:
+        plain = [row[4] for row in deltas if row[4] is not None]
+        sealed = [(row[1], row[5]) for row in deltas if row[5] is not None]
+        if not sealed:  # the usual case: one parse for the whole segment
+            for changed in json.loads(f"[{','.join(plain)}]") if plain else ():
+                values.update(changed)
+            return
+        for _, row_step, _, _, changed, sealed_changed in (row[:6] for row in deltas):
+            if changed is not None:
+                values.update(json.loads(changed))
+            for key, sealed_value in json.loads(sealed_changed).items() if sealed_changed is not None else ():
+                values[key] = json.loads(self._open(sealed_value, value_bound_to(self.schema, run_id, row_step, key)))
 
     def _open(self, sealed: str, bound_to: str) -> str:
         if self.cipher is None:

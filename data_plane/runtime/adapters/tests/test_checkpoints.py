@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -9,8 +10,8 @@ import pytest
 from django.db import connection
 from django_tenants.utils import schema_context
 
-from data_plane.models import AgentVersion, Agent, Checkpoint, Run, RunEvent, RunMessage
-from data_plane.runtime.adapters.checkpoints import Fenced, PostgresCheckpointStore
+from data_plane.models import AgentVersion, Agent, Checkpoint, Run, RunEvent
+from data_plane.runtime.adapters.checkpoints import CheckpointCorrupt, Fenced, PostgresCheckpointStore
 from data_plane.runtime.core.messages import Message, ToolCall
 from data_plane.runtime.core.state import RunState, Status
 
@@ -51,8 +52,8 @@ def test_commits_are_fenced_to_one_writer(tenant_a):
     with pytest.raises(Fenced):
         commit(store, run, version=0, step=1, previous=state_with(1), state=state_with(2))
     with schema_context(tenant_a.schema):
-        assert Checkpoint.objects.filter(run=run).count() == 1
-        assert RunMessage.objects.filter(run=run).count() == 1
+        assert [json.loads(c.messages) for c in Checkpoint.objects.filter(run=run)] == [
+            [{"role": "user", "content": "m0"}]]
         run.refresh_from_db()
     assert (run.version, run.step, run.head_id) == (1, 0, first)
 
@@ -67,11 +68,14 @@ def test_each_step_writes_only_what_changed(tenant_a):
                                 events=[{"type": "t", "data": {"step": step}}])
         previous, version = state, result.version
     with schema_context(tenant_a.schema):
-        assert RunMessage.objects.filter(run=run).count() == 30  # one appended message per step, never rewritten
-        values = list(connection.cursor().execute(  # a value is written when it changes, not every step
-            f'SELECT key, count(*) FROM "{tenant_a.schema}".data_plane_runvalue WHERE run_id = %s GROUP BY key '
-            'ORDER BY key', [run.id]).fetchall())
-        assert values == [("counter", 3), ("fixed", 1)]
+        rows = list(Checkpoint.objects.filter(run=run).order_by("step"))
+    # each step's row holds the one message it appended, never the conversation before it
+    assert [[m["content"] for m in json.loads(row.messages)] for row in rows] == [[f"m{i}"] for i in range(30)]
+    assert [row.first_seq for row in rows] == list(range(30))
+    # and a value only when it changed
+    assert [(row.step, json.loads(row.changed_values)) for row in rows if row.changed_values] == [
+        (0, {"counter": 0, "fixed": "same"}), (10, {"counter": 1}), (20, {"counter": 2})]
+    with schema_context(tenant_a.schema):
         assert list(RunEvent.objects.filter(run=run).values_list("seq", flat=True)) == list(range(1, 31))
     loaded = store.load(parent)
     assert loaded.state == previous
@@ -135,18 +139,38 @@ def test_a_long_conversation_reads_back_exactly_in_order(tenant_a):
     assert store.load(head).state == surrogate
 
 
+def test_a_state_whose_messages_are_missing_is_refused_not_read_short(tenant_a):
+    """A state is made of its run's checkpoints up to it: a row whose messages went missing leaves a state that
+    counts more messages than it can find, and reading it says so instead of handing back a shorter
+    conversation."""
+    store = PostgresCheckpointStore(schema=tenant_a.schema, connection=connection)
+    run = new_run(tenant_a.schema)
+    previous, parent, version = None, None, 0
+    for step in range(3):
+        state = state_with(step + 1)
+        parent, result = commit(store, run, version=version, step=step, previous=previous, state=state, parent=parent)
+        previous, version = state, result.version
+    with connection.cursor() as cursor:
+        cursor.execute(f'UPDATE "{tenant_a.schema}".data_plane_checkpoint SET messages = NULL '
+                       "WHERE run_id = %s AND step = 1", [run.id])
+    with pytest.raises(CheckpointCorrupt, match="counts 3 messages; its lineage holds 2"):
+        store.load(parent)
+
+
 def test_a_steps_rows_of_up_to_a_page_are_stored_uncompressed(tenant_a):
     """Compressing each row over 2 KB was most of a step's commit: rows up to a page are stored as they are (a
     compressible 4 KB message takes its 4 KB), larger ones are still compressed."""
     store = PostgresCheckpointStore(schema=tenant_a.schema, connection=connection)
     run = new_run(tenant_a.schema)
     small, large = "otters " * 600, "otters " * 3000  # about 4 KB and 21 KB, both very compressible
-    state = RunState(status=Status.RUNNING, messages=(Message(role="user", content=small),
-                                                      Message(role="user", content=large)), values={}, frontier=("a",))
-    commit(store, run, version=0, step=0, previous=None, state=state)
+    first = RunState(status=Status.RUNNING, messages=(Message(role="user", content=small),), values={},
+                     frontier=("a",))
+    second = first.evolve(messages=first.messages + (Message(role="user", content=large),))
+    commit(store, run, version=0, step=0, previous=None, state=first)
+    commit(store, run, version=1, step=1, previous=first, state=second)
     with connection.cursor() as cursor:
-        cursor.execute(f'SELECT seq, pg_column_size(message), octet_length(message) FROM "{tenant_a.schema}".'
-                       'data_plane_runmessage WHERE run_id = %s ORDER BY seq', [run.id])
+        cursor.execute(f'SELECT step, pg_column_size(messages), octet_length(messages) FROM "{tenant_a.schema}".'
+                       'data_plane_checkpoint WHERE run_id = %s ORDER BY step', [run.id])
         (_, small_stored, small_length), (_, large_stored, large_length) = cursor.fetchall()
     assert small_stored >= small_length > 4000
     assert large_stored < large_length / 4
@@ -155,8 +179,7 @@ def test_a_steps_rows_of_up_to_a_page_are_stored_uncompressed(tenant_a):
 def test_the_tables_a_step_writes_check_no_foreign_keys(tenant_a):
     """A foreign key's check runs at every row a step inserts; the journal's locked the run's row at each COMMIT.
     The fenced commit only writes rows for the run whose row it matched, so none of these tables has one."""
-    step_tables = ["data_plane_checkpoint", "data_plane_runmessage", "data_plane_runvalue", "data_plane_runevent",
-                   "data_plane_effectrecord"]
+    step_tables = ["data_plane_checkpoint", "data_plane_runevent", "data_plane_effectrecord"]
     with connection.cursor() as cursor:
         cursor.execute("SELECT c.relname, count(k.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                        "LEFT JOIN pg_constraint k ON k.conrelid = c.oid AND k.contype = 'f' "
