@@ -425,7 +425,7 @@ def test_a_subscriber_that_never_reads_holds_back_neither_the_run_nor_other_subs
     a = pair[0]
     # (paced: fragments that arrive while a delta is being published are sent as one, and this wants many)
     model = register(model_server, {"name": "stalled", "turns": [
-        {"content": " ".join(f"token{i}" for i in range(400)), "chunk_delay_ms": 2}, {"content": "DONE"}]})
+        {"content": " ".join(f"token{i}" for i in range(400)), "chunk_delay_ms": 5}, {"content": "DONE"}]})
     run_id = start_run(daphne_url, a.key, {"instructions": "x", "models": [model], "graph": {
         "entry": "answer", "nodes": [{"id": "answer", "kind": "llm", "next": "end"}, {"id": "end", "kind": "end"}]}})
     host = urlsplit(daphne_url)
