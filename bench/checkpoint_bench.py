@@ -92,7 +92,6 @@ class OurConversation:
     step: int
     state: RunState
     last: CommitResult | None = None
-    last_event_count: int = 0
 
     def prepare(self, message: Message) -> PreparedStep:
         """Prepare the next step (appending ``message``); its ``run`` is the timed part: commit and COMMIT."""
@@ -108,7 +107,7 @@ class OurConversation:
                 parent_id=self.head_id, step=step, previous=self.state, state=new_state, run_status="running",
                 events=events, release_lease=True, effects=[journal])
             self.version, self.head_id, self.step, self.state = result.version, checkpoint_id, step, new_state
-            self.last, self.last_event_count = result, len(events)
+            self.last = result
 
         return PreparedStep(run=timed, step=step, state=new_state, message=message, events=events, journal=journal)
 
@@ -315,8 +314,7 @@ def bench_long_conversation(*, schema: str, start_run: Callable[[], Any], saver:
         if ours.step in (10, steps):
             assert ours.last is not None
             with connection.cursor() as cursor:
-                figures[f"checkpoint_bytes_step{ours.step}"] = rows_bytes(
-                    cursor, schema, ours.run_id, ours.step, ours.last.first_event_seq, ours.last_event_count)
+                figures[f"checkpoint_bytes_step{ours.step}"] = rows_bytes(cursor, schema, ours.run_id, ours.step)
             with lg_connection.cursor() as lg_cursor:
                 figures[f"langgraph_bytes_step{theirs.step}"] = theirs.last_put_bytes(lg_cursor)
     assert ours.step == steps == theirs.step

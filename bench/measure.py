@@ -37,18 +37,16 @@ def prose(size: int, *, seed: int) -> str:
     return " ".join(words)[:size]
 
 
-def rows_bytes(cursor: object, schema: str, run_id: UUID, step: int, first_event_seq: int, event_count: int) -> int:
-    """Bytes of the rows one commit of ``step`` inserted: the checkpoint (with the messages and values it changed),
-    events and the journal entries of the calls it recorded (made at the step before it) (pg_column_size of each
-    whole row: what is stored, after any TOAST compression)."""
+def rows_bytes(cursor: object, schema: str, run_id: UUID, step: int) -> int:
+    """Bytes of the rows one commit of ``step`` inserted: the checkpoint (with the messages and values it changed,
+    and its events) and the journal entries of the calls it recorded (made at the step before it)
+    (pg_column_size of each whole row: what is stored, after any TOAST compression)."""
     q = f'"{schema}".'
     cursor.execute(  # type: ignore[attr-defined]
         f"""SELECT
   (SELECT coalesce(sum(pg_column_size(c.*)), 0) FROM {q}data_plane_checkpoint c
    WHERE c.run_id = %(run)s AND c.step = %(step)s)
-+ (SELECT coalesce(sum(pg_column_size(e.*)), 0) FROM {q}data_plane_runevent e
-   WHERE e.run_id = %(run)s AND e.seq BETWEEN %(first)s AND %(last)s)
 + (SELECT coalesce(sum(pg_column_size(j.*)), 0) FROM {q}data_plane_effectrecord j
    WHERE j.run_id = %(run)s AND j.step = %(step)s - 1)""",
-        {"run": run_id, "step": step, "first": first_event_seq, "last": first_event_seq + event_count - 1})
+        {"run": run_id, "step": step})
     return int(cursor.fetchone()[0])  # type: ignore[attr-defined]

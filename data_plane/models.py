@@ -160,9 +160,9 @@ class RoutingPolicy(models.Model):
 
 class Checkpoint(models.Model):
     """A run's state after a step, and what the step changed: its ``control`` (small and whole), the messages it
-    appended and the values it changed. A state is read back from its run's checkpoints up to it (and its
-    source runs' for a fork), so bytes written per step do not grow with the conversation, and a step is one
-    row (see docs/checkpoint-storage.md).
+    appended, the values it changed, and its commit's events. A state is read back from its run's checkpoints up
+    to it (and its source runs' for a fork), so bytes written per step do not grow with the conversation, and a
+    step's checkpoint is one row (see docs/checkpoint-storage.md).
 
     - ``messages``: the appended messages as one JSON array text (NULL when none), the first at sequence number
       ``first_seq``; each a JSON object, or a JSON string when sealed (data_plane.sealing).
@@ -188,6 +188,11 @@ class Checkpoint(models.Model):
     messages = models.TextField(null=True)
     changed_values = models.TextField(null=True)
     sealed_values = models.TextField(null=True)
+    # The commit's events, numbered first_event_seq to last_event_seq (a JSON array text of {type, data}; NULL
+    # when none), stamped with created_at: read through RunEvent.
+    events = models.TextField(null=True)
+    first_event_seq = models.BigIntegerField(default=0)
+    last_event_seq = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -195,20 +200,44 @@ class Checkpoint(models.Model):
         constraints = [models.UniqueConstraint(fields=["run", "step"], name="checkpoint_run_step_unique")]
 
 
-class RunEvent(models.Model):
-    """Append-only log of what happened in a run, numbered per run (streaming reads it)."""
+class RunEventRecord(models.Model):
+    """An event of a run recorded on its own: one no checkpoint's commit made (a pause, a cancel, a tool call
+    started, an approval's decision), and every event recorded before migration 0022. A commit's events are in
+    its checkpoint's row (``Checkpoint.events``); ``RunEvent`` reads both."""
 
     id = models.BigAutoField(primary_key=True)
-    run = models.ForeignKey(Run, on_delete=models.DO_NOTHING, related_name="events", db_index=False,
-                            db_constraint=False)
+    run = models.ForeignKey(Run, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False)
     seq = models.PositiveBigIntegerField()
     type = models.CharField(max_length=64)
     data = models.JSONField(default=dict)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        db_table = "data_plane_runevent"
         ordering = ["run", "seq"]
         constraints = [models.UniqueConstraint(fields=["run", "seq"], name="run_event_seq_unique")]
+
+
+class RunEvent(models.Model):
+    """The log of what happened in a run, numbered per run (streaming reads it): a view (migration 0022) of the
+    events recorded on their own (``RunEventRecord``) and those of the checkpoints' commits, one row each.
+    Read-only; the run's ``event_seq`` numbers both.
+
+    ``batch_last_seq`` is the number of the last event of the row an event comes from (its own for a recorded
+    event): a filter on it is decided before a checkpoint's events are read, which a filter on ``seq`` is not."""
+
+    pk = models.CompositePrimaryKey("run", "seq")
+    run = models.ForeignKey(Run, on_delete=models.DO_NOTHING, related_name="events", db_constraint=False)
+    seq = models.BigIntegerField()
+    type = models.CharField(max_length=64)
+    data = models.JSONField(default=dict)
+    created_at = models.DateTimeField()
+    batch_last_seq = models.BigIntegerField()
+
+    class Meta:
+        managed = False
+        db_table = "data_plane_runevent_all"
+        ordering = ["run", "seq"]
 
 
 class Approval(models.Model):

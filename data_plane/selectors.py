@@ -252,9 +252,9 @@ def approval_get(*, tenant_schema: str, approval_id: UUID, for_update: bool = Fa
 # element message_seq - first_seq of that step's array. Events written before the reply's step was put in its
 # data (migration 0021 added it to the older ones) find none.
 _REPLY_MESSAGE_SQL = (
-    "(SELECT (c.messages::json -> ((data_plane_runevent.data->>'message_seq')::int - c.first_seq))::text "
-    "FROM data_plane_checkpoint c WHERE c.run_id = data_plane_runevent.run_id "
-    "AND c.step = (data_plane_runevent.data->>'step')::int)")
+    "(SELECT (c.messages::json -> ((data_plane_runevent_all.data->>'message_seq')::int - c.first_seq))::text "
+    "FROM data_plane_checkpoint c WHERE c.run_id = data_plane_runevent_all.run_id "
+    "AND c.step = (data_plane_runevent_all.data->>'step')::int)")
 
 
 def run_event_list(*, tenant_schema: str, run_id: UUID, after_seq: int = 0) -> QuerySet[RunEvent]:
@@ -262,7 +262,7 @@ def run_event_list(*, tenant_schema: str, run_id: UUID, after_seq: int = 0) -> Q
     ``message_json`` (the event itself keeps only a preview: the checkpoint holds the message). Raises
     RunNotFound."""
     run = run_get(tenant_schema=tenant_schema, run_id=run_id)
-    return (RunEvent.objects.filter(run=run, seq__gt=after_seq).order_by("seq")
+    return (RunEvent.objects.filter(run=run, batch_last_seq__gt=after_seq, seq__gt=after_seq).order_by("seq")
             .annotate(message_position=Cast(KeyTextTransform("message_seq", "data"), IntegerField()))
             .annotate(message_json=Case(When(type="model.reply", then=RawSQL(_REPLY_MESSAGE_SQL, [])),
                                         output_field=TextField())))

@@ -100,7 +100,7 @@ turn_marks AS (
          lead(ev.created_at) OVER (PARTITION BY ev.run_id ORDER BY ev.seq) AS next_at,
          count(*) FILTER (WHERE ev.type = 'run.finished')
            OVER (PARTITION BY ev.run_id ORDER BY ev.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS turn
-  FROM {q}data_plane_runevent ev
+  FROM {q}data_plane_runevent_all ev
   WHERE ev.type IN ('run.status', 'run.finished')
     AND ev.run_id IN (SELECT r.id FROM {q}data_plane_run r
                       WHERE r.finished_at >= %(start)s - interval '1 minute' OR r.status = ANY(%(active)s))
@@ -129,12 +129,12 @@ run_starts AS (
          (SELECT min(least(e.started_at, coalesce(e.finished_at, e.started_at)
                                          - coalesce(e.latency_ms, 0) * interval '1 millisecond'))
           FROM {q}data_plane_effectrecord e WHERE e.run_id = r.id) AS first_effect_at,
-         (SELECT min(ev.created_at) FROM {q}data_plane_runevent ev
+         (SELECT min(ev.created_at) FROM {q}data_plane_runevent_all ev
           WHERE ev.run_id = r.id AND ev.type = 'run.finished') AS first_finished_at,
-         (SELECT min(ev.created_at) FROM {q}data_plane_runevent ev
+         (SELECT min(ev.created_at) FROM {q}data_plane_runevent_all ev
           WHERE ev.run_id = r.id AND ev.type = 'run.status'
             AND ev.data->>'status' IN ('paused', 'waiting_approval')) AS first_held_at,
-         (SELECT ev.data->>'status' FROM {q}data_plane_runevent ev
+         (SELECT ev.data->>'status' FROM {q}data_plane_runevent_all ev
           WHERE ev.run_id = r.id AND ev.type = 'run.status' ORDER BY ev.seq LIMIT 1) AS first_status
   FROM {q}data_plane_run r
   WHERE r.created_at >= %(start)s AND r.created_at < %(end)s

@@ -30,7 +30,7 @@ from data_plane import streams, tasks
 from data_plane.errors import AgentArchived, ApprovalArgumentsInvalid, ApprovalNotPending, IllegalTransition
 from data_plane.executor import RunStepper, StepOutcome, finished_event, numbered_events, record_pending_approval, \
     run_status_for
-from data_plane.models import Approval, Checkpoint, Run, RunEvent
+from data_plane.models import Approval, Checkpoint, Run, RunEventRecord
 from data_plane.runtime.adapters.checkpoints import PostgresCheckpointStore
 from data_plane.sealing import checkpoint_store
 from data_plane.runtime.core import machine
@@ -98,7 +98,7 @@ def _initial_status(state: RunState) -> str:
 def _append_event(run: Run, type_: str, data: dict[str, Any], tenant_schema: str) -> None:
     """Append an event to a run whose row the caller holds locked; published after commit."""
     run.event_seq += 1
-    event = RunEvent.objects.create(run=run, seq=run.event_seq, type=type_, data=data)
+    event = RunEventRecord.objects.create(run=run, seq=run.event_seq, type=type_, data=data)
     transaction.on_commit(partial(streams.run_publish, tenant_schema=tenant_schema, run_id=run.id, events=[
         {"seq": event.seq, "type": type_, "data": data, "ts": format_ts(event.created_at)}], hand_off=True))
 
@@ -492,13 +492,13 @@ RETENTION_DAYS_BY_TIER = {"standard": 7, "professional": 30, "enterprise": 90}
 
 def checkpoints_prune(*, tenant, now=None) -> int:  # type: ignore[no-untyped-def]
     """Prune checkpoints older than the tenant tier's retention, keeping every run's head: they can no longer
-    be read, listed, replayed or forked. One that changed no message or value is deleted; the others keep
-    their row without its control, as the later states (the head's, and forks') are made of their messages and
-    values. Returns how many were pruned. Idempotent."""
+    be read, listed, replayed or forked. One that changed no message or value and holds no event is deleted; the
+    others keep their row without its control, as the later states (the head's, and forks') are made of their
+    messages and values, and the run's events of theirs. Returns how many were pruned. Idempotent."""
     require_schema(tenant.schema_name)
     days = RETENTION_DAYS_BY_TIER.get(tenant.sla_tier, 7)
     cutoff = (now or timezone.now()) - timezone.timedelta(days=days)
     heads = Run.objects.exclude(head_id=None).values("head_id")
     expired = Checkpoint.objects.filter(created_at__lt=cutoff, control__isnull=False).exclude(id__in=heads)
-    deleted, _ = expired.filter(messages=None, changed_values=None, sealed_values=None).delete()
+    deleted, _ = expired.filter(messages=None, changed_values=None, sealed_values=None, events=None).delete()
     return deleted + expired.update(control=None)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import factory
 
-from data_plane.models import Agent, AgentVersion, EffectRecord, Ping, Run, RunEvent
+from data_plane.models import Agent, AgentVersion, EffectRecord, Ping, Run, RunEventRecord
 
 
 class PingFactory(factory.django.DjangoModelFactory):
@@ -14,7 +14,7 @@ class PingFactory(factory.django.DjangoModelFactory):
     message = factory.Faker("sentence", nb_words=4)
 
 
-_TIMESTAMP_FIELDS = {Run: ("created_at", "started_at", "finished_at"), RunEvent: ("created_at",),
+_TIMESTAMP_FIELDS = {Run: ("created_at", "started_at", "finished_at"), RunEventRecord: ("created_at",),
                      EffectRecord: ("started_at",)}
 
 
@@ -65,7 +65,7 @@ class RunFactory(_RecordedAtFactory):
 
 class RunEventFactory(_RecordedAtFactory):
     class Meta:
-        model = RunEvent
+        model = RunEventRecord
 
     run = factory.SubFactory(RunFactory)
     seq = factory.Sequence(lambda n: n + 1)

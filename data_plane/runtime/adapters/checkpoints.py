@@ -2,8 +2,8 @@
 behind a transaction-pooling PgBouncer where a session's search_path cannot be trusted.
 
 A commit is one statement: the fenced update of the run (refused unless the caller holds the version it
-read), the checkpoint row, which holds what the step changed (its appended messages, its changed values), the
-step's events, its finished calls' journal entries and its audit events. Bytes written per step are what the
+read), the checkpoint row, which holds what the step changed (its appended messages, its changed values) and
+its events, its finished calls' journal entries and its audit events. Bytes written per step are what the
 step changed, whatever the length of the conversation. A state is read back from the checkpoints up to it.
 
 Given a cipher that ``encrypts_payloads`` (the tenant's policy), the store seals each appended message, each
@@ -197,13 +197,10 @@ WITH fence AS (
   RETURNING version, pause_requested, event_seq - %(event_count)s AS base_seq
 ), checkpoint AS (
   INSERT INTO {q}data_plane_checkpoint (id, run_id, parent_id, step, control, first_seq, messages, changed_values,
-                                        sealed_values, created_at)
+                                        sealed_values, events, first_event_seq, last_event_seq, created_at)
   SELECT %(checkpoint_id)s, %(run_id)s, %(parent_id)s, %(step)s, %(control)s::jsonb, %(first_seq)s, %(messages)s,
-         %(values)s, %(sealed_values)s, now() FROM fence
-), events AS (
-  INSERT INTO {q}data_plane_runevent (run_id, seq, type, data, created_at)
-  SELECT %(run_id)s, fence.base_seq + e.ord, e.value->>'type', e.value->'data', now()
-  FROM fence, jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS e(value, ord)
+         %(values)s, %(sealed_values)s, %(events)s, fence.base_seq + 1, fence.base_seq + %(event_count)s, now()
+  FROM fence
 ){{effects}}{{audit}}
 SELECT version, pause_requested, base_seq, now() FROM fence"""
         # The step's finished calls complete their journal rows in the same statement: a result is recorded
@@ -286,7 +283,7 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
             "messages": payload_json(messages) if messages else None,
             "values": payload_json(values) if values and cipher is None else None,
             "sealed_values": payload_json(values) if values and cipher is not None else None,
-            "events": payload_json(list(events)),
+            "events": payload_json(list(events)) if events else None,
         }
         if audit:
             params["audit"] = payload_json([entry.to_json() for entry in audit])

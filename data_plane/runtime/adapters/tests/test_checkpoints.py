@@ -10,7 +10,8 @@ import pytest
 from django.db import connection
 from django_tenants.utils import schema_context
 
-from data_plane.models import AgentVersion, Agent, Checkpoint, Run, RunEvent
+from data_plane import selectors
+from data_plane.models import AgentVersion, Agent, Checkpoint, Run, RunEvent, RunEventRecord
 from data_plane.runtime.adapters.checkpoints import CheckpointCorrupt, Fenced, PostgresCheckpointStore
 from data_plane.runtime.core.messages import Message, ToolCall
 from data_plane.runtime.core.state import RunState, Status
@@ -79,6 +80,33 @@ def test_each_step_writes_only_what_changed(tenant_a):
         assert list(RunEvent.objects.filter(run=run).values_list("seq", flat=True)) == list(range(1, 31))
     loaded = store.load(parent)
     assert loaded.state == previous
+
+
+def test_a_commits_events_are_in_its_checkpoints_row_and_read_in_order_with_those_recorded_alone(tenant_a):
+    """A commit's events are stored in its checkpoint's row; an event no commit makes is recorded on its own. The
+    run's events read as one log, numbered in order, from any point, a commit's events included."""
+    store = PostgresCheckpointStore(schema=tenant_a.schema, connection=connection)
+    run = new_run(tenant_a.schema)
+    first = state_with(1)
+    _, result = commit(store, run, version=0, step=0, previous=None, state=first,
+                       events=[{"type": "a", "data": {"n": 1}}, {"type": "b", "data": {"n": 2}},
+                               {"type": "c", "data": {"n": 3}}])
+    with schema_context(tenant_a.schema):  # as a pause records its event: on its own, numbered by the run
+        Run.objects.filter(id=run.id).update(event_seq=4)
+        RunEventRecord.objects.create(run=run, seq=4, type="alone", data={"n": 4})
+    commit(store, run, version=result.version, step=1, previous=first, state=state_with(2),
+           events=[{"type": "d", "data": {"n": 5}}, {"type": "e", "data": {"n": 6}}])
+    with schema_context(tenant_a.schema):
+        assert list(RunEventRecord.objects.filter(run=run).values_list("seq", flat=True)) == [4]
+        assert [(c.first_event_seq, c.last_event_seq, [e["type"] for e in json.loads(c.events)])
+                for c in Checkpoint.objects.filter(run=run).order_by("step")] == [(1, 3, ["a", "b", "c"]),
+                                                                                  (5, 6, ["d", "e"])]
+        for after in range(7):  # from any point, inside a commit's events too
+            page = selectors.run_event_page(tenant_schema=tenant_a.schema, run_id=run.id, after_seq=after, limit=10)
+            assert [(e["seq"], e["type"], e["data"]["n"]) for e in page] == [
+                (n, t, n) for n, t in [(1, "a"), (2, "b"), (3, "c"), (4, "alone"), (5, "d"), (6, "e")] if n > after]
+        assert selectors.run_event_last_seq(tenant_schema=tenant_a.schema, run_id=run.id, type="b") == 2
+        assert selectors.run_event_last_seq(tenant_schema=tenant_a.schema, run_id=run.id, up_to=5) == 5
 
 
 def test_the_schema_is_named_in_the_sql_whatever_the_search_path(tenant_a, tenant_b):
