@@ -223,8 +223,10 @@ class RunEvent(models.Model):
     events recorded on their own (``RunEventRecord``) and those of the checkpoints' commits, one row each.
     Read-only; the run's ``event_seq`` numbers both.
 
-    ``batch_last_seq`` is the number of the last event of the row an event comes from (its own for a recorded
-    event): a filter on it is decided before a checkpoint's events are read, which a filter on ``seq`` is not."""
+    ``batch_first_seq`` and ``batch_last_seq`` number the first and last events of the row an event comes from
+    (its own for a recorded event): a filter on them is decided before a checkpoint's events are read, which a
+    filter on ``seq`` is not. Events are numbered without gaps: every number is taken by the statement that
+    writes its event."""
 
     pk = models.CompositePrimaryKey("run", "seq")
     run = models.ForeignKey(Run, on_delete=models.DO_NOTHING, related_name="events", db_constraint=False)
@@ -232,6 +234,7 @@ class RunEvent(models.Model):
     type = models.CharField(max_length=64)
     data = models.JSONField(default=dict)
     created_at = models.DateTimeField()
+    batch_first_seq = models.BigIntegerField()
     batch_last_seq = models.BigIntegerField()
 
     class Meta:

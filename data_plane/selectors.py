@@ -201,9 +201,9 @@ def run_count_active(*, tenant_schema: str) -> int:
                               parent_run__isnull=True).count()
 
 
-# What the checkpoint APIs show of a checkpoint: not the step's messages and values (a state is read whole, by
-# checkpoint_state), which would be most of the bytes of a listing.
-_CHECKPOINT_PAYLOAD = ("messages", "changed_values", "sealed_values")
+# What the checkpoint APIs show of a checkpoint: not the step's messages, values and events (a state is read
+# whole, by checkpoint_state; events by the events API), which would be most of the bytes of a listing.
+_CHECKPOINT_PAYLOAD = ("messages", "changed_values", "sealed_values", "events")
 
 
 def checkpoint_list(*, tenant_schema: str, run_id: UUID) -> QuerySet[Checkpoint]:
@@ -271,7 +271,11 @@ def run_event_list(*, tenant_schema: str, run_id: UUID, after_seq: int = 0) -> Q
 def run_event_page(*, tenant_schema: str, run_id: UUID, after_seq: int, limit: int) -> list[dict[str, Any]]:
     """Up to ``limit`` of a run's events after ``after_seq`` as streams send them: {seq, type, data, ts}, a
     model reply with its whole message. Raises RunNotFound."""
-    events = run_event_list(tenant_schema=tenant_schema, run_id=run_id, after_seq=after_seq)[:limit]
+    # Events are numbered without gaps, so the page is the events up to after_seq + limit: the checkpoints whose
+    # events all come later are not read.
+    upto = after_seq + limit
+    events = run_event_list(tenant_schema=tenant_schema, run_id=run_id, after_seq=after_seq).filter(
+        seq__lte=upto, batch_first_seq__lte=upto)[:limit]
     return [event_payload(event) for event in events]
 
 
@@ -295,7 +299,7 @@ def run_event_last_seq(*, tenant_schema: str, run_id: UUID, type: str | None = N
     if type is not None:
         events = events.filter(type=type)
     if up_to is not None:
-        events = events.filter(seq__lte=up_to)
+        events = events.filter(seq__lte=up_to, batch_first_seq__lte=up_to)
     return events.aggregate(last=Max("seq"))["last"] or 0
 
 

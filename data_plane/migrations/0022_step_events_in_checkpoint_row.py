@@ -9,11 +9,12 @@ from django.db import migrations, models
 
 VIEW = """
 CREATE VIEW data_plane_runevent_all AS
-SELECT e.run_id, e.seq, e.type::text AS type, e.data, e.created_at, e.seq AS batch_last_seq
+SELECT e.run_id, e.seq, e.type::text AS type, e.data, e.created_at, e.seq AS batch_first_seq,
+       e.seq AS batch_last_seq
 FROM data_plane_runevent e
 UNION ALL
 SELECT c.run_id, c.first_event_seq + x.ord - 1, x.value->>'type', (x.value->'data')::jsonb, c.created_at,
-       c.last_event_seq
+       c.first_event_seq, c.last_event_seq
 FROM data_plane_checkpoint c CROSS JOIN LATERAL json_array_elements(c.events::json) WITH ORDINALITY AS x(value, ord)
 WHERE c.events IS NOT NULL
 """
@@ -73,6 +74,7 @@ class Migration(migrations.Migration):
                 ('type', models.CharField(max_length=64)),
                 ('data', models.JSONField(default=dict)),
                 ('created_at', models.DateTimeField()),
+                ('batch_first_seq', models.BigIntegerField()),
                 ('batch_last_seq', models.BigIntegerField()),
                 ('run', models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.DO_NOTHING,
                                           related_name='events', to='data_plane.run')),

@@ -342,7 +342,7 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
                        deltas: Sequence[tuple[Any, ...]]) -> None:
         """Append the messages numbered ``first_seq`` up to ``upto_seq`` of the segment's rows (in step order,
         so their messages are numbered on from the first row's ``first_seq``)."""
-        arrays = [(row[2], row[3]) for row in deltas if row[3] is not None]
+        arrays = [(row[2], row[3]) for row in deltas if row[3] is not None and row[3] != "[]"]
         if not arrays:
             return
         items = _parse_messages(",".join(text[1:-1] for _, text in arrays))

@@ -105,6 +105,9 @@ def test_a_commits_events_are_in_its_checkpoints_row_and_read_in_order_with_thos
             page = selectors.run_event_page(tenant_schema=tenant_a.schema, run_id=run.id, after_seq=after, limit=10)
             assert [(e["seq"], e["type"], e["data"]["n"]) for e in page] == [
                 (n, t, n) for n, t in [(1, "a"), (2, "b"), (3, "c"), (4, "alone"), (5, "d"), (6, "e")] if n > after]
+            short = selectors.run_event_page(tenant_schema=tenant_a.schema, run_id=run.id, after_seq=after,
+                                             limit=2)
+            assert [e["seq"] for e in short] == [n for n in range(after + 1, min(after + 2, 6) + 1)]
         assert selectors.run_event_last_seq(tenant_schema=tenant_a.schema, run_id=run.id, type="b") == 2
         assert selectors.run_event_last_seq(tenant_schema=tenant_a.schema, run_id=run.id, up_to=5) == 5
 
