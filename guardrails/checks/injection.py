@@ -216,10 +216,21 @@ class InjectionModel:
         return replace(self, stage1_weights=self.stage1_weights.astype(np.float16).astype(np.float32))
 
 
+_DEFAULT_MODEL_LOCK = threading.Lock()
+
+
 @cache
-def default_model() -> InjectionModel:
-    """The committed artefact, loaded once per process."""
+def _default_model_loaded() -> InjectionModel:
     return InjectionModel.load(ARTEFACT_PATH)
+
+
+def default_model() -> InjectionModel:
+    """The committed artefact, loaded once per process, by one thread. A worker's threads that all check their
+    first text at once would otherwise each load it: numpy reads the artefact's array headers with
+    ``ast.literal_eval``, which CPython 3.11 does not run safely in several threads at once ("SystemError: AST
+    constructor recursion depth mismatch" failed a run's step in a 24-thread worker)."""
+    with _DEFAULT_MODEL_LOCK:
+        return _default_model_loaded()
 
 
 @dataclass(frozen=True)

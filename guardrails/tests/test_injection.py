@@ -263,3 +263,25 @@ def test_known_false_positives(check, text):
 
 def test_artefact_is_small():
     assert ARTEFACT_PATH.stat().st_size < 5 * 1024 * 1024
+
+
+def test_the_committed_model_is_loaded_once_when_many_threads_ask_for_it_at_once():
+    """A worker's threads that check their first texts at the same moment share one load of the artefact: numpy
+    reads its headers with ast.literal_eval, which CPython 3.11 does not run safely in several threads at once."""
+    import threading
+
+    from guardrails.checks import injection
+
+    injection._default_model_loaded.cache_clear()
+    start, models = threading.Barrier(16), []
+
+    def ask() -> None:
+        start.wait()
+        models.append(injection.default_model())
+
+    threads = [threading.Thread(target=ask) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(models) == 16 and len({id(model) for model in models}) == 1
