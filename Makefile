@@ -53,8 +53,11 @@ train-guardrails: venv
 lint: venv
 	$(VENV)/bin/lint-imports
 
+# Two processes (pytest-xdist), each with a test database, Redis names and log folder of its own: most tests wait
+# on workers, servers and the database, so two of them share the 2 cores well. PYTEST_WORKERS=0 runs in one.
+PYTEST_WORKERS ?= 2
 test: services lint
-	DJANGO_SETTINGS_MODULE=control_plane.settings.test $(PY) -m pytest $(PYTEST_ARGS)
+	DJANGO_SETTINGS_MODULE=control_plane.settings.test $(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 stop:
 	@if [ -x $(PY) ]; then $(LOCALSTACK) down; else echo "nothing to stop (no virtualenv)"; fi

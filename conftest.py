@@ -168,3 +168,26 @@ def http_toolbox(tmp_path_factory) -> Iterator[str]:
                  env={"PATH": "/usr/bin:/bin"}):
         wait_for(listening, timeout=30, what="the HTTP toolbox to listen")
         yield f"http://127.0.0.1:{port}/mcp"
+
+
+# --- pytest-xdist (the Makefile runs the suite in two processes) ----------------------------------------
+# Each worker says how many tests it collected; a run that reports fewer outcomes than that fails, however green
+# its tests were. (--dist loadfile once dropped schemathesis' 269 fuzz tests without a word, and exited 0.)
+_XDIST_COLLECTED: list[int] = []
+_OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "error")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids) -> None:
+    _XDIST_COLLECTED.append(len(ids))
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if not _XDIST_COLLECTED or reporter is None or exitstatus != pytest.ExitCode.OK:
+        return
+    reported = sum(len(reporter.stats.get(outcome, ())) for outcome in _OUTCOMES)
+    if reported < max(_XDIST_COLLECTED):
+        reporter.write_line(f"pytest-xdist: {max(_XDIST_COLLECTED)} tests collected, {reported} reported: "
+                            "the others never ran", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -9,10 +9,8 @@ import pytest
 import redis
 from django.conf import settings
 
-from tests.processes import REPO, celery_worker_args, daphne_args, free_port, log_tail, process_env, running, \
+from tests.processes import LOG_DIR, celery_worker_args, daphne_args, free_port, log_tail, process_env, running, \
     wait_for
-
-LOG_DIR = REPO / ".data" / "test-logs"
 
 
 @pytest.fixture(scope="session")

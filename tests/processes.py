@@ -17,6 +17,9 @@ from django.db import connection
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+# The suite runs in pytest-xdist workers (the Makefile's -n): each one's processes log to a folder of its own.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+LOG_DIR = REPO / ".data" / "test-logs" / XDIST_WORKER
 T = TypeVar("T")
 
 
@@ -70,7 +73,7 @@ def running(args: list[str], *, log_path: Path, env: dict[str, str]) -> Iterator
 
 
 def celery_worker_args(*, name: str, concurrency: int = 1) -> list[str]:
-    return [str(BIN / "celery"), "-A", "control_plane", "worker", "--loglevel=INFO", f"--hostname={name}@%h",
+    return [str(BIN / "celery"), "-A", "control_plane", "worker", "--loglevel=INFO", f"--hostname={name}@%h-{XDIST_WORKER}",
             f"--concurrency={concurrency}", "--pool=prefork", "--without-gossip", "--without-mingle"]
 
 

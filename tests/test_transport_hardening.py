@@ -23,11 +23,10 @@ from websockets.exceptions import ConnectionClosed
 from conftest import destroy_tenant, provision_for_test
 from control_plane.tls import self_signed_certificate_write
 from data_plane.tests.factories import PingFactory
-from tests.processes import REPO, free_port, log_tail, process_env, running, wait_for
+from tests.processes import LOG_DIR, free_port, log_tail, process_env, running, wait_for
 
 pytestmark = [pytest.mark.server]
 
-LOG_DIR = REPO / ".data" / "test-logs"
 MAX_REQUEST_BYTES = 4096
 MAX_UPLOAD_REQUEST_BYTES = 65536
 WEBSOCKET_MAX_MESSAGE_BYTES = 4096

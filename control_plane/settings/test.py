@@ -2,6 +2,7 @@
 
 from control_plane.settings.base import *  # noqa: F401,F403
 import hashlib
+import os
 import sys
 
 from control_plane.settings.base import BASE_DIR, CHANNEL_LAYER_HOST, REDIS_URL, celery_task_queues, \
@@ -11,9 +12,11 @@ from control_plane.settings import env
 # Tests use databases 10-11 of the same Redis, so a running demo's queues and streams are untouched.
 CELERY_BROKER_URL = env.string("CELERY_BROKER_URL", redis_url_with_db(REDIS_URL, 10))
 CHANNEL_LAYER_REDIS_URL = env.string("CHANNEL_LAYER_REDIS_URL", redis_url_with_db(REDIS_URL, 11))
-# Two checkouts testing at once on one machine (a developer's tree and CI's clone) share that Redis:
-# names carry the checkout, so neither runs the other's tasks nor hears its streams.
-CHECKOUT_ID = hashlib.sha1(str(BASE_DIR).encode()).hexdigest()[:8]
+# Two checkouts testing at once on one machine (a developer's tree and CI's clone) share that Redis, and so do
+# the suite's pytest-xdist workers (each on a test database of its own): names carry the checkout and the
+# worker (PYTEST_XDIST_WORKER, which the processes a test starts inherit), so none runs another's tasks or
+# hears its streams.
+CHECKOUT_ID = hashlib.sha1(f"{BASE_DIR}:{os.environ.get('PYTEST_XDIST_WORKER', '')}".encode()).hexdigest()[:8]
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": CHANNEL_LAYERS["default"]["BACKEND"],  # noqa: F405 (base's layer)

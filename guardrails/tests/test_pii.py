@@ -260,17 +260,21 @@ def test_its_kinds_are_the_policy_kinds():
     "1", "1 ", "1-", "1.", "+1 ", "+1", "(1) ", "0 ", "00 ", "(0", "02 ", "1111 ", "1.1.", "a@", "a.a@", "@a.",
     "a", "A1", "AB12", "DE89 ", "12345678Z ", "12345678A ", "X1", "::", "ff:", "a:", "1 85 ", "2A",
 ])
-def test_stays_linear_on_a_megabyte_of_adversarial_text(unit):
+def test_stays_linear_on_adversarial_text(unit):
     # given: a repeated fragment that would make a backtracking pattern quadratic or worse
-    text = (unit * (1_000_000 // len(unit) + 1))[:1_000_000]
+    text = (unit * (500_000 // len(unit) + 1))[:500_000]
 
-    def cpu_seconds(part: str) -> float:  # CPU time, so that other processes on the machine do not count
-        started = time.process_time()
-        PiiCheck().evaluate(part, point="input")
-        return time.process_time() - started
+    def cpu_seconds(part: str) -> float:  # CPU time, so that other processes on the machine count less
+        check = PiiCheck()
+        timings = []
+        for _ in range(3):  # the best of three, so that one busy spell of a shared machine does not count
+            started = time.process_time()
+            check.evaluate(part, point="input")
+            timings.append(time.process_time() - started)
+        return min(timings)
 
     # when: a tenth of it, then all of it
-    tenth, whole = cpu_seconds(text[:100_000]), cpu_seconds(text)
-    # then: fast, or at least linear: ten times the text takes about ten times as long, where a quadratic pattern
-    # takes a hundred times (a slow machine can pass 2 s on a linear megabyte; it was 3.1 s on one)
-    assert whole < 2.0 or whole < 25 * tenth, (tenth, whole)
+    tenth, whole = cpu_seconds(text[:50_000]), cpu_seconds(text)
+    # then: linear: ten times the text takes about ten times as long, where a quadratic pattern takes a hundred
+    # times. No absolute limit: a shared machine's speed varies threefold from one run to the next.
+    assert whole < 40 * tenth, (tenth, whole)
