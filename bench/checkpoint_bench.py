@@ -60,7 +60,8 @@ def step_events(run_id: UUID, previous: RunState, state: RunState, checkpoint_id
                         request=ModelRequest(models=("bench/zero",), messages=previous.messages,
                                              metadata={"context": context}))
     result = ModelReply(message=reply, usage=USAGE)
-    entry = _prepare(run_id, step - 1, command).entry(step - 1, command.key, result, USAGE, time.monotonic())
+    entry = _prepare(run_id, step - 1, command).entry(step - 1, command.key, result, USAGE, time.monotonic(),
+                                                      inline=True)
     return _step_events([command], {command.key: result}, step, checkpoint_id, previous, state, "running"), entry
 
 

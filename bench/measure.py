@@ -39,7 +39,8 @@ def prose(size: int, *, seed: int) -> str:
 
 def rows_bytes(cursor: object, schema: str, run_id: UUID, step: int) -> int:
     """Bytes of the rows one commit of ``step`` inserted: the checkpoint (with the messages and values it changed,
-    and its events) and the journal entries of the calls it recorded (made at the step before it)
+    its events and its fresh model calls' journal entries) and the journal's rows of the other calls it recorded
+    (made at the step before it)
     (pg_column_size of each whole row: what is stored, after any TOAST compression)."""
     q = f'"{schema}".'
     cursor.execute(  # type: ignore[attr-defined]

@@ -441,7 +441,7 @@ def _phases(schema: str, rows: list[dict[str, Any]], published: dict[str, tuple[
             f"SELECT r.id::text, extract(epoch FROM e.finished_at) - e.latency_ms / 1000.0, "
             f"extract(epoch FROM e.finished_at), "
             f"extract(epoch FROM r.finished_at) FROM {q}data_plane_run r "
-            f"JOIN {q}data_plane_effectrecord e ON e.run_id = r.id WHERE r.id = ANY(%s::uuid[])",
+            f"JOIN {q}data_plane_effectrecord_all e ON e.run_id = r.id WHERE r.id = ANY(%s::uuid[])",
             [[row["run_id"] for row in rows]])
         database = {row[0]: [float(value) for value in row[1:]] for row in cursor.fetchall()}
     names = list(PHASES)[:-1]

@@ -425,7 +425,9 @@ RETURNING r.version, r.head_id, r.agent_version_id, r.reexecute, r.base_run_id, 
         started = time.monotonic()
 
         def finished(result: Any, usage: Usage | None = None) -> Any:  # journalled with the step's commit
-            journal[command.key] = effect.entry(step, command.key, result, usage, started)
+            # a fresh step's model call has no journal row (``_begin``): its checkpoint's row can hold it
+            journal[command.key] = effect.entry(step, command.key, result, usage, started,
+                                                inline=fresh and effect.kind == EffectRecord.Kind.MODEL)
             return result
 
         if isinstance(command, CallModel):
@@ -570,8 +572,9 @@ RETURNING r.version, r.head_id, r.agent_version_id, r.reexecute, r.base_run_id, 
                     "JOIN lineage l ON r.id = l.base) SELECT id FROM lineage LIMIT 64", [claim.base_run_id])
                 lineage += [row[0] for row in cursor.fetchall()]
             cursor.execute(
-                f"SELECT id, result FROM {self.q}data_plane_effectrecord WHERE digest = %s AND run_id = ANY(%s) "
-                "AND status = 'succeeded' AND id <> %s ORDER BY id DESC LIMIT 1", [effect_digest, lineage, record_id])
+                f"SELECT id, result FROM {self.q}data_plane_effectrecord_all WHERE digest = %s "
+                "AND run_id = ANY(%s) AND status = 'succeeded' AND id <> %s ORDER BY id DESC LIMIT 1",
+                [effect_digest, lineage, record_id])
             source = cursor.fetchone()
             if source is None:
                 return None
@@ -840,8 +843,10 @@ class _Prepared:
                             digest=self.digest, name=self.name, request=self.request, result=None,
                             status=EffectRecord.Status.STARTED, latency_ms=None, finished=time.monotonic())
 
-    def entry(self, step: int, key: str, result: Any, usage: Usage | None, started: float) -> JournalEntry:
-        """The call's journal entry, now that it finished with ``result`` (paid ``usage``)."""
+    def entry(self, step: int, key: str, result: Any, usage: Usage | None, started: float, *,
+              inline: bool = False) -> JournalEntry:
+        """The call's journal entry, now that it finished with ``result`` (paid ``usage``); ``inline`` when no
+        journal row marks it started (a fresh step's model call), so its checkpoint's row can hold it."""
         now = time.monotonic()
         return JournalEntry(
             step=step, key=key, kind=self.kind, idempotency_key=self.idempotency_key, digest=self.digest,
@@ -851,7 +856,7 @@ class _Prepared:
             latency_ms=round((now - started) * 1000, 3), finished=now,
             input_tokens=usage.input_tokens if usage is not None else 0,
             output_tokens=usage.output_tokens if usage is not None else 0,
-            cost_usd=usage.cost_usd if usage is not None else 0.0)
+            cost_usd=usage.cost_usd if usage is not None else 0.0, inline=inline)
 
 
 def _prepare(run_id: UUID, step: int, command: Command) -> _Prepared:

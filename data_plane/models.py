@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 
 from django.contrib.postgres.fields import ArrayField
-from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.indexes import BrinIndex, GinIndex
 from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from pgvector.django import HnswIndex, VectorField
@@ -193,11 +193,19 @@ class Checkpoint(models.Model):
     events = models.TextField(null=True)
     first_event_seq = models.BigIntegerField(default=0)
     last_event_seq = models.BigIntegerField(default=0)
+    # The step's model calls when it was fresh (nothing marked them started): their journal entries, a JSON
+    # array text of JournalEntry.to_json (NULL when none), with their ids in the journal's sequence; read
+    # through EffectRecord.
+    effects = models.TextField(null=True)
+    effect_ids = ArrayField(models.BigIntegerField(), null=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["run", "step"]
         constraints = [models.UniqueConstraint(fields=["run", "step"], name="checkpoint_run_step_unique")]
+        # Usage metering reads the calls that finished since its watermark: a BRIN index finds the checkpoints
+        # written since, in the order they were written, and costs a commit next to nothing.
+        indexes = [BrinIndex(fields=["created_at"], name="checkpoint_created_brin")]
 
 
 class RunEventRecord(models.Model):
@@ -269,28 +277,35 @@ class Approval(models.Model):
         constraints = [models.UniqueConstraint(fields=["run", "key"], name="approval_run_key_unique")]
 
 
-class EffectRecord(models.Model):
-    """The journal of a run's effects (model and tool calls): a recorded result is never paid for twice."""
+class EffectKind(models.TextChoices):
+    MODEL = "model"
+    TOOL = "tool"
 
-    class Kind(models.TextChoices):
-        MODEL = "model"
-        TOOL = "tool"
 
-    class Status(models.TextChoices):
-        STARTED = "started"
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"
+class EffectStatus(models.TextChoices):
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class EffectRecordRow(models.Model):
+    """A call of a run recorded in the journal's table: every tool call (marked started before it is made, so a
+    retry knows it as one, then completed by its step's commit), a model call a retry or a replay makes, and
+    whatever a step that did not commit recorded. A fresh step's model call, which nothing marks started, is
+    stored in its checkpoint's row instead (``Checkpoint.effects``); ``EffectRecord`` reads both."""
+
+    Kind = EffectKind
+    Status = EffectStatus
 
     id = models.BigAutoField(primary_key=True)
     # No database constraint, as for the other tables a step's commit writes: the check of a deferred foreign key
     # locks the run's row at COMMIT, the row the same statement's fence just updated: 0.03-0.09 ms of a 0.75-0.9 ms
     # commit, measured with copies of the tables. Rows are written for a run that exists (the fenced commit, or a
-    # worker holding the run's lease); runs are never deleted but with their tenant's schema, and the ORM still
-    # follows the reference (on_delete).
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="effects", db_constraint=False)
+    # worker holding the run's lease); runs are never deleted but with their tenant's schema.
+    run = models.ForeignKey(Run, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False)
     step = models.PositiveIntegerField()
     key = models.CharField(max_length=200)
-    kind = models.CharField(max_length=10, choices=Kind.choices)
+    kind = models.CharField(max_length=10, choices=EffectKind.choices)
     # Unique and indexed through Meta: a field's own unique=True or db_index=True on a CharField also builds a
     # varchar_pattern_ops index for LIKE queries, which nothing here makes, and every step's commit paid for it.
     idempotency_key = models.CharField(max_length=300)
@@ -298,7 +313,7 @@ class EffectRecord(models.Model):
     name = models.CharField(max_length=200)  # the model or the tool
     request = models.JSONField(default=dict)
     result = models.JSONField(null=True)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.STARTED)
+    status = models.CharField(max_length=10, choices=EffectStatus.choices, default=EffectStatus.STARTED)
     attempts = models.PositiveIntegerField(default=1)
     latency_ms = models.FloatField(null=True)
     input_tokens = models.PositiveIntegerField(default=0)
@@ -309,9 +324,50 @@ class EffectRecord(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        db_table = "data_plane_effectrecord"
         ordering = ["run", "step", "id"]
         constraints = [models.UniqueConstraint(fields=["idempotency_key"], name="effect_idempotency_key_unique")]
         indexes = [models.Index(fields=["digest"], name="effect_digest_idx")]
+
+
+class EffectRecord(models.Model):
+    """The journal of a run's effects (model and tool calls): a recorded result is never paid for twice. A view
+    (migration 0023) of the journal's table (``EffectRecordRow``) and of the model calls stored in their
+    checkpoints' rows, one row each; read-only. Ids are one sequence's (the table's), in the order the calls
+    were recorded. An idempotency key is in one of the two: a call stored with its checkpoint was made by a
+    fresh step, which nothing marked started, and its step is over once that checkpoint committed.
+
+    ``batch_created_at`` is when the row an entry comes from was written (its own ``finished_at`` for the
+    table's): no entry finished after it, and a filter on it is decided before a checkpoint's entries are read."""
+
+    Kind = EffectKind
+    Status = EffectStatus
+
+    id = models.BigIntegerField(primary_key=True)
+    run = models.ForeignKey(Run, on_delete=models.DO_NOTHING, related_name="effects", db_constraint=False)
+    step = models.PositiveIntegerField()
+    key = models.CharField(max_length=200)
+    kind = models.CharField(max_length=10, choices=EffectKind.choices)
+    idempotency_key = models.CharField(max_length=300)
+    digest = models.CharField(max_length=64)
+    name = models.CharField(max_length=200)
+    request = models.JSONField(default=dict)
+    result = models.JSONField(null=True)
+    status = models.CharField(max_length=10, choices=EffectStatus.choices)
+    attempts = models.PositiveIntegerField()
+    latency_ms = models.FloatField(null=True)
+    input_tokens = models.PositiveIntegerField()
+    output_tokens = models.PositiveIntegerField()
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=8)
+    reused_from = models.BigIntegerField(null=True)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True)
+    batch_created_at = models.DateTimeField(null=True)
+
+    class Meta:
+        managed = False
+        db_table = "data_plane_effectrecord_all"
+        ordering = ["run", "step", "id"]
 
 
 class Note(models.Model):

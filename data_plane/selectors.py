@@ -356,7 +356,8 @@ def tool_permission_list(*, tenant_schema: str, agent_id: UUID | None = None) ->
 
 def tool_call_stats(*, tenant_schema: str, days: int = 7) -> list[dict[str, Any]]:
     """Per tool, over the last ``days``: calls, how many succeeded (no error, tool's own or transport), the
-    success rate, and latency p50/p95 in milliseconds; from the effect journal (replayed results excluded)."""
+    success rate, and latency p50/p95 in milliseconds; from the effect journal (replayed results excluded): its
+    table, which holds every tool call (each is marked started there before it is made)."""
     require_schema(tenant_schema)
     with connection.cursor() as cursor:
         cursor.execute(
@@ -462,8 +463,8 @@ def effect_list_finished(*, tenant_schema: str, since: datetime | None, until: d
     require_schema(tenant_schema)
     effects = EffectRecord.objects.filter(finished_at__lt=until).exclude(status=EffectRecord.Status.STARTED) \
         .exclude(status=EffectRecord.Status.FAILED, result__contains={"failed": {"code": "budget_exceeded"}})
-    if since is not None:
-        effects = effects.filter(finished_at__gte=since)
+    if since is not None:  # and on the rows they come from, so older checkpoints' calls are not even read
+        effects = effects.filter(finished_at__gte=since, batch_created_at__gte=since)
     if after is not None:
         effects = effects.filter(Q(finished_at__gt=after[0]) | Q(finished_at=after[0], id__gt=after[1]))
     rows = list(effects.order_by("finished_at", "id").annotate(

@@ -128,7 +128,7 @@ run_starts AS (
   SELECT r.id, r.created_at,
          (SELECT min(least(e.started_at, coalesce(e.finished_at, e.started_at)
                                          - coalesce(e.latency_ms, 0) * interval '1 millisecond'))
-          FROM {q}data_plane_effectrecord e WHERE e.run_id = r.id) AS first_effect_at,
+          FROM {q}data_plane_effectrecord_all e WHERE e.run_id = r.id) AS first_effect_at,
          (SELECT min(ev.created_at) FROM {q}data_plane_runevent_all ev
           WHERE ev.run_id = r.id AND ev.type = 'run.finished') AS first_finished_at,
          (SELECT min(ev.created_at) FROM {q}data_plane_runevent_all ev
@@ -238,7 +238,8 @@ def tool_call_outcomes(*, tenant_schema: str, start: datetime, end: datetime) ->
     """Tool call attempts begun in [start, end) and how many got the tool's answer (its own ``is_error`` answer,
     and a call refused by the tenant's permissions or guardrails, included). Each redelivery of a call that
     lost its transport is an attempt; the last attempt of a call still in flight, or stopped by the run's
-    pause or cancellation, is not counted; replayed results (``reused_from``) were no call."""
+    pause or cancellation, is not counted; replayed results (``reused_from``) were no call. Tool calls are all
+    in the journal's table (each is marked started there before it is made), so the checkpoints' are not read."""
     q = _q(tenant_schema)
     with connection.cursor() as cursor:
         cursor.execute(

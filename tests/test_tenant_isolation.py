@@ -34,7 +34,7 @@ from control_plane.identity.tests.factories import MembershipFactory
 from control_plane.oauth import services as oauth_services
 from control_plane.oauth.models import Application as OAuthApplication
 from data_plane import services as data_plane_services
-from data_plane.models import Agent, Approval, Attachment, Checkpoint, EffectRecord, Experiment, McpServer, McpTool, \
+from data_plane.models import Agent, Approval, Attachment, Checkpoint, EffectRecordRow, Experiment, McpServer, McpTool, \
     Memory, MemorySettings, Ping, RoutingPolicy, Run, RunFeedback, ToolPermission, ToolSettings
 from data_plane.runtime.wiring import attachment_storage
 from data_plane.tests import media_files
@@ -544,7 +544,7 @@ def tenant_a_data(tenant_a) -> TenantAData:
                                           args=[TOOLBOX], catalogue_version=1)
         McpTool.objects.create(server=server, name=f"{A_SERVER_NAME}__add", remote_name="add", description="Add.",
                                input_schema={"type": "object"})
-        EffectRecord.objects.create(run=run, step=1, key="act:call-1", kind="tool", idempotency_key=f"{run.id}:iso",
+        EffectRecordRow.objects.create(run=run, step=1, key="act:call-1", kind="tool", idempotency_key=f"{run.id}:iso",
                                     digest="0" * 64, name=f"{A_SERVER_NAME}__add", status="succeeded",
                                     latency_ms=1.5, result={"content": "2", "is_error": False})
         data_plane_services.tool_settings_update(tenant=tenant_a.tenant, http_fetch_hosts=["a.example.com"],

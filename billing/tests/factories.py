@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from data_plane.models import Agent, AgentVersion, EffectRecord, Run
+from data_plane.models import Agent, AgentVersion, EffectRecordRow, Run
 
 
 def agent_version(name: str = "writer") -> AgentVersion:
@@ -29,7 +29,7 @@ def journal(run: Run, *, step: int, key: str, finished_at: datetime | None, kind
             name: str = "openai/gpt-4o-mini", status: str = "succeeded", attempts: int = 1, input_tokens: int = 0,
             output_tokens: int = 0, cached_input_tokens: int = 0, cost_usd: str = "0", latency_ms: float = 10.0,
             reused_from: int | None = None, request: dict[str, Any] | None = None,
-            is_error: bool = False) -> EffectRecord:
+            is_error: bool = False) -> EffectRecordRow:
     """One journal row: a model call's result carries its usage (cached tokens only there), a tool's its content."""
     if kind == "model":
         result: dict[str, Any] = {"message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop",
@@ -41,7 +41,7 @@ def journal(run: Run, *, step: int, key: str, finished_at: datetime | None, kind
     if reused_from is not None:  # a replay copies the source's result, and pays nothing
         input_tokens = output_tokens = 0
         cost_usd = "0"
-    return EffectRecord.objects.create(
+    return EffectRecordRow.objects.create(
         run=run, step=step, key=key, kind=kind, idempotency_key=f"{run.id}:{step}:{key}", digest="0" * 64, name=name,
         request=request or {}, result=None if status == "started" else result, status=status, attempts=attempts,
         latency_ms=None if status == "started" else latency_ms, input_tokens=input_tokens,

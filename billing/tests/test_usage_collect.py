@@ -12,7 +12,7 @@ from billing import services
 from billing.models import UsageCollection, UsageRecord
 from billing.tests.factories import finished_run, journal
 from data_plane import selectors as data_plane_selectors
-from data_plane.models import EffectRecord
+from data_plane.models import EffectRecordRow
 
 T0 = datetime(2026, 3, 5, 10, 0, tzinfo=timezone.utc)
 ROUTE = {"chosen": "openai/gpt-4o-mini", "reason": "short input", "rule": "cheap-first"}
@@ -94,7 +94,7 @@ def test_a_retried_step_that_finishes_after_the_watermark_is_recorded_once(tenan
     services.usage_collect(tenant=tenant_a.tenant, now=T0 + timedelta(hours=1))
     run, _, _ = journalled
     with schema_context(tenant_a.schema):
-        late = EffectRecord.objects.get(idempotency_key=f"{run.id}:4:late")
+        late = EffectRecordRow.objects.get(idempotency_key=f"{run.id}:4:late")
         late.status, late.attempts, late.input_tokens, late.output_tokens = "succeeded", 2, 40, 4
         late.cost_usd, late.result = Decimal("0.00001"), {"usage": {"cached_input_tokens": 8}}
         # stamped a moment before the watermark: its statement started before the collection, committed after
@@ -138,8 +138,8 @@ def test_a_call_a_budget_refused_is_no_usage_but_a_failed_call_is(tenant_a):
         run = finished_run(finished_at=T0 + timedelta(minutes=3), started_at=T0, status="failed")
         failed = journal(run, step=0, key="plan", finished_at=T0 + timedelta(minutes=1), status="failed")
         refused = journal(run, step=1, key="plan", finished_at=T0 + timedelta(minutes=2), status="failed")
-        EffectRecord.objects.filter(id=failed.id).update(result={"failed": {"code": "model_rejected", "message": "no"}})
-        EffectRecord.objects.filter(id=refused.id).update(
+        EffectRecordRow.objects.filter(id=failed.id).update(result={"failed": {"code": "model_rejected", "message": "no"}})
+        EffectRecordRow.objects.filter(id=refused.id).update(
             result={"failed": {"code": "budget_exceeded", "message": "The run's limit would be exceeded"}})
     # when
     services.usage_collect(tenant=tenant_a.tenant, now=T0 + timedelta(hours=1))

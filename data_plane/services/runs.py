@@ -492,13 +492,15 @@ RETENTION_DAYS_BY_TIER = {"standard": 7, "professional": 30, "enterprise": 90}
 
 def checkpoints_prune(*, tenant, now=None) -> int:  # type: ignore[no-untyped-def]
     """Prune checkpoints older than the tenant tier's retention, keeping every run's head: they can no longer
-    be read, listed, replayed or forked. One that changed no message or value and holds no event is deleted; the
-    others keep their row without its control, as the later states (the head's, and forks') are made of their
-    messages and values, and the run's events of theirs. Returns how many were pruned. Idempotent."""
+    be read, listed, replayed or forked. One that changed no message or value and holds no event and no model call
+    is deleted; the others keep their row without its control, as the later states (the head's, and forks') are
+    made of their messages and values, the run's events of theirs, and its journal of their model calls. Returns
+    how many were pruned. Idempotent."""
     require_schema(tenant.schema_name)
     days = RETENTION_DAYS_BY_TIER.get(tenant.sla_tier, 7)
     cutoff = (now or timezone.now()) - timezone.timedelta(days=days)
     heads = Run.objects.exclude(head_id=None).values("head_id")
     expired = Checkpoint.objects.filter(created_at__lt=cutoff, control__isnull=False).exclude(id__in=heads)
-    deleted, _ = expired.filter(messages=None, changed_values=None, sealed_values=None, events=None).delete()
+    deleted, _ = expired.filter(messages=None, changed_values=None, sealed_values=None, events=None,
+                                 effects=None).delete()
     return deleted + expired.update(control=None)

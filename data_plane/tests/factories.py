@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import factory
 
-from data_plane.models import Agent, AgentVersion, EffectRecord, Ping, Run, RunEventRecord
+from data_plane.models import Agent, AgentVersion, EffectRecordRow, Ping, Run, RunEventRecord
 
 
 class PingFactory(factory.django.DjangoModelFactory):
@@ -15,7 +15,7 @@ class PingFactory(factory.django.DjangoModelFactory):
 
 
 _TIMESTAMP_FIELDS = {Run: ("created_at", "started_at", "finished_at"), RunEventRecord: ("created_at",),
-                     EffectRecord: ("started_at",)}
+                     EffectRecordRow: ("started_at",)}
 
 
 class _RecordedAtFactory(factory.django.DjangoModelFactory):
@@ -77,14 +77,14 @@ class EffectRecordFactory(_RecordedAtFactory):
     """A journalled call: ``started_at``/``finished_at``/``latency_ms`` as recorded; a tool call by default."""
 
     class Meta:
-        model = EffectRecord
+        model = EffectRecordRow
 
     run = factory.SubFactory(RunFactory)
     step = 1
     key = factory.Sequence(lambda n: f"call-{n}")
-    kind = EffectRecord.Kind.TOOL
+    kind = EffectRecordRow.Kind.TOOL
     idempotency_key = factory.Sequence(lambda n: f"effect-{n}")
     digest = factory.Sequence(lambda n: f"digest-{n}")
     name = "calculator"
-    status = EffectRecord.Status.SUCCEEDED
+    status = EffectRecordRow.Status.SUCCEEDED
     result = factory.LazyFunction(lambda: {"is_error": False, "content": "4"})

@@ -13,7 +13,7 @@ from django_tenants.utils import schema_context
 from conftest import TEST_ACTOR, bearer
 from data_plane import selectors, services
 from data_plane.errors import CheckpointNotFound
-from data_plane.models import Checkpoint, Run
+from data_plane.models import Checkpoint, EffectRecord, Run
 from data_plane.runtime.adapters.checkpoints import CheckpointNotFound as StoredCheckpointNotFound
 from data_plane.sealing import checkpoint_store
 from data_plane.runtime.core.messages import Message
@@ -156,8 +156,9 @@ def test_forking_needs_runs_write(client, tenant_a):
 
 
 def test_retention_prunes_old_checkpoints_but_keeps_every_head_and_every_state_whole(tenant_a):
-    # given: a run of two steps (its first checkpoint no longer its head), a fork of its first checkpoint, and a
-    # checkpoint that changed nothing; all 8 days old (the standard tier keeps 7 days), but one recent checkpoint
+    # given: a run of two steps (its first checkpoint no longer its head), a fork of its first checkpoint, a
+    # checkpoint that changed nothing and one that holds only a model call's journal entry; all 8 days old (the
+    # standard tier keeps 7 days), but one recent checkpoint
     with schema_context(tenant_a.schema):
         agent = services.agent_create(tenant=tenant_a.tenant, name="old", description="", actor=TEST_ACTOR, spec=SPEC)
         run = services.run_start(tenant=tenant_a.tenant, agent_id=agent.id, input="hi", actor=TEST_ACTOR)
@@ -172,16 +173,25 @@ def test_retention_prunes_old_checkpoints_but_keeps_every_head_and_every_state_w
                      previous=started, run_status="running", state=started.evolve(
                          messages=started.messages + (Message(role="assistant", content="second"),)))
         unchanged = Checkpoint.objects.create(run=run, parent=first, step=2, control=first.control)
+        call = {"step": 3, "key": "llm", "kind": "model", "idempotency_key": f"{run.id}:3:llm", "digest": "d",
+                "name": "openai/x", "request": {}, "result": {"message": {"content": "paid for"}},
+                "status": "succeeded", "latency_ms": 5.0, "input_tokens": 3, "output_tokens": 2, "cost_usd": 0.01,
+                "ago": 0.0}
+        journalled = Checkpoint.objects.create(run=run, parent=first, step=4, control=first.control,
+                                               effects=json.dumps([call]), effect_ids=[10 ** 12])
         Checkpoint.objects.all().update(created_at=timezone.now() - timedelta(days=8))
         recent = Checkpoint.objects.create(run=run, parent=first, step=3, control=first.control)
         # when
         pruned = services.checkpoints_prune(tenant=tenant_a.tenant)
         # then: the old checkpoints that are no run's head are pruned: the one that changed nothing is gone, the
-        # first keeps its row (its message is part of later states) but can no longer be read or listed
+        # first keeps its row (its message is part of later states) but can no longer be read or listed, and so
+        # does the one whose row is the journal of a model call (usage, and reuse on a replay, read it)
         fork_head = Run.objects.get(id=fork.id).head_id
-        assert pruned == 2
+        assert pruned == 3
         assert not Checkpoint.objects.filter(id=unchanged.id).exists()
         assert Checkpoint.objects.get(id=first.id).control is None
+        assert Checkpoint.objects.get(id=journalled.id).control is None
+        assert EffectRecord.objects.get(id=10 ** 12).result == {"message": {"content": "paid for"}}
         listed = [c.id for c in selectors.checkpoint_list(tenant_schema=tenant_a.schema, run_id=run.id)]
         assert listed == [second, recent.id]
         with pytest.raises(CheckpointNotFound):

@@ -280,8 +280,11 @@ def test_a_burst_of_fragments_is_published_as_few_deltas_and_a_paced_stream_as_o
 def test_a_first_claim_records_its_model_call_once_answered_and_a_later_claim_of_the_step_reuses_it(tenant):
     """A task that claims a step no task began records its model call whole when answered (no "started" mark
     first); a task that claims a step another began (here: fenced off at its commit) looks in the journal first
-    and reuses the answer instead of paying for it again."""
+    and reuses the answer instead of paying for it again. A call its step's commit journals is stored in the
+    checkpoint's row; one a step records on its own, in the journal's table."""
     import asyncio
+
+    from data_plane.models import Checkpoint, EffectRecordRow
 
     run, dispatched = start(tenant), []
 
@@ -303,6 +306,8 @@ def test_a_first_claim_records_its_model_call_once_answered_and_a_later_claim_of
         Run.objects.filter(id=run.id).update(lease_owner="", lease_expires_at=None)  # its lease ran out
     # recorded whole, once answered (it was the step's first attempt), by the fenced writer on its own
     assert (answered.status, answered.attempts, answered.started_at) == ("succeeded", 1, answered.finished_at)
+    with schema_context(tenant.schema):
+        assert EffectRecordRow.objects.get(run=run, step=0).id == answered.id
     # when: another task claims the same step
     second_model = FakeChatModel(REPLIES)
     second = stepper(second_model)
@@ -313,6 +318,9 @@ def test_a_first_claim_records_its_model_call_once_answered_and_a_later_claim_of
     assert second.run_step(run.id, 1).kind == "advanced" and len(second_model.requests) == 1
     with schema_context(tenant.schema):
         following = EffectRecord.objects.get(run=run, step=1)
+        # by its step's commit, in the checkpoint's row (step 2's), with an id after the first call's
+        assert Checkpoint.objects.get(run=run, step=2).effect_ids == [following.id] and following.id > answered.id
+        assert not EffectRecordRow.objects.filter(run=run, step=1).exists()
     assert (following.attempts, following.started_at) == (1, following.finished_at)
 
 

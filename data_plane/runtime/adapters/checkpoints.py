@@ -2,9 +2,10 @@
 behind a transaction-pooling PgBouncer where a session's search_path cannot be trusted.
 
 A commit is one statement: the fenced update of the run (refused unless the caller holds the version it
-read), the checkpoint row, which holds what the step changed (its appended messages, its changed values) and
-its events, its finished calls' journal entries and its audit events. Bytes written per step are what the
-step changed, whatever the length of the conversation. A state is read back from the checkpoints up to it.
+read), the checkpoint row, which holds what the step changed (its appended messages, its changed values), its
+events and its fresh model calls' journal entries, the other finished calls' journal entries and its audit
+events. Bytes written per step are what the step changed, whatever the length of the conversation. A state is
+read back from the checkpoints up to it.
 
 Given a cipher that ``encrypts_payloads`` (the tenant's policy), the store seals each appended message, each
 changed value and the checkpoint's control (all but ``message_count``, which stays plain), every one
@@ -92,8 +93,10 @@ class LoadedCheckpoint:
 class JournalEntry:
     """A finished model or tool call for the run's effect journal: written by the step's commit statement
     (durable exactly when the checkpoint that used it is), or alone by ``record_effects`` when the step does
-    not commit. It completes the call's "started" row, or is inserted whole (a fresh step's model call). With
-    status "started" (no result), it marks a call of the next step started (its commit's writer makes it next)."""
+    not commit. It completes the call's "started" row, or is inserted whole. With status "started" (no result),
+    it marks a call of the next step started (its commit's writer makes it next). ``inline``: no row marks it
+    started (a fresh step's model call), so the commit stores it in the checkpoint's row (``effects``, its id
+    from the journal's sequence in ``effect_ids``); ``record_effects`` writes it in the table as any other."""
 
     step: int
     key: str
@@ -109,6 +112,7 @@ class JournalEntry:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    inline: bool = False
 
     def to_json(self, *, now: float) -> dict[str, Any]:
         return {"step": self.step, "key": self.key, "kind": self.kind, "idempotency_key": self.idempotency_key,
@@ -197,9 +201,11 @@ WITH fence AS (
   RETURNING version, pause_requested, event_seq - %(event_count)s AS base_seq
 ), checkpoint AS (
   INSERT INTO {q}data_plane_checkpoint (id, run_id, parent_id, step, control, first_seq, messages, changed_values,
-                                        sealed_values, events, first_event_seq, last_event_seq, created_at)
+                                        sealed_values, events, first_event_seq, last_event_seq, effects, effect_ids,
+                                        created_at)
   SELECT %(checkpoint_id)s, %(run_id)s, %(parent_id)s, %(step)s, %(control)s::jsonb, %(first_seq)s, %(messages)s,
-         %(values)s, %(sealed_values)s, %(events)s, fence.base_seq + 1, fence.base_seq + %(event_count)s, now()
+         %(values)s, %(sealed_values)s, %(events)s, fence.base_seq + 1, fence.base_seq + %(event_count)s,
+         %(inline)s, {{effect_ids}}, now()
   FROM fence
 ){{effects}}{{audit}}
 SELECT version, pause_requested, base_seq, now() FROM fence"""
@@ -208,12 +214,17 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
         # idempotency key, as the journal's "started" row says). The step's audit events come last, by the audit
         # log's own part (control_plane.audit.sql): after the fence, so a writer that was fenced off logs
         # nothing. A commit without effects or audit events uses a statement without those parts.
+        # A fresh step's model calls, which no journal row marks started, are stored in the checkpoint's row, with
+        # ids from the journal's sequence (one each; EffectRecord reads both).
         journal = ", " + _journal_part(q, after="fence, ")
         audited = ", " + audit_insert_part(qualifier=q, param="audit", after="fence")
+        sequence = f"nextval('{q}data_plane_effectrecord_id_seq')"
+        ids = {0: "NULL", 1: f"ARRAY[{sequence}]",  # one call, the usual case: no subquery to plan and run
+               2: f"ARRAY(SELECT {sequence} FROM generate_series(1, %(inline_count)s))"}
         self._commit_sqls = {
-            (with_effects, with_audit): self._commit_sql.replace("{effects}", journal if with_effects else "")
-            .replace("{audit}", audited if with_audit else "")
-            for with_effects in (False, True) for with_audit in (False, True)}
+            (rows, audit, inline): self._commit_sql.replace("{effects}", journal if rows else "")
+            .replace("{audit}", audited if audit else "").replace("{effect_ids}", ids[inline])
+            for rows in (False, True) for audit in (False, True) for inline in (0, 1, 2)}
         self._record_effects_sql = "WITH " + _journal_part(q, after="") + " SELECT 1"
         # What a run's checkpoints up to a step changed, in order: each row's first message's number, its
         # messages (a JSON array text) and its changed values, plain and sealed. Rows that changed neither are
@@ -244,7 +255,8 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
         """Commit ``state`` as the run's next checkpoint. Raises Fenced when the version moved on.
 
         ``effects``, the step's finished model and tool calls, are recorded in the run's effect journal by the
-        same statement (a fenced writer records nothing: it can ``record_effects`` them on their own).
+        same statement, the ``inline`` ones in the checkpoint's row (a fenced writer records nothing: it can
+        ``record_effects`` them on their own).
 
         ``audit`` events (a tool call, the run's end) are appended to the tenant's audit log by the same
         statement: a step's tool calls are logged exactly when, and only if, the step commits.
@@ -287,11 +299,16 @@ SELECT version, pause_requested, base_seq, now() FROM fence"""
         }
         if audit:
             params["audit"] = payload_json([entry.to_json() for entry in audit])
-        if effects:
-            now = time.monotonic()
-            params["effects"] = payload_json([entry.to_json(now=now) for entry in effects])
+        now = time.monotonic()
+        inline = [entry.to_json(now=now) for entry in effects if entry.inline]
+        rows = [entry.to_json(now=now) for entry in effects if not entry.inline]
+        params["inline"] = payload_json(inline) if inline else None
+        if inline:
+            params["inline_count"] = len(inline)
+        if rows:
+            params["effects"] = payload_json(rows)
         with self.connection.cursor() as cursor:
-            cursor.execute(self._commit_sqls[bool(effects), bool(audit)], params)
+            cursor.execute(self._commit_sqls[bool(rows), bool(audit), min(len(inline), 2)], params)
             row = cursor.fetchone()
         if row is None:
             raise Fenced(f"Run {run_id} moved past version {expected_version}; this writer stops.")

@@ -270,44 +270,68 @@ def test_every_checkpoint_reads_back_the_values_as_they_were_at_its_step(tenant_
 
 
 def test_a_steps_finished_calls_are_journalled_by_its_commit_and_not_by_a_fenced_one(tenant_a):
-    """The commit completes a tool call's "started" row and inserts a fresh model call's row whole, in the same
-    statement; a fenced commit records nothing (record_effects does, on its own), and never overwrites a row
+    """The commit completes a tool call's "started" row, inserts a retried model call's row whole and stores a
+    fresh model call (inline) in the checkpoint's row, in the same statement; the journal reads all three alike.
+    A fenced commit records nothing (record_effects does, on its own, in the table), and never overwrites a row
     another writer already finished."""
-    from data_plane.models import EffectRecord
+    from data_plane.models import EffectRecord, EffectRecordRow
     from data_plane.runtime.adapters.checkpoints import JournalEntry
 
     store = PostgresCheckpointStore(schema=tenant_a.schema, connection=connection)
     run = new_run(tenant_a.schema)
-    EffectRecord.objects.create(run=run, step=1, key="tools:c1", kind="tool", idempotency_key=f"{run.id}:1:tools:c1",
-                                digest="d-tool", name="calculator", request={"name": "calculator"})
+    marked = EffectRecordRow.objects.create(run=run, step=1, key="tools:c1", kind="tool",
+                                            idempotency_key=f"{run.id}:1:tools:c1", digest="d-tool", name="calculator",
+                                            request={"name": "calculator"})
 
-    def entry(key, kind, name, result, *, step=1, **usage):
+    def entry(key, kind, name, result, *, step=1, inline=False, **usage):
         return JournalEntry(step=step, key=key, kind=kind, idempotency_key=f"{run.id}:{step}:{key}",
-                            digest=f"d-{kind}", name=name, request={"name": name}, result=result, status="succeeded",
-                            latency_ms=12.5, finished=time.monotonic() - 2.0, **usage)
+                            digest=f"d-{key}", name=name, request={"name": name}, result=result, status="succeeded",
+                            latency_ms=12.5, finished=time.monotonic() - 2.0, inline=inline, **usage)
 
     tool = entry("tools:c1", "tool", "calculator", {"content": "42"})
     model = entry("llm", "model", "openai/x", {"message": {"role": "assistant", "content": "hi"}}, input_tokens=7,
-                  output_tokens=3, cost_usd=0.25)
+                  output_tokens=3, cost_usd=0.25, inline=True)
+    retried = entry("llm2", "model", "openai/y", {"message": {"role": "assistant", "content": "yo"}}, input_tokens=1)
     first = uuid.uuid4()
     store.commit(run_id=run.id, expected_version=0, checkpoint_id=first, parent_id=None, step=0, previous=None,
-                 state=state_with(1), run_status="running", effects=[tool, model])
+                 state=state_with(1), run_status="running", effects=[tool, model, retried])
     rows = {row.key: row for row in EffectRecord.objects.filter(run=run)}
-    assert {key: (row.status, row.result, row.latency_ms, row.attempts) for key, row in rows.items()} == {
-        "tools:c1": ("succeeded", {"content": "42"}, 12.5, 1),
-        "llm": ("succeeded", {"message": {"role": "assistant", "content": "hi"}}, 12.5, 1)}
+    assert {key: (row.status, row.result, row.latency_ms, row.attempts, row.digest) for key, row in rows.items()} == {
+        "tools:c1": ("succeeded", {"content": "42"}, 12.5, 1, "d-tool"),
+        "llm": ("succeeded", {"message": {"role": "assistant", "content": "hi"}}, 12.5, 1, "d-llm"),
+        "llm2": ("succeeded", {"message": {"role": "assistant", "content": "yo"}}, 12.5, 1, "d-llm2")}
     assert (rows["llm"].input_tokens, rows["llm"].output_tokens, float(rows["llm"].cost_usd)) == (7, 3, 0.25)
+    assert (rows["llm"].idempotency_key, rows["llm"].name, rows["llm"].step) == (f"{run.id}:1:llm", "openai/x", 1)
+    # the fresh model call is in the checkpoint's row, the others in the table; ids are the table's sequence's
+    checkpoint = Checkpoint.objects.get(id=first)
+    assert checkpoint.effect_ids == [rows["llm"].id] and rows["llm"].id > marked.id
+    assert set(EffectRecordRow.objects.filter(run=run).values_list("key", flat=True)) == {"tools:c1", "llm2"}
+    assert len({row.id for row in rows.values()}) == 3
     # finished when the call did (two seconds before the commit), not when the commit ran
-    assert 1.5 < (Checkpoint.objects.get(id=first).created_at - rows["tools:c1"].finished_at).total_seconds() < 10
+    for key in ("tools:c1", "llm"):
+        assert 1.5 < (checkpoint.created_at - rows[key].finished_at).total_seconds() < 10
+    assert rows["llm"].started_at == rows["llm"].finished_at and rows["llm"].batch_created_at == checkpoint.created_at
+
+    # a step of parallel model calls: each has an id of its own
+    fan = [entry(f"fan:{i}", "model", "openai/z", {"message": {"content": str(i)}}, step=3, inline=True)
+           for i in range(3)]
+    store.commit(run_id=run.id, expected_version=1, checkpoint_id=uuid.uuid4(), parent_id=first, step=1,
+                 previous=state_with(1), state=state_with(1), run_status="running", effects=fan)
+    fanned = list(EffectRecord.objects.filter(run=run, step=3).order_by("id").values_list("key", "id"))
+    assert [key for key, _ in fanned] == ["fan:0", "fan:1", "fan:2"] and len({i for _, i in fanned}) == 3
+    assert Checkpoint.objects.get(run=run, step=1).effect_ids == [i for _, i in fanned]
 
     # a fenced writer's commit journals nothing ...
     late = entry("tools:c2", "tool", "calculator", {"content": "7"}, step=2)
+    fresh = entry("llm", "model", "openai/x", {"message": {"role": "assistant", "content": "late"}}, step=2,
+                  inline=True)
     with pytest.raises(Fenced):
-        store.commit(run_id=run.id, expected_version=0, checkpoint_id=uuid.uuid4(), parent_id=first, step=1,
-                     previous=state_with(1), state=state_with(2), run_status="running", effects=[late])
-    assert not EffectRecord.objects.filter(key="tools:c2").exists()
-    # ... until it records its calls on their own; and a row another writer finished stays as that one left it
+        store.commit(run_id=run.id, expected_version=1, checkpoint_id=uuid.uuid4(), parent_id=first, step=2,
+                     previous=state_with(1), state=state_with(2), run_status="running", effects=[late, fresh])
+    assert not EffectRecord.objects.filter(step=2).exists()
+    # ... until it records its calls on their own (all in the table); a row another writer finished stays as it is
     overwrite = entry("tools:c1", "tool", "calculator", {"content": "a different answer"})
-    store.record_effects(run_id=run.id, effects=[late, overwrite])
-    assert EffectRecord.objects.get(key="tools:c2").result == {"content": "7"}
+    store.record_effects(run_id=run.id, effects=[late, overwrite, fresh])
+    assert EffectRecordRow.objects.get(key="tools:c2").result == {"content": "7"}
+    assert EffectRecordRow.objects.get(step=2, key="llm").result["message"]["content"] == "late"
     assert EffectRecord.objects.get(key="tools:c1").result == {"content": "42"}
