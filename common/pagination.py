@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
@@ -24,6 +25,19 @@ def paginated_response(
     paginator = Pagination()
     page = paginator.paginate_queryset(queryset, request, view=view)
     return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+def counted_page_response(
+    *, request: Request, page: Callable[[int, int], tuple[int, Sequence[Any]]],
+    serializer_class: type[serializers.Serializer]
+) -> Response:
+    """The same page as ``paginated_response``, for a list that knows its length without counting its rows:
+    ``page(offset, limit)`` returns (how many there are, the items from ``offset``, at most ``limit``)."""
+    paginator = Pagination()
+    paginator.request, paginator.limit, paginator.offset = request, paginator.get_limit(request), \
+        paginator.get_offset(request)
+    paginator.count, items = page(paginator.offset, paginator.limit)
+    return paginator.get_paginated_response(serializer_class(items, many=True).data)
 
 
 @cache

@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from common.errors import PermissionDenied
-from common.pagination import paginated, paginated_response
+from common.pagination import counted_page_response, paginated, paginated_response
 from common.validation import validated
 from data_plane import selectors, services
 from data_plane.models import Approval, Run
@@ -476,9 +476,11 @@ class RunEventListApi(TenantApiView):
                    responses=paginated(RunEventOutputSerializer), tags=["runs"])
     def get(self, request: Request, run_id: UUID) -> Response:
         filters = validated(self.FilterSerializer, request.query_params)
-        events = selectors.run_event_list(tenant_schema=request.user.tenant.schema_name, run_id=run_id, **filters)
-        return paginated_response(request=request, view=self, queryset=events,
-                                  serializer_class=RunEventOutputSerializer)
+        schema = request.user.tenant.schema_name
+        return counted_page_response(
+            request=request, serializer_class=RunEventOutputSerializer,
+            page=lambda offset, limit: selectors.run_event_window(tenant_schema=schema, run_id=run_id, offset=offset,
+                                                                  limit=limit, **filters))
 
 
 # --- Checkpoints: time travel ------------------------------------------------------------------------

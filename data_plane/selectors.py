@@ -261,11 +261,26 @@ def run_event_list(*, tenant_schema: str, run_id: UUID, after_seq: int = 0) -> Q
     """A run's events after ``after_seq``, in order; a model reply's whole message is annotated as
     ``message_json`` (the event itself keeps only a preview: the checkpoint holds the message). Raises
     RunNotFound."""
-    run = run_get(tenant_schema=tenant_schema, run_id=run_id)
+    return _run_events(run_get(tenant_schema=tenant_schema, run_id=run_id), after_seq)
+
+
+def _run_events(run: Run, after_seq: int) -> QuerySet[RunEvent]:
     return (RunEvent.objects.filter(run=run, batch_last_seq__gt=after_seq, seq__gt=after_seq).order_by("seq")
             .annotate(message_position=Cast(KeyTextTransform("message_seq", "data"), IntegerField()))
             .annotate(message_json=Case(When(type="model.reply", then=RawSQL(_REPLY_MESSAGE_SQL, [])),
                                         output_field=TextField())))
+
+
+def run_event_window(*, tenant_schema: str, run_id: UUID, after_seq: int = 0, offset: int = 0,
+                     limit: int) -> tuple[int, list[RunEvent]]:
+    """How many events the run has after ``after_seq``, and those from ``offset`` on (at most ``limit``), as
+    ``run_event_list`` gives them. Events are numbered from 1 to the run's ``event_seq`` without gaps, so the count
+    is the run row's and the page reads only the rows that hold its events: a page costs the same on a long run
+    as on a short one. Raises RunNotFound."""
+    run = run_get(tenant_schema=tenant_schema, run_id=run_id)
+    first = after_seq + offset
+    events = list(_run_events(run, first).filter(batch_first_seq__lte=first + limit)[:limit])
+    return max(0, run.event_seq - after_seq), events
 
 
 def run_event_page(*, tenant_schema: str, run_id: UUID, after_seq: int, limit: int) -> list[dict[str, Any]]:

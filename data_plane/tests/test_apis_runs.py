@@ -241,6 +241,52 @@ def test_events_are_read_after_a_sequence_number(client, tenant_a):
     assert bad.status_code == 400 and "after_seq" in bad.json()["errors"]
 
 
+def test_pages_of_a_long_runs_events_are_its_log_cut_in_order(client, tenant_a):
+    """The events API counts a run's events from its row and reads only the checkpoints a page needs: every page,
+    from any point, is the run's log cut where it should be, whatever mix of commits and lone events made it."""
+    from data_plane.models import Checkpoint, RunEvent
+    from data_plane.runtime.core.messages import Message
+    from data_plane.sealing import checkpoint_store
+
+    # given: a run whose log is a lone event, then commits of 1 to 4 events each, a lone event among them
+    run = start_run(client, tenant_a.key, create_agent(client, tenant_a.key)["id"])
+    store = checkpoint_store(tenant_a.schema)
+    with schema_context(tenant_a.schema):
+        head = Checkpoint.objects.get(run_id=run["id"])
+        state = store.load(head.id).state
+    for step in range(1, 9):
+        if step == 4:  # the API's requests leave the connection in the public schema
+            post(client, f"/v1/runs/{run['id']}/pause", {}, tenant_a.key)
+            post(client, f"/v1/runs/{run['id']}/resume", {}, tenant_a.key)
+        with schema_context(tenant_a.schema):
+            version = Run.objects.get(id=run["id"]).version
+            after = state.evolve(messages=state.messages + (Message(role="assistant", content=f"step {step}"),))
+            checkpoint = uuid.uuid4()
+            store.commit(run_id=run["id"], expected_version=version, checkpoint_id=checkpoint, parent_id=head.id,
+                         step=step, previous=state, state=after, run_status="queued",
+                         events=[{"type": f"step{step}.{i}", "data": {"i": i}} for i in range(1 + step % 4)])
+            head, state = Checkpoint.objects.get(id=checkpoint), after
+    with schema_context(tenant_a.schema):
+        log = [(e.seq, e.type) for e in RunEvent.objects.filter(run_id=run["id"]).order_by("seq")]
+    assert [seq for seq, _ in log] == list(range(1, len(log) + 1)) and len(log) == 1 + 2 + sum(1 + s % 4 for s in
+                                                                                              range(1, 9))
+
+    def page(query: str) -> dict:
+        response = client.get(f"/v1/runs/{run['id']}/events{query}", **bearer(tenant_a.key))
+        assert response.status_code == 200, response.json()
+        return response.json()
+
+    # then: every window of every size is the log's, with its count and links
+    for after_seq in (0, 2, 7):
+        for limit in (1, 3, 50):
+            for offset in range(0, len(log) - after_seq + 2):
+                body = page(f"?after_seq={after_seq}&limit={limit}&offset={offset}")
+                expected = log[after_seq + offset:after_seq + offset + limit]
+                assert [(e["seq"], e["type"]) for e in body["results"]] == expected, (after_seq, limit, offset)
+                assert body["count"] == len(log) - after_seq
+                assert (body["next"] is not None) == (offset + limit < len(log) - after_seq)
+
+
 def test_run_scopes_are_enforced(client, tenant_a):
     # given
     agent = create_agent(client, tenant_a.key)
