@@ -171,9 +171,14 @@ def _holds_huge_float(value: Any) -> bool:
     return False
 
 
+# json.dumps with these arguments builds this encoder at every call; a commit writes five texts or more.
+_PAYLOAD_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def payload_json(value: Any) -> str:
-    """A payload's JSON text, as the store writes it (and re-sealing rewrites it)."""
-    return json.dumps(value, separators=(",", ":"), default=str)
+    """A payload's JSON text, as the store writes it (and re-sealing rewrites it): json.dumps(value,
+    separators=(",", ":"), default=str)."""
+    return _PAYLOAD_ENCODER.encode(value)
 
 
 class PostgresCheckpointStore:

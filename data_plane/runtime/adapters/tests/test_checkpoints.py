@@ -335,3 +335,16 @@ def test_a_steps_finished_calls_are_journalled_by_its_commit_and_not_by_a_fenced
     assert EffectRecordRow.objects.get(key="tools:c2").result == {"content": "7"}
     assert EffectRecordRow.objects.get(step=2, key="llm").result["message"]["content"] == "late"
     assert EffectRecord.objects.get(key="tools:c1").result == {"content": "42"}
+
+
+@pytest.mark.parametrize("value", [
+    {"content": "héllo ✓ \ud800", "n": float("nan"), "inf": float("-inf"), "big": 2 ** 70, "f": 0.1 + 0.2},
+    {1: "int key", "when": __import__("datetime").datetime(2026, 11, 25, 16, 0), "id": uuid.UUID(int=7)},
+    [None, True, [], {}, "", {"nested": [{"a": [1, 2.5e-300]}]}], "a plain string", 42,
+])
+def test_a_payloads_text_is_json_dumps_own(value):
+    """The store's JSON texts come from one encoder built once: they are exactly what json.dumps writes with the
+    same arguments (sealing binds the texts, so a re-sealed payload must read back the same)."""
+    from data_plane.runtime.adapters.checkpoints import payload_json
+
+    assert payload_json(value) == json.dumps(value, separators=(",", ":"), default=str)
