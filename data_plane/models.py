@@ -288,21 +288,12 @@ class EffectStatus(models.TextChoices):
     FAILED = "failed"
 
 
-class EffectRecordRow(models.Model):
-    """A call of a run recorded in the journal's table: every tool call (marked started before it is made, so a
-    retry knows it as one, then completed by its step's commit), a model call a retry or a replay makes, and
-    whatever a step that did not commit recorded. A fresh step's model call, which nothing marks started, is
-    stored in its checkpoint's row instead (``Checkpoint.effects``); ``EffectRecord`` reads both."""
+class EffectFields(models.Model):
+    """What the journal knows of a call: the table's columns, which its view (``EffectRecord``) has too."""
 
     Kind = EffectKind
     Status = EffectStatus
 
-    id = models.BigAutoField(primary_key=True)
-    # No database constraint, as for the other tables a step's commit writes: the check of a deferred foreign key
-    # locks the run's row at COMMIT, the row the same statement's fence just updated: 0.03-0.09 ms of a 0.75-0.9 ms
-    # commit, measured with copies of the tables. Rows are written for a run that exists (the fenced commit, or a
-    # worker holding the run's lease); runs are never deleted but with their tenant's schema.
-    run = models.ForeignKey(Run, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False)
     step = models.PositiveIntegerField()
     key = models.CharField(max_length=200)
     kind = models.CharField(max_length=10, choices=EffectKind.choices)
@@ -324,13 +315,30 @@ class EffectRecordRow(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        db_table = "data_plane_effectrecord"
+        abstract = True
         ordering = ["run", "step", "id"]
+
+
+class EffectRecordRow(EffectFields):
+    """A call of a run recorded in the journal's table: every tool call (marked started before it is made, so a
+    retry knows it as one, then completed by its step's commit), a model call a retry or a replay makes, and
+    whatever a step that did not commit recorded. A fresh step's model call, which nothing marks started, is
+    stored in its checkpoint's row instead (``Checkpoint.effects``); ``EffectRecord`` reads both."""
+
+    id = models.BigAutoField(primary_key=True)
+    # No database constraint, as for the other tables a step's commit writes: the check of a deferred foreign key
+    # locks the run's row at COMMIT, the row the same statement's fence just updated: 0.03-0.09 ms of a 0.75-0.9 ms
+    # commit, measured with copies of the tables. Rows are written for a run that exists (the fenced commit, or a
+    # worker holding the run's lease); runs are never deleted but with their tenant's schema.
+    run = models.ForeignKey(Run, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False)
+
+    class Meta(EffectFields.Meta):
+        db_table = "data_plane_effectrecord"
         constraints = [models.UniqueConstraint(fields=["idempotency_key"], name="effect_idempotency_key_unique")]
         indexes = [models.Index(fields=["digest"], name="effect_digest_idx")]
 
 
-class EffectRecord(models.Model):
+class EffectRecord(EffectFields):
     """The journal of a run's effects (model and tool calls): a recorded result is never paid for twice. A view
     (migration 0023) of the journal's table (``EffectRecordRow``) and of the model calls stored in their
     checkpoints' rows, one row each; read-only. Ids are one sequence's (the table's), in the order the calls
@@ -340,34 +348,13 @@ class EffectRecord(models.Model):
     ``batch_created_at`` is when the row an entry comes from was written (its own ``finished_at`` for the
     table's): no entry finished after it, and a filter on it is decided before a checkpoint's entries are read."""
 
-    Kind = EffectKind
-    Status = EffectStatus
-
     id = models.BigIntegerField(primary_key=True)
     run = models.ForeignKey(Run, on_delete=models.DO_NOTHING, related_name="effects", db_constraint=False)
-    step = models.PositiveIntegerField()
-    key = models.CharField(max_length=200)
-    kind = models.CharField(max_length=10, choices=EffectKind.choices)
-    idempotency_key = models.CharField(max_length=300)
-    digest = models.CharField(max_length=64)
-    name = models.CharField(max_length=200)
-    request = models.JSONField(default=dict)
-    result = models.JSONField(null=True)
-    status = models.CharField(max_length=10, choices=EffectStatus.choices)
-    attempts = models.PositiveIntegerField()
-    latency_ms = models.FloatField(null=True)
-    input_tokens = models.PositiveIntegerField()
-    output_tokens = models.PositiveIntegerField()
-    cost_usd = models.DecimalField(max_digits=14, decimal_places=8)
-    reused_from = models.BigIntegerField(null=True)
-    started_at = models.DateTimeField()
-    finished_at = models.DateTimeField(null=True)
     batch_created_at = models.DateTimeField(null=True)
 
-    class Meta:
+    class Meta(EffectFields.Meta):
         managed = False
         db_table = "data_plane_effectrecord_all"
-        ordering = ["run", "step", "id"]
 
 
 class Note(models.Model):

@@ -73,8 +73,9 @@ def running(args: list[str], *, log_path: Path, env: dict[str, str]) -> Iterator
 
 
 def celery_worker_args(*, name: str, concurrency: int = 1) -> list[str]:
-    return [str(BIN / "celery"), "-A", "control_plane", "worker", "--loglevel=INFO", f"--hostname={name}@%h-{XDIST_WORKER}",
-            f"--concurrency={concurrency}", "--pool=prefork", "--without-gossip", "--without-mingle"]
+    return [str(BIN / "celery"), "-A", "control_plane", "worker", "--loglevel=INFO",
+            f"--hostname={name}@%h-{XDIST_WORKER}", f"--concurrency={concurrency}", "--pool=prefork",
+            "--without-gossip", "--without-mingle"]
 
 
 def daphne_args(*, port: int) -> list[str]:
