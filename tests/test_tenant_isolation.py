@@ -34,8 +34,8 @@ from control_plane.identity.tests.factories import MembershipFactory
 from control_plane.oauth import services as oauth_services
 from control_plane.oauth.models import Application as OAuthApplication
 from data_plane import services as data_plane_services
-from data_plane.models import Agent, Approval, Attachment, Checkpoint, EffectRecordRow, Experiment, McpServer, McpTool, \
-    Memory, MemorySettings, Ping, RoutingPolicy, Run, RunFeedback, ToolPermission, ToolSettings
+from data_plane.models import Agent, Approval, Attachment, Checkpoint, EffectRecordRow, Experiment, McpServer, \
+    McpTool, Memory, MemorySettings, Ping, RoutingPolicy, Run, RunFeedback, ToolPermission, ToolSettings
 from data_plane.runtime.wiring import attachment_storage
 from data_plane.tests import media_files
 from guardrails import services as guardrail_services

@@ -138,7 +138,8 @@ def test_a_call_a_budget_refused_is_no_usage_but_a_failed_call_is(tenant_a):
         run = finished_run(finished_at=T0 + timedelta(minutes=3), started_at=T0, status="failed")
         failed = journal(run, step=0, key="plan", finished_at=T0 + timedelta(minutes=1), status="failed")
         refused = journal(run, step=1, key="plan", finished_at=T0 + timedelta(minutes=2), status="failed")
-        EffectRecordRow.objects.filter(id=failed.id).update(result={"failed": {"code": "model_rejected", "message": "no"}})
+        EffectRecordRow.objects.filter(id=failed.id).update(
+            result={"failed": {"code": "model_rejected", "message": "no"}})
         EffectRecordRow.objects.filter(id=refused.id).update(
             result={"failed": {"code": "budget_exceeded", "message": "The run's limit would be exceeded"}})
     # when
