@@ -423,9 +423,10 @@ def test_a_subscriber_that_never_reads_holds_back_neither_the_run_nor_other_subs
         daphne_url, worker_process, model_server, pair):
     # given: a subscriber that connects, asks for the stream and never reads a byte
     a = pair[0]
-    # (paced: fragments that arrive while a delta is being published are sent as one, and this wants many)
+    # (paced: fragments that arrive while a delta is being published are sent as one, and this wants many; at
+    # 10 ms, a delta may take 40 ms to publish, as on a slow machine running the suite in two processes)
     model = register(model_server, {"name": "stalled", "turns": [
-        {"content": " ".join(f"token{i}" for i in range(400)), "chunk_delay_ms": 5}, {"content": "DONE"}]})
+        {"content": " ".join(f"token{i}" for i in range(400)), "chunk_delay_ms": 10}, {"content": "DONE"}]})
     run_id = start_run(daphne_url, a.key, {"instructions": "x", "models": [model], "graph": {
         "entry": "answer", "nodes": [{"id": "answer", "kind": "llm", "next": "end"}, {"id": "end", "kind": "end"}]}})
     host = urlsplit(daphne_url)
