@@ -286,11 +286,7 @@ def run_event_window(*, tenant_schema: str, run_id: UUID, after_seq: int = 0, of
 def run_event_page(*, tenant_schema: str, run_id: UUID, after_seq: int, limit: int) -> list[dict[str, Any]]:
     """Up to ``limit`` of a run's events after ``after_seq`` as streams send them: {seq, type, data, ts}, a
     model reply with its whole message. Raises RunNotFound."""
-    # Events are numbered without gaps, so the page is the events up to after_seq + limit: the checkpoints whose
-    # events all come later are not read.
-    upto = after_seq + limit
-    events = run_event_list(tenant_schema=tenant_schema, run_id=run_id, after_seq=after_seq).filter(
-        seq__lte=upto, batch_first_seq__lte=upto)[:limit]
+    _, events = run_event_window(tenant_schema=tenant_schema, run_id=run_id, after_seq=after_seq, limit=limit)
     return [event_payload(event) for event in events]
 
 
